@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment with FlashCore and everything its tests need, from scratch.
+#   FLASHCORE_VENV   where (default .venv)
+#   FLASHCORE_TORCH  the torch requirement installed first (default torch==2.13.0, the CPU
+#                    build on these machines; SGLang then brings the torch it pins)
+#   FLASHCORE_EXTRAS extras to install (default test,bench,sglang)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${FLASHCORE_VENV:-.venv}"
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip
+"${pip[@]}" install -q "${FLASHCORE_TORCH:-torch==2.13.0}"
+"${pip[@]}" install -q -e ".[${FLASHCORE_EXTRAS:-test,bench,sglang}]"
+"$venv/bin/python" -c "import torch, sglang_flashcore; print('flashcore', sglang_flashcore.__version__, 'torch', torch.__version__)"

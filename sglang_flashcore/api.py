@@ -1,0 +1,231 @@
+"""The public functions: validate inputs, then call the ``flashcore::`` ops."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import ops
+from .checks import (
+    ATTENTION_DTYPES,
+    check_cu_seqlens,
+    check_head_dim,
+    check_heads,
+    check_len,
+    check_range,
+    check_same,
+    check_tensor,
+)
+from .layout import PagedLayout
+
+Tensor = torch.Tensor
+
+__all__ = ["attention", "paged_decode", "paged_extend", "merge_states", "DEFAULT_CHUNK_TOKENS"]
+
+# Split-KV chunk of the decode work list (tokens); a chunk of K and V for one KV head at
+# D=128 in 16-bit is 128 KiB, which fits a Hopper SM's shared memory.
+DEFAULT_CHUNK_TOKENS = 256
+
+
+def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
+    if softmax_scale is None:
+        return head_dim ** -0.5
+    if not isinstance(softmax_scale, (int, float)) or softmax_scale <= 0:
+        raise ValueError(f"softmax_scale: expected a positive float, got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def _check_qkv_like(q_name, q, names_tensors, token_dims: int):
+    """Same dtype and device as q, same head dim, KV heads dividing query heads."""
+    check_tensor(q_name, q, ndim=token_dims + 2, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
+    head_dim = q.shape[-1]
+    check_head_dim(q_name, head_dim)
+    for name, t in names_tensors:
+        check_tensor(name, t, ndim=token_dims + 2, dtypes=(q.dtype,), device=q.device,
+                     last_dim_contiguous=True)
+        check_same(q_name, head_dim, name, t.shape[-1], "head dim")
+    return head_dim
+
+
+def _check_cache(name: str, cache: Tensor, q: Tensor, page_size: int) -> int:
+    check_tensor(name, cache, ndim=(3, 4), dtypes=(q.dtype,), device=q.device, last_dim_contiguous=True)
+    check_same("q", q.shape[-1], name, cache.shape[-1], "head dim")
+    if cache.dim() == 4:
+        check_same(name + ".shape[2] (tokens per page)", cache.shape[2], "layout.page_size", page_size, "page size")
+        return cache.shape[0] * page_size
+    return cache.shape[0]
+
+
+def _check_pools(k_cache: Tensor, v_cache: Tensor, q: Tensor, page_size: int) -> int:
+    """Both pools valid and alike; returns the number of slots."""
+    num_slots = _check_cache("k_cache", k_cache, q, page_size)
+    _check_cache("v_cache", v_cache, q, page_size)
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache: expected the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    return num_slots
+
+
+def _check_layout_bounds(layout: PagedLayout, num_slots: int) -> None:
+    if layout.nnz == 0:
+        return
+    ends = layout.cols.to(torch.int64) * layout.page_size + layout.page_offsets + layout.counts
+    check_range("layout.cols", ends - 1, 0, num_slots, "last KV slot of a page run")
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: Optional[float] = None,
+    cu_seqlens_q: Optional[Tensor] = None,
+    cu_seqlens_k: Optional[Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Dense multi-head attention with GQA/MQA, causal masking and the LSE.
+
+    Batched: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D]. Ragged (varlen): q [Tq, Hq, D],
+    k/v [Tk, Hkv, D] with ``cu_seqlens_q``/``cu_seqlens_k`` [B+1] int32 offsets.
+    Causal masks are aligned bottom-right (query i of Sq sees keys j <= i + Sk - Sq).
+
+    Returns ``(out, lse)``: out like q (q's dtype); lse float32, shaped like q without D.
+    CUDA tensors on Hopper run our TMA/WGMMA kernel once it is built (``kernels.py``);
+    otherwise, and on CPU, the float32 reference.
+    """
+    ragged = cu_seqlens_q is not None or cu_seqlens_k is not None
+    token_dims = 1 if ragged else 2
+    head_dim = _check_qkv_like("q", q, [("k", k), ("v", v)], token_dims)
+    check_same("k", k.shape[-2], "v", v.shape[-2], "KV heads")
+    check_same("k", k.shape[-3], "v", v.shape[-3], "number of keys")
+    check_heads("q", q.shape[-2], "k", k.shape[-2])
+    if ragged:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            raise ValueError("cu_seqlens_q and cu_seqlens_k: pass both for ragged batches, or neither")
+        check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+        check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+        check_len("cu_seqlens_k", cu_seqlens_k, cu_seqlens_q.shape[0], "B+1, like cu_seqlens_q")
+        if max_seqlen_q is None:
+            max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
+        if max_seqlen_k is None:
+            max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max()) if cu_seqlens_k.numel() > 1 else 0
+        cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+    else:
+        check_same("q", q.shape[0], "k", k.shape[0], "batch size")
+        max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+    return ops.attention_op(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        bool(causal), _scale(softmax_scale, head_dim),
+    )
+
+
+def _check_layout(layout: PagedLayout, q: Tensor, batch: int) -> None:
+    if not isinstance(layout, PagedLayout):
+        raise TypeError(f"layout: expected a PagedLayout, got {type(layout).__name__}")
+    if layout.device != q.device:
+        raise ValueError(f"layout: expected tensors on {q.device} (like q), got {layout.device}")
+    check_same("q", batch, "layout", layout.batch_size, "number of requests")
+
+
+def paged_decode(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    layout: PagedLayout,
+    *,
+    softmax_scale: Optional[float] = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    check_bounds: bool = True,
+) -> Tuple[Tensor, Tensor]:
+    """Decode attention: one query token per request over the KV pages of its layout row.
+
+    Args:
+        q: [B, Hq, D].
+        k_cache, v_cache: SGLang's pool [slots, Hkv, D] (slot = page * page_size + offset),
+            or head-major pages [num_pages, Hkv, page_size, D].
+        layout: from ``from_sglang`` or ``build_layout``; B rows.
+        chunk_tokens: split-KV chunk of the work list (CUDA kernel).
+        check_bounds: check every page run lies inside the pool (one device sync).
+
+    Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty row gives 0 and -inf.
+    Pages read by several requests are loaded once per step by the CUDA kernel.
+    """
+    check_tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
+    check_head_dim("q", q.shape[-1])
+    _check_layout(layout, q, q.shape[0])
+    num_slots = _check_pools(k_cache, v_cache, q, layout.page_size)
+    # both pool layouts keep the KV heads in dim 1
+    check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
+    if check_bounds:
+        _check_layout_bounds(layout, num_slots)
+    plan = []
+    if q.is_cuda and ops.impl_mode() != "reference":
+        from .kernels import plan_tensors
+
+        plan = plan_tensors(layout.plan(chunk_tokens))
+    return ops.paged_decode_op(
+        q, k_cache, v_cache, layout.row_offsets, layout.cols, layout.page_offsets, layout.counts,
+        plan, layout.page_size, _scale(softmax_scale, q.shape[-1]),
+    )
+
+
+def paged_extend(
+    q: Tensor,
+    k_new: Tensor,
+    v_new: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_layout: PagedLayout,
+    cu_seqlens_q: Tensor,
+    *,
+    softmax_scale: Optional[float] = None,
+    max_seqlen_q: Optional[int] = None,
+    check_bounds: bool = True,
+) -> Tuple[Tensor, Tensor]:
+    """Extend (prefill over a cached prefix).
+
+    Request b's new tokens ``q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]`` ([Tq, Hq, D]) attend to
+    every token of its cached prefix (row b of ``prefix_layout``, pages in ``k_cache``/``v_cache``)
+    and causally to the request's new keys ``k_new``/``v_new`` ([Tq, Hkv, D]).
+
+    Returns ``(out [Tq, Hq, D], lse [Tq, Hq] float32)``.
+    """
+    head_dim = _check_qkv_like("q", q, [("k_new", k_new), ("v_new", v_new)], 1)
+    check_same("q", q.shape[0], "k_new", k_new.shape[0], "number of new tokens")
+    check_same("k_new", k_new.shape[0], "v_new", v_new.shape[0], "number of new tokens")
+    check_same("k_new", k_new.shape[1], "v_new", v_new.shape[1], "KV heads")
+    check_heads("q", q.shape[1], "k_new", k_new.shape[1])
+    check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    _check_layout(prefix_layout, q, cu_seqlens_q.shape[0] - 1)
+    num_slots = _check_pools(k_cache, v_cache, q, prefix_layout.page_size)
+    check_same("k_new", k_new.shape[1], "k_cache", k_cache.shape[1], "KV heads")
+    if check_bounds:
+        _check_layout_bounds(prefix_layout, num_slots)
+    if max_seqlen_q is None:
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
+    L = prefix_layout
+    return ops.paged_extend_op(
+        q, k_new, v_new, k_cache, v_cache, L.row_offsets, L.cols, L.page_offsets, L.counts, L.seq_lens,
+        cu_seqlens_q.to(torch.int32), int(max_seqlen_q), L.page_size, _scale(softmax_scale, head_dim),
+    )
+
+
+def merge_states(v_a: Tensor, s_a: Tensor, v_b: Tensor, s_b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Merges two partial attention results over disjoint key sets by their LSEs.
+
+    v_a, v_b: [..., H, D] normalised partial outputs; s_a, s_b: [..., H] float32 LSEs
+    (-inf for an empty part). Returns ``(v [..., H, D] in v_a's dtype, s [..., H] float32)``.
+    """
+    check_tensor("v_a", v_a, dtypes=ATTENTION_DTYPES)
+    check_tensor("v_b", v_b, dtypes=(v_a.dtype,), device=v_a.device)
+    if v_a.shape != v_b.shape:
+        raise ValueError(f"v_a and v_b: expected the same shape, got {tuple(v_a.shape)} and {tuple(v_b.shape)}")
+    for name, s in (("s_a", s_a), ("s_b", s_b)):
+        check_tensor(name, s, dtypes=(torch.float32,), device=v_a.device)
+        if s.shape != v_a.shape[:-1]:
+            raise ValueError(f"{name}: expected shape {tuple(v_a.shape[:-1])} (v without its last dim), got {tuple(s.shape)}")
+    return ops.merge_states_op(v_a, s_a, v_b, s_b)

@@ -1,0 +1,133 @@
+"""Input validation shared by the layout builders, the references and the ops.
+
+Every check raises a plain ``ValueError`` (or ``TypeError`` for a wrong dtype)
+whose message names the argument and says what was expected, so a bad call
+fails in Python before any kernel sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Head dims the float32 reference accepts; the CUDA kernels check their own (kernels.py).
+SUPPORTED_HEAD_DIMS = tuple(range(1, 257))
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return " or ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: Optional[int | Sequence[int]] = None,
+    dtypes: Optional[Sequence[torch.dtype]] = None,
+    device: Optional[torch.device] = None,
+    contiguous: bool = False,
+    last_dim_contiguous: bool = False,
+) -> torch.Tensor:
+    """Checks that ``t`` is a tensor with the given rank, dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(
+                f"{name}: expected {want} dimensions, got shape {tuple(t.shape)}"
+            )
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype {_dtype_names(dtypes)}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(
+            f"{name}: expected a tensor on {device} (like the other inputs), got {t.device}"
+        )
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {t.stride()}")
+    if last_dim_contiguous and t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name}: expected the last dimension to be contiguous (stride 1), "
+            f"got strides {t.stride()}"
+        )
+    return t
+
+
+def check_index(name: str, t: object, *, ndim: int = 1, device=None) -> torch.Tensor:
+    """An integer index tensor (int32 or int64)."""
+    return check_tensor(name, t, ndim=ndim, dtypes=INDEX_DTYPES, device=device)
+
+
+def check_len(name: str, t: torch.Tensor, expected: int, what: str) -> None:
+    if t.shape[0] != expected:
+        raise ValueError(f"{name}: expected length {expected} ({what}), got {t.shape[0]}")
+
+
+def check_range(
+    name: str, t: torch.Tensor, low: int, high: int, what: str = "index"
+) -> None:
+    """All values of ``t`` lie in [low, high). Costs one device sync on CUDA."""
+    if t.numel() == 0:
+        return
+    flat = t.reshape(-1)
+    bad = (flat < low) | (flat >= high)
+    if bool(bad.any()):
+        pos = int(bad.nonzero()[0, 0])
+        where = pos if t.dim() == 1 else tuple(int(i) for i in torch.unravel_index(torch.tensor(pos), t.shape))
+        raise ValueError(
+            f"{name}: {what} out of range at {where}: got {int(flat[pos])}, "
+            f"expected a value in [{low}, {high})"
+        )
+
+
+def check_nonnegative(name: str, t: torch.Tensor) -> None:
+    if t.numel() and bool((t < 0).any()):
+        pos = int((t < 0).nonzero()[0, 0])
+        raise ValueError(f"{name}: expected non-negative values, got {int(t[pos])} at {pos}")
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_heads(q_name: str, hq: int, kv_name: str, hkv: int) -> int:
+    """GQA/MQA: the query head count is a multiple of the KV head count."""
+    if hkv <= 0 or hq % hkv != 0:
+        raise ValueError(
+            f"{q_name} has {hq} heads, {kv_name} has {hkv}: the query head count must be "
+            f"a positive multiple of the KV head count (GQA/MQA)"
+        )
+    return hq // hkv
+
+
+def check_head_dim(name: str, d: int, allowed: Sequence[int] = SUPPORTED_HEAD_DIMS) -> None:
+    if d not in allowed:
+        want = f"1..{allowed[-1]}" if allowed == SUPPORTED_HEAD_DIMS else str(tuple(allowed))
+        raise ValueError(f"{name}: head dim {d} is not supported, expected {want}")
+
+
+def check_same(name_a: str, a: int, name_b: str, b: int, what: str) -> None:
+    if a != b:
+        raise ValueError(f"{name_a} and {name_b} disagree on {what}: {a} vs {b}")
+
+
+def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> torch.Tensor:
+    """Cumulative sequence lengths: [B+1], starts at 0, non-decreasing, ends at ``total``."""
+    check_index(name, cu, device=device)
+    if cu.shape[0] < 1:
+        raise ValueError(f"{name}: expected at least one element (B+1 offsets), got none")
+    if int(cu[0]) != 0:
+        raise ValueError(f"{name}: expected the first offset to be 0, got {int(cu[0])}")
+    if cu.shape[0] > 1 and bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"{name}: expected non-decreasing offsets, got {cu.tolist()[:16]}")
+    if int(cu[-1]) != total:
+        raise ValueError(
+            f"{name}: the last offset is {int(cu[-1])} but the packed tensor has {total} tokens"
+        )
+    return cu

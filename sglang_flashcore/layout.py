@@ -1,0 +1,472 @@
+"""CSR page layouts: which KV pages each request reads, and who shares them.
+
+Two levels:
+
+* ``PagedLayout`` — request -> runs of KV slots (CSR). A *run* is a maximal
+  stretch of a request's consecutive tokens that sit in consecutive slots of one
+  page. Entry ``e`` of row ``b`` covers slots
+  ``cols[e] * page_size + page_offsets[e] + [0, counts[e])`` and the request's
+  token positions ``positions[e] + [0, counts[e])``.
+* ``SharingPlan`` — the transpose (unique run -> requests that read it) and a
+  deterministic work list for the decode kernel: each work item is a chunk of
+  runs read by the *same* set of requests, so the kernel loads that chunk once
+  and multiplies it against all of its readers' queries. Long rows are cut into
+  chunks of at most ``chunk_tokens`` tokens (split-KV). Each (work item, reader)
+  pair is one partial result; ``merge_offsets``/``merge_partials`` list each
+  request's partials in token order, so merging them is deterministic.
+
+Everything here is vectorized torch code: it runs on CPU and CUDA tensors alike,
+with no Python loop over tokens, pages or requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+
+from .checks import (
+    check_index,
+    check_len,
+    check_nonnegative,
+    check_positive_int,
+    check_range,
+    check_tensor,
+)
+
+__all__ = [
+    "PagedLayout",
+    "SharingPlan",
+    "build_layout",
+    "from_sglang",
+    "plan_sharing",
+    "decode_bytes",
+]
+
+_I32 = torch.int32
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+    if x.numel():
+        torch.cumsum(x.to(torch.int64), 0, out=out[1:])
+    return out
+
+
+def _segment_arange(lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For ragged segments of the given lengths: (segment id, index within segment) of each element."""
+    lengths = lengths.to(torch.int64)
+    seg = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
+    starts = _exclusive_cumsum(lengths)[:-1]
+    idx = torch.arange(seg.shape[0], device=lengths.device) - starts[seg]
+    return seg, idx
+
+
+@dataclass
+class PagedLayout:
+    """Request -> page runs, in CSR form (all index tensors int32, on one device).
+
+    Attributes:
+        page_size: slots per page (1 allowed).
+        num_pages: pages in the pool; every ``cols`` value is below it.
+        row_offsets: [B+1] start of each request's entries.
+        cols: [nnz] page id of each entry.
+        page_offsets: [nnz] first slot of the entry inside its page.
+        counts: [nnz] tokens the entry contributes (1..page_size).
+        positions: [nnz] token position of the entry's first token within its request.
+        staging_ids: [nnz] -1 for a resident page, else the page's slot in a staging
+            buffer (dense, numbered by first appearance, one slot per distinct page).
+        seq_lens: [B] tokens per request (sum of its counts).
+    """
+
+    page_size: int
+    num_pages: int
+    row_offsets: torch.Tensor
+    cols: torch.Tensor
+    page_offsets: torch.Tensor
+    counts: torch.Tensor
+    positions: torch.Tensor
+    staging_ids: torch.Tensor
+    seq_lens: torch.Tensor
+    _plan: Optional["SharingPlan"] = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.row_offsets.shape[0] - 1
+
+    @property
+    def nnz(self) -> int:
+        return self.cols.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.row_offsets.device
+
+    def entry_rows(self) -> torch.Tensor:
+        """[nnz] request index of each entry."""
+        lengths = (self.row_offsets[1:] - self.row_offsets[:-1]).to(torch.int64)
+        return torch.repeat_interleave(torch.arange(self.batch_size, device=self.device), lengths)
+
+    def token_slots(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(request index, KV slot) of every token, in request then position order."""
+        entry, within = _segment_arange(self.counts)
+        slots = self.cols.to(torch.int64)[entry] * self.page_size + self.page_offsets[entry] + within
+        return self.entry_rows()[entry], slots
+
+    def plan(self, chunk_tokens: int = 256) -> "SharingPlan":
+        """The sharing plan (cached for the last ``chunk_tokens`` asked for)."""
+        if self._plan is None or self._plan.chunk_tokens != chunk_tokens:
+            self._plan = plan_sharing(self, chunk_tokens)
+        return self._plan
+
+    def to(self, device: torch.device | str) -> "PagedLayout":
+        move = lambda t: t.to(device)  # noqa: E731
+        return PagedLayout(
+            self.page_size, self.num_pages, move(self.row_offsets), move(self.cols),
+            move(self.page_offsets), move(self.counts), move(self.positions),
+            move(self.staging_ids), move(self.seq_lens),
+        )
+
+
+def _runs_to_layout(
+    rows: torch.Tensor,
+    pages: torch.Tensor,
+    in_page: torch.Tensor,
+    pos: torch.Tensor,
+    batch_size: int,
+    page_size: int,
+    num_pages: int,
+    resident: Optional[torch.Tensor],
+) -> PagedLayout:
+    """Collapses per-token (row, page, in-page slot, position) into runs.
+
+    Tokens must be grouped by row, in position order within the row.
+    """
+    device = rows.device
+    n = rows.shape[0]
+    if n:
+        starts = torch.ones(n, dtype=torch.bool, device=device)
+        starts[1:] = (
+            (rows[1:] != rows[:-1])
+            | (pages[1:] != pages[:-1])
+            | (in_page[1:] != in_page[:-1] + 1)
+        )
+        start_idx = starts.nonzero().squeeze(1)
+        counts = torch.diff(start_idx, append=torch.tensor([n], device=device))
+    else:
+        start_idx = torch.zeros(0, dtype=torch.int64, device=device)
+        counts = start_idx
+    entry_rows = rows[start_idx]
+    per_row = torch.bincount(entry_rows, minlength=batch_size)
+    row_offsets = _exclusive_cumsum(per_row)
+    seq_lens = torch.bincount(rows, minlength=batch_size)
+    cols = pages[start_idx]
+    staging = _staging_ids(cols, resident, num_pages)
+    return PagedLayout(
+        page_size=page_size,
+        num_pages=num_pages,
+        row_offsets=row_offsets.to(_I32),
+        cols=cols.to(_I32),
+        page_offsets=in_page[start_idx].to(_I32),
+        counts=counts.to(_I32),
+        positions=pos[start_idx].to(_I32),
+        staging_ids=staging,
+        seq_lens=seq_lens.to(_I32),
+    )
+
+
+def _staging_ids(cols: torch.Tensor, resident: Optional[torch.Tensor], num_pages: int) -> torch.Tensor:
+    """-1 for resident pages; distinct non-resident pages get 0, 1, ... by first appearance."""
+    out = torch.full(cols.shape, -1, dtype=_I32, device=cols.device)
+    if resident is None or cols.numel() == 0:
+        return out
+    missing = ~resident[cols]
+    if not bool(missing.any()):
+        return out
+    idx = missing.nonzero().squeeze(1)
+    first_seen = torch.full((num_pages,), cols.shape[0], dtype=torch.int64, device=cols.device)
+    first_seen.scatter_reduce_(0, cols[idx].to(torch.int64), idx, reduce="amin")
+    # rank each missing page by where it first appears
+    order = torch.argsort(first_seen)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_pages, device=cols.device)
+    out[idx] = rank[cols[idx].to(torch.int64)].to(_I32)
+    return out
+
+
+def build_layout(
+    token_to_page: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_ends: torch.Tensor,
+    page_resident_bitmap: torch.Tensor,
+    page_tokens: int,
+    num_pages: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The seed's CSR builder: requests -> the pages they read.
+
+    Args:
+        token_to_page: [T] page id of each token of a flat token stream.
+        seq_starts, seq_ends: [B] request ``b`` owns tokens ``seq_starts[b]:seq_ends[b]``
+            of the stream (ranges may overlap: that is how requests share tokens).
+        page_resident_bitmap: [num_pages] bool (or 0/1 integers): is the page in HBM.
+        page_tokens: tokens per page.
+        num_pages: number of pages.
+
+    Returns:
+        ``(row_offsets [B+1], cols [nnz], counts [nnz], staging_ids [nnz])``, int32.
+        Each entry is a maximal run of a request's consecutive tokens on one page;
+        ``counts`` is how many tokens it holds (at most ``page_tokens``).
+        ``staging_ids`` is -1 for a resident page and, for a page that must be
+        brought in, its slot in a staging buffer: distinct missing pages are
+        numbered 0, 1, ... in order of first appearance, so a page read by many
+        requests is staged once.
+    """
+    layout = _layout_from_stream(
+        token_to_page, seq_starts, seq_ends, page_resident_bitmap, page_tokens, num_pages
+    )
+    return layout.row_offsets, layout.cols, layout.counts, layout.staging_ids
+
+
+def _layout_from_stream(
+    token_to_page, seq_starts, seq_ends, page_resident_bitmap, page_tokens, num_pages
+) -> PagedLayout:
+    check_positive_int("page_tokens", page_tokens)
+    check_positive_int("num_pages", num_pages)
+    check_index("token_to_page", token_to_page)
+    device = token_to_page.device
+    check_index("seq_starts", seq_starts, device=device)
+    check_index("seq_ends", seq_ends, device=device)
+    check_len("seq_ends", seq_ends, seq_starts.shape[0], "one end per request, like seq_starts")
+    check_tensor("page_resident_bitmap", page_resident_bitmap, ndim=1, device=device)
+    check_len("page_resident_bitmap", page_resident_bitmap, num_pages, "one flag per page")
+    check_range("token_to_page", token_to_page, 0, num_pages, "page id")
+    check_nonnegative("seq_starts", seq_starts)
+    if bool((seq_starts > seq_ends).any()):
+        b = int((seq_starts > seq_ends).nonzero()[0, 0])
+        raise ValueError(
+            f"seq_starts/seq_ends: request {b} starts at {int(seq_starts[b])} after it ends at "
+            f"{int(seq_ends[b])}; expected seq_starts <= seq_ends"
+        )
+    check_range("seq_ends", seq_ends, 0, token_to_page.shape[0] + 1, "end offset")
+    batch = seq_starts.shape[0]
+    rows, pos = _segment_arange(seq_ends.to(torch.int64) - seq_starts.to(torch.int64))
+    pages = token_to_page.to(torch.int64)[seq_starts.to(torch.int64)[rows] + pos]
+    # A page's tokens are laid out in the order the request reads them: the
+    # in-page slot advances by one per token and restarts when the page changes.
+    new_page = torch.ones_like(pages, dtype=torch.bool)
+    if pages.numel():
+        new_page[1:] = (pages[1:] != pages[:-1]) | (rows[1:] != rows[:-1])
+    run_id = torch.cumsum(new_page.to(torch.int64), 0) - 1
+    run_start = new_page.nonzero().squeeze(1)
+    in_page = torch.arange(pages.shape[0], device=device) - run_start[run_id] if pages.numel() else pages
+    if pages.numel() and bool((in_page >= page_tokens).any()):
+        t = int((in_page >= page_tokens).nonzero()[0, 0])
+        raise ValueError(
+            f"token_to_page: request {int(rows[t])} reads more than page_tokens={page_tokens} "
+            f"consecutive tokens from page {int(pages[t])}"
+        )
+    resident = page_resident_bitmap.to(torch.bool)
+    return _runs_to_layout(rows, pages, in_page, pos, batch, page_tokens, num_pages, resident)
+
+
+def from_sglang(
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    page_size: int,
+    num_slots: Optional[int] = None,
+    validate: bool = True,
+) -> PagedLayout:
+    """The layout of an SGLang batch, from its radix-cache page table.
+
+    Args:
+        req_to_token: [max_reqs, max_context_len] KV slot of each request position
+            (``ReqToTokenPool.req_to_token``).
+        req_pool_indices: [B] row of ``req_to_token`` for each request of the batch.
+        seq_lens: [B] tokens each request attends to (for an extend's prefix, its prefix length).
+        page_size: the server's page size; page id = slot // page_size.
+        num_slots: size of the KV pool, to check slots against (optional).
+        validate: check ranges (one device sync each); the backend turns it off on hot paths.
+    """
+    check_positive_int("page_size", page_size)
+    check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32, torch.int64))
+    device = req_to_token.device
+    check_index("req_pool_indices", req_pool_indices, device=device)
+    check_index("seq_lens", seq_lens, device=device)
+    check_len("seq_lens", seq_lens, req_pool_indices.shape[0], "one length per request")
+    max_reqs, max_ctx = req_to_token.shape
+    if validate:
+        check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
+        check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
+    rows, pos = _segment_arange(seq_lens)
+    slots = req_to_token[req_pool_indices.to(torch.int64)[rows], pos].to(torch.int64)
+    if num_slots is None:
+        num_slots = int(slots.max()) + 1 if (validate and slots.numel()) else None
+    if validate and num_slots is not None:
+        check_range("req_to_token", slots, 0, num_slots, "KV slot")
+    num_pages = -(-num_slots // page_size) if num_slots else 0
+    return _runs_to_layout(
+        rows, slots // page_size, slots % page_size, pos,
+        req_pool_indices.shape[0], page_size, num_pages, None,
+    )
+
+
+@dataclass
+class SharingPlan:
+    """Unique runs, who reads them, and the decode work list.
+
+    Unique runs ("entries", indexed by u) are keyed by (page, in-page slot,
+    count, position): the radix cache gives requests with a common prefix the
+    same slots at the same positions, so equal keys mean equal K/V.
+
+    Attributes:
+        chunk_tokens: the split-KV chunk size the plan was made for.
+        entry_pages, entry_offsets, entry_counts: [U] the unique runs, in work order.
+        reader_offsets: [U+1], readers: [nnz] the transpose, run -> requests (ascending).
+        work_entry_offsets: [W+1] each work item's runs in the ``entry_*`` arrays.
+        work_reader_offsets: [W+1] each work item's readers in ``work_readers``.
+        work_readers: [P] requests of each work item; P partial results in all.
+        merge_offsets: [B+1], merge_partials: [P] each request's partials in token order.
+        max_readers: largest reader set of a work item.
+    """
+
+    chunk_tokens: int
+    entry_pages: torch.Tensor
+    entry_offsets: torch.Tensor
+    entry_counts: torch.Tensor
+    reader_offsets: torch.Tensor
+    readers: torch.Tensor
+    work_entry_offsets: torch.Tensor
+    work_reader_offsets: torch.Tensor
+    work_readers: torch.Tensor
+    merge_offsets: torch.Tensor
+    merge_partials: torch.Tensor
+    max_readers: int
+    total_tokens: int
+    unique_tokens: int
+    unique_pages: int
+    total_pages: int
+
+    @property
+    def num_work_items(self) -> int:
+        return self.work_entry_offsets.shape[0] - 1
+
+    @property
+    def num_partials(self) -> int:
+        return self.work_readers.shape[0]
+
+    def stats(self, num_kv_heads: int, head_dim: int, num_q_heads: int, elem_bytes: int = 2) -> dict:
+        """Token, page and byte counts of one decode step (see ``decode_bytes``)."""
+        batch = self.merge_offsets.shape[0] - 1
+        return {
+            "requests": batch,
+            "tokens_requested": self.total_tokens,
+            "tokens_unique": self.unique_tokens,
+            "pages_requested": self.total_pages,
+            "pages_unique": self.unique_pages,
+            "work_items": self.num_work_items,
+            "partials": self.num_partials,
+            "bytes_dense": decode_bytes(self.total_tokens, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
+            "bytes_shared": decode_bytes(self.unique_tokens, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
+        }
+
+
+def decode_bytes(kv_tokens: int, batch: int, num_kv_heads: int, num_q_heads: int, head_dim: int,
+                 elem_bytes: int = 2) -> int:
+    """Bytes a decode step must move: K and V of ``kv_tokens`` tokens, plus Q read and O written."""
+    return (2 * kv_tokens * num_kv_heads + 2 * batch * num_q_heads) * head_dim * elem_bytes
+
+
+def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
+    """Builds the transpose and the work list of a layout (see the module doc).
+
+    A chain is a maximal sequence of unique runs that the same requests read
+    one after the other; it is cut into work items of at most
+    ``max(1, chunk_tokens // page_size)`` runs, so at most
+    ``max(chunk_tokens, page_size)`` tokens.
+    """
+    check_positive_int("chunk_tokens", chunk_tokens)
+    device = layout.device
+    nnz, batch = layout.nnz, layout.batch_size
+    i64 = torch.int64
+    rows = layout.entry_rows()
+    keys = torch.stack(
+        [layout.cols, layout.page_offsets, layout.counts, layout.positions], dim=1
+    ).to(i64)
+    if nnz:
+        ukeys, u = torch.unique(keys, dim=0, return_inverse=True)
+    else:
+        ukeys, u = keys, torch.zeros(0, dtype=i64, device=device)
+    num_u = ukeys.shape[0]
+    n_readers = torch.bincount(u, minlength=num_u)
+
+    # The run each entry follows in its own row (-1 at a row's start).
+    prev = torch.full((nnz,), -1, dtype=i64, device=device)
+    if nnz > 1:
+        same_row = rows[1:] == rows[:-1]
+        prev[1:] = torch.where(same_row, u[:-1], torch.full_like(u[:-1], -1))
+    pmin = torch.full((num_u,), num_u, dtype=i64, device=device).scatter_reduce(0, u, prev, "amin")
+    pmax = torch.full((num_u,), -1, dtype=i64, device=device).scatter_reduce(0, u, prev, "amax")
+    # u continues its predecessor's chain when every reader of u read the same run p just before
+    # and p has exactly as many readers (so the reader sets are equal).
+    p_safe = pmin.clamp(0, max(num_u - 1, 0))
+    cont = (pmin == pmax) & (pmin >= 0) & (n_readers[p_safe] == n_readers)
+
+    # Order unique runs by their first occurrence: chains become contiguous.
+    first_e = torch.full((num_u,), nnz, dtype=i64, device=device).scatter_reduce(
+        0, u, torch.arange(nnz, device=device), "amin"
+    )
+    order = torch.argsort(first_e)
+    head = ~cont[order]
+    chain = torch.cumsum(head.to(i64), 0) - 1
+    chain_start = head.nonzero().squeeze(1)
+    idx_in_chain = torch.arange(num_u, device=device) - chain_start[chain] if num_u else chain
+    runs_per_item = max(1, chunk_tokens // layout.page_size)
+    piece = idx_in_chain // runs_per_item
+    new_item = head.clone()
+    if num_u > 1:
+        new_item[1:] |= piece[1:] != piece[:-1]
+    item_start = new_item.nonzero().squeeze(1)
+    num_w = item_start.shape[0]
+    work_entry_offsets = torch.cat([item_start, torch.tensor([num_u], device=device)])
+
+    # Transpose: for each unique run, its readers in row order (entries are row-major).
+    by_u = torch.sort(u, stable=True).indices
+    reader_offsets = _exclusive_cumsum(n_readers)
+    readers = rows[by_u]
+    entry_of_reader = by_u  # entry index (row, position) of each (u, reader) pair
+
+    # Work item w inherits the readers of its first run.
+    first_u = order[item_start]
+    w_n = n_readers[first_u]
+    work_reader_offsets = _exclusive_cumsum(w_n)
+    w_of_p, j = _segment_arange(w_n)
+    src = reader_offsets[first_u][w_of_p] + j
+    work_readers = readers[src]
+    partial_entry = entry_of_reader[src]
+    # Merge order: by request, then by position (entry index is row-major, position-ordered).
+    merge_partials = torch.argsort(partial_entry)
+    merge_offsets = _exclusive_cumsum(torch.bincount(work_readers, minlength=batch))
+
+    up = ukeys[order]
+    counts_u = up[:, 2] if num_u else up.new_zeros(0)
+    total_tokens = int(layout.counts.to(i64).sum()) if nnz else 0
+    return SharingPlan(
+        chunk_tokens=chunk_tokens,
+        entry_pages=up[:, 0].to(_I32),
+        entry_offsets=up[:, 1].to(_I32),
+        entry_counts=counts_u.to(_I32),
+        reader_offsets=reader_offsets.to(_I32),
+        readers=readers.to(_I32),
+        work_entry_offsets=work_entry_offsets.to(_I32),
+        work_reader_offsets=work_reader_offsets.to(_I32),
+        work_readers=work_readers.to(_I32),
+        merge_offsets=merge_offsets.to(_I32),
+        merge_partials=merge_partials.to(_I32),
+        max_readers=int(w_n.max()) if num_w else 0,
+        total_tokens=total_tokens,
+        unique_tokens=int(counts_u.sum()) if num_u else 0,
+        unique_pages=int(torch.unique(layout.cols).numel()) if nnz else 0,
+        total_pages=nnz,
+    )

@@ -1,0 +1,73 @@
+"""SGLang plugin: registers ``flashcore_sparse`` with SGLang, patching none of its files.
+
+SGLang's ``load_plugins()`` calls ``register()`` in every process it starts, through the
+entry point ``flashcore_sparse`` in group ``sglang.srt.plugins`` (see pyproject.toml);
+``SGLANG_PLUGINS=flashcore_sparse`` keeps only this plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BACKEND_NAME = "flashcore_sparse"
+SUPPORTED_SGLANG = ">=0.5.17, <=0.5.23"
+
+# add_attention_backend_choices moved from server_args (0.5.17) to arg_groups.choices (0.5.23)
+_CHOICES_MODULES = ("sglang.srt.arg_groups.choices", "sglang.srt.server_args")
+
+
+class SGLangVersionError(ImportError):
+    pass
+
+
+def _sglang_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sglang")
+    except Exception:  # noqa: BLE001 - only used in a message
+        return "unknown"
+
+
+def _need(module: str, attr: str):
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SGLangVersionError(
+            f"flashcore_sparse needs {module}.{attr} from SGLang {SUPPORTED_SGLANG}; "
+            f"the installed SGLang ({_sglang_version()}) does not have it: {exc}"
+        ) from exc
+
+
+def _choices_api():
+    """(add_attention_backend_choices, ATTENTION_BACKEND_CHOICES) of the installed SGLang."""
+    errors = []
+    for module in _CHOICES_MODULES:
+        try:
+            mod = importlib.import_module(module)
+            return mod.add_attention_backend_choices, mod.ATTENTION_BACKEND_CHOICES
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{module}: {exc}")
+    raise SGLangVersionError(
+        f"flashcore_sparse needs add_attention_backend_choices from SGLang {SUPPORTED_SGLANG}; "
+        f"the installed SGLang ({_sglang_version()}) has none ({'; '.join(errors)})"
+    )
+
+
+def create_backend(model_runner):
+    """The factory SGLang's registry calls; imports the backend only when it is used."""
+    from .sglang_backend import FlashCoreBackend
+
+    return FlashCoreBackend(model_runner)
+
+
+def register() -> None:
+    """Registers the backend factory and the CLI choice. Safe to call more than once."""
+    registry = "sglang.srt.layers.attention.attention_registry"
+    register_attention_backend = _need(registry, "register_attention_backend")
+    backends = _need(registry, "ATTENTION_BACKENDS")
+    if BACKEND_NAME not in backends:
+        register_attention_backend(BACKEND_NAME)(create_backend)
+    add_choices, choices = _choices_api()
+    if BACKEND_NAME not in choices:
+        add_choices([BACKEND_NAME])

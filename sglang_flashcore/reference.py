@@ -1,0 +1,240 @@
+"""Reference attention in float32 (float64 if the inputs are): the oracle of the tests
+and the CPU path of the ops.
+
+Conventions shared with the kernels:
+* layouts are token-major: q [tokens, Hq, D], k/v [tokens, Hkv, D] (or a batch dim first);
+* GQA/MQA: query head h reads KV head h // (Hq // Hkv);
+* causal masks are aligned bottom-right: with Sq queries over Sk keys, query i sees
+  keys j <= i + Sk - Sq (SGLang's extend: new tokens after a cached prefix);
+* the LSE is the natural-log log-sum-exp of the scaled scores, shaped like q without D;
+  a query that sees no key gets output 0 and LSE -inf.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .layout import PagedLayout, SharingPlan, _segment_arange
+
+__all__ = [
+    "attention_ref",
+    "paged_decode_ref",
+    "paged_decode_planned_ref",
+    "paged_extend_ref",
+    "merge_states_ref",
+    "gather_kv",
+]
+
+
+def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _softmax_rows(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dim that tolerates all -inf rows: (probabilities, lse)."""
+    lse = torch.logsumexp(scores, dim=-1)
+    finite = torch.isfinite(lse)
+    p = torch.exp(scores - torch.where(finite, lse, torch.zeros_like(lse)).unsqueeze(-1))
+    p = torch.where(finite.unsqueeze(-1), p, torch.zeros_like(p))
+    return p, lse
+
+
+def _attend_one(q, k, v, scale: float, causal: bool):
+    """q [Sq, Hq, D], k/v [Sk, Hkv, D] (compute dtype) -> out [Sq, Hq, D], lse [Sq, Hq]."""
+    sq, hq, _ = q.shape
+    sk, hkv, _ = k.shape
+    group = hq // hkv
+    kh = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, Sk, D]
+    vh = v.repeat_interleave(group, dim=1).transpose(0, 1)
+    scores = torch.matmul(q.transpose(0, 1), kh.transpose(1, 2)) * scale  # [Hq, Sq, Sk]
+    if causal:
+        i = torch.arange(sq, device=q.device).unsqueeze(1)
+        j = torch.arange(sk, device=q.device).unsqueeze(0)
+        scores = scores.masked_fill(j > i + (sk - sq), float("-inf"))
+    p, lse = _softmax_rows(scores)
+    out = torch.matmul(p, vh)  # [Hq, Sq, D]
+    return out.transpose(0, 1), lse.transpose(0, 1)
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: Optional[float] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention. Batched: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D].
+    Ragged: q [Tq, Hq, D], k/v [Tk, Hkv, D] with cu_seqlens_q/k [B+1].
+
+    Returns (out, lse) in the compute dtype: out shaped like q, lse like q without D.
+    """
+    cd = _compute_dtype(q, k, v)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    if cu_seqlens_q is None:
+        outs, lses = zip(*(
+            _attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal)
+            for b in range(q.shape[0])
+        )) if q.shape[0] else ((), ())
+        if not outs:
+            return q.new_zeros(q.shape, dtype=cd), q.new_zeros(q.shape[:-1], dtype=cd)
+        return torch.stack(outs), torch.stack(lses)
+    out = torch.zeros(q.shape, dtype=cd, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=cd, device=q.device)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(cq) - 1):
+        qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        if qe == qs:
+            continue
+        o, s = _attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal)
+        out[qs:qe], lse[qs:qe] = o, s
+    return out, lse
+
+
+def gather_kv(cache: torch.Tensor, slots: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Rows of a KV pool by slot id -> [n, Hkv, D].
+
+    ``cache`` is SGLang's slot-major pool [slots, Hkv, D] or the seed's head-major
+    pages [num_pages, Hkv, page_size, D].
+    """
+    if cache.dim() == 3:
+        return cache[slots]
+    return cache[slots // page_size, :, slots % page_size]
+
+
+def _segment_softmax_attend(scores, values, seg, num_segments):
+    """Softmax of scores [n, H] within segments seg [n], weighted sum of values [n, H, D].
+
+    Returns out [num_segments, H, D] and lse [num_segments, H] (0 / -inf for empty segments).
+    """
+    n, h = scores.shape
+    d = values.shape[-1]
+    cd = scores.dtype
+    m = torch.full((num_segments, h), float("-inf"), dtype=cd, device=scores.device)
+    m = m.scatter_reduce(0, seg.unsqueeze(1).expand(n, h), scores, "amax")
+    e = torch.exp(scores - m[seg])
+    denom = torch.zeros((num_segments, h), dtype=cd, device=scores.device).index_add_(0, seg, e)
+    acc = torch.zeros((num_segments, h, d), dtype=cd, device=scores.device)
+    acc.index_add_(0, seg, e.unsqueeze(-1) * values)
+    empty = denom == 0
+    out = acc / torch.where(empty, torch.ones_like(denom), denom).unsqueeze(-1)
+    lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(denom))
+    return out, lse
+
+
+def paged_decode_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layout: PagedLayout,
+    softmax_scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One query token per request over its pages: q [B, Hq, D] -> (out [B, Hq, D], lse [B, Hq])."""
+    cd = _compute_dtype(q, k_cache, v_cache)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    rows, slots = layout.token_slots()
+    group = q.shape[1] // k_cache.shape[-3 if k_cache.dim() == 4 else 1]
+    k = gather_kv(k_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
+    v = gather_kv(v_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
+    scores = (q.to(cd)[rows] * k).sum(-1) * scale
+    return _segment_softmax_attend(scores, v, rows, q.shape[0])
+
+
+def paged_decode_planned_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layout: PagedLayout,
+    plan: SharingPlan,
+    softmax_scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The decode kernel's algorithm in torch: one partial (O, LSE) per (work item, reader),
+    then each request's partials merged in ``merge_partials`` order."""
+    cd = _compute_dtype(q, k_cache, v_cache)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    group = q.shape[1] // k_cache.shape[-3 if k_cache.dim() == 4 else 1]
+    i64 = torch.int64
+    w_runs = (plan.work_entry_offsets[1:] - plan.work_entry_offsets[:-1]).to(i64)
+    w_readers = (plan.work_reader_offsets[1:] - plan.work_reader_offsets[:-1]).to(i64)
+    # every (partial, run) pair, then every token of that run
+    part_w, _ = _segment_arange(w_readers)
+    pr_part, pr_j = _segment_arange(w_runs[part_w])
+    run = plan.work_entry_offsets.to(i64)[part_w[pr_part]] + pr_j
+    tok_pair, tok_i = _segment_arange(plan.entry_counts.to(i64)[run])
+    tok_part = pr_part[tok_pair]
+    slots = (plan.entry_pages.to(i64) * layout.page_size + plan.entry_offsets)[run[tok_pair]] + tok_i
+    req = plan.work_readers.to(i64)[tok_part]
+    k = gather_kv(k_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
+    v = gather_kv(v_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
+    scores = (q.to(cd)[req] * k).sum(-1) * scale
+    part_o, part_lse = _segment_softmax_attend(scores, v, tok_part, plan.num_partials)
+    # merge each request's partials, in the plan's fixed order
+    batch = q.shape[0]
+    out = torch.zeros(q.shape, dtype=cd, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=cd, device=q.device)
+    ordered = plan.merge_partials.to(i64)
+    owner = plan.work_readers.to(i64)[ordered]
+    for step in range(int(torch.bincount(owner, minlength=batch).max()) if ordered.numel() else 0):
+        # step-th partial of every request that has one: a fixed left-to-right fold
+        pos = plan.merge_offsets.to(i64)[:-1] + step
+        has = pos < plan.merge_offsets.to(i64)[1:]
+        reqs = has.nonzero().squeeze(1)
+        p = ordered[pos[reqs]]
+        out[reqs], lse[reqs] = merge_states_ref(out[reqs], lse[reqs], part_o[p], part_lse[p])
+    return out, lse
+
+
+def paged_extend_ref(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    prefix_layout: PagedLayout,
+    cu_seqlens_q: torch.Tensor,
+    softmax_scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Extend: request b's new tokens q[cu[b]:cu[b+1]] attend to all of its cached prefix
+    (pages of ``prefix_layout`` row b) and causally to the new tokens k/v_new[cu[b]:cu[b+1]]."""
+    cd = _compute_dtype(q, k_new, v_new)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    rows, slots = prefix_layout.token_slots()
+    k_pre = gather_kv(k_cache, slots, prefix_layout.page_size)
+    v_pre = gather_kv(v_cache, slots, prefix_layout.page_size)
+    pre_off = torch.zeros(prefix_layout.batch_size + 1, dtype=torch.int64)
+    pre_off[1:] = torch.cumsum(prefix_layout.seq_lens.to(torch.int64).cpu(), 0)
+    out = torch.zeros(q.shape, dtype=cd, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=cd, device=q.device)
+    cq = cu_seqlens_q.tolist()
+    for b in range(len(cq) - 1):
+        qs, qe = cq[b], cq[b + 1]
+        if qe == qs:
+            continue
+        ps, pe = int(pre_off[b]), int(pre_off[b + 1])
+        k = torch.cat([k_pre[ps:pe], k_new[qs:qe]]).to(cd)
+        v = torch.cat([v_pre[ps:pe], v_new[qs:qe]]).to(cd)
+        out[qs:qe], lse[qs:qe] = _attend_one(q[qs:qe].to(cd), k, v, scale, causal=True)
+    return out, lse
+
+
+def merge_states_ref(
+    v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Combines two partial attention results over disjoint key sets.
+
+    v_* [..., D] are softmax-normalised outputs, s_* [...] their LSEs. Returns the
+    output and LSE over the union of the key sets. Two empty parts (-inf) give 0, -inf.
+    """
+    cd = _compute_dtype(v_a, v_b)
+    s_a, s_b = s_a.to(cd), s_b.to(cd)
+    s = torch.logaddexp(s_a, s_b)
+    finite = torch.isfinite(s)
+    s_safe = torch.where(finite, s, torch.zeros_like(s))
+    w_a = torch.where(finite, torch.exp(s_a - s_safe), torch.zeros_like(s))
+    w_b = torch.where(finite, torch.exp(s_b - s_safe), torch.zeros_like(s))
+    v = v_a.to(cd) * w_a.unsqueeze(-1) + v_b.to(cd) * w_b.unsqueeze(-1)
+    return v, s

@@ -1,0 +1,248 @@
+"""``FlashCoreBackend``: SGLang's AttentionBackend on top of FlashCore's layouts and ops.
+
+One ``PagedLayout`` is built per forward batch (``init_forward_metadata``) from the radix
+cache's page table and shared by every layer: for decode the whole sequence of each
+request, for extend its cached prefix. Each layer then stores its new K/V through SGLang's
+KV pool, exactly as the built-in backends do, and calls ``paged_decode`` / ``paged_extend``.
+
+Works with SGLang 0.5.17 through 0.5.23 (both use the ``init_forward_metadata_out_graph``
+/ ``_in_graph`` contract for CUDA graphs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Optional
+
+import torch
+
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+from .api import DEFAULT_CHUNK_TOKENS, paged_decode, paged_extend
+from .layout import PagedLayout, from_sglang
+
+if TYPE_CHECKING:
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+BACKEND_NAME = "flashcore_sparse"
+
+
+class UnsupportedFeatureError(NotImplementedError):
+    """A model or batch needs a feature ``flashcore_sparse`` does not implement yet."""
+
+    def __init__(self, feature: str, hint: str = ""):
+        super().__init__(
+            f"attention backend '{BACKEND_NAME}' does not support {feature} yet"
+            + (f"; {hint}" if hint else "")
+            + ". Use --attention-backend triton (or flashinfer/fa3) for this model."
+        )
+
+
+@dataclass
+class ForwardMetadata:
+    """What every layer of one forward pass reads."""
+
+    decode: bool
+    layout: PagedLayout  # decode: the whole sequences; extend: the cached prefixes
+    cu_seqlens_q: Optional[torch.Tensor] = None  # extend only
+    max_extend_len: int = 0
+
+
+class _GraphBuffers:
+    """Fixed-size metadata buffers for CUDA-graph decode: a batch's layout is copied
+    into them before capture and before each replay, so captured kernels always read
+    the same addresses. Sized for ``max_bs`` requests of up to ``max_context_len`` tokens."""
+
+    def __init__(self, max_bs: int, max_context_len: int, page_size: int, device):
+        max_entries = max_bs * (-(-max_context_len // page_size) + 1)
+        i32 = dict(dtype=torch.int32, device=device)
+        self.max_bs, self.max_entries = max_bs, max_entries
+        self.row_offsets = torch.zeros(max_bs + 1, **i32)
+        self.seq_lens = torch.zeros(max_bs, **i32)
+        self.entries = {
+            name: torch.zeros(max_entries, **i32)
+            for name in ("cols", "page_offsets", "counts", "positions", "staging_ids")
+        }
+
+    def load(self, layout: PagedLayout) -> PagedLayout:
+        b, n = layout.batch_size, layout.nnz
+        if b > self.max_bs or n > self.max_entries:
+            raise ValueError(
+                f"CUDA-graph batch of {b} requests / {n} page runs exceeds the buffers "
+                f"sized at init_cuda_graph_state ({self.max_bs} / {self.max_entries})"
+            )
+        self.row_offsets[: b + 1].copy_(layout.row_offsets)
+        self.seq_lens[:b].copy_(layout.seq_lens)
+        views = {}
+        for name, buf in self.entries.items():
+            buf[:n].copy_(getattr(layout, name))
+            views[name] = buf[:n]
+        return PagedLayout(
+            layout.page_size, layout.num_pages, self.row_offsets[: b + 1], views["cols"],
+            views["page_offsets"], views["counts"], views["positions"], views["staging_ids"],
+            self.seq_lens[:b],
+        )
+
+
+class FlashCoreBackend(AttentionBackend):
+    """Sharing-aware paged attention for dense MHA/GQA/MQA decoder models."""
+
+    def __init__(self, model_runner, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+        super().__init__()
+        self._reject_unsupported_model(model_runner)
+        self.device = torch.device(model_runner.device)
+        self.page_size = int(model_runner.page_size)
+        self.chunk_tokens = chunk_tokens
+        # pools captured at construction, as SGLang's own backends do
+        self.req_to_token_pool = model_runner.req_to_token_pool
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
+        self.forward_metadata: Optional[ForwardMetadata] = None
+        self._graph: Optional[_GraphBuffers] = None
+        self._checked_layers: Dict[int, bool] = {}
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def _reject_unsupported_model(model_runner) -> None:
+        if getattr(model_runner, "use_mla_backend", False):
+            raise UnsupportedFeatureError("MLA (multi-head latent attention)")
+        cfg = getattr(model_runner, "model_config", None)
+        if cfg is not None and getattr(cfg, "is_encoder_decoder", False):
+            raise UnsupportedFeatureError("encoder-decoder (cross) attention")
+        if getattr(model_runner, "is_hybrid_swa", False) or (
+            getattr(model_runner, "sliding_window_size", None) not in (None, -1)
+        ):
+            raise UnsupportedFeatureError("sliding-window attention")
+        if cfg is not None and getattr(cfg, "attention_chunk_size", None):
+            raise UnsupportedFeatureError("chunked local attention")
+        kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
+        if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise UnsupportedFeatureError(f"a {kv_dtype} KV cache", "use --kv-cache-dtype auto")
+
+    def _check_layer(self, layer: "RadixAttention") -> None:
+        if self._checked_layers.get(layer.layer_id):
+            return
+        if getattr(layer, "is_cross_attention", False):
+            raise UnsupportedFeatureError("cross attention")
+        attn_type = getattr(layer, "attn_type", None)
+        if attn_type is not None and getattr(attn_type, "name", "") == "ENCODER_ONLY":
+            raise UnsupportedFeatureError("encoder-only (non-causal) attention")
+        if (getattr(layer, "sliding_window_size", -1) or -1) > -1:
+            raise UnsupportedFeatureError("sliding-window attention")
+        if (getattr(layer, "logit_cap", 0.0) or 0.0) > 0:
+            raise UnsupportedFeatureError("logit soft-capping")
+        if layer.qk_head_dim != layer.v_head_dim:
+            raise UnsupportedFeatureError(
+                f"different Q/K and V head dims ({layer.qk_head_dim} vs {layer.v_head_dim})"
+            )
+        self._checked_layers[layer.layer_id] = True
+
+    @staticmethod
+    def _check_batch(forward_batch: "ForwardBatch") -> None:
+        mode = forward_batch.forward_mode
+
+        def is_(name: str) -> bool:  # mode predicates differ between SGLang releases
+            return bool(getattr(mode, name, lambda: False)())
+
+        if is_("is_target_verify") or is_("is_draft_extend_v2") or is_("is_draft_extend"):
+            raise UnsupportedFeatureError("speculative decoding (custom attention masks)")
+        if is_("is_dllm_extend"):
+            raise UnsupportedFeatureError("diffusion-LLM block attention")
+        if getattr(forward_batch, "encoder_lens", None) is not None:
+            raise UnsupportedFeatureError("encoder lengths (cross attention)")
+
+    # ------------------------------------------------------------- metadata
+    def _num_slots(self) -> int:
+        return self.token_to_kv_pool.get_key_buffer(0).shape[0]
+
+    def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
+        self._check_batch(forward_batch)
+        req_to_token = self.req_to_token_pool.req_to_token
+        if forward_batch.forward_mode.is_decode_or_idle():
+            layout = from_sglang(
+                req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
+                self.page_size, num_slots=self._num_slots(),
+            )
+            return ForwardMetadata(decode=True, layout=layout)
+        # extend (and mixed: decode requests arrive as extends of length 1)
+        prefix_lens = forward_batch.extend_prefix_lens
+        extend_lens = forward_batch.extend_seq_lens
+        layout = from_sglang(
+            req_to_token, forward_batch.req_pool_indices, prefix_lens, self.page_size,
+            num_slots=self._num_slots(),
+        )
+        cu = torch.zeros(extend_lens.shape[0] + 1, dtype=torch.int32, device=extend_lens.device)
+        torch.cumsum(extend_lens, 0, out=cu[1:])
+        ext_cpu = getattr(forward_batch, "extend_seq_lens_cpu", None)
+        max_len = max(ext_cpu, default=0) if ext_cpu is not None else int(extend_lens.max(initial=0))
+        return ForwardMetadata(decode=False, layout=layout, cu_seqlens_q=cu, max_extend_len=int(max_len))
+
+    def init_forward_metadata(self, forward_batch: "ForwardBatch"):
+        """Eager path: one layout per forward batch, shared by all layers."""
+        self.forward_metadata = self._build_metadata(forward_batch)
+
+    # ----------------------------------------------------------- CUDA graphs
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        max_ctx = self.req_to_token_pool.req_to_token.shape[1]
+        self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
+
+    def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False):
+        """Before capture and before each replay: the batch's layout into the fixed buffers."""
+        if self._graph is None:
+            raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
+        if not forward_batch.forward_mode.is_decode_or_idle():
+            raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
+                                          "leave piecewise CUDA graphs off")
+        meta = self._build_metadata(forward_batch)
+        meta.layout = self._graph.load(meta.layout)
+        self.forward_metadata = meta
+
+    def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch"):
+        pass  # everything is prepared outside the graph
+
+    def get_cuda_graph_seq_len_fill_value(self):
+        return 1  # padded requests read one token, so no row is empty
+
+    # --------------------------------------------------------------- forward
+    def _kv_buffers(self, layer):
+        return (
+            self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+            self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+        )
+
+    def _store_kv(self, layer, forward_batch, k, v, save_kv_cache: bool) -> None:
+        if save_kv_cache and k is not None and v is not None:
+            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+        self._check_layer(layer)
+        self._store_kv(layer, forward_batch, k, v, save_kv_cache)
+        meta = self.forward_metadata
+        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        k_buf, v_buf = self._kv_buffers(layer)
+        out, _ = paged_decode(
+            q3, k_buf, v_buf, meta.layout, softmax_scale=layer.scaling,
+            chunk_tokens=self.chunk_tokens, check_bounds=False,
+        )
+        return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+        self._check_layer(layer)
+        self._store_kv(layer, forward_batch, k, v, save_kv_cache)
+        meta = self.forward_metadata
+        k_buf, v_buf = self._kv_buffers(layer)
+        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        if k is None or v is None:  # the new tokens' K/V are only in the pool
+            k_new, v_new = k_buf[forward_batch.out_cache_loc], v_buf[forward_batch.out_cache_loc]
+        else:
+            k_new = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
+            v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
+        out, _ = paged_extend(
+            q3, k_new.to(q3.dtype), v_new.to(q3.dtype), k_buf, v_buf, meta.layout, meta.cu_seqlens_q,
+            softmax_scale=layer.scaling, max_seqlen_q=meta.max_extend_len, check_bounds=False,
+        )
+        return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def support_triton(self):
+        return False

@@ -1,0 +1,143 @@
+"""Bad input gets a clear ValueError/TypeError naming the argument and what was expected."""
+
+import pytest
+import torch
+
+import sglang_flashcore as fc
+from cases import make_page_table, random_qkv
+
+
+@pytest.fixture
+def decode_case():
+    pt = make_page_table("prefix", [20, 30], 16, seed=1)
+    layout = fc.from_sglang(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 16)
+    q, k, v = random_qkv(2, 4, 2, 64, pt.num_slots, torch.float16)
+    return pt, layout, q, k, v
+
+
+def test_attention_errors():
+    q = torch.randn(1, 4, 4, 64, dtype=torch.float16)
+    k = torch.randn(1, 4, 2, 64, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"k: expected dtype float16"):
+        fc.attention(q, k.float(), k)
+    with pytest.raises(TypeError, match=r"q: expected dtype"):
+        fc.attention(q.int(), k, k)
+    with pytest.raises(ValueError, match=r"q: expected 4 dimensions"):
+        fc.attention(q[0], k, k)
+    big = torch.randn(1, 4, 4, 320, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"q: head dim 320 is not supported, expected 1..256"):
+        fc.attention(big, big, big)
+    with pytest.raises(ValueError, match=r"q has 4 heads, k has 3.*multiple"):
+        fc.attention(q, torch.randn(1, 4, 3, 64, dtype=torch.float16), torch.randn(1, 4, 3, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"q: expected the last dimension to be contiguous"):
+        fc.attention(q.transpose(-1, -3).contiguous().transpose(-1, -3), k, k)
+    with pytest.raises(ValueError, match=r"k and v disagree on number of keys"):
+        fc.attention(q, k, k[:, :3])
+    with pytest.raises(TypeError, match=r"q: expected a torch.Tensor"):
+        fc.attention([1.0], k, k)
+    with pytest.raises(ValueError, match=r"softmax_scale: expected a positive float"):
+        fc.attention(q, k, k, softmax_scale=-1.0)
+
+
+def test_ragged_attention_errors():
+    q = torch.randn(6, 4, 64)
+    k = torch.randn(5, 4, 64)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q and cu_seqlens_k: pass both"):
+        fc.attention(q, k, k, cu_seqlens_q=cu)
+    with pytest.raises(ValueError, match=r"cu_seqlens_k: the last offset is 6 but the packed tensor has 5 tokens"):
+        fc.attention(q, k, k, cu_seqlens_q=cu, cu_seqlens_k=cu)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected non-decreasing"):
+        fc.attention(q, k, k, cu_seqlens_q=torch.tensor([0, 4, 2, 6], dtype=torch.int32),
+                     cu_seqlens_k=torch.tensor([0, 1, 2, 5], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"cu_seqlens_k: expected length 3"):
+        fc.attention(q, k, k, cu_seqlens_q=cu, cu_seqlens_k=torch.tensor([0, 5], dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"cu_seqlens_q: expected dtype int32 or int64"):
+        fc.attention(q, k, k, cu_seqlens_q=cu.float(), cu_seqlens_k=torch.tensor([0, 2, 5], dtype=torch.int32))
+
+
+def test_paged_decode_errors(decode_case):
+    pt, layout, q, k, v = decode_case
+    with pytest.raises(ValueError, match=r"q and layout disagree on number of requests: 1 vs 2"):
+        fc.paged_decode(q[:1], k, v, layout)
+    with pytest.raises(TypeError, match=r"k_cache: expected dtype float16"):
+        fc.paged_decode(q, k.float(), v, layout)
+    with pytest.raises(ValueError, match=r"k_cache and v_cache: expected the same shape"):
+        fc.paged_decode(q, k, v[:-1], layout)
+    with pytest.raises(ValueError, match=r"q has 4 heads, k_cache has 3"):
+        fc.paged_decode(q, k.new_zeros(k.shape[0], 3, 64), v.new_zeros(k.shape[0], 3, 64), layout)
+    with pytest.raises(ValueError, match=r"layout.cols: last KV slot of a page run out of range"):
+        fc.paged_decode(q, k[:20], v[:20], layout)
+    with pytest.raises(TypeError, match=r"layout: expected a PagedLayout"):
+        fc.paged_decode(q, k, v, (layout.row_offsets, layout.cols))
+    with pytest.raises(ValueError, match=r"tokens per page"):
+        fc.paged_decode(q, k.view(-1, 8, 2, 64).transpose(1, 2), v.view(-1, 8, 2, 64).transpose(1, 2), layout)
+
+
+def test_paged_extend_errors(decode_case):
+    pt, layout, q, k, v = decode_case
+    qn = torch.randn(5, 4, 64, dtype=torch.float16)
+    kn = torch.randn(5, 2, 64, dtype=torch.float16)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"q and k_new disagree on number of new tokens: 5 vs 4"):
+        fc.paged_extend(qn, kn[:4], kn[:4], k, v, layout, cu)
+    with pytest.raises(ValueError, match=r"q and layout disagree on number of requests: 1 vs 2"):
+        fc.paged_extend(qn, kn, kn, k, v, layout, torch.tensor([0, 5], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"k_new and k_cache disagree on KV heads"):
+        fc.paged_extend(qn, kn[:, :1], kn[:, :1], k, v, layout, cu)
+
+
+def test_merge_states_errors():
+    v = torch.randn(3, 4, 64)
+    s = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"s_b: expected shape \(3, 4\)"):
+        fc.merge_states(v, s, v, s[:2])
+    with pytest.raises(TypeError, match=r"s_a: expected dtype float32"):
+        fc.merge_states(v, s.double(), v, s)
+    with pytest.raises(ValueError, match=r"v_a and v_b: expected the same shape"):
+        fc.merge_states(v, s, v[:2], s[:2])
+
+
+def test_from_sglang_errors():
+    pt = make_page_table("none", [5, 7], 4, seed=0)
+    r2t, idx, lens = pt.req_to_token, pt.req_pool_indices, pt.seq_lens
+    with pytest.raises(ValueError, match=r"req_pool_indices: request pool row out of range"):
+        fc.from_sglang(r2t, idx + 100, lens, 4)
+    with pytest.raises(ValueError, match=r"seq_lens: sequence length out of range"):
+        fc.from_sglang(r2t, idx, lens + 1000, 4)
+    with pytest.raises(ValueError, match=r"seq_lens: expected length 2"):
+        fc.from_sglang(r2t, idx, lens[:1], 4)
+    with pytest.raises(ValueError, match=r"req_to_token: KV slot out of range"):
+        fc.from_sglang(r2t, idx, lens, 4, num_slots=3)
+    with pytest.raises(ValueError, match=r"page_size: expected a positive int"):
+        fc.from_sglang(r2t, idx, lens, 0)
+    with pytest.raises(TypeError, match=r"seq_lens: expected dtype int32 or int64"):
+        fc.from_sglang(r2t, idx, lens.float(), 4)
+    with pytest.raises(ValueError, match=r"req_to_token: expected 2 dimensions"):
+        fc.from_sglang(r2t[0], idx, lens, 4)
+
+
+def test_build_layout_errors():
+    ttp = torch.tensor([0, 0, 1, 2])
+    ok = (torch.tensor([0]), torch.tensor([4]), torch.ones(3, dtype=torch.bool), 4, 3)
+    fc.build_layout(ttp, *ok)
+    with pytest.raises(ValueError, match=r"seq_starts/seq_ends: request 0 starts at 3 after it ends at 1"):
+        fc.build_layout(ttp, torch.tensor([3]), torch.tensor([1]), *ok[2:])
+    with pytest.raises(ValueError, match=r"token_to_page: page id out of range at 3: got 5"):
+        fc.build_layout(torch.tensor([0, 0, 1, 5]), *ok)
+    with pytest.raises(ValueError, match=r"seq_ends: end offset out of range"):
+        fc.build_layout(ttp, torch.tensor([0]), torch.tensor([9]), *ok[2:])
+    with pytest.raises(ValueError, match=r"page_resident_bitmap: expected length 3"):
+        fc.build_layout(ttp, ok[0], ok[1], torch.ones(2, dtype=torch.bool), 4, 3)
+    with pytest.raises(ValueError, match=r"request 0 reads more than page_tokens=1"):
+        fc.build_layout(ttp, ok[0], ok[1], ok[2], 1, 3)
+    with pytest.raises(ValueError, match=r"seq_ends: expected length 1"):
+        fc.build_layout(ttp, ok[0], torch.tensor([4, 4]), *ok[2:])
+    with pytest.raises(ValueError, match=r"seq_starts: expected non-negative"):
+        fc.build_layout(ttp, torch.tensor([-1]), ok[1], *ok[2:])
+
+
+def test_plan_errors(decode_case):
+    _, layout, *_ = decode_case
+    with pytest.raises(ValueError, match=r"chunk_tokens: expected a positive int"):
+        fc.plan_sharing(layout, 0)
