@@ -1,0 +1,1 @@
+"""Model configs shipped with FlashCore (config.json only: served with dummy weights)."""

@@ -1,0 +1,86 @@
+"""``python -m sglang_flashcore.serve``: SGLang's server with ``--attention-backend flashcore_sparse``.
+
+With no ``--model-path`` it serves the tiny Llama config shipped in ``configs/tiny_llama`` with
+dummy weights (``--load-format dummy``) and no tokenizer (``--skip-tokenizer-init``: send token
+ids), so nothing is downloaded. Every other argument goes to ``sglang.launch_server`` unchanged.
+``--dry-run`` prints the command instead of running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from importlib import resources
+from typing import List, Optional, Sequence, Tuple
+
+BACKEND = "flashcore_sparse"
+DEFAULT_MODEL = "tiny_llama"
+
+
+def config_dir(name: str = DEFAULT_MODEL) -> str:
+    """Path of a model config shipped in ``configs/``."""
+    path = resources.files("sglang_flashcore.configs") / name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no shipped model config named {name!r} (looked in {path})")
+    return str(path)
+
+
+def _has(args: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def build_command(argv: Sequence[str]) -> Tuple[List[str], bool]:
+    """The ``sglang.launch_server`` command line for our arguments, and whether it is a dry run."""
+    parser = argparse.ArgumentParser(prog="python -m sglang_flashcore.serve", add_help=True,
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", default=None,
+                        help=f"model folder or hub id (default: the shipped {DEFAULT_MODEL} config, dummy weights)")
+    parser.add_argument("--config", default=None, help="a config shipped in configs/ (e.g. llama3_8b), dummy weights")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    ours, rest = parser.parse_known_args(list(argv))
+    if _has(rest, "--attention-backend"):
+        value = next((a.split("=", 1)[1] if "=" in a else rest[i + 1]
+                      for i, a in enumerate(rest) if a.startswith("--attention-backend")), None)
+        if value != BACKEND:
+            parser.error(f"--attention-backend: this wrapper always serves {BACKEND}; got {value!r}. "
+                         f"Run `python -m sglang.launch_server` directly for other backends.")
+        rest = [a for i, a in enumerate(rest) if not (a.startswith("--attention-backend")
+                or (i > 0 and rest[i - 1] == "--attention-backend"))]
+    if ours.model_path and ours.config:
+        parser.error("--model-path and --config: give one of them")
+    shipped = ours.model_path is None
+    model = ours.model_path or config_dir(ours.config or DEFAULT_MODEL)
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--attention-backend", BACKEND]
+    if shipped:  # an architecture-only config: random weights, token-id requests
+        if not _has(rest, "--load-format"):
+            cmd += ["--load-format", "dummy"]
+        if not _has(rest, "--skip-tokenizer-init") and not _has(rest, "--tokenizer-path"):
+            cmd += ["--skip-tokenizer-init"]
+    cmd += rest
+    return cmd, ours.dry_run
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cmd, dry_run = build_command(sys.argv[1:] if argv is None else argv)
+    if dry_run:
+        print(shlex.join(cmd))
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("sglang_flashcore.serve: SGLang's server needs a CUDA GPU (its CPU engine needs a CPU "
+              "build of sgl-kernel that is not published). Run it on a Hopper machine; --dry-run "
+              "prints the command.", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    # SGLang's workers load plugins from the entry point; keep ours in the allow-list if one is set.
+    if env.get("SGLANG_PLUGINS") and BACKEND not in env["SGLANG_PLUGINS"].split(","):
+        env["SGLANG_PLUGINS"] += "," + BACKEND
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

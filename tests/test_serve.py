@@ -1,0 +1,77 @@
+"""The README's main job, `python -m sglang_flashcore.serve`: its command line, testable without a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sglang_flashcore.serve import build_command, config_dir, main
+
+
+def test_default_serves_the_shipped_tiny_llama_with_dummy_weights():
+    cmd, dry = build_command([])
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    assert cmd[cmd.index("--model-path") + 1] == config_dir("tiny_llama")
+    assert cmd[cmd.index("--attention-backend") + 1] == "flashcore_sparse"
+    assert "--load-format" in cmd and cmd[cmd.index("--load-format") + 1] == "dummy"
+    assert "--skip-tokenizer-init" in cmd and not dry
+    cfg = json.load(open(os.path.join(config_dir(), "config.json")))
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_user_arguments_pass_through_and_a_real_model_gets_no_dummy_defaults():
+    cmd, _ = build_command(["--model-path", "/models/x", "--port", "30001", "--tp", "1"])
+    assert cmd[cmd.index("--model-path") + 1] == "/models/x"
+    assert "--load-format" not in cmd and "--skip-tokenizer-init" not in cmd
+    assert cmd[-4:] == ["--port", "30001", "--tp", "1"]
+    cmd, _ = build_command(["--config", "llama3_8b", "--load-format", "dummy"])
+    assert cmd.count("--load-format") == 1
+    cfg = json.load(open(os.path.join(config_dir("llama3_8b"), "config.json")))
+    assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (32, 32, 8, 128)
+
+
+def test_attention_backend_is_ours_only():
+    cmd, _ = build_command(["--attention-backend", "flashcore_sparse"])
+    assert cmd.count("--attention-backend") == 1
+    with pytest.raises(SystemExit):
+        build_command(["--attention-backend", "triton"])
+    with pytest.raises(SystemExit):
+        build_command(["--model-path", "a", "--config", "tiny_llama"])
+    with pytest.raises(FileNotFoundError, match="no shipped model config named 'nope'"):
+        build_command(["--config", "nope"])
+
+
+def test_dry_run_prints_the_command(capsys):
+    assert main(["--dry-run", "--port", "1234"]) == 0
+    out = capsys.readouterr().out
+    assert "sglang.launch_server" in out and "--port 1234" in out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="linux only")
+def test_without_a_gpu_it_says_why_and_exits_2():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = subprocess.run([sys.executable, "-m", "sglang_flashcore.serve"], capture_output=True, text=True)
+    assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr
+
+
+def test_sglang_accepts_the_command_line():
+    if os.environ.get("FLASHCORE_REQUIRE_SGLANG") != "1":
+        pytest.importorskip("sglang")
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_flashcore.plugin import register
+
+    register()
+    cmd, _ = build_command(["--port", "30001", "--max-running-requests", "8"])
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(cmd[3:])
+    assert args.attention_backend == "flashcore_sparse" and args.load_format == "dummy"
+    assert args.skip_tokenizer_init and args.port == 30001

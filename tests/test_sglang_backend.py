@@ -1,0 +1,233 @@
+"""flashcore_sparse inside SGLang, on CPU: plugin, SGLang's own attention-backend kit,
+our shared-prefix cases on SGLang's real pools, and agreement with torch_native."""
+
+import os
+import subprocess
+import sys
+import unittest
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+if os.environ.get("FLASHCORE_REQUIRE_SGLANG") != "1":
+    pytest.importorskip("sglang", reason="SGLang is not installed (pip install -e .[sglang])")
+
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS  # noqa: E402
+from sglang.srt.model_executor.forward_batch_info import ForwardMode  # noqa: E402
+from sglang.srt.model_executor.forward_context import ForwardContext, forward_context  # noqa: E402
+from sglang.test.kits.attention_unittest.attention_methods import dense_attention as kit  # noqa: E402
+
+from sglang_flashcore import plugin  # noqa: E402
+from sglang_flashcore.sglang_backend import FlashCoreBackend, UnsupportedFeatureError  # noqa: E402
+
+plugin.register()
+NAME = plugin.BACKEND_NAME
+LOC_LAYOUTS = ("contiguous", "shuffled_pages", "interleaved_pages", "non_monotonic_extend")
+
+
+class _NoSkip(unittest.TestCase):
+    """The kit skips a case when the backend cannot be built; for us that is a failure."""
+
+    def runTest(self):
+        pass
+
+    def skipTest(self, reason):
+        pytest.fail(f"the kit could not build {NAME}: {reason}")
+
+
+def _run(fn, *args, **kwargs):
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------------ plugin
+def test_entry_point_is_installed():
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="sglang.srt.plugins")}
+    assert eps.get(NAME) == "sglang_flashcore.plugin:register"
+
+
+def test_load_plugins_registers_backend_and_cli_choice_in_a_fresh_process():
+    code = (
+        "import argparse\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins(); load_plugins()\n"
+        "from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS\n"
+        "from sglang_flashcore.plugin import _choices_api, register\n"
+        "register()\n"
+        "assert 'flashcore_sparse' in ATTENTION_BACKENDS\n"
+        "assert _choices_api()[1].count('flashcore_sparse') == 1\n"
+        "from sglang.srt.server_args import ServerArgs\n"
+        "p = argparse.ArgumentParser(); ServerArgs.add_cli_args(p)\n"
+        "a = p.parse_args(['--model-path', 'm', '--attention-backend', 'flashcore_sparse'])\n"
+        "assert a.attention_backend == 'flashcore_sparse'\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ, SGLANG_PLUGINS="flashcore_sparse")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_register_names_supported_versions_when_sglang_api_is_missing(monkeypatch):
+    monkeypatch.setattr(plugin, "_CHOICES_MODULES", ("sglang.no_such_module",))
+    with pytest.raises(plugin.SGLangVersionError, match=r"SGLang >=0.5.17, <=0.5.23"):
+        plugin.register()
+
+
+# ------------------------------------------------------- SGLang's own kit
+@pytest.mark.parametrize("loc_layout", LOC_LAYOUTS)
+@pytest.mark.parametrize("case", kit.make_dense_cases(NAME), ids=lambda c: c.name)
+def test_sglang_kit_dense_case(case, loc_layout):
+    _run(kit.run_dense_attention_case, _NoSkip(), case, device="cpu", dtype=torch.float32,
+         loc_layout=loc_layout)
+
+
+# ------------------------------------------------------------ our cases
+def _case(name, mode, prefix, extend=(), heads=(4, 4), page=16):
+    return kit.DenseAttentionCase(
+        name=name, backend=NAME, forward_mode=mode, num_heads=heads[0], num_kv_heads=heads[1],
+        page_size=page, prefix_lens=tuple(prefix), extend_lens=tuple(extend),
+    )
+
+
+def _share_prefix(fixture, shared: int):
+    """Points every request's first ``shared`` positions at request 0's slots, as the radix
+    cache does for a common prefix, and makes the reference see the same prefix tokens."""
+    r2t = fixture.runner.req_to_token_pool.req_to_token
+    for r in range(1, fixture.case.batch_size):
+        r2t[r, :shared] = r2t[0, :shared]
+        fixture.prefix_hidden[r][:shared] = fixture.prefix_hidden[0][:shared]
+
+
+def _build(case, dtype=torch.float32, head_dim=64, max_ctx=2304, loc_layout="shuffled_pages", shared=0):
+    fixture = _run(
+        kit.build_dense_attention_fixture, _NoSkip(), case, head_dim=head_dim, hidden_size=128,
+        max_context_len=max_ctx, dtype=dtype, device="cpu", loc_layout=loc_layout,
+    )
+    if shared:
+        _run(_share_prefix, fixture, shared)
+    return fixture
+
+
+def _tolerance(dtype):
+    return {torch.float32: (2e-4, 2e-4)}.get(dtype, (kit.DENSE_ATOL, kit.DENSE_RTOL))
+
+
+OWN_CASES = [
+    # (case, shared prefix tokens)
+    (_case("decode_shared_prefix_gqa8", ForwardMode.DECODE, [64 + 5, 64 + 9, 64 + 1, 64 + 16], heads=(16, 2)), 64),
+    (_case("decode_shared_prefix_page1", ForwardMode.DECODE, [37, 41, 50], page=1), 37),
+    (_case("decode_shared_prefix_page64", ForwardMode.DECODE, [128 + 3, 128 + 60, 128], page=64), 128),
+    (_case("extend_shared_prefix_page1", ForwardMode.EXTEND, [40, 40, 40], [5, 1, 9], page=1), 40),
+    (_case("extend_shared_prefix_page16_gqa8", ForwardMode.EXTEND, [32, 48, 32], [7, 16, 1], heads=(8, 1)), 32),
+    (_case("extend_shared_prefix_page64", ForwardMode.EXTEND, [64, 64 + 10], [30, 2], page=64), 64),
+    (_case("decode_long_prefix_page64", ForwardMode.DECODE, [2000, 1500], heads=(8, 2), page=64), 0),
+    (_case("extend_long_prefix_page16", ForwardMode.EXTEND, [1200], [33], heads=(8, 1)), 0),
+    (_case("extend_no_prefix_ragged", ForwardMode.EXTEND, [0, 0, 0, 0], [1, 17, 64, 3], heads=(8, 2)), 0),
+    (_case("mixed_chunk_and_decodes", ForwardMode.MIXED, [16, 40, 7], [12, 1, 1], heads=(8, 2)), 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case,shared", OWN_CASES, ids=[c.name for c, _ in OWN_CASES])
+def test_own_cases_match_the_kit_reference_and_torch_native(case, shared, dtype):
+    fixture = _build(case, dtype=dtype, shared=shared)
+    ours = _run(kit.run_dense_fixture_eager, fixture)
+    expected = _run(kit.expected_dense_fixture_output, fixture)
+    atol, rtol = _tolerance(dtype)
+    torch.testing.assert_close(ours, expected, atol=atol, rtol=rtol)
+    # the same batch through SGLang's torch_native backend
+    native = ATTENTION_BACKENDS["torch_native"](fixture.runner)
+    theirs = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, native))
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
+
+
+def test_shared_prefix_layout_is_read_once_per_step():
+    case = OWN_CASES[0][0]
+    fixture = _build(case, shared=64)
+    _run(fixture.backend.init_forward_metadata, fixture.forward_batch)
+    plan = fixture.backend.forward_metadata.layout.plan(64)
+    assert plan.total_tokens == sum(case.seq_lens)
+    assert plan.unique_tokens == sum(case.seq_lens) - 3 * 64
+    assert plan.max_readers == 4
+
+
+# --------------------------------------------------- unsupported features
+def _fake_runner(**overrides):
+    runner = SimpleNamespace(
+        device="cpu", page_size=1, req_to_token_pool=None, token_to_kv_pool=None,
+        use_mla_backend=False, model_config=SimpleNamespace(is_encoder_decoder=False, attention_chunk_size=None),
+        is_hybrid_swa=False, sliding_window_size=None, kv_cache_dtype=torch.bfloat16,
+    )
+    for k, v in overrides.items():
+        setattr(runner, k, v)
+    return runner
+
+
+@pytest.mark.parametrize("overrides,feature", [
+    ({"use_mla_backend": True}, "MLA"),
+    ({"sliding_window_size": 4096}, "sliding-window"),
+    ({"model_config": SimpleNamespace(is_encoder_decoder=True)}, "encoder-decoder"),
+    ({"kv_cache_dtype": torch.float8_e4m3fn}, "KV cache"),
+])
+def test_unsupported_models_fail_at_construction(overrides, feature):
+    with pytest.raises(UnsupportedFeatureError, match=feature):
+        FlashCoreBackend(_fake_runner(**overrides))
+
+
+@pytest.mark.parametrize("attr,value,feature", [
+    ("sliding_window_size", 8, "sliding-window"),
+    ("logit_cap", 30.0, "logit soft-capping"),
+    ("is_cross_attention", True, "cross attention"),
+])
+def test_unsupported_layers_fail_at_first_use(attr, value, feature):
+    fixture = _build(_case("decode", ForwardMode.DECODE, [10, 20]))
+    setattr(fixture.actual_module.attn, attr, value)
+    with pytest.raises(UnsupportedFeatureError, match=feature):
+        _run(kit.run_dense_fixture_eager, fixture)
+
+
+def test_speculative_batches_fail_clearly():
+    fixture = _build(_case("decode", ForwardMode.DECODE, [10, 20]))
+    fixture.forward_batch.forward_mode = ForwardMode.TARGET_VERIFY
+    with pytest.raises(UnsupportedFeatureError, match="speculative decoding"):
+        fixture.backend.init_forward_metadata(fixture.forward_batch)
+
+
+def test_idle_batch_returns_empty_output():
+    fixture = _build(_case("decode", ForwardMode.DECODE, [10]))
+    fb = fixture.forward_batch
+    fb.forward_mode = ForwardMode.IDLE
+    q = torch.zeros(0, 4 * 64)
+    out = fixture.backend.forward(q, q, q, fixture.actual_module.attn, fb)
+    assert out.shape == (0, 4 * 64)
+
+
+# -------------------------------------------------------------- CUDA graphs
+def test_cuda_graph_metadata_uses_fixed_buffers_across_replays():
+    case = _case("decode_graph", ForwardMode.DECODE, [30, 17, 64], heads=(8, 2))
+    fixture = _build(case)
+    backend = fixture.backend
+    backend.init_cuda_graph_state(max_bs=8, max_num_tokens=8)
+    assert backend.get_cuda_graph_seq_len_fill_value() == 1
+    ptrs = None
+    for in_capture in (True, False, False):  # capture, then two replays
+        with torch.no_grad(), forward_context(ForwardContext(attn_backend=backend)):
+            backend.init_forward_metadata_out_graph(fixture.forward_batch, in_capture=in_capture)
+            backend.init_forward_metadata_in_graph(fixture.forward_batch)
+            out = fixture.actual_module(fixture.input_hidden, fixture.forward_batch)
+        layout = backend.forward_metadata.layout
+        now = (layout.row_offsets.data_ptr(), layout.cols.data_ptr(), layout.counts.data_ptr())
+        assert ptrs is None or now == ptrs
+        ptrs = now
+        torch.testing.assert_close(out, _run(kit.expected_dense_fixture_output, fixture), atol=2e-4, rtol=2e-4)
+
+
+def test_cuda_graph_buffers_refuse_an_oversized_batch():
+    fixture = _build(_case("decode_graph", ForwardMode.DECODE, [30, 17, 64]))
+    fixture.backend.init_cuda_graph_state(max_bs=2, max_num_tokens=2)
+    with pytest.raises(ValueError, match="exceeds the buffers"):
+        fixture.backend.init_forward_metadata_out_graph(fixture.forward_batch, in_capture=True)
