@@ -162,14 +162,17 @@ def paged_decode(
     check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
     if check_bounds:
         _check_layout_bounds(layout, num_slots)
-    plan = []
+    plan, meta = [], []
     if q.is_cuda and ops.impl_mode() != "reference":
-        from .kernels import plan_tensors
+        from .kernels import DECODE_MAX_CHUNK_TOKENS, plan_meta, plan_tensors
 
-        plan = plan_tensors(layout.plan(chunk_tokens))
+        if not 1 <= chunk_tokens <= DECODE_MAX_CHUNK_TOKENS:
+            raise ValueError(f"chunk_tokens: expected 1..{DECODE_MAX_CHUNK_TOKENS} for the CUDA kernel, got {chunk_tokens}")
+        sharing = layout.plan(chunk_tokens)
+        plan, meta = plan_tensors(sharing), plan_meta(sharing)
     return ops.paged_decode_op(
         q, k_cache, v_cache, layout.row_offsets, layout.cols, layout.page_offsets, layout.counts,
-        plan, layout.page_size, _scale(softmax_scale, q.shape[-1]),
+        plan, meta, layout.page_size, _scale(softmax_scale, q.shape[-1]),
     )
 
 

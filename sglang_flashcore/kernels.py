@@ -1,26 +1,59 @@
-"""CUDA kernels: loads the JIT-built extension and registers it with ``ops.CUDA_IMPLS``."""
+"""CUDA implementations of the ``flashcore::`` ops, registered in ``ops.CUDA_IMPLS``.
+
+Each checks what its kernel supports and, for anything else, raises an error that names the
+argument and suggests ``FLASHCORE_IMPL=reference``.
+"""
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import torch
 
+from . import _jit, ops
 from .layout import SharingPlan
 
 _loaded = False
-
-
-def ensure_loaded() -> None:
-    """Builds (once) and registers our CUDA kernels. No kernel is registered yet."""
-    global _loaded
-    _loaded = True
+DECODE_MAX_CHUNK_TOKENS = 1024  # kDecodeMaxChunkTokens in cuda/include/flashcore/paged_decode.h
+DECODE_ROWS_PER_CTA = 64
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+DECODE_HEAD_DIMS = (64, 128)
+_HINT = "set FLASHCORE_IMPL=reference to run the float32 reference on the GPU"
 
 
 def plan_tensors(plan: SharingPlan) -> List[torch.Tensor]:
     """The SharingPlan tensors the decode kernel reads, in its argument order."""
     return [
         plan.work_entry_offsets, plan.work_reader_offsets, plan.work_readers,
-        plan.entry_pages, plan.entry_offsets, plan.entry_counts,
+        plan.entry_pages, plan.entry_offsets, plan.entry_token_offsets,
         plan.merge_offsets, plan.merge_partials,
     ]
+
+
+def plan_meta(plan: SharingPlan) -> List[int]:
+    """Host-side numbers the launch needs: the largest reader set of a work item."""
+    return [plan.max_readers]
+
+
+def _paged_decode_cuda(q, k_cache, v_cache, plan: Sequence[torch.Tensor], meta: Sequence[int],
+                       page_size: int, softmax_scale: float):
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"q: the CUDA decode kernel takes float16 or bfloat16, got {q.dtype}; {_HINT}")
+    if q.shape[-1] not in DECODE_HEAD_DIMS:
+        raise ValueError(f"q: the CUDA decode kernel supports head dim 64 or 128, got {q.shape[-1]}; {_HINT}")
+    if page_size > DECODE_MAX_CHUNK_TOKENS:
+        raise ValueError(f"page_size: the CUDA decode kernel supports up to {DECODE_MAX_CHUNK_TOKENS}, got {page_size}")
+    group = q.shape[1] // k_cache.shape[1]
+    row_groups = max(1, -(-meta[0] * group // DECODE_ROWS_PER_CTA))
+    out, lse = _jit.load().paged_decode(q, k_cache, v_cache, list(plan), page_size, softmax_scale, row_groups)
+    return out, lse
+
+
+def ensure_loaded() -> None:
+    """Registers the CUDA implementations (the extension itself builds on first call)."""
+    global _loaded
+    if _loaded:
+        return
+    _jit.check_device()
+    ops.CUDA_IMPLS["paged_decode"] = _paged_decode_cuda
+    _loaded = True

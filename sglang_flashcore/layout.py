@@ -323,6 +323,8 @@ class SharingPlan:
     Attributes:
         chunk_tokens: the split-KV chunk size the plan was made for.
         entry_pages, entry_offsets, entry_counts: [U] the unique runs, in work order.
+        entry_token_offsets: [U+1] exclusive prefix sum of ``entry_counts`` (where each run's
+            tokens start in the work order; a work item's tokens are one contiguous range).
         reader_offsets: [U+1], readers: [nnz] the transpose, run -> requests (ascending).
         work_entry_offsets: [W+1] each work item's runs in the ``entry_*`` arrays.
         work_reader_offsets: [W+1] each work item's readers in ``work_readers``.
@@ -335,6 +337,7 @@ class SharingPlan:
     entry_pages: torch.Tensor
     entry_offsets: torch.Tensor
     entry_counts: torch.Tensor
+    entry_token_offsets: torch.Tensor
     reader_offsets: torch.Tensor
     readers: torch.Tensor
     work_entry_offsets: torch.Tensor
@@ -457,6 +460,7 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
         entry_pages=up[:, 0].to(_I32),
         entry_offsets=up[:, 1].to(_I32),
         entry_counts=counts_u.to(_I32),
+        entry_token_offsets=_exclusive_cumsum(counts_u).to(_I32),
         reader_offsets=reader_offsets.to(_I32),
         readers=readers.to(_I32),
         work_entry_offsets=work_entry_offsets.to(_I32),

@@ -77,20 +77,20 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def paged_decode_op(
     q: Tensor, k_cache: Tensor, v_cache: Tensor,
     row_offsets: Tensor, cols: Tensor, page_offsets: Tensor, counts: Tensor,
-    plan: List[Tensor], page_size: int, softmax_scale: float,
+    plan: List[Tensor], plan_meta: List[int], page_size: int, softmax_scale: float,
 ) -> Tuple[Tensor, Tensor]:
-    """``plan``: the SharingPlan tensors the kernel reads (see ``kernels.plan_tensors``);
-    empty when the caller runs the reference."""
+    """``plan``/``plan_meta``: the SharingPlan tensors and numbers the kernel reads (see
+    ``kernels.plan_tensors``); empty when the caller runs the reference."""
     impl = _cuda_impl("paged_decode", q.device)
     if impl is not None and plan:
-        return impl(q, k_cache, v_cache, plan, page_size, softmax_scale)
+        return impl(q, k_cache, v_cache, plan, plan_meta, page_size, softmax_scale)
     layout = _layout(row_offsets, cols, page_offsets, counts, page_size)
     out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale)
     return out.to(q.dtype), lse.float()
 
 
 @paged_decode_op.register_fake
-def _(q, k_cache, v_cache, row_offsets, cols, page_offsets, counts, plan, page_size, softmax_scale):
+def _(q, k_cache, v_cache, row_offsets, cols, page_offsets, counts, plan, plan_meta, page_size, softmax_scale):
     return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 

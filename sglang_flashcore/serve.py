@@ -12,8 +12,9 @@ import argparse
 import os
 import shlex
 import sys
-from importlib import resources
 from typing import List, Optional, Sequence, Tuple
+
+from .locations import data_dir
 
 BACKEND = "flashcore_sparse"
 DEFAULT_MODEL = "tiny_llama"
@@ -21,10 +22,10 @@ DEFAULT_MODEL = "tiny_llama"
 
 def config_dir(name: str = DEFAULT_MODEL) -> str:
     """Path of a model config shipped in ``configs/``."""
-    path = resources.files("sglang_flashcore.configs") / name
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no shipped model config named {name!r} (looked in {path})")
-    return str(path)
+    root = data_dir("configs", "README.md")
+    if not (root / name / "config.json").is_file():
+        raise FileNotFoundError(f"no shipped model config named {name!r} (looked in {root})")
+    return str(root / name)
 
 
 def _has(args: Sequence[str], flag: str) -> bool:

@@ -1,0 +1,124 @@
+// Torch entry points of FlashCore's CUDA kernels: check inputs, allocate outputs, launch.
+// The Python API (sglang_flashcore/api.py) validates first with friendlier messages; these
+// checks are the last line before a kernel sees a pointer.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "flashcore/paged_decode.h"
+
+namespace {
+
+#define FC_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, "flashcore: ", __VA_ARGS__)
+
+int dtype_code(const at::Tensor& t, const char* name) {
+  if (t.scalar_type() == at::kHalf) return 0;
+  if (t.scalar_type() == at::kBFloat16) return 1;
+  FC_CHECK(false, name, ": the CUDA kernels take float16 or bfloat16, got ", t.scalar_type());
+  return -1;
+}
+
+void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  FC_CHECK(t.is_cuda(), name, ": expected a CUDA tensor");
+  FC_CHECK(t.device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", t.device());
+}
+
+void check_rows_16b(const at::Tensor& t, const char* name) {
+  FC_CHECK(t.stride(-1) == 1, name, ": expected the last dimension contiguous, got strides ", t.strides());
+  for (int64_t i = 0; i + 1 < t.dim(); ++i)
+    FC_CHECK(t.size(i) <= 1 || t.stride(i) % 8 == 0, name, ": stride ", t.stride(i), " of dim ", i,
+             " must be a multiple of 8 elements (16-byte rows)");
+  FC_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": data must be 16-byte aligned");
+}
+
+const int* index_ptr(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  check_cuda(t, like, name);
+  FC_CHECK(t.scalar_type() == at::kInt, name, ": expected int32, got ", t.scalar_type());
+  FC_CHECK(t.dim() == 1 && t.is_contiguous(), name, ": expected a contiguous 1-D tensor");
+  return t.data_ptr<int>();
+}
+
+std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
+                                     int64_t row_groups) {
+  FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
+  check_cuda(q, q, "q");
+  check_cuda(k, q, "k_cache");
+  check_cuda(v, q, "v_cache");
+  const int dtype = dtype_code(q, "q");
+  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+           "k_cache/v_cache: expected dtype ", q.scalar_type());
+  FC_CHECK(q.dim() == 3, "q: expected [B, Hq, D], got ", q.sizes());
+  FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
+  FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
+  FC_CHECK(D == 64 || D == 128, "q: the decode kernel supports head dim 64 or 128, got ", D);
+  FC_CHECK(k.size(-1) == D, "k_cache: head dim ", k.size(-1), " differs from q's ", D);
+  FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k_cache has ", Hkv, ": not a multiple");
+  FC_CHECK(page_size >= 1 && page_size <= flashcore::kDecodeMaxChunkTokens, "page_size: expected 1..",
+           flashcore::kDecodeMaxChunkTokens, ", got ", page_size);
+  check_rows_16b(q, "q");
+  check_rows_16b(k, "k_cache");
+  check_rows_16b(v, "v_cache");
+
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty_like(q);
+  auto lse = at::empty({B, Hq}, q.options().dtype(at::kFloat));
+  const int64_t num_partials = plan[2].numel();
+  auto partial_o = at::empty({num_partials, Hq, D}, q.options().dtype(at::kFloat));
+  auto partial_lse = at::empty({num_partials, Hq}, q.options().dtype(at::kFloat));
+
+  flashcore::PagedDecodeParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_stride_b = q.stride(0);
+  p.q_stride_h = q.stride(1);
+  if (k.dim() == 3) {  // SGLang's pool: slot = page * page_size + offset
+    p.kv_stride_tok = k.stride(0);
+    p.kv_stride_page = k.stride(0) * page_size;
+  } else {  // head-major pages
+    FC_CHECK(k.size(2) == page_size, "k_cache: ", k.size(2), " tokens per page, layout says ", page_size);
+    p.kv_stride_page = k.stride(0);
+    p.kv_stride_tok = k.stride(2);
+  }
+  p.kv_stride_head = k.stride(1);
+  p.num_q_heads = (int)Hq;
+  p.num_kv_heads = (int)Hkv;
+  p.group = (int)(Hq / Hkv);
+  p.scale_log2 = (float)(scale * 1.4426950408889634);
+  const char* names[8] = {"work_entry_offsets", "work_reader_offsets", "work_readers", "entry_pages",
+                          "entry_offsets", "entry_token_offsets", "merge_offsets", "merge_partials"};
+  const int* ptrs[8];
+  for (int i = 0; i < 8; ++i) ptrs[i] = index_ptr(plan[i], q, names[i]);
+  p.work_entry_offsets = ptrs[0];
+  p.work_reader_offsets = ptrs[1];
+  p.work_readers = ptrs[2];
+  p.entry_pages = ptrs[3];
+  p.entry_offsets = ptrs[4];
+  p.entry_token_offsets = ptrs[5];
+  p.merge_offsets = ptrs[6];
+  p.merge_partials = ptrs[7];
+  FC_CHECK(plan[6].numel() == B + 1, "merge_offsets: expected ", B + 1, " offsets, got ", plan[6].numel());
+  p.num_work = (int)(plan[0].numel() - 1);
+  p.batch = (int)B;
+  p.row_groups = (int)std::max<int64_t>(row_groups, 1);
+  p.partial_o = partial_o.data_ptr<float>();
+  p.partial_lse = partial_lse.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.out_stride_b = out.stride(0);
+  p.out_stride_h = out.stride(1);
+  cudaError_t err = flashcore::paged_decode_launch(p, dtype, (int)D, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "flashcore: paged_decode launch failed: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "FlashCore CUDA kernels";
+  m.def("paged_decode", &paged_decode, "Paged CSR decode over a SharingPlan");
+}

@@ -1,0 +1,311 @@
+// Paged CSR decode: one query token per request, K/V read through a SharingPlan.
+//
+// Work item w = a chunk of page runs read by the same set of requests (its "readers").
+// CTA (w, kv_head, row_group) loads the chunk's K/V once, through a 2-stage cp.async ring
+// of 64-token tiles, and multiplies it on tensor cores against every query row that reads
+// it: rows = readers x GQA group (up to 64 per CTA, 16 per warp tile). With few rows (no
+// sharing, small groups) the four warps split the tokens of each tile and merge at the end;
+// with many rows they split the rows. Each (w, reader) pair writes a normalised partial
+// output and its LSE; a second kernel merges each request's partials in the plan's fixed
+// order, so results are bit-identical run to run.
+#include <float.h>
+
+#include "flashcore/mma.cuh"
+#include "flashcore/paged_decode.h"
+
+namespace flashcore {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = 4;
+constexpr int kTileN = 64;  // tokens per pipeline stage
+constexpr int kStages = 2;
+constexpr int kRowTile = 16;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct DecodeSmem {
+  static constexpr int kKvElems = kStages * 2 * kTileN * D;
+  static constexpr int kQElems = (kDecodeRowsPerCta / kRowTile) * kRowTile * D;
+  static constexpr size_t kTokOffset = (size_t)(kKvElems + kQElems) * 2;  // bytes
+  static constexpr size_t kBytes = kTokOffset + kDecodeMaxChunkTokens * sizeof(int64_t);
+};
+
+// Where the token t of this work item sits in the pool (element offset, head 0).
+__device__ __forceinline__ int64_t token_offset(const PagedDecodeParams& p, int e0, int e1, int tok) {
+  int lo = e0, hi = e1 - 1;  // last entry whose first token <= tok
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (p.entry_token_offsets[mid] <= tok) lo = mid; else hi = mid - 1;
+  }
+  int in_run = tok - p.entry_token_offsets[lo];
+  return (int64_t)p.entry_pages[lo] * p.kv_stride_page +
+         (int64_t)(p.entry_offsets[lo] + in_run) * p.kv_stride_tok;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const PagedDecodeParams p) {
+  using Tile = SwizzledTile<D>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* kv_smem = reinterpret_cast<T*>(smem_raw);
+  T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
+  int64_t* tok_off = reinterpret_cast<int64_t*>(smem_raw + DecodeSmem<D>::kTokOffset);
+
+  const int w = blockIdx.x, h = blockIdx.y;
+  const int e0 = p.work_entry_offsets[w], e1 = p.work_entry_offsets[w + 1];
+  const int r0 = p.work_reader_offsets[w], r1 = p.work_reader_offsets[w + 1];
+  const int G = p.group;
+  const int rows = (r1 - r0) * G;
+  const int row_base = blockIdx.z * kDecodeRowsPerCta;
+  if (row_base >= rows) return;
+  const int tok_base = p.entry_token_offsets[e0];
+  const int ntok = p.entry_token_offsets[e1] - tok_base;
+  const int nrt = min(kDecodeRowsPerCta / kRowTile, (rows - row_base + kRowTile - 1) / kRowTile);
+  const int splits = nrt == 1 ? 4 : (nrt == 2 ? 2 : 1);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int my_rt = warp % nrt, my_split = warp / nrt;
+  const bool active = my_split < splits;
+
+  for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
+  __syncthreads();
+
+  // Query rows of this CTA: row r -> reader r / G, query head h * G + r % G.
+  const T* qg = reinterpret_cast<const T*>(p.q);
+  for (int i = threadIdx.x; i < nrt * kRowTile * kChunks; i += kThreads) {
+    int c = i % kChunks, rr = i / kChunks;
+    int row = row_base + rr;
+    const T* src = qg;
+    int bytes = 0;
+    if (row < rows) {
+      int b = p.work_readers[r0 + row / G];
+      src = qg + b * p.q_stride_b + (int64_t)(h * G + row % G) * p.q_stride_h + c * 8;
+      bytes = 16;
+    }
+    cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
+  }
+
+  const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
+  const T* vg = reinterpret_cast<const T*>(p.v) + (int64_t)h * p.kv_stride_head;
+  const int ntiles = (ntok + kTileN - 1) / kTileN;
+  auto load_tile = [&](int tile) {
+    T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
+    T* vs = ks + kTileN * D;
+    for (int i = threadIdx.x; i < kTileN * kChunks; i += kThreads) {
+      int c = i % kChunks, r = i / kChunks;
+      int t = tile * kTileN + r;
+      int64_t off = t < ntok ? tok_off[t] + c * 8 : 0;
+      int bytes = t < ntok ? 16 : 0;  // zero-fill past the end: 0 * garbage could be NaN
+      cp_async_16(ks + Tile::offset(r, c * 8), kg + off, bytes);
+      cp_async_16(vs + Tile::offset(r, c * 8), vg + off, bytes);
+    }
+  };
+  load_tile(0);
+  cp_async_commit();
+
+  // Per thread: rows lane/4 and lane/4 + 8 of its warp's row tile.
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const T* q_tile = q_smem + my_rt * kRowTile * D;
+
+  for (int tile = 0; tile < ntiles; ++tile) {
+    if (tile + 1 < ntiles) load_tile(tile + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
+    const T* vs = ks + kTileN * D;
+    for (int st = my_split; active && st < kTileN / 16; st += splits) {
+      const int tok0 = tile * kTileN + st * 16;
+      if (tok0 >= ntok) break;
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4], b[4];
+        ldmatrix_x4(a, q_tile + Tile::offset((lane % 8) + 8 * ((lane / 8) % 2), kk * 16 + 8 * (lane / 16)));
+        ldmatrix_x4(b, ks + Tile::offset(st * 16 + (lane % 8) + 8 * (lane / 16), kk * 16 + 8 * ((lane / 8) % 2)));
+        mma_16816<T>(s[0], a, b[0], b[1]);
+        mma_16816<T>(s[1], a, b[2], b[3]);
+      }
+      // scale, mask tokens past the end, online softmax (log2 domain)
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          int tok = tok0 + j * 8 + 2 * (lane % 4) + (e & 1);
+          s[j][e] = tok < ntok ? s[j][e] * p.scale_log2 : -INFINITY;
+          mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+      }
+      float alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        alpha[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mx[r]);
+        m[r] = mx[r];
+        l[r] *= alpha[r];
+      }
+      uint32_t pa[4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float e0v = exp2f(s[j][0] - m[0]), e1v = exp2f(s[j][1] - m[0]);
+        float e2v = exp2f(s[j][2] - m[1]), e3v = exp2f(s[j][3] - m[1]);
+        l[0] += e0v + e1v;
+        l[1] += e2v + e3v;
+        pa[2 * j] = Pack2<T>::from_floats(e0v, e1v);
+        pa[2 * j + 1] = Pack2<T>::from_floats(e2v, e3v);
+      }
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[j][0] *= alpha[0]; o[j][1] *= alpha[0];
+        o[j][2] *= alpha[1]; o[j][3] *= alpha[1];
+      }
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vs + Tile::offset(st * 16 + (lane % 8) + 8 * ((lane / 8) % 2), dn * 16 + 8 * (lane / 16)));
+        mma_16816<T>(o[2 * dn], pa, b[0], b[1]);
+        mma_16816<T>(o[2 * dn + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the stage is reloaded next iteration
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+  }
+
+  // Warps that split one row tile's tokens merge through shared memory (the K/V ring is free now).
+  if (splits > 1) {
+    float* scratch = reinterpret_cast<float*>(smem_raw);
+    constexpr int kStride = D + 2;  // O row, then m and l
+    if (active && my_split > 0) {
+      float* base = scratch + ((my_split - 1) * nrt + my_rt) * kRowTile * kStride;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        int col = j * 8 + 2 * (lane % 4);
+        base[(lane / 4) * kStride + col] = o[j][0];
+        base[(lane / 4) * kStride + col + 1] = o[j][1];
+        base[(lane / 4 + 8) * kStride + col] = o[j][2];
+        base[(lane / 4 + 8) * kStride + col + 1] = o[j][3];
+      }
+      if (lane % 4 == 0) {
+        base[(lane / 4) * kStride + D] = m[0];
+        base[(lane / 4) * kStride + D + 1] = l[0];
+        base[(lane / 4 + 8) * kStride + D] = m[1];
+        base[(lane / 4 + 8) * kStride + D + 1] = l[1];
+      }
+    }
+    __syncthreads();
+    if (active && my_split == 0) {
+      for (int sp = 1; sp < splits; ++sp) {
+        const float* base = scratch + ((sp - 1) * nrt + my_rt) * kRowTile * kStride;
+        float ms[2] = {base[(lane / 4) * kStride + D], base[(lane / 4 + 8) * kStride + D]};
+        float ls[2] = {base[(lane / 4) * kStride + D + 1], base[(lane / 4 + 8) * kStride + D + 1]};
+        float wa[2], wb[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mn = fmaxf(m[r], ms[r]);
+          wa[r] = mn == -INFINITY ? 0.f : exp2f(m[r] - mn);
+          wb[r] = mn == -INFINITY ? 0.f : exp2f(ms[r] - mn);
+          l[r] = l[r] * wa[r] + ls[r] * wb[r];
+          m[r] = mn;
+        }
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          int col = j * 8 + 2 * (lane % 4);
+          o[j][0] = o[j][0] * wa[0] + base[(lane / 4) * kStride + col] * wb[0];
+          o[j][1] = o[j][1] * wa[0] + base[(lane / 4) * kStride + col + 1] * wb[0];
+          o[j][2] = o[j][2] * wa[1] + base[(lane / 4 + 8) * kStride + col] * wb[1];
+          o[j][3] = o[j][3] * wa[1] + base[(lane / 4 + 8) * kStride + col + 1] * wb[1];
+        }
+      }
+    }
+  }
+  if (!active || my_split != 0) return;
+
+  // One partial per (work item, reader): normalised output and natural-log LSE.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int row = row_base + my_rt * kRowTile + lane / 4 + 8 * r;
+    if (row >= rows) continue;
+    int part = r0 + row / G;
+    int qh = h * G + row % G;
+    float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      float2 val = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+      *reinterpret_cast<float2*>(dst + j * 8 + 2 * (lane % 4)) = val;
+    }
+    if (lane % 4 == 0)
+      p.partial_lse[(int64_t)part * p.num_q_heads + qh] = l[r] > 0.f ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+  }
+}
+
+// One block per (request, 4 query heads); D/4 threads per head, 4 columns each.
+template <typename T, int D>
+__global__ void merge_partials_kernel(const PagedDecodeParams p) {
+  const int b = blockIdx.x;
+  const int head = blockIdx.y * 4 + threadIdx.y;
+  if (head >= p.num_q_heads) return;
+  const int d0 = threadIdx.x * 4;
+  float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int i = p.merge_offsets[b]; i < p.merge_offsets[b + 1]; ++i) {
+    int64_t part = p.merge_partials[i];
+    float s = p.partial_lse[part * p.num_q_heads + head];
+    if (s == -INFINITY) continue;
+    float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
+    float mn = fmaxf(m, s);
+    float a = m == -INFINITY ? 0.f : __expf(m - mn);
+    float w = __expf(s - mn);
+    acc[0] = acc[0] * a + v.x * w;
+    acc[1] = acc[1] * a + v.y * w;
+    acc[2] = acc[2] * a + v.z * w;
+    acc[3] = acc[3] * a + v.w * w;
+    l = l * a + w;
+    m = mn;
+  }
+  float inv = l > 0.f ? 1.f / l : 0.f;
+  T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) out[j] = Pack2<T>::from_float(acc[j] * inv);
+  if (threadIdx.x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+template <typename T, int D>
+cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
+  if (p.batch == 0) return cudaSuccess;
+  if (p.num_work > 0) {
+    constexpr size_t smem = DecodeSmem<D>::kBytes;
+    auto kernel = paged_decode_partial_kernel<T, D>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+    dim3 grid(p.num_work, p.num_kv_heads, p.row_groups);
+    kernel<<<grid, kThreads, smem, stream>>>(p);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  dim3 grid(p.batch, (p.num_q_heads + 3) / 4);
+  merge_partials_kernel<T, D><<<grid, dim3(D / 4, 4), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t paged_decode_launch(const PagedDecodeParams& p, int dtype, int head_dim, cudaStream_t stream) {
+  if (dtype == 0 && head_dim == 64) return launch<__half, 64>(p, stream);
+  if (dtype == 0 && head_dim == 128) return launch<__half, 128>(p, stream);
+  if (dtype == 1 && head_dim == 64) return launch<__nv_bfloat16, 64>(p, stream);
+  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128>(p, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace flashcore

@@ -1,0 +1,171 @@
+"""Decode benchmark: FlashCore's paged CSR decode vs torch SDPA (cuDNN) on dense K/V, same run.
+
+Configurations from ../shared/BENCHMARKS.md (B, Hq, context, D, page, shared fraction), each
+with Hkv = 32 and 8, at its shared fraction and at 0. "Shared fraction f": the first
+f*context tokens of every request are the same pages. For every point: our time, the unique
+bytes the step must read, our effective bandwidth, the lower bound (unique bytes / copy
+bandwidth measured in this run), cuDNN SDPA's time on contiguous K/V of the same requests
+(what a backend without sharing pays), FlashInfer's paged decode when it is installed, and
+the time to build the layout and sharing plan.
+
+    python scripts/bench_decode.py [--quick] [--json out.json] [--plot out.png]
+    python scripts/bench_decode.py --config 8,32,131072,128,128,0.7 --hkv 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sglang_flashcore as fc  # noqa: E402
+from bench_util import bar_plot, copy_bandwidth_tbs, device_info, print_table, save_json, time_ms  # noqa: E402
+
+SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
+    (8, 32, 128 * 1024, 128, 128, 0.7),
+    (16, 32, 32 * 1024, 128, 128, 0.5),
+    (32, 32, 8 * 1024, 128, 128, 0.3),
+]
+LAYERS = 32  # a step builds the layout once for all layers (Llama-3-8B)
+
+
+def shared_page_table(batch, context, page, shared_frac, device):
+    """req_to_token for ``batch`` requests whose first shared_frac*context tokens share pages.
+    Pages are handed out in a shuffled order, as a long-running allocator would."""
+    shared_pages = int(shared_frac * context) // page
+    own_pages = -(-context // page) - shared_pages
+    total_pages = shared_pages + batch * own_pages
+    perm = torch.randperm(total_pages, device=device, dtype=torch.int64)
+    per_req = torch.cat([
+        perm[:shared_pages].expand(batch, shared_pages),
+        perm[shared_pages:].view(batch, own_pages),
+    ], dim=1)
+    slots = (per_req.unsqueeze(-1) * page + torch.arange(page, device=device)).view(batch, -1)[:, :context]
+    return slots.to(torch.int32).contiguous(), total_pages * page
+
+
+def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
+    """FlashInfer's paged decode on the same pool, if FlashInfer is installed."""
+    try:
+        import flashinfer
+    except ImportError:
+        return None
+    hkv, d = k_cache.shape[1], k_cache.shape[2]
+    kv = torch.stack([k_cache.view(-1, page, hkv, d), v_cache.view(-1, page, hkv, d)], dim=1)
+    pages_per_req = -(-context // page)
+    indices = (r2t[:, ::page] // page).reshape(-1).to(torch.int32)
+    indptr = torch.arange(0, batch + 1, device=q.device, dtype=torch.int32) * pages_per_req
+    last = torch.full((batch,), context - (pages_per_req - 1) * page, device=q.device, dtype=torch.int32)
+    ws = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=q.device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+    wrapper.plan(indptr, indices, last, q.shape[1], hkv, d, page, data_type=q.dtype, q_data_type=q.dtype)
+    return lambda: wrapper.run(q, kv)
+
+
+def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats):
+    dev = "cuda"
+    r2t, num_slots = shared_page_table(batch, context, page, frac, dev)
+    k_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
+    v_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
+    q = torch.randn(batch, hq, d, device=dev, dtype=dtype)
+    idx = torch.arange(batch, device=dev)
+    seq = torch.full((batch,), context, device=dev, dtype=torch.int32)
+
+    def build():
+        layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False)
+        layout.plan(fc.DEFAULT_CHUNK_TOKENS)
+        return layout
+
+    layout = build()
+    build_ms = time_ms(build, repeats=5, flush=False)
+    plan = layout.plan(fc.DEFAULT_CHUNK_TOKENS)
+    stats = plan.stats(hkv, d, hq, q.element_size())
+    ours = lambda: fc.paged_decode(q, k_cache, v_cache, layout, check_bounds=False)  # noqa: E731
+    ours_ms = time_ms(ours, repeats=repeats)
+    out = ours()[0]
+
+    # cuDNN SDPA on the gathered, contiguous K/V of the same requests
+    kd = k_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()  # [B, Hkv, S, D]
+    vd = v_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()
+    qd = q.unsqueeze(2)
+    row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac,
+               unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
+               ours_ms=ours_ms, ours_TBs=stats["bytes_shared"] / ours_ms / 1e9,
+               bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, layout_ms=build_ms,
+               work_items=stats["work_items"])
+    row["ours_over_bound"] = ours_ms / row["bound_ms"]
+    row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * ours_ms)
+    for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
+                          ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
+        try:
+            with torch.nn.attention.sdpa_kernel(backend):
+                fn = lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=hq != hkv)  # noqa: E731
+                ref = fn()
+                ms = time_ms(fn, repeats=repeats)
+            row[f"{name}_ms"] = ms
+            row[f"{name}_TBs"] = stats["bytes_dense"] / ms / 1e9
+            row[f"speedup_vs_{name}"] = ms / ours_ms
+            row[f"maxdiff_{name}"] = (ref.squeeze(2).float() - out.float()).abs().max().item()
+        except RuntimeError as exc:
+            row[f"{name}_ms"] = None
+            print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
+    del kd, vd
+    fi = flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context)
+    if fi is not None:
+        row["flashinfer_ms"] = time_ms(fi, repeats=repeats)
+        row["speedup_vs_flashinfer"] = row["flashinfer_ms"] / ours_ms
+    torch.cuda.empty_cache()
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", help="B,Hq,context,D,page,shared (repeatable)")
+    parser.add_argument("--hkv", type=int, action="append", help="KV heads (default 32 and 8)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="contexts / 8, for a smoke run")
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_decode: needs a CUDA GPU")
+    configs = [tuple(float(x) if "." in x else int(x) for x in c.split(",")) for c in args.config] if args.config else SEED_CONFIGS
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    copy_tbs = copy_bandwidth_tbs()
+    info = device_info() | {"copy_TBs_read_plus_write": copy_tbs, "dtype": args.dtype,
+                            "chunk_tokens": fc.DEFAULT_CHUNK_TOKENS, "l2_flush": "256 MB between calls"}
+    print(f"{info['device']}  torch {info['torch']}  copy bandwidth {copy_tbs:.2f} TB/s (read+write)")
+    rows = []
+    for b, hq, ctx, d, page, frac in configs:
+        if args.quick:
+            ctx //= 8
+        for hkv in args.hkv or [32, 8]:
+            for f in sorted({frac, 0.0}, reverse=True):
+                rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats))
+                r = rows[-1]
+                print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f}: ours {r['ours_ms']:.3f} ms, "
+                      f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
+    cols = ["B", "Hkv", "ctx", "page", "shared", "unique_GB", "ours_ms", "ours_TBs", "bound_ms", "ours_over_bound",
+            "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
+            "speedup_vs_flashinfer", "layout_ms", "layout_pct_of_step", "maxdiff_cudnn"]
+    print_table(rows, [c for c in cols if any(c in r for r in rows)], title="\npaged decode, " + args.dtype)
+    if args.json:
+        save_json(args.json, info, rows)
+    if args.plot:
+        labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
+        series = {"ours": [r["ours_ms"] for r in rows], "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
+                  "lower bound": [r["bound_ms"] for r in rows]}
+        if any("flashinfer_ms" in r for r in rows):
+            series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]
+        bar_plot(args.plot, labels, series, "ms per decode step (one layer)", f"paged decode on {info['device']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Shared by the benchmark scripts: GPU timing, ceilings, tables, JSON and plots.
+
+Timing follows ../shared/BENCHMARKS.md: CUDA events around each call after warm-up, the
+median of the repeats, and (for memory-bound work) a 256 MB buffer written between calls so
+that no call finds its inputs in L2.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+_flush_buf: Optional[torch.Tensor] = None
+
+
+def flush_l2() -> None:
+    global _flush_buf
+    if _flush_buf is None:
+        _flush_buf = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    _flush_buf.zero_()
+
+
+def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush: bool = True) -> float:
+    """Median milliseconds of ``fn`` on the current stream."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        if flush:
+            flush_l2()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_tbs(gib: float = 2.0) -> float:
+    """Device-to-device copy, counted as bytes read + bytes written per second (TB/s)."""
+    n = int(gib * 1024**3)
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), repeats=10, flush=False)
+    del src, dst
+    return 2 * n / (ms * 1e-3) / 1e12
+
+
+def device_info() -> Dict[str, str]:
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": platform.python_version(),
+        "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+    }
+
+
+def print_table(rows: List[Dict], columns: Sequence[str], title: str = "") -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    if title:
+        print(title)
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    sys.stdout.flush()
+
+
+def save_json(path: str, info: Dict, rows: List[Dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"info": info, "rows": rows}, f, indent=1)
+
+
+def bar_plot(path: str, labels: List[str], series: Dict[str, List[float]], ylabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(labels)), 4.5))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [x + i * width for x in range(len(labels))]
+        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,52 @@
+"""A small grid of kernel calls checked against the reference, sized for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck python scripts/sanitize_cases.py
+    compute-sanitizer --tool racecheck python scripts/sanitize_cases.py
+
+Exits 1 if any output differs from the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+import sglang_flashcore as fc  # noqa: E402
+from cases import make_page_table  # noqa: E402
+from sglang_flashcore.reference import paged_decode_ref  # noqa: E402
+
+
+def decode_cases():
+    # pattern, page, (Hq, Hkv), D, dtype, lengths, chunk
+    yield "prefix", 16, (8, 2), 128, torch.float16, [70, 1, 33], 64
+    yield "none", 1, (4, 4), 64, torch.bfloat16, [5, 130], 16
+    yield "tree", 64, (32, 4), 128, torch.bfloat16, [300, 200, 129, 64, 0], 128
+    yield "identical", 128, (16, 16), 64, torch.float16, [257] * 3, 256
+
+
+def main() -> int:
+    bad = 0
+    for i, (pattern, page, (hq, hkv), d, dtype, lengths, chunk) in enumerate(decode_cases()):
+        pt = make_page_table(pattern, lengths, page, seed=i)
+        q = torch.randn(len(lengths), hq, d, device="cuda").to(dtype)
+        k = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
+        v = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
+        layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), page)
+        out, lse = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
+        ref, _ = paged_decode_ref(q, k, v, layout)
+        err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
+        ok = err < 2e-2
+        bad += not ok
+        print(f"decode case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    torch.cuda.synchronize()
+    print("sanitize_cases:", "FAILED" if bad else "all cases match")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The CUDA paged decode kernel against the float32 reference (run on the device machine)."""
+
+import random
+
+import pytest
+import torch
+
+import sglang_flashcore as fc
+from cases import PATTERNS, make_page_table
+from sglang_flashcore.reference import paged_decode_ref
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.2e-2, rtol=1e-2)}
+HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4)]
+
+
+def _random_case(i: int):
+    rng = random.Random(1000 + i)
+    pattern = rng.choice(PATTERNS)
+    page = rng.choice([1, 16, 64, 128])
+    hq, hkv = rng.choice(HEADS)
+    d = rng.choice([64, 128])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    batch = rng.choice([1, 2, 3, 5, 8, 17])
+    long = rng.random() < 0.1
+    lengths = [rng.choice([1, 2, 7, rng.randint(1, 600), rng.randint(1, 3000)] + ([rng.randint(5000, 20000)] if long else []))
+               for _ in range(batch)]
+    chunk = rng.choice([16, 64, 128, 256, 512, 1024])
+    return pattern, page, hq, hkv, d, dtype, lengths, chunk
+
+
+def _run_case(pattern, page, hq, hkv, d, dtype, lengths, chunk, seed=0, head_major=False):
+    pt = make_page_table(pattern, lengths, page, seed)
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randn(len(lengths), hq, d, device=dev, generator=g).to(dtype)
+    k = torch.randn(pt.num_slots, hkv, d, device=dev, generator=g).to(dtype)
+    v = torch.randn(pt.num_slots, hkv, d, device=dev, generator=g).to(dtype)
+    layout = fc.from_sglang(pt.req_to_token.to(dev), pt.req_pool_indices.to(dev), pt.seq_lens.to(dev), page)
+    ref_o, ref_l = paged_decode_ref(q, k, v, layout)
+    if head_major:
+        to_pages = lambda t: t.view(-1, page, hkv, d).transpose(1, 2).contiguous()  # noqa: E731
+        k, v = to_pages(k), to_pages(v)
+    out, lse = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
+    return out, lse, ref_o, ref_l, layout
+
+
+@pytest.mark.parametrize("i", range(320))
+def test_decode_kernel_matches_reference(i):
+    pattern, page, hq, hkv, d, dtype, lengths, chunk = _random_case(i)
+    out, lse, ref_o, ref_l, layout = _run_case(pattern, page, hq, hkv, d, dtype, lengths, chunk, seed=i)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref_o, **TOL[dtype])
+    empty = layout.seq_lens == 0
+    assert torch.isneginf(lse[empty]).all() and (out[empty] == 0).all()
+    torch.testing.assert_close(lse[~empty], ref_l[~empty], atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("page", [16, 128])
+def test_head_major_pages(page):
+    out, lse, ref_o, ref_l, _ = _run_case("prefix", page, 16, 4, 128, torch.bfloat16, [300, 513, 64], 256,
+                                         head_major=True)
+    torch.testing.assert_close(out.float(), ref_o, **TOL[torch.bfloat16])
+
+
+def test_decode_is_deterministic():
+    args = ("tree", 16, 32, 8, 128, torch.bfloat16, [4000, 3000, 5000, 200], 256)
+    a, la, *_ = _run_case(*args, seed=3)
+    b, lb, *_ = _run_case(*args, seed=3)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_one_request_of_128k_tokens_split_across_the_gpu():
+    out, lse, ref_o, ref_l, layout = _run_case("none", 128, 32, 8, 128, torch.float16, [131072], 1024)
+    assert layout.plan(1024).num_work_items == 128
+    torch.testing.assert_close(out.float(), ref_o, **TOL[torch.float16])
+
+
+def test_many_readers_of_one_shared_prefix():
+    # 40 requests x GQA 8 = 320 query rows on the shared chunks: several row groups per work item
+    out, lse, ref_o, ref_l, layout = _run_case("prefix", 16, 32, 4, 128, torch.float16, [2048 + i for i in range(40)],
+                                             512)
+    assert layout.plan(512).max_readers == 40
+    torch.testing.assert_close(out.float(), ref_o, **TOL[torch.float16])
+
+
+def test_empty_batch():
+    q = torch.zeros(0, 8, 128, device="cuda", dtype=torch.float16)
+    k = torch.zeros(16, 8, 128, device="cuda", dtype=torch.float16)
+    empty = fc.from_sglang(torch.zeros(1, 4, dtype=torch.int32, device="cuda"),
+                           torch.zeros(0, dtype=torch.int64, device="cuda"),
+                           torch.zeros(0, dtype=torch.int64, device="cuda"), 16)
+    out, lse = fc.paged_decode(q, k, k, empty)
+    assert out.shape == (0, 8, 128) and lse.shape == (0, 8)
+
+
+def test_cuda_kernel_errors_name_the_argument():
+    pt = make_page_table("none", [10], 16)
+    layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), 16)
+    q = torch.randn(1, 4, 128, device="cuda")
+    k = torch.randn(pt.num_slots, 4, 128, device="cuda")
+    with pytest.raises(TypeError, match="q: the CUDA decode kernel takes float16 or bfloat16"):
+        fc.paged_decode(q, k, k, layout)
+    q, k = q[..., :96].half().contiguous(), k[..., :96].half().contiguous()
+    with pytest.raises(ValueError, match="head dim 64 or 128"):
+        fc.paged_decode(q, k, k, layout)
+    with pytest.raises(ValueError, match="chunk_tokens: expected 1..1024"):
+        fc.paged_decode(torch.randn(1, 4, 64, device="cuda").half(), k[..., :64].contiguous(),
+                        k[..., :64].contiguous(), layout, chunk_tokens=4096)
