@@ -67,9 +67,6 @@ __global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const
   const int my_rt = warp % nrt, my_split = warp / nrt;
   const bool active = my_split < splits;
 
-  for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
-  __syncthreads();
-
   // Query rows of this CTA: row r -> reader r / G, query head h * G + r % G.
   const T* qg = reinterpret_cast<const T*>(p.q);
   for (int i = threadIdx.x; i < nrt * kRowTile * kChunks; i += kThreads) {
@@ -84,6 +81,9 @@ __global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const
     }
     cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
   }
+  // (the query loads fly while the token offsets are looked up)
+  for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
+  __syncthreads();
 
   const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
   const T* vg = reinterpret_cast<const T*>(p.v) + (int64_t)h * p.kv_stride_head;

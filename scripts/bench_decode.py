@@ -68,7 +68,7 @@ def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
     return lambda: wrapper.run(q, kv)
 
 
-def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats):
+def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None):
     dev = "cuda"
     r2t, num_slots = shared_page_table(batch, context, page, frac, dev)
     k_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
@@ -77,16 +77,20 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats):
     idx = torch.arange(batch, device=dev)
     seq = torch.full((batch,), context, device=dev, dtype=torch.int32)
 
-    def build():
-        layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False)
-        layout.plan(fc.DEFAULT_CHUNK_TOKENS)
+    probe = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False)
+    chunk = chunk or fc.auto_chunk_tokens(probe, hkv)
+
+    def build():  # what the backend does once per step: layout + sharing plan
+        layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False,
+                                total_tokens=batch * context)
+        layout.plan(chunk)
         return layout
 
     layout = build()
     build_ms = time_ms(build, repeats=5, flush=False)
-    plan = layout.plan(fc.DEFAULT_CHUNK_TOKENS)
+    plan = layout.plan(chunk)
     stats = plan.stats(hkv, d, hq, q.element_size())
-    ours = lambda: fc.paged_decode(q, k_cache, v_cache, layout, check_bounds=False)  # noqa: E731
+    ours = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=chunk, check_bounds=False)  # noqa: E731
     ours_ms = time_ms(ours, repeats=repeats)
     out = ours()[0]
 
@@ -98,7 +102,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats):
                unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
                ours_ms=ours_ms, ours_TBs=stats["bytes_shared"] / ours_ms / 1e9,
                bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, layout_ms=build_ms,
-               work_items=stats["work_items"])
+               chunk=chunk, work_items=stats["work_items"])
     row["ours_over_bound"] = ours_ms / row["bound_ms"]
     row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * ours_ms)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
@@ -131,6 +135,8 @@ def main():
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="contexts / 8, for a smoke run")
+    parser.add_argument("--chunk", type=int, action="append", help="split-KV chunk tokens (default: auto)")
+    parser.add_argument("--shared-only", action="store_true", help="skip the shared-fraction-0 controls")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args()
@@ -140,19 +146,20 @@ def main():
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     copy_tbs = copy_bandwidth_tbs()
     info = device_info() | {"copy_TBs_read_plus_write": copy_tbs, "dtype": args.dtype,
-                            "chunk_tokens": fc.DEFAULT_CHUNK_TOKENS, "l2_flush": "256 MB between calls"}
+                            "layers_per_step": LAYERS, "l2_flush": "256 MB between calls"}
     print(f"{info['device']}  torch {info['torch']}  copy bandwidth {copy_tbs:.2f} TB/s (read+write)")
     rows = []
     for b, hq, ctx, d, page, frac in configs:
         if args.quick:
             ctx //= 8
         for hkv in args.hkv or [32, 8]:
-            for f in sorted({frac, 0.0}, reverse=True):
-                rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats))
-                r = rows[-1]
-                print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f}: ours {r['ours_ms']:.3f} ms, "
-                      f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
-    cols = ["B", "Hkv", "ctx", "page", "shared", "unique_GB", "ours_ms", "ours_TBs", "bound_ms", "ours_over_bound",
+            for f in [frac] if args.shared_only else sorted({frac, 0.0}, reverse=True):
+                for chunk in args.chunk or [None]:
+                    rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk))
+                    r = rows[-1]
+                    print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f} chunk {r['chunk']}: ours {r['ours_ms']:.3f} ms "
+                          f"({r['ours_TBs']:.2f} TB/s), cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
+    cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "ours_TBs", "bound_ms", "ours_over_bound",
             "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
             "speedup_vs_flashinfer", "layout_ms", "layout_pct_of_step", "maxdiff_cudnn"]
     print_table(rows, [c for c in cols if any(c in r for r in rows)], title="\npaged decode, " + args.dtype)

@@ -16,7 +16,7 @@ reference; CUDA tensors run our kernels where one is built for the op (see ``ker
 and the reference otherwise; ``FLASHCORE_IMPL=reference`` forces the reference.
 """
 
-from .api import DEFAULT_CHUNK_TOKENS, attention, merge_states, paged_decode, paged_extend
+from .api import DEFAULT_CHUNK_TOKENS, attention, auto_chunk_tokens, merge_states, paged_decode, paged_extend
 from .layout import PagedLayout, SharingPlan, build_layout, decode_bytes, from_sglang, plan_sharing
 
 __version__ = "0.1.0"
@@ -26,6 +26,7 @@ __all__ = [
     "PagedLayout",
     "SharingPlan",
     "attention",
+    "auto_chunk_tokens",
     "build_layout",
     "decode_bytes",
     "from_sglang",

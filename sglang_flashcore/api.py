@@ -21,11 +21,30 @@ from .layout import PagedLayout
 
 Tensor = torch.Tensor
 
-__all__ = ["attention", "paged_decode", "paged_extend", "merge_states", "DEFAULT_CHUNK_TOKENS"]
+__all__ = ["attention", "paged_decode", "paged_extend", "merge_states", "auto_chunk_tokens", "DEFAULT_CHUNK_TOKENS"]
 
-# Split-KV chunk of the decode work list (tokens); a chunk of K and V for one KV head at
-# D=128 in 16-bit is 128 KiB, which fits a Hopper SM's shared memory.
-DEFAULT_CHUNK_TOKENS = 256
+# Split-KV chunk of the decode work list, in tokens, when the caller names none: the largest
+# power of two up to 1024 that still gives the GPU about four waves of work items (a work
+# item streams its chunk through shared memory, so longer chunks amortise its start-up).
+MAX_CHUNK_TOKENS = 1024
+MIN_CHUNK_TOKENS = 64
+DEFAULT_CHUNK_TOKENS = 256  # for reports and the CPU path, where nothing is launched
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def auto_chunk_tokens(layout: PagedLayout, num_kv_heads: int) -> int:
+    """A chunk size for ``layout`` (host numbers only: no device sync)."""
+    tokens = layout.nnz * layout.page_size  # an upper bound on the tokens requested
+    target_items = 4 * 2 * _num_sms(layout.device)  # four waves of two CTAs per SM
+    chunk = MAX_CHUNK_TOKENS
+    while chunk > MIN_CHUNK_TOKENS and tokens * num_kv_heads < target_items * chunk:
+        chunk //= 2
+    return max(chunk, min(layout.page_size, MAX_CHUNK_TOKENS))
 
 
 def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
@@ -138,7 +157,7 @@ def paged_decode(
     layout: PagedLayout,
     *,
     softmax_scale: Optional[float] = None,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: Optional[int] = None,
     check_bounds: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Decode attention: one query token per request over the KV pages of its layout row.
@@ -148,7 +167,7 @@ def paged_decode(
         k_cache, v_cache: SGLang's pool [slots, Hkv, D] (slot = page * page_size + offset),
             or head-major pages [num_pages, Hkv, page_size, D].
         layout: from ``from_sglang`` or ``build_layout``; B rows.
-        chunk_tokens: split-KV chunk of the work list (CUDA kernel).
+        chunk_tokens: split-KV chunk of the work list (CUDA kernel); default ``auto_chunk_tokens``.
         check_bounds: check every page run lies inside the pool (one device sync).
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty row gives 0 and -inf.
@@ -166,6 +185,8 @@ def paged_decode(
     if q.is_cuda and ops.impl_mode() != "reference":
         from .kernels import DECODE_MAX_CHUNK_TOKENS, plan_meta, plan_tensors
 
+        if chunk_tokens is None:
+            chunk_tokens = auto_chunk_tokens(layout, k_cache.shape[1])
         if not 1 <= chunk_tokens <= DECODE_MAX_CHUNK_TOKENS:
             raise ValueError(f"chunk_tokens: expected 1..{DECODE_MAX_CHUNK_TOKENS} for the CUDA kernel, got {chunk_tokens}")
         sharing = layout.plan(chunk_tokens)

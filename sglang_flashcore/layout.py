@@ -54,10 +54,18 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _segment_arange(lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For ragged segments of the given lengths: (segment id, index within segment) of each element."""
+def _count(index: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0..n-1 occurs in ``index`` (bincount without its device sync)."""
+    out = torch.zeros(n, dtype=torch.int64, device=index.device)
+    return out.index_add_(0, index, torch.ones_like(index, dtype=torch.int64))
+
+
+def _segment_arange(lengths: torch.Tensor, total: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For ragged segments of the given lengths: (segment id, index within segment) of each element.
+    ``total`` (the sum of lengths, if the caller knows it) saves a device sync."""
     lengths = lengths.to(torch.int64)
-    seg = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
+    seg = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths,
+                                  output_size=total)
     starts = _exclusive_cumsum(lengths)[:-1]
     idx = torch.arange(seg.shape[0], device=lengths.device) - starts[seg]
     return seg, idx
@@ -89,6 +97,7 @@ class PagedLayout:
     positions: torch.Tensor
     staging_ids: torch.Tensor
     seq_lens: torch.Tensor
+    max_position: int = 1 << 62  # bound on positions (a host number: no device sync)
     _plan: Optional["SharingPlan"] = field(default=None, repr=False)
 
     @property
@@ -125,7 +134,7 @@ class PagedLayout:
         return PagedLayout(
             self.page_size, self.num_pages, move(self.row_offsets), move(self.cols),
             move(self.page_offsets), move(self.counts), move(self.positions),
-            move(self.staging_ids), move(self.seq_lens),
+            move(self.staging_ids), move(self.seq_lens), self.max_position,
         )
 
 
@@ -138,6 +147,7 @@ def _runs_to_layout(
     page_size: int,
     num_pages: int,
     resident: Optional[torch.Tensor],
+    max_position: int,
 ) -> PagedLayout:
     """Collapses per-token (row, page, in-page slot, position) into runs.
 
@@ -158,9 +168,9 @@ def _runs_to_layout(
         start_idx = torch.zeros(0, dtype=torch.int64, device=device)
         counts = start_idx
     entry_rows = rows[start_idx]
-    per_row = torch.bincount(entry_rows, minlength=batch_size)
+    per_row = _count(entry_rows, batch_size)
     row_offsets = _exclusive_cumsum(per_row)
-    seq_lens = torch.bincount(rows, minlength=batch_size)
+    seq_lens = _count(rows, batch_size)
     cols = pages[start_idx]
     staging = _staging_ids(cols, resident, num_pages)
     return PagedLayout(
@@ -173,6 +183,7 @@ def _runs_to_layout(
         positions=pos[start_idx].to(_I32),
         staging_ids=staging,
         seq_lens=seq_lens.to(_I32),
+        max_position=max_position,
     )
 
 
@@ -267,7 +278,8 @@ def _layout_from_stream(
             f"consecutive tokens from page {int(pages[t])}"
         )
     resident = page_resident_bitmap.to(torch.bool)
-    return _runs_to_layout(rows, pages, in_page, pos, batch, page_tokens, num_pages, resident)
+    return _runs_to_layout(rows, pages, in_page, pos, batch, page_tokens, num_pages, resident,
+                           max_position=token_to_page.shape[0])
 
 
 def from_sglang(
@@ -277,6 +289,7 @@ def from_sglang(
     page_size: int,
     num_slots: Optional[int] = None,
     validate: bool = True,
+    total_tokens: Optional[int] = None,
 ) -> PagedLayout:
     """The layout of an SGLang batch, from its radix-cache page table.
 
@@ -288,6 +301,7 @@ def from_sglang(
         page_size: the server's page size; page id = slot // page_size.
         num_slots: size of the KV pool, to check slots against (optional).
         validate: check ranges (one device sync each); the backend turns it off on hot paths.
+        total_tokens: ``seq_lens.sum()`` if known on the host (SGLang's ``seq_lens_sum``): saves a sync.
     """
     check_positive_int("page_size", page_size)
     check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32, torch.int64))
@@ -299,7 +313,7 @@ def from_sglang(
     if validate:
         check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
         check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
-    rows, pos = _segment_arange(seq_lens)
+    rows, pos = _segment_arange(seq_lens, total_tokens)
     slots = req_to_token[req_pool_indices.to(torch.int64)[rows], pos].to(torch.int64)
     if num_slots is None:
         num_slots = int(slots.max()) + 1 if (validate and slots.numel()) else None
@@ -308,7 +322,7 @@ def from_sglang(
     num_pages = -(-num_slots // page_size) if num_slots else 0
     return _runs_to_layout(
         rows, slots // page_size, slots % page_size, pos,
-        req_pool_indices.shape[0], page_size, num_pages, None,
+        req_pool_indices.shape[0], page_size, num_pages, None, max_position=max_ctx,
     )
 
 
@@ -316,9 +330,9 @@ def from_sglang(
 class SharingPlan:
     """Unique runs, who reads them, and the decode work list.
 
-    Unique runs ("entries", indexed by u) are keyed by (page, in-page slot,
-    count, position): the radix cache gives requests with a common prefix the
-    same slots at the same positions, so equal keys mean equal K/V.
+    Unique runs ("entries", indexed by u) are keyed by (first slot, count, position): the
+    radix cache gives requests with a common prefix the same slots at the same positions,
+    so equal keys mean equal K/V.
 
     Attributes:
         chunk_tokens: the split-KV chunk size the plan was made for.
@@ -330,10 +344,11 @@ class SharingPlan:
         work_reader_offsets: [W+1] each work item's readers in ``work_readers``.
         work_readers: [P] requests of each work item; P partial results in all.
         merge_offsets: [B+1], merge_partials: [P] each request's partials in token order.
-        max_readers: largest reader set of a work item.
+        max_readers: largest reader set of a work item (the one host number a launch needs).
     """
 
     chunk_tokens: int
+    page_size: int
     entry_pages: torch.Tensor
     entry_offsets: torch.Tensor
     entry_counts: torch.Tensor
@@ -346,10 +361,8 @@ class SharingPlan:
     merge_offsets: torch.Tensor
     merge_partials: torch.Tensor
     max_readers: int
-    total_tokens: int
-    unique_tokens: int
-    unique_pages: int
-    total_pages: int
+    _layout_cols: torch.Tensor = field(repr=False)
+    _layout_counts: torch.Tensor = field(repr=False)
 
     @property
     def num_work_items(self) -> int:
@@ -359,19 +372,40 @@ class SharingPlan:
     def num_partials(self) -> int:
         return self.work_readers.shape[0]
 
+    # Figures for reports; each costs a device sync, so the hot path never reads them.
+    @property
+    def total_tokens(self) -> int:
+        """Tokens all requests read (shared tokens counted once per reader)."""
+        return int(self._layout_counts.to(torch.int64).sum())
+
+    @property
+    def unique_tokens(self) -> int:
+        """Tokens a step must load when each shared run is loaded once."""
+        return int(self.entry_counts.to(torch.int64).sum())
+
+    @property
+    def unique_pages(self) -> int:
+        return int(torch.unique(self._layout_cols).numel())
+
+    @property
+    def total_pages(self) -> int:
+        """(request, page run) pairs: pages requested, shared ones once per reader."""
+        return self._layout_cols.shape[0]
+
     def stats(self, num_kv_heads: int, head_dim: int, num_q_heads: int, elem_bytes: int = 2) -> dict:
         """Token, page and byte counts of one decode step (see ``decode_bytes``)."""
         batch = self.merge_offsets.shape[0] - 1
+        total, unique = self.total_tokens, self.unique_tokens
         return {
             "requests": batch,
-            "tokens_requested": self.total_tokens,
-            "tokens_unique": self.unique_tokens,
+            "tokens_requested": total,
+            "tokens_unique": unique,
             "pages_requested": self.total_pages,
             "pages_unique": self.unique_pages,
             "work_items": self.num_work_items,
             "partials": self.num_partials,
-            "bytes_dense": decode_bytes(self.total_tokens, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
-            "bytes_shared": decode_bytes(self.unique_tokens, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
+            "bytes_dense": decode_bytes(total, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
+            "bytes_shared": decode_bytes(unique, batch, num_kv_heads, num_q_heads, head_dim, elem_bytes),
         }
 
 
@@ -379,6 +413,30 @@ def decode_bytes(kv_tokens: int, batch: int, num_kv_heads: int, num_q_heads: int
                  elem_bytes: int = 2) -> int:
     """Bytes a decode step must move: K and V of ``kv_tokens`` tokens, plus Q read and O written."""
     return (2 * kv_tokens * num_kv_heads + 2 * batch * num_q_heads) * head_dim * elem_bytes
+
+
+# Packed sort key of a run: first slot (31 bits) | position (21 bits) | count (11 bits).
+_POS_BITS, _COUNT_BITS = 21, 11
+
+
+def _unique_runs(layout: PagedLayout):
+    """(keys [U, 4] as page, offset, count, position; inverse [nnz]) of the layout's runs."""
+    i64 = torch.int64
+    cols, offs = layout.cols.to(i64), layout.page_offsets.to(i64)
+    counts, pos = layout.counts.to(i64), layout.positions.to(i64)
+    slot = cols * layout.page_size + offs
+    fits = layout.page_size < (1 << _COUNT_BITS) and layout.max_position < (1 << _POS_BITS) \
+        and layout.num_pages * layout.page_size < (1 << 31)
+    if fits:  # one 64-bit key: a 1-D unique is much faster than a row-wise one
+        key = (slot << (_POS_BITS + _COUNT_BITS)) | (pos << _COUNT_BITS) | counts
+        ukey, inverse = torch.unique(key, return_inverse=True)
+        uslot = ukey >> (_POS_BITS + _COUNT_BITS)
+        upos = (ukey >> _COUNT_BITS) & ((1 << _POS_BITS) - 1)
+        ucount = ukey & ((1 << _COUNT_BITS) - 1)
+        ukeys = torch.stack([uslot // layout.page_size, uslot % layout.page_size, ucount, upos], dim=1)
+        return ukeys, inverse
+    keys = torch.stack([cols, offs, counts, pos], dim=1)
+    return torch.unique(keys, dim=0, return_inverse=True)
 
 
 def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
@@ -394,15 +452,13 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     nnz, batch = layout.nnz, layout.batch_size
     i64 = torch.int64
     rows = layout.entry_rows()
-    keys = torch.stack(
-        [layout.cols, layout.page_offsets, layout.counts, layout.positions], dim=1
-    ).to(i64)
     if nnz:
-        ukeys, u = torch.unique(keys, dim=0, return_inverse=True)
+        ukeys, u = _unique_runs(layout)
     else:
-        ukeys, u = keys, torch.zeros(0, dtype=i64, device=device)
+        ukeys, u = torch.zeros((0, 4), dtype=i64, device=device), torch.zeros(0, dtype=i64, device=device)
     num_u = ukeys.shape[0]
-    n_readers = torch.bincount(u, minlength=num_u)
+    n_readers = _count(u, num_u)
+    arange_u = torch.arange(num_u, device=device)
 
     # The run each entry follows in its own row (-1 at a row's start).
     prev = torch.full((nnz,), -1, dtype=i64, device=device)
@@ -422,14 +478,14 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     )
     order = torch.argsort(first_e)
     head = ~cont[order]
-    chain = torch.cumsum(head.to(i64), 0) - 1
-    chain_start = head.nonzero().squeeze(1)
-    idx_in_chain = torch.arange(num_u, device=device) - chain_start[chain] if num_u else chain
+    # index of each run within its chain: distance to the last chain head at or before it
+    if num_u:
+        last_head = torch.cummax(torch.where(head, arange_u, torch.zeros_like(arange_u)), 0).values
+    else:
+        last_head = arange_u
+    idx_in_chain = arange_u - last_head
     runs_per_item = max(1, chunk_tokens // layout.page_size)
-    piece = idx_in_chain // runs_per_item
-    new_item = head.clone()
-    if num_u > 1:
-        new_item[1:] |= piece[1:] != piece[:-1]
+    new_item = head | (idx_in_chain % runs_per_item == 0)
     item_start = new_item.nonzero().squeeze(1)
     num_w = item_start.shape[0]
     work_entry_offsets = torch.cat([item_start, torch.tensor([num_u], device=device)])
@@ -438,29 +494,26 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     by_u = torch.sort(u, stable=True).indices
     reader_offsets = _exclusive_cumsum(n_readers)
     readers = rows[by_u]
-    entry_of_reader = by_u  # entry index (row, position) of each (u, reader) pair
 
-    # Work item w inherits the readers of its first run.
+    # Work item w inherits the readers of its first run; one partial per (item, reader).
     first_u = order[item_start]
     w_n = n_readers[first_u]
     work_reader_offsets = _exclusive_cumsum(w_n)
     w_of_p, j = _segment_arange(w_n)
     src = reader_offsets[first_u][w_of_p] + j
     work_readers = readers[src]
-    partial_entry = entry_of_reader[src]
-    # Merge order: by request, then by position (entry index is row-major, position-ordered).
-    merge_partials = torch.argsort(partial_entry)
-    merge_offsets = _exclusive_cumsum(torch.bincount(work_readers, minlength=batch))
+    # Merge order: by request, then by position (entry indices are row-major, position-ordered).
+    merge_partials = torch.argsort(by_u[src])
+    merge_offsets = _exclusive_cumsum(_count(work_readers, batch))
 
     up = ukeys[order]
-    counts_u = up[:, 2] if num_u else up.new_zeros(0)
-    total_tokens = int(layout.counts.to(i64).sum()) if nnz else 0
     return SharingPlan(
         chunk_tokens=chunk_tokens,
+        page_size=layout.page_size,
         entry_pages=up[:, 0].to(_I32),
         entry_offsets=up[:, 1].to(_I32),
-        entry_counts=counts_u.to(_I32),
-        entry_token_offsets=_exclusive_cumsum(counts_u).to(_I32),
+        entry_counts=up[:, 2].to(_I32),
+        entry_token_offsets=_exclusive_cumsum(up[:, 2]).to(_I32),
         reader_offsets=reader_offsets.to(_I32),
         readers=readers.to(_I32),
         work_entry_offsets=work_entry_offsets.to(_I32),
@@ -469,8 +522,6 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
         merge_offsets=merge_offsets.to(_I32),
         merge_partials=merge_partials.to(_I32),
         max_readers=int(w_n.max()) if num_w else 0,
-        total_tokens=total_tokens,
-        unique_tokens=int(counts_u.sum()) if num_u else 0,
-        unique_pages=int(torch.unique(layout.cols).numel()) if nnz else 0,
-        total_pages=nnz,
+        _layout_cols=layout.cols,
+        _layout_counts=layout.counts,
     )

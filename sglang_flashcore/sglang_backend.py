@@ -18,7 +18,7 @@ import torch
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
-from .api import DEFAULT_CHUNK_TOKENS, paged_decode, paged_extend
+from .api import paged_decode, paged_extend
 from .layout import PagedLayout, from_sglang
 
 if TYPE_CHECKING:
@@ -81,19 +81,19 @@ class _GraphBuffers:
         return PagedLayout(
             layout.page_size, layout.num_pages, self.row_offsets[: b + 1], views["cols"],
             views["page_offsets"], views["counts"], views["positions"], views["staging_ids"],
-            self.seq_lens[:b],
+            self.seq_lens[:b], layout.max_position,
         )
 
 
 class FlashCoreBackend(AttentionBackend):
     """Sharing-aware paged attention for dense MHA/GQA/MQA decoder models."""
 
-    def __init__(self, model_runner, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+    def __init__(self, model_runner, chunk_tokens: Optional[int] = None):
         super().__init__()
         self._reject_unsupported_model(model_runner)
         self.device = torch.device(model_runner.device)
         self.page_size = int(model_runner.page_size)
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = chunk_tokens  # None: paged_decode picks one per batch
         # pools captured at construction, as SGLang's own backends do
         self.req_to_token_pool = model_runner.req_to_token_pool
         self.token_to_kv_pool = model_runner.token_to_kv_pool
@@ -156,21 +156,26 @@ class FlashCoreBackend(AttentionBackend):
     def _num_slots(self) -> int:
         return self.token_to_kv_pool.get_key_buffer(0).shape[0]
 
-    def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
+    def _build_metadata(self, forward_batch: "ForwardBatch", graph: bool = False) -> ForwardMetadata:
+        """``graph``: a CUDA-graph batch, whose padded rows make host-side sums unreliable."""
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
         if forward_batch.forward_mode.is_decode_or_idle():
+            total = None if graph else getattr(forward_batch, "seq_lens_sum", None)
             layout = from_sglang(
                 req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
-                self.page_size, num_slots=self._num_slots(),
+                self.page_size, num_slots=self._num_slots(), validate=False,
+                total_tokens=int(total) if total is not None else None,
             )
             return ForwardMetadata(decode=True, layout=layout)
         # extend (and mixed: decode requests arrive as extends of length 1)
         prefix_lens = forward_batch.extend_prefix_lens
         extend_lens = forward_batch.extend_seq_lens
+        prefix_cpu = getattr(forward_batch, "extend_prefix_lens_cpu", None)
         layout = from_sglang(
             req_to_token, forward_batch.req_pool_indices, prefix_lens, self.page_size,
-            num_slots=self._num_slots(),
+            num_slots=self._num_slots(), validate=False,
+            total_tokens=sum(prefix_cpu) if prefix_cpu is not None else None,
         )
         cu = torch.zeros(extend_lens.shape[0] + 1, dtype=torch.int32, device=extend_lens.device)
         torch.cumsum(extend_lens, 0, out=cu[1:])
@@ -194,7 +199,7 @@ class FlashCoreBackend(AttentionBackend):
         if not forward_batch.forward_mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
-        meta = self._build_metadata(forward_batch)
+        meta = self._build_metadata(forward_batch, graph=True)
         meta.layout = self._graph.load(meta.layout)
         self.forward_metadata = meta
 
