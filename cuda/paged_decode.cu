@@ -250,34 +250,49 @@ __global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const
   }
 }
 
-// One block per (request, 4 query heads); D/4 threads per head, 4 columns each.
+// One block per (request, 4 query heads); D/4 threads per head, 4 columns each. Pass 1 finds
+// each head's largest LSE and the sum of weights (a fixed reduction tree: deterministic);
+// pass 2 sums weight * partial with independent loads, so a long list of partials streams
+// instead of walking a chain of dependent loads.
 template <typename T, int D>
 __global__ void merge_partials_kernel(const PagedDecodeParams p) {
+  constexpr int kLanes = D / 4;  // threads per head: 32 (D=128) or 16 (D=64), within one warp
   const int b = blockIdx.x;
-  const int head = blockIdx.y * 4 + threadIdx.y;
-  if (head >= p.num_q_heads) return;
-  const int d0 = threadIdx.x * 4;
-  float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int i = p.merge_offsets[b]; i < p.merge_offsets[b + 1]; ++i) {
-    int64_t part = p.merge_partials[i];
-    float s = p.partial_lse[part * p.num_q_heads + head];
-    if (s == -INFINITY) continue;
-    float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
-    float mn = fmaxf(m, s);
-    float a = m == -INFINITY ? 0.f : __expf(m - mn);
-    float w = __expf(s - mn);
-    acc[0] = acc[0] * a + v.x * w;
-    acc[1] = acc[1] * a + v.y * w;
-    acc[2] = acc[2] * a + v.z * w;
-    acc[3] = acc[3] * a + v.w * w;
-    l = l * a + w;
-    m = mn;
+  // no early return: the shuffles below need every lane of the warp (two heads share one at D=64)
+  const bool valid = blockIdx.y * 4 + threadIdx.y < p.num_q_heads;
+  const int head = valid ? blockIdx.y * 4 + threadIdx.y : 0;
+  const int x = threadIdx.x;
+  const int i0 = p.merge_offsets[b], i1 = valid ? p.merge_offsets[b + 1] : i0;
+  const float* lse_col = p.partial_lse + head;
+  float m = -INFINITY;
+  for (int i = i0 + x; i < i1; i += kLanes) m = fmaxf(m, lse_col[(int64_t)p.merge_partials[i] * p.num_q_heads]);
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off, kLanes));
+  float l = 0.f;
+  if (m != -INFINITY)
+    for (int i = i0 + x; i < i1; i += kLanes) l += __expf(lse_col[(int64_t)p.merge_partials[i] * p.num_q_heads] - m);
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffff, l, off, kLanes);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  const int d0 = x * 4;
+  if (m != -INFINITY) {
+#pragma unroll 4
+    for (int i = i0; i < i1; ++i) {
+      int64_t part = p.merge_partials[i];
+      float w = __expf(lse_col[part * p.num_q_heads] - m);
+      float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
+      acc[0] += w * v.x;
+      acc[1] += w * v.y;
+      acc[2] += w * v.z;
+      acc[3] += w * v.w;
+    }
   }
+  if (!valid) return;
   float inv = l > 0.f ? 1.f / l : 0.f;
   T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
 #pragma unroll
   for (int j = 0; j < 4; ++j) out[j] = Pack2<T>::from_float(acc[j] * inv);
-  if (threadIdx.x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;
+  if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
 template <typename T, int D>

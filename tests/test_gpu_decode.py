@@ -12,7 +12,7 @@ from sglang_flashcore.reference import paged_decode_ref
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.2e-2, rtol=1e-2)}
-HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4)]
+HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4), (6, 2), (5, 5), (10, 2)]
 
 
 def _random_case(i: int):
