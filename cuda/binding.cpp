@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "flashcore/dense_fwd.h"
 #include "flashcore/paged_decode.h"
 
 namespace {
@@ -116,9 +117,65 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   return {out, lse};
 }
 
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
+                                      bool causal, double scale) {
+  check_cuda(q, q, "q");
+  check_cuda(k, q, "k");
+  check_cuda(v, q, "v");
+  const int dtype = dtype_code(q, "q");
+  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k/v: expected dtype ",
+           q.scalar_type());
+  FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/k/v: expected [tokens, heads, D]");
+  const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
+  FC_CHECK(D == 64 || D == 128, "q: the dense kernel supports head dim 64 or 128, got ", D);
+  FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), "k/v: shapes ",
+           k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
+  FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k has ", Hkv, ": not a multiple");
+  check_rows_16b(q, "q");
+  check_rows_16b(k, "k");
+  check_rows_16b(v, "v");
+  const int* cq = index_ptr(cu_q, q, "cu_seqlens_q");
+  const int* ck = index_ptr(cu_k, q, "cu_seqlens_k");
+  FC_CHECK(cu_q.numel() == cu_k.numel() && cu_q.numel() >= 1, "cu_seqlens_q/k: expected B+1 offsets each");
+
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({q.size(0), Hq, D}, q.options());
+  auto lse = at::empty({q.size(0), Hq}, q.options().dtype(at::kFloat));
+  flashcore::DenseFwdArgs a{};
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.out = out.data_ptr();
+  a.lse = lse.data_ptr<float>();
+  a.cu_seqlens_q = cq;
+  a.cu_seqlens_k = ck;
+  a.total_q = q.size(0);
+  a.total_k = k.size(0);
+  a.q_stride_row = q.stride(0);
+  a.q_stride_head = q.stride(1);
+  a.k_stride_row = k.stride(0);
+  a.k_stride_head = k.stride(1);
+  a.v_stride_row = v.stride(0);
+  a.v_stride_head = v.stride(1);
+  a.out_stride_row = out.stride(0);
+  a.out_stride_head = out.stride(1);
+  a.batch = (int)(cu_q.numel() - 1);
+  a.num_q_heads = (int)Hq;
+  a.num_kv_heads = (int)Hkv;
+  a.max_seqlen_q = (int)max_seqlen_q;
+  a.softmax_scale = (float)scale;
+  a.causal = causal;
+  if (q.size(0) == 0) return {out, lse};
+  cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "flashcore: dense attention launch failed: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
   m.def("paged_decode", &paged_decode, "Paged CSR decode over a SharingPlan");
+  m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
 }

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import sglang_flashcore as fc  # noqa: E402
 from cases import make_page_table  # noqa: E402
-from sglang_flashcore.reference import paged_decode_ref  # noqa: E402
+from sglang_flashcore.reference import attention_ref, paged_decode_ref  # noqa: E402
 
 
 def decode_cases():
@@ -27,6 +27,13 @@ def decode_cases():
     yield "none", 1, (4, 4), 64, torch.bfloat16, [5, 130], 16
     yield "tree", 64, (32, 4), 128, torch.bfloat16, [300, 200, 129, 64, 0], 128
     yield "identical", 128, (16, 16), 64, torch.float16, [257] * 3, 256
+
+
+def dense_cases():
+    # q lengths, k lengths, Hq, Hkv, D, causal, dtype
+    yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16
+    yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16
+    yield [257], [257], 8, 1, 128, False, torch.float16
 
 
 def main() -> int:
@@ -43,6 +50,18 @@ def main() -> int:
         ok = err < 2e-2
         bad += not ok
         print(f"decode case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    for i, (lq, lk, hq, hkv, d, causal, dtype) in enumerate(dense_cases()):
+        cq = torch.tensor([0] + lq, device="cuda").cumsum(0).int()
+        ck = torch.tensor([0] + lk, device="cuda").cumsum(0).int()
+        q = torch.randn(sum(lq), hq, d, device="cuda").to(dtype)
+        k = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
+        v = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
+        out, _ = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
+        ref, _ = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
+        err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
+        ok = err < 2e-2
+        bad += not ok
+        print(f"dense case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
     torch.cuda.synchronize()
     print("sanitize_cases:", "FAILED" if bad else "all cases match")
     return 1 if bad else 0

@@ -37,15 +37,45 @@ def plan_meta(plan: SharingPlan) -> List[int]:
 
 def _paged_decode_cuda(q, k_cache, v_cache, plan: Sequence[torch.Tensor], meta: Sequence[int],
                        page_size: int, softmax_scale: float):
-    if q.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"q: the CUDA decode kernel takes float16 or bfloat16, got {q.dtype}; {_HINT}")
-    if q.shape[-1] not in DECODE_HEAD_DIMS:
-        raise ValueError(f"q: the CUDA decode kernel supports head dim 64 or 128, got {q.shape[-1]}; {_HINT}")
+    _check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     if page_size > DECODE_MAX_CHUNK_TOKENS:
         raise ValueError(f"page_size: the CUDA decode kernel supports up to {DECODE_MAX_CHUNK_TOKENS}, got {page_size}")
     group = q.shape[1] // k_cache.shape[1]
     row_groups = max(1, -(-meta[0] * group // DECODE_ROWS_PER_CTA))
     out, lse = _jit.load().paged_decode(q, k_cache, v_cache, list(plan), page_size, softmax_scale, row_groups)
+    return out, lse
+
+
+DENSE_HEAD_DIMS = (64, 128)
+
+
+def _check_kernel_input(q: torch.Tensor, what: str, head_dims) -> None:
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"q: the CUDA {what} kernel takes float16 or bfloat16, got {q.dtype}; {_HINT}")
+    if q.shape[-1] not in head_dims:
+        raise ValueError(f"q: the CUDA {what} kernel supports head dim {' or '.join(map(str, head_dims))}, "
+                         f"got {q.shape[-1]}; {_HINT}")
+
+
+def _packed(t: torch.Tensor) -> torch.Tensor:
+    """[B, S, H, D] -> [B*S, H, D] (a view when the strides allow it)."""
+    return t.reshape(t.shape[0] * t.shape[1], t.shape[2], t.shape[3])
+
+
+def _attention_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+    _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
+    batched = cu_seqlens_q is None
+    if batched:  # the kernel is varlen: fixed lengths become offsets
+        b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+        ar = torch.arange(b + 1, device=q.device, dtype=torch.int32)
+        cu_seqlens_q, cu_seqlens_k = ar * sq, ar * sk
+        q, k, v = _packed(q), _packed(k), _packed(v)
+    fix = lambda t: t if t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) else t.contiguous()  # noqa: E731
+    out, lse = _jit.load().attention_fwd(fix(q), fix(k), fix(v), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         causal, softmax_scale)
+    if batched:
+        out = out.view(b, sq, *out.shape[1:])
+        lse = lse.view(b, sq, lse.shape[-1])
     return out, lse
 
 
@@ -56,4 +86,5 @@ def ensure_loaded() -> None:
         return
     _jit.check_device()
     ops.CUDA_IMPLS["paged_decode"] = _paged_decode_cuda
+    ops.CUDA_IMPLS["attention"] = _attention_cuda
     _loaded = True

@@ -1,0 +1,278 @@
+// Dense attention forward for Hopper (sm_90a): TMA + wgmma, warp-specialized.
+//
+// One CTA = 128 query rows of one (sequence, query head), three warpgroups:
+//   warpgroup 0, one thread: the producer. TMA-loads the Q tile once and streams K/V tiles of
+//     128 keys through a 2-stage shared-memory ring guarded by mbarriers (full: bytes landed;
+//     empty: both consumers are done with the stage).
+//   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
+//     shared memory, 128-byte swizzle), scale, mask, online softmax in registers, then
+//     O += P V with wgmma (P from registers, V read as an MN-major operand).
+// GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
+// key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
+#include <float.h>
+
+#include "flashcore/dense_fwd.h"
+#include "flashcore/hopper.cuh"
+#include "flashcore/wgmma_ops.cuh"
+
+namespace flashcore {
+namespace {
+
+using namespace hopper;
+
+constexpr int kBlockM = 128;  // query rows per CTA (2 consumer warpgroups x 64)
+constexpr int kBlockN = 128;  // keys per K/V tile
+constexpr int kStages = 2;
+constexpr int kThreads = 384;
+constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct DenseSmem {
+  static constexpr int kTileBytes = kBlockN * D * 2;  // a Q, K or V tile (kBlockM == kBlockN)
+  static constexpr int kBlockBytes = kBlockN * kRowBytes;  // one 64-column block of a tile
+  static constexpr int kQ = 0;
+  static constexpr int kK = kTileBytes;
+  static constexpr int kV = kK + kStages * kTileBytes;
+  static constexpr int kBars = kV + kStages * kTileBytes;
+  static constexpr int kBytes = kBars + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
+};
+
+struct DenseFwdParams {
+  void* out;
+  float* lse;
+  const int* cu_q;
+  const int* cu_k;
+  int64_t out_stride_row, out_stride_head;
+  int num_q_heads, group;
+  float scale_log2;
+  int causal;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                     const __grid_constant__ CUtensorMap tv, const DenseFwdParams p) {
+  using S = DenseSmem<D>;
+  extern __shared__ unsigned char smem_raw[];
+  // the 128-byte swizzle pattern repeats every 1024 bytes: tiles start on such a boundary
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBars);
+  uint64_t* empty = full + kStages;
+  uint64_t* q_bar = empty + kStages;
+
+  const int m_block = blockIdx.x, hq = blockIdx.y, b = blockIdx.z;
+  const int q0 = p.cu_q[b], sq = p.cu_q[b + 1] - q0;
+  const int k0 = p.cu_k[b], sk = p.cu_k[b + 1] - k0;
+  if (m_block * kBlockM >= sq) return;
+  const int hk = hq / p.group;
+  const int diag = sk - sq;  // causal: row i sees keys <= i + diag
+  int n_tiles = (sk + kBlockN - 1) / kBlockN;
+  if (p.causal) {
+    int last_key = min(sk - 1, m_block * kBlockM + kBlockM - 1 + diag);
+    n_tiles = last_key < 0 ? 0 : min(n_tiles, last_key / kBlockN + 1);
+  }
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 256);
+    }
+    mbar_init(q_bar, 1);
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // ------------------------------------------------ producer
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      prefetch_tensor_map(&tq);
+      prefetch_tensor_map(&tk);
+      prefetch_tensor_map(&tv);
+      mbar_expect_tx(q_bar, S::kTileBytes);
+      for (int db = 0; db < D / 64; ++db)
+        tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_bar, db * 64, hq, q0 + m_block * kBlockM);
+      for (int n = 0; n < n_tiles; ++n) {
+        const int s = n % kStages;
+        if (n >= kStages) mbar_wait(&empty[s], ((n / kStages) - 1) & 1);
+        mbar_expect_tx(&full[s], 2 * S::kTileBytes);
+        for (int db = 0; db < D / 64; ++db) {
+          tma_load_3d(smem + S::kK + s * S::kTileBytes + db * S::kBlockBytes, &tk, &full[s], db * 64, hk, k0 + n * kBlockN);
+          tma_load_3d(smem + S::kV + s * S::kTileBytes + db * S::kBlockBytes, &tv, &full[s], db * 64, hk, k0 + n * kBlockN);
+        }
+      }
+    }
+    return;
+  }
+
+  // ----------------------------------------------------------------- consumers
+  setmaxnreg_inc<232>();
+  const int c = warpgroup - 1;  // rows c*64 .. c*64+63 of the tile
+  const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  const int row_a = m_block * kBlockM + c * 64 + warp * 16 + lane / 4;  // in the sequence
+  const int rows[2] = {row_a, row_a + 8};
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  mbar_wait(q_bar, 0);
+  for (int n = 0; n < n_tiles; ++n) {
+    const int s = n % kStages;
+    mbar_wait(&full[s], (n / kStages) & 1);
+    const unsigned char* ks = smem + S::kK + s * S::kTileBytes;
+    const unsigned char* vs = smem + S::kV + s * S::kTileBytes;
+
+    // S = Q K^T: 64 x 128 per warpgroup, K-major operands, 16 columns of D per instruction
+    float sc[kBlockN / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      const int block = (k / 4) * S::kBlockBytes, within = (k % 4) * 32;
+      uint64_t da = smem_desc_sw128(smem + S::kQ + block + c * 64 * kRowBytes + within, 16, 1024);
+      uint64_t db = smem_desc_sw128(ks + block + within, 16, 1024);
+      Wgmma<T, kBlockN, 0>::ss(sc, da, db, k > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(sc);
+
+    // scale, mask (past the sequence end; causal), online softmax in the log2 domain
+    const bool edge = (n + 1) * kBlockN > sk || (p.causal && (n + 1) * kBlockN - 1 > m_block * kBlockM + c * 64 + diag);
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int i = 0; i < kBlockN / 2; ++i) {
+      const int r = (i / 2) % 2;
+      float x = sc[i] * p.scale_log2;
+      if (edge) {
+        const int col = n * kBlockN + (i / 4) * 8 + 2 * (lane % 4) + (i % 2);
+        if (col >= sk || (p.causal && col > rows[r] + diag)) x = -INFINITY;
+      }
+      sc[i] = x;
+      mx[r] = fmaxf(mx[r], x);
+    }
+    float alpha[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+      alpha[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mx[r]);
+      base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row that sees nothing yet stays at 0
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+    uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+      float e0 = exp2f(sc[4 * j] - base[0]), e1 = exp2f(sc[4 * j + 1] - base[0]);
+      float e2 = exp2f(sc[4 * j + 2] - base[1]), e3 = exp2f(sc[4 * j + 3] - base[1]);
+      l[0] += e0 + e1;
+      l[1] += e2 + e3;
+      pa[j / 2][2 * (j % 2)] = Pack2<T>::from_floats(e0, e1);
+      pa[j / 2][2 * (j % 2) + 1] = Pack2<T>::from_floats(e2, e3);
+    }
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+
+    // O += P V: V is [keys][D] in shared memory, read as an MN-major B operand
+    wgmma_fence();
+    fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint64_t dv = smem_desc_sw128(vs + kk * 16 * kRowBytes, S::kBlockBytes, 1024);
+      Wgmma<T, D, 1>::rs(o, pa[kk], dv, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    mbar_arrive(&empty[s]);
+  }
+
+  // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= sq) continue;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    T* out = reinterpret_cast<T*>(p.out) + (int64_t)(q0 + rows[r]) * p.out_stride_row + (int64_t)hq * p.out_stride_head;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
+    }
+    if (lane % 4 == 0)
+      p.lse[(int64_t)(q0 + rows[r]) * p.num_q_heads + hq] = l[r] > 0.f ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+  }
+}
+
+// ------------------------------------------------------------------ host side
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_fn() {
+  static EncodeTiled fn = nullptr;
+  if (!fn) {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status) ==
+            cudaSuccess &&
+        status == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<EncodeTiled>(ptr);
+  }
+  return fn;
+}
+
+// [rows, heads, D] -> boxes of 128 rows x 1 head x 64 columns, 128-byte swizzle, zero fill past the end
+bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int64_t rows, int heads, int d,
+              int64_t stride_row, int64_t stride_head) {
+  EncodeTiled encode = encode_fn();
+  if (!encode) return false;
+  cuuint64_t dims[3] = {(cuuint64_t)d, (cuuint64_t)heads, (cuuint64_t)rows};
+  cuuint64_t strides[2] = {(cuuint64_t)stride_head * 2, (cuuint64_t)stride_row * 2};
+  cuuint32_t box[3] = {64, 1, kBlockN};
+  cuuint32_t elem[3] = {1, 1, 1};
+  return encode(map, dtype, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename T, int D>
+cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
+  if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
+  CUtensorMap tq, tk, tv;
+  const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
+  if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head) ||
+      !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, D, a.k_stride_row, a.k_stride_head) ||
+      !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, D, a.v_stride_row, a.v_stride_head))
+    return cudaErrorInvalidValue;
+  DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
+                   a.num_q_heads, a.num_q_heads / a.num_kv_heads,
+                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0};
+  auto kernel = dense_fwd_kernel<T, D>;
+  constexpr int smem = DenseSmem<D>::kBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  dim3 grid((a.max_seqlen_q + kBlockM - 1) / kBlockM, a.num_q_heads, a.batch);
+  kernel<<<grid, kThreads, smem, stream>>>(tq, tk, tv, p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cudaStream_t stream) {
+  const CUtensorMapDataType f16 = CU_TENSOR_MAP_DATA_TYPE_FLOAT16, bf16 = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  if (dtype == 0 && head_dim == 64) return launch<__half, 64>(a, f16, stream);
+  if (dtype == 0 && head_dim == 128) return launch<__half, 128>(a, f16, stream);
+  if (dtype == 1 && head_dim == 64) return launch<__nv_bfloat16, 64>(a, bf16, stream);
+  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128>(a, bf16, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace flashcore

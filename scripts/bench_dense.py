@@ -1,0 +1,101 @@
+"""Dense forward (prefill) benchmark: FlashCore's TMA + wgmma kernel vs torch SDPA with cuDNN and
+with FlashAttention-2, in the same run on the same GPU.
+
+Grid of ../shared/BENCHMARKS.md: B*S = 16K tokens, S in {512 .. 16K}, D 64 (H 32) and D 128 (H 16),
+causal and not, plus GQA (Hq 32, Hkv 8, D 128) and the seed point B16 H16 S2048 D64.
+FLOPs = 4 * B * Hq * S * S * D, halved when causal.
+
+    python scripts/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
+    python scripts/bench_dense.py --shape 16,2048,16,16,64     # B,S,Hq,Hkv,D
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sglang_flashcore as fc  # noqa: E402
+from bench_util import bar_plot, device_info, print_table, save_json, time_ms  # noqa: E402
+
+
+def grid():
+    shapes = []
+    for s in (512, 1024, 2048, 4096, 8192, 16384):
+        shapes.append((16384 // s, s, 32, 32, 64))
+        shapes.append((16384 // s, s, 16, 16, 128))
+        shapes.append((16384 // s, s, 32, 8, 128))
+    shapes.append((16, 2048, 16, 16, 64))  # the seed point
+    return shapes
+
+
+def run(b, s, hq, hkv, d, causal, dtype, repeats):
+    q = torch.randn(b, s, hq, d, device="cuda", dtype=dtype)
+    k = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
+    v = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
+    flops = 4 * b * hq * s * s * d / (2 if causal else 1)
+    ours_ms = time_ms(lambda: fc.attention(q, k, v, causal=causal), repeats=repeats, flush=False)
+    out = fc.attention(q, k, v, causal=causal)[0]
+    row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1],
+               ours_ms=ours_ms, ours_TF=flops / ours_ms / 1e9)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
+                          ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
+        try:
+            with torch.nn.attention.sdpa_kernel(backend):
+                fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=hq != hkv)  # noqa: E731
+                ref = fn()
+                ms = time_ms(fn, repeats=repeats, flush=False)
+            row[f"{name}_TF"] = flops / ms / 1e9
+            row[f"ours_over_{name}"] = row["ours_TF"] / row[f"{name}_TF"]
+            row[f"maxdiff_{name}"] = (ref.transpose(1, 2).float() - out.float()).abs().max().item()
+        except RuntimeError as exc:
+            print(f"  {name} unavailable for {b},{s},{hq},{hkv},{d}: {str(exc).splitlines()[0][:100]}")
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", action="append", help="B,S,Hq,Hkv,D (repeatable; default: the grid)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "both"], default="both")
+    parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_dense: needs a CUDA GPU")
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else grid()
+    dtypes = {"bf16": [torch.bfloat16], "fp16": [torch.float16], "both": [torch.bfloat16, torch.float16]}[args.dtype]
+    causals = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
+    info = device_info()
+    print(f"{info['device']}  torch {info['torch']}")
+    rows = []
+    for dtype in dtypes:
+        for shape in shapes:
+            for causal in causals:
+                rows.append(run(*shape, causal, dtype, args.repeats))
+                r = rows[-1]
+                print(f"  {r['dtype']} B{r['B']} S{r['S']} Hq{r['Hq']} Hkv{r['Hkv']} D{r['D']} causal {r['causal']}: "
+                      f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF", flush=True)
+    cols = ["dtype", "B", "S", "Hq", "Hkv", "D", "causal", "ours_ms", "ours_TF", "cudnn_TF", "ours_over_cudnn",
+            "fa2_TF", "ours_over_fa2", "maxdiff_cudnn"]
+    print_table(rows, cols, title="\ndense attention forward (TFLOPS)")
+    if args.json:
+        save_json(args.json, info, rows)
+    if args.plot:
+        labels = [f"{r['dtype']} S{r['S']} D{r['D']} H{r['Hq']}/{r['Hkv']} {'c' if r['causal'] else 'nc'}" for r in rows]
+        bar_plot(args.plot, labels, {"ours": [r["ours_TF"] for r in rows],
+                                     "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],
+                                     "FA2 SDPA": [r.get("fa2_TF") for r in rows]},
+                 "TFLOPS", f"dense attention forward on {info['device']}")
+
+
+if __name__ == "__main__":
+    main()
