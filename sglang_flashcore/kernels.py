@@ -79,6 +79,40 @@ def _attention_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     return out, lse
 
 
+def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
+                       cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
+    """Extend as one varlen dense call: each request's keys are its prefix pages (gathered through
+    the layout) followed by its new tokens; bottom-right causal masking is exactly extend's mask.
+    Prefix pages shared by several requests are read once per reader here (see the issue notes)."""
+    from .layout import PagedLayout, _exclusive_cumsum
+    from .reference import gather_kv
+
+    _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
+    i64 = torch.int64
+    batch = cu_seqlens_q.shape[0] - 1
+    ext = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(i64)
+    pre = prefix_lens.to(i64)
+    cu_k = _exclusive_cumsum(pre + ext)
+    empty = cols.new_zeros(0)
+    layout = PagedLayout(page_size, 0, row_offsets, cols, page_offsets, counts, empty, empty, prefix_lens)
+    rows, slots = layout.token_slots()
+    hkv, d = k_new.shape[1], k_new.shape[2]
+    total_k = q.shape[0] + slots.shape[0]
+    k_all = torch.empty(total_k, hkv, d, dtype=q.dtype, device=q.device)
+    v_all = torch.empty_like(k_all)
+    # prefix token i of request b goes to cu_k[b] + i; new token t to cu_k[b] + prefix[b] + t
+    pre_start = _exclusive_cumsum(pre)
+    dst_pre = cu_k[rows] + torch.arange(rows.shape[0], device=q.device) - pre_start[rows]
+    k_all[dst_pre] = gather_kv(k_cache, slots, page_size)
+    v_all[dst_pre] = gather_kv(v_cache, slots, page_size)
+    new_rows = torch.repeat_interleave(torch.arange(batch, device=q.device), ext, output_size=q.shape[0])
+    dst_new = cu_k[new_rows] + pre[new_rows] + torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[new_rows].to(i64)
+    k_all[dst_new] = k_new
+    v_all[dst_new] = v_new
+    return _jit.load().attention_fwd(q if q.stride(-1) == 1 else q.contiguous(), k_all, v_all, cu_seqlens_q,
+                                     cu_k.to(torch.int32), max_seqlen_q, True, softmax_scale)
+
+
 def ensure_loaded() -> None:
     """Registers the CUDA implementations (the extension itself builds on first call)."""
     global _loaded
@@ -87,4 +121,5 @@ def ensure_loaded() -> None:
     _jit.check_device()
     ops.CUDA_IMPLS["paged_decode"] = _paged_decode_cuda
     ops.CUDA_IMPLS["attention"] = _attention_cuda
+    ops.CUDA_IMPLS["paged_extend"] = _paged_extend_cuda
     _loaded = True

@@ -1,0 +1,117 @@
+"""Extend (prefill over a cached prefix) benchmark, same run, same GPU:
+
+* ours: ``paged_extend`` from the page table (the prefix gather included);
+* our dense kernel on already-gathered K/V (the same total work, no gather);
+* torch SDPA (cuDNN) on the gathered contiguous K/V, bottom-right causal mask; gather timed separately.
+
+B requests of L tokens; the first f*L tokens of every request are one cached prefix (the same pages
+for all B), the rest are new. FLOPs = 4 * Hq * D * sum_b (Sq*P + Sq*(Sq+1)/2).
+
+    python scripts/bench_extend.py [--json out.json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sglang_flashcore as fc  # noqa: E402
+from bench_decode import shared_page_table  # noqa: E402
+from bench_util import bar_plot, device_info, print_table, save_json, time_ms  # noqa: E402
+
+
+def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
+    dev = "cuda"
+    prefix = (int(frac * length) // page) * page
+    new = length - prefix
+    r2t, num_slots = shared_page_table(batch, length, page, prefix / length, dev)
+    k_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
+    v_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
+    q = torch.randn(batch * new, hq, d, device=dev, dtype=dtype)
+    new_slots = r2t[:, prefix:].reshape(-1).long()
+    k_new, v_new = k_cache[new_slots], v_cache[new_slots]
+    idx = torch.arange(batch, device=dev)
+    layout = fc.from_sglang(r2t, idx, torch.full((batch,), prefix, device=dev), page, num_slots=num_slots)
+    cu_q = torch.arange(batch + 1, device=dev, dtype=torch.int32) * new
+    flops = 4 * hq * d * batch * (new * prefix + new * (new + 1) / 2)
+    ours = lambda: fc.paged_extend(q, k_new, v_new, k_cache, v_cache, layout, cu_q, max_seqlen_q=new, check_bounds=False)  # noqa: E731
+    row = dict(B=batch, L=length, prefix=prefix, new=new, page=page, Hq=hq, Hkv=hkv, D=d)
+    row["ours_ms"] = time_ms(ours, repeats=repeats, flush=False)
+    row["ours_TF"] = flops / row["ours_ms"] / 1e9
+    # gathered, contiguous K/V of every request: [B, L, Hkv, D]
+    gather = lambda: (k_cache[r2t.long()], v_cache[r2t.long()])  # noqa: E731
+    row["gather_ms"] = time_ms(gather, repeats=repeats, flush=False)
+    kg, vg = gather()
+    qb = q.view(batch, new, hq, d)
+    cu_k = torch.arange(batch + 1, device=dev, dtype=torch.int32) * length
+    dense = lambda: fc.attention(q, kg.view(-1, hkv, d), vg.view(-1, hkv, d), causal=True,  # noqa: E731
+                                 cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=new, max_seqlen_k=length)
+    row["dense_ms"] = time_ms(dense, repeats=repeats, flush=False)
+    row["dense_TF"] = flops / row["dense_ms"] / 1e9
+    row["ours_over_dense"] = row["ours_TF"] / row["dense_TF"]
+    try:
+        from torch.nn.attention.bias import causal_lower_right
+
+        mask = causal_lower_right(new, length)
+        qt, kt, vt = qb.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2)
+        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.CUDNN_ATTENTION,
+                                             torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
+            fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=hq != hkv)  # noqa: E731
+            fn()
+            row["sdpa_ms"] = time_ms(fn, repeats=repeats, flush=False)
+        row["sdpa_TF"] = flops / row["sdpa_ms"] / 1e9
+        row["ours_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["ours_ms"]
+    except (RuntimeError, ImportError) as exc:
+        print(f"  SDPA unavailable: {str(exc).splitlines()[0][:120]}")
+    del kg, vg
+    torch.cuda.empty_cache()
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="4096,16384")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--fractions", default="0,0.5,0.9")
+    parser.add_argument("--pages", default="64,1")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_extend: needs a CUDA GPU")
+    info = device_info()
+    print(f"{info['device']}  torch {info['torch']}")
+    rows = []
+    for page in map(int, args.pages.split(",")):
+        for length in map(int, args.lengths.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                if batch * length > 131072 or (page == 1 and batch * length > 32768):
+                    continue  # keep one call within memory and time
+                for frac in map(float, args.fractions.split(",")):
+                    rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats))
+                    r = rows[-1]
+                    print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: ours {r['ours_TF']:.0f} TF, "
+                          f"dense {r['dense_TF']:.0f} TF, SDPA {r.get('sdpa_TF', float('nan')):.0f} TF", flush=True)
+    cols = ["page", "B", "L", "prefix", "new", "ours_ms", "ours_TF", "dense_TF", "ours_over_dense", "gather_ms",
+            "sdpa_TF", "ours_over_sdpa_plus_gather"]
+    print_table(rows, cols, title="\nextend (bf16, Hq 32, Hkv 8, D 128)")
+    if args.json:
+        save_json(args.json, info, rows)
+    if args.plot:
+        labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
+        bar_plot(args.plot, labels, {"ours (paged)": [r["ours_TF"] for r in rows],
+                                     "our dense, pre-gathered": [r["dense_TF"] for r in rows],
+                                     "SDPA (gather not counted)": [r.get("sdpa_TF") for r in rows]},
+                 "TFLOPS", f"extend on {info['device']}")
+
+
+if __name__ == "__main__":
+    main()
