@@ -6,9 +6,7 @@
 //     empty: both consumers are done with the stage).
 //   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
 //     shared memory, 128-byte swizzle), scale, mask, online softmax in registers, then
-//     O += P V with wgmma (P from registers, V read as an MN-major operand). The two take turns
-//     on the tensor cores (named barriers, "ping-pong"): while one runs a GEMM the other runs
-//     its softmax, so the exponentials hide behind the other's matrix work.
+//     O += P V with wgmma (P from registers, V read as an MN-major operand).
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
 #include <float.h>
@@ -120,13 +118,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  // ping-pong: barrier 1 + c opens warpgroup c's next GEMM; the other warpgroup opens it
-  const int my_turn = 1 + c, their_turn = 2 - c;
-  auto take_turn = [&](bool first) {
-    if (!(first && c == 0)) named_bar_sync(my_turn, 256);  // warpgroup 0 opens the game
-  };
-  auto pass_turn = [&]() { named_bar_arrive(their_turn, 256); };
-
   mbar_wait(q_bar, 0);
   for (int n = 0; n < n_tiles; ++n) {
     const int s = n % kStages;
@@ -136,7 +127,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // S = Q K^T: 64 x 128 per warpgroup, K-major operands, 16 columns of D per instruction
     float sc[kBlockN / 2];
-    take_turn(n == 0);
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
@@ -148,7 +138,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(sc);
-    pass_turn();
 
     // scale, mask (past the sequence end; causal), online softmax in the log2 domain
     const bool edge = (n + 1) * kBlockN > sk || (p.causal && (n + 1) * kBlockN - 1 > m_block * kBlockM + c * 64 + diag);
@@ -188,7 +177,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
 
     // O += P V: V is [keys][D] in shared memory, read as an MN-major B operand
-    take_turn(false);
     wgmma_fence();
     fence_regs(o);
 #pragma unroll
@@ -199,7 +187,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(o);
-    pass_turn();
     mbar_arrive(&empty[s]);
   }
 

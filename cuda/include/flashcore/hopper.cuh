@@ -50,16 +50,6 @@ __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }
 
-// ---------------------------------------------------------------- named barriers
-// bar.sync waits until ``count`` threads reached barrier ``id`` (this warp's included);
-// bar.arrive counts this warp without waiting. Id 0 is __syncthreads'.
-__device__ __forceinline__ void named_bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void named_bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
 // ---------------------------------------------------------------- registers
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
