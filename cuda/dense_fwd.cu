@@ -1,12 +1,14 @@
 // Dense attention forward for Hopper (sm_90a): TMA + wgmma, warp-specialized.
 //
 // One CTA = 128 query rows of one (sequence, query head), three warpgroups:
-//   warpgroup 0, one thread: the producer. TMA-loads the Q tile once and streams K/V tiles of
-//     128 keys through a 2-stage shared-memory ring guarded by mbarriers (full: bytes landed;
-//     empty: both consumers are done with the stage).
+//   warpgroup 0, one thread: the producer. TMA-loads the Q tile once and streams K and V tiles
+//     of 128 keys through two 2-stage shared-memory rings guarded by mbarriers (full: bytes
+//     landed; empty: both consumers are done with the stage).
 //   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
 //     shared memory, 128-byte swizzle), scale, mask, online softmax in registers, then
-//     O += P V with wgmma (P from registers, V read as an MN-major operand).
+//     O += P V with wgmma (P from registers, V read as an MN-major operand). The two GEMMs are
+//     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together, and the
+//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
 #include <float.h>
@@ -35,7 +37,7 @@ struct DenseSmem {
   static constexpr int kK = kTileBytes;
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kBytes = kBars + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
+  static constexpr int kBytes = kBars + 8 * (4 * kStages + 1) + 1024;  // + alignment slack
 };
 
 struct DenseFwdParams {
@@ -57,9 +59,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle pattern repeats every 1024 bytes: tiles start on such a boundary
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBars);
-  uint64_t* empty = full + kStages;
-  uint64_t* q_bar = empty + kStages;
+  uint64_t* full_k = reinterpret_cast<uint64_t*>(smem + S::kBars);
+  uint64_t* empty_k = full_k + kStages;
+  uint64_t* full_v = empty_k + kStages;
+  uint64_t* empty_v = full_v + kStages;
+  uint64_t* q_bar = empty_v + kStages;
 
   const int m_block = blockIdx.x, hq = blockIdx.y, b = blockIdx.z;
   const int q0 = p.cu_q[b], sq = p.cu_q[b + 1] - q0;
@@ -76,8 +80,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 256);
+      mbar_init(&full_k[s], 1);
+      mbar_init(&empty_k[s], 256);
+      mbar_init(&full_v[s], 1);
+      mbar_init(&empty_v[s], 256);
     }
     mbar_init(q_bar, 1);
     fence_barrier_init();
@@ -95,12 +101,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_bar, db * 64, hq, q0 + m_block * kBlockM);
       for (int n = 0; n < n_tiles; ++n) {
         const int s = n % kStages;
-        if (n >= kStages) mbar_wait(&empty[s], ((n / kStages) - 1) & 1);
-        mbar_expect_tx(&full[s], 2 * S::kTileBytes);
-        for (int db = 0; db < D / 64; ++db) {
-          tma_load_3d(smem + S::kK + s * S::kTileBytes + db * S::kBlockBytes, &tk, &full[s], db * 64, hk, k0 + n * kBlockN);
-          tma_load_3d(smem + S::kV + s * S::kTileBytes + db * S::kBlockBytes, &tv, &full[s], db * 64, hk, k0 + n * kBlockN);
-        }
+        const uint32_t parity = ((n / kStages) - 1) & 1;
+        if (n >= kStages) mbar_wait(&empty_k[s], parity);
+        mbar_expect_tx(&full_k[s], S::kTileBytes);
+        for (int db = 0; db < D / 64; ++db)
+          tma_load_3d(smem + S::kK + s * S::kTileBytes + db * S::kBlockBytes, &tk, &full_k[s], db * 64, hk, k0 + n * kBlockN);
+        if (n >= kStages) mbar_wait(&empty_v[s], parity);
+        mbar_expect_tx(&full_v[s], S::kTileBytes);
+        for (int db = 0; db < D / 64; ++db)
+          tma_load_3d(smem + S::kV + s * S::kTileBytes + db * S::kBlockBytes, &tv, &full_v[s], db * 64, hk, k0 + n * kBlockN);
       }
     }
     return;
@@ -118,15 +127,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  mbar_wait(q_bar, 0);
-  for (int n = 0; n < n_tiles; ++n) {
-    const int s = n % kStages;
-    mbar_wait(&full[s], (n / kStages) & 1);
-    const unsigned char* ks = smem + S::kK + s * S::kTileBytes;
-    const unsigned char* vs = smem + S::kV + s * S::kTileBytes;
-
-    // S = Q K^T: 64 x 128 per warpgroup, K-major operands, 16 columns of D per instruction
-    float sc[kBlockN / 2];
+  // S(n) = Q K(n)^T, issued asynchronously (the caller waits)
+  auto issue_qk = [&](float (&sc)[kBlockN / 2], int n) {
+    const unsigned char* ks = smem + S::kK + (n % kStages) * S::kTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
@@ -136,10 +139,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       Wgmma<T, kBlockN, 0>::ss(sc, da, db, k > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-
-    // scale, mask (past the sequence end; causal), online softmax in the log2 domain
+  };
+  // O += P(n) V(n), issued asynchronously; V is [keys][D], read as an MN-major B operand
+  auto issue_pv = [&](const uint32_t (&pa)[kBlockN / 16][4], int n) {
+    const unsigned char* vs = smem + S::kV + (n % kStages) * S::kTileBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint64_t dv = smem_desc_sw128(vs + kk * 16 * kRowBytes, S::kBlockBytes, 1024);
+      Wgmma<T, D, 1>::rs(o, pa[kk], dv, 1);
+    }
+    wgmma_commit();
+  };
+  // scale, mask (past the sequence end; causal), online softmax in the log2 domain: leaves the
+  // exponentials in sc and returns each row's rescale factor for O
+  auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
     const bool edge = (n + 1) * kBlockN > sk || (p.causal && (n + 1) * kBlockN - 1 > m_block * kBlockM + c * 64 + diag);
     float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -153,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       sc[i] = x;
       mx[r] = fmaxf(mx[r], x);
     }
-    float alpha[2], base[2];
+    float base[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
@@ -163,31 +177,57 @@ __global__ void __launch_bounds__(kThreads, 1)
       m[r] = mx[r];
       l[r] *= alpha[r];
     }
-    uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+    for (int i = 0; i < kBlockN / 2; ++i) {
+      sc[i] = exp2f(sc[i] - base[(i / 2) % 2]);
+      l[(i / 2) % 2] += sc[i];
+    }
+  };
+  auto pack_p = [&](const float (&sc)[kBlockN / 2], uint32_t (&pa)[kBlockN / 16][4]) {
 #pragma unroll
     for (int j = 0; j < kBlockN / 8; ++j) {
-      float e0 = exp2f(sc[4 * j] - base[0]), e1 = exp2f(sc[4 * j + 1] - base[0]);
-      float e2 = exp2f(sc[4 * j + 2] - base[1]), e3 = exp2f(sc[4 * j + 3] - base[1]);
-      l[0] += e0 + e1;
-      l[1] += e2 + e3;
-      pa[j / 2][2 * (j % 2)] = Pack2<T>::from_floats(e0, e1);
-      pa[j / 2][2 * (j % 2) + 1] = Pack2<T>::from_floats(e2, e3);
+      pa[j / 2][2 * (j % 2)] = Pack2<T>::from_floats(sc[4 * j], sc[4 * j + 1]);
+      pa[j / 2][2 * (j % 2) + 1] = Pack2<T>::from_floats(sc[4 * j + 2], sc[4 * j + 3]);
     }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+  };
 
-    // O += P V: V is [keys][D] in shared memory, read as an MN-major B operand
-    wgmma_fence();
-    fence_regs(o);
+  mbar_wait(q_bar, 0);
+  if (n_tiles > 0) {
+    float sc[kBlockN / 2];
+    uint32_t pa[kBlockN / 16][4];
+    float alpha[2];
+    mbar_wait(&full_k[0], 0);
+    issue_qk(sc, 0);
+    wgmma_wait<0>();
+    fence_regs(sc);
+    mbar_arrive(&empty_k[0]);
+    softmax(sc, 0, alpha);
+    pack_p(sc, pa);
+    for (int n = 1; n < n_tiles; ++n) {
+      const int s = n % kStages, sp = (n - 1) % kStages;
+      mbar_wait(&full_k[s], (n / kStages) & 1);
+      issue_qk(sc, n);
+      mbar_wait(&full_v[sp], ((n - 1) / kStages) & 1);
+      fence_regs(o);
+      issue_pv(pa, n - 1);
+      wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
+      fence_regs(sc);
+      mbar_arrive(&empty_k[s]);
+      softmax(sc, n, alpha);
+      wgmma_wait<0>();  // pa and o are free again
+      fence_regs(o);
+      mbar_arrive(&empty_v[sp]);
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint64_t dv = smem_desc_sw128(vs + kk * 16 * kRowBytes, S::kBlockBytes, 1024);
-      Wgmma<T, D, 1>::rs(o, pa[kk], dv, 1);
+      for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+      pack_p(sc, pa);
     }
-    wgmma_commit();
+    const int last = n_tiles - 1;
+    mbar_wait(&full_v[last % kStages], (last / kStages) & 1);
+    fence_regs(o);
+    issue_pv(pa, last);
     wgmma_wait<0>();
     fence_regs(o);
-    mbar_arrive(&empty[s]);
+    mbar_arrive(&empty_v[last % kStages]);
   }
 
   // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
