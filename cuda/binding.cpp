@@ -43,7 +43,7 @@ const int* index_ptr(const at::Tensor& t, const at::Tensor& like, const char* na
 
 std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                     int64_t row_groups) {
+                                     int64_t max_readers) {
   FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
   check_cuda(q, q, "q");
   check_cuda(k, q, "k_cache");
@@ -63,6 +63,7 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   check_rows_16b(q, "q");
   check_rows_16b(k, "k_cache");
   check_rows_16b(v, "v_cache");
+  FC_CHECK((k.numel() + 7) / 8 <= (int64_t)UINT32_MAX, "k_cache: pools over 2^35 elements are not supported");
 
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty_like(q);
@@ -105,7 +106,7 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   FC_CHECK(plan[6].numel() == B + 1, "merge_offsets: expected ", B + 1, " offsets, got ", plan[6].numel());
   p.num_work = (int)(plan[0].numel() - 1);
   p.batch = (int)B;
-  p.row_groups = (int)std::max<int64_t>(row_groups, 1);
+  p.max_rows = (int)std::max<int64_t>(max_readers * p.group, 1);
   p.partial_o = partial_o.data_ptr<float>();
   p.partial_lse = partial_lse.data_ptr<float>();
   p.out = out.data_ptr();

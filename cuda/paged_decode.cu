@@ -23,34 +23,43 @@ constexpr int kStages = 2;
 constexpr int kRowTile = 16;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Shared memory: the K/V ring, then one 16-row Q tile per row tile the launch can need (so a
+// launch without sharing fits three CTAs per SM), then the token offsets of the work item.
 template <int D>
 struct DecodeSmem {
   static constexpr int kKvElems = kStages * 2 * kTileN * D;
-  static constexpr int kQElems = (kDecodeRowsPerCta / kRowTile) * kRowTile * D;
-  static constexpr size_t kTokOffset = (size_t)(kKvElems + kQElems) * 2;  // bytes
-  static constexpr size_t kBytes = kTokOffset + kDecodeMaxChunkTokens * sizeof(int64_t);
+  static __host__ __device__ int q_tiles(int max_rows) {
+    return min(kDecodeRowsPerCta / kRowTile, (max_rows + kRowTile - 1) / kRowTile);
+  }
+  static __host__ __device__ size_t tok_offset(int max_rows) {  // bytes
+    return (size_t)(kKvElems + q_tiles(max_rows) * kRowTile * D) * 2;
+  }
+  static __host__ __device__ size_t bytes(int max_rows) {
+    return tok_offset(max_rows) + kDecodeMaxChunkTokens * sizeof(uint32_t);
+  }
 };
 
-// Where the token t of this work item sits in the pool (element offset, head 0).
-__device__ __forceinline__ int64_t token_offset(const PagedDecodeParams& p, int e0, int e1, int tok) {
+// Where token t of this work item sits in the pool (head 0), in 16-byte units: every row
+// starts on a 16-byte boundary (checked by the binding), so 32 bits cover a 64 GiB pool.
+__device__ __forceinline__ uint32_t token_offset(const PagedDecodeParams& p, int e0, int e1, int tok) {
   int lo = e0, hi = e1 - 1;  // last entry whose first token <= tok
   while (lo < hi) {
     int mid = (lo + hi + 1) >> 1;
     if (p.entry_token_offsets[mid] <= tok) lo = mid; else hi = mid - 1;
   }
   int in_run = tok - p.entry_token_offsets[lo];
-  return (int64_t)p.entry_pages[lo] * p.kv_stride_page +
-         (int64_t)(p.entry_offsets[lo] + in_run) * p.kv_stride_tok;
+  return (uint32_t)(((int64_t)p.entry_pages[lo] * p.kv_stride_page +
+                     (int64_t)(p.entry_offsets[lo] + in_run) * p.kv_stride_tok) >> 3);
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const PagedDecodeParams p) {
+__global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
   using Tile = SwizzledTile<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* kv_smem = reinterpret_cast<T*>(smem_raw);
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
-  int64_t* tok_off = reinterpret_cast<int64_t*>(smem_raw + DecodeSmem<D>::kTokOffset);
+  uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
   const int w = blockIdx.x, h = blockIdx.y;
   const int e0 = p.work_entry_offsets[w], e1 = p.work_entry_offsets[w + 1];
@@ -94,7 +103,7 @@ __global__ void __launch_bounds__(kThreads, 2) paged_decode_partial_kernel(const
     for (int i = threadIdx.x; i < kTileN * kChunks; i += kThreads) {
       int c = i % kChunks, r = i / kChunks;
       int t = tile * kTileN + r;
-      int64_t off = t < ntok ? tok_off[t] + c * 8 : 0;
+      int64_t off = t < ntok ? ((int64_t)tok_off[t] << 3) + c * 8 : 0;
       int bytes = t < ntok ? 16 : 0;  // zero-fill past the end: 0 * garbage could be NaN
       cp_async_16(ks + Tile::offset(r, c * 8), kg + off, bytes);
       cp_async_16(vs + Tile::offset(r, c * 8), vg + off, bytes);
@@ -299,11 +308,12 @@ template <typename T, int D>
 cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   if (p.num_work > 0) {
-    constexpr size_t smem = DecodeSmem<D>::kBytes;
+    const size_t smem = DecodeSmem<D>::bytes(p.max_rows);
     auto kernel = paged_decode_partial_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    dim3 grid(p.num_work, p.num_kv_heads, p.row_groups);
+    const int row_groups = (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
+    dim3 grid(p.num_work, p.num_kv_heads, row_groups);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -15,7 +15,6 @@ from .layout import SharingPlan
 
 _loaded = False
 DECODE_MAX_CHUNK_TOKENS = 1024  # kDecodeMaxChunkTokens in cuda/include/flashcore/paged_decode.h
-DECODE_ROWS_PER_CTA = 64
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 DECODE_HEAD_DIMS = (64, 128)
 _HINT = "set FLASHCORE_IMPL=reference to run the float32 reference on the GPU"
@@ -40,10 +39,7 @@ def _paged_decode_cuda(q, k_cache, v_cache, plan: Sequence[torch.Tensor], meta: 
     _check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     if page_size > DECODE_MAX_CHUNK_TOKENS:
         raise ValueError(f"page_size: the CUDA decode kernel supports up to {DECODE_MAX_CHUNK_TOKENS}, got {page_size}")
-    group = q.shape[1] // k_cache.shape[1]
-    row_groups = max(1, -(-meta[0] * group // DECODE_ROWS_PER_CTA))
-    out, lse = _jit.load().paged_decode(q, k_cache, v_cache, list(plan), page_size, softmax_scale, row_groups)
-    return out, lse
+    return _jit.load().paged_decode(q, k_cache, v_cache, list(plan), page_size, softmax_scale, meta[0])
 
 
 DENSE_HEAD_DIMS = (64, 128)

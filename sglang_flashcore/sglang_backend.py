@@ -189,6 +189,10 @@ class FlashCoreBackend(AttentionBackend):
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        if self.device.type == "cuda":
+            # The decode kernel's grid follows each batch's sharing plan, so a captured launch
+            # would replay a stale grid: refuse rather than return wrong tokens.
+            raise UnsupportedFeatureError("CUDA-graph decode on the GPU", "launch with --disable-cuda-graph")
         max_ctx = self.req_to_token_pool.req_to_token.shape[1]
         self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
 

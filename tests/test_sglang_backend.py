@@ -226,6 +226,13 @@ def test_cuda_graph_metadata_uses_fixed_buffers_across_replays():
         torch.testing.assert_close(out, _run(kit.expected_dense_fixture_output, fixture), atol=2e-4, rtol=2e-4)
 
 
+def test_cuda_graph_capture_on_a_gpu_is_refused_clearly():
+    fixture = _build(_case("decode_graph", ForwardMode.DECODE, [30, 17]))
+    fixture.backend.device = torch.device("cuda")
+    with pytest.raises(UnsupportedFeatureError, match="CUDA-graph decode on the GPU.*--disable-cuda-graph"):
+        fixture.backend.init_cuda_graph_state(max_bs=8, max_num_tokens=8)
+
+
 def test_cuda_graph_buffers_refuse_an_oversized_batch():
     fixture = _build(_case("decode_graph", ForwardMode.DECODE, [30, 17, 64]))
     fixture.backend.init_cuda_graph_state(max_bs=2, max_num_tokens=2)

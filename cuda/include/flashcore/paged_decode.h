@@ -31,7 +31,8 @@ struct PagedDecodeParams {
   const int* entry_token_offsets;  // [U+1]
   const int* merge_offsets;        // [B+1]
   const int* merge_partials;       // [P]
-  int num_work, batch, row_groups;
+  int num_work, batch;
+  int max_rows;  // largest readers x GQA group of a work item: sizes the grid and the Q buffer
 
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log

@@ -1,0 +1,73 @@
+"""Writes benchmarks/results/<device>/README.md from the JSON files a benchmark run saved there,
+so the committed summary always matches the committed measurements."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(v, digits=2):
+    return "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def table(rows, cols, heads):
+    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        out.append("| " + " | ".join(fmt(r.get(c)) if not callable(c) else c(r) for c in cols) + " |")
+    return out
+
+
+def main(folder: str) -> None:
+    folder = Path(folder)
+    lines = [f"# Measured on {folder.name}", ""]
+    dense, decode, extend = load(folder, "dense_grid.json"), load(folder, "decode_seed.json"), load(folder, "extend.json")
+    info = (dense or decode or extend)["info"]
+    lines += [f"Device: {info['device']}, torch {info['torch']} (CUDA {info['cuda']}), Python {info['python']}.",
+              "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.", ""]
+    if decode:
+        i = decode["info"]
+        lines += ["## Paged decode (`scripts/bench_decode.py`)", "",
+                  f"`{i['command']}`; bf16, D 128, page 128, L2 flushed between calls, copy bandwidth "
+                  f"{i['copy_TBs_read_plus_write']:.2f} TB/s (read + write). Bytes are the unique K/V bytes the step "
+                  "must read (+ Q and O); the bound is those bytes at the copy bandwidth; layout % is the layout + plan "
+                  f"build over a step of {i['layers_per_step']} layers.", ""]
+        lines += table(decode["rows"],
+                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "shared", "ours_ms", "ours_TBs", "bound_ms",
+                        "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2", "layout_ms",
+                        "layout_pct_of_step"],
+                       ["B", "Hkv", "ctx", "shared", "ours ms", "ours TB/s", "bound ms", "ours/bound", "cuDNN ms",
+                        "cuDNN TB/s", "vs cuDNN", "vs FA2", "layout ms", "layout % of step"])
+        lines.append("")
+    if dense:
+        lines += ["## Dense forward (`scripts/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "
+                  "4·B·H·S²·D (halved when causal).", ""]
+        lines += table([r for r in dense["rows"] if r["dtype"] == "bfloat16"],
+                       ["S", "B", "Hq", "Hkv", "D", "causal", "ours_TF", "cudnn_TF", "ours_over_cudnn", "fa2_TF",
+                        "ours_over_fa2"],
+                       ["S", "B", "Hq", "Hkv", "D", "causal", "ours TF", "cuDNN TF", "ours/cuDNN", "FA2 TF", "ours/FA2"])
+        lines += ["", "fp16 rows are in `dense_grid.json` / `dense_grid.txt`.", ""]
+    if extend:
+        lines += ["## Extend (`scripts/bench_extend.py`)", "", f"`{extend['info']['command']}`; bf16, Hq 32, Hkv 8, "
+                  "D 128; one cached prefix shared by all B requests.", ""]
+        lines += table(extend["rows"],
+                       ["page", "B", "L", "prefix", "new", "ours_TF", "dense_TF", "ours_over_dense", "gather_ms",
+                        "sdpa_TF", "ours_over_sdpa_plus_gather"],
+                       ["page", "B", "L", "prefix", "new", "ours TF", "our dense, pre-gathered TF", "ours/dense",
+                        "gather ms", "SDPA TF", "(SDPA+gather)/ours"])
+        lines.append("")
+    ncu = folder / "ncu_dense_seed_point.txt"
+    if ncu.exists():
+        lines += ["## Nsight Compute, dense kernel at the seed point", "", "```", ncu.read_text().rstrip(), "```", ""]
+    (folder / "README.md").write_text("\n".join(lines))
+    print("wrote", folder / "README.md")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/h100")
