@@ -14,7 +14,6 @@ the time to build the layout and sharing plan.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import bar_plot, copy_bandwidth_tbs, device_info, print_table, save_json, time_ms  # noqa: E402
+from bench_util import bar_plot, base_parser, copy_bandwidth_tbs, print_table, require_cuda, save_json, time_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -129,25 +128,21 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base_parser(__doc__, repeats=20)
     parser.add_argument("--config", action="append", help="B,Hq,context,D,page,shared (repeatable)")
     parser.add_argument("--hkv", type=int, action="append", help="KV heads (default 32 and 8)")
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
-    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="contexts / 8, for a smoke run")
     parser.add_argument("--chunk", type=int, action="append", help="split-KV chunk tokens (default: auto)")
     parser.add_argument("--shared-only", action="store_true", help="skip the shared-fraction-0 controls")
-    parser.add_argument("--json")
-    parser.add_argument("--plot")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_decode: needs a CUDA GPU")
     configs = [tuple(float(x) if "." in x else int(x) for x in c.split(",")) for c in args.config] if args.config else SEED_CONFIGS
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    info = require_cuda("bench_decode")
     copy_tbs = copy_bandwidth_tbs()
-    info = device_info() | {"copy_TBs_read_plus_write": copy_tbs, "dtype": args.dtype,
-                            "layers_per_step": LAYERS, "l2_flush": "256 MB between calls"}
-    print(f"{info['device']}  torch {info['torch']}  copy bandwidth {copy_tbs:.2f} TB/s (read+write)")
+    info |= {"copy_TBs_read_plus_write": copy_tbs, "dtype": args.dtype, "layers_per_step": LAYERS,
+             "l2_flush": "256 MB between calls"}
+    print(f"copy bandwidth {copy_tbs:.2f} TB/s (read+write)")
     rows = []
     for b, hq, ctx, d, page, frac in configs:
         if args.quick:

@@ -11,7 +11,6 @@ FLOPs = 4 * B * Hq * S * S * D, halved when causal.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import bar_plot, device_info, print_table, save_json, time_ms  # noqa: E402
+from bench_util import bar_plot, base_parser, print_table, require_cuda, save_json, time_ms  # noqa: E402
 
 
 def grid():
@@ -61,21 +60,15 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base_parser(__doc__, repeats=20)
     parser.add_argument("--shape", action="append", help="B,S,Hq,Hkv,D (repeatable; default: the grid)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "both"], default="both")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json")
-    parser.add_argument("--plot")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_dense: needs a CUDA GPU")
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else grid()
     dtypes = {"bf16": [torch.bfloat16], "fp16": [torch.float16], "both": [torch.bfloat16, torch.float16]}[args.dtype]
     causals = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
-    info = device_info()
-    print(f"{info['device']}  torch {info['torch']}")
+    info = require_cuda("bench_dense")
     rows = []
     for dtype in dtypes:
         for shape in shapes:

@@ -12,7 +12,6 @@ for all B), the rest are new. FLOPs = 4 * Hq * D * sum_b (Sq*P + Sq*(Sq+1)/2).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import bar_plot, device_info, print_table, save_json, time_ms  # noqa: E402
+from bench_util import bar_plot, base_parser, print_table, require_cuda, save_json, time_ms  # noqa: E402
 
 
 def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
@@ -76,19 +75,13 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base_parser(__doc__, repeats=10)
     parser.add_argument("--lengths", default="4096,16384")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--fractions", default="0,0.5,0.9")
     parser.add_argument("--pages", default="64,1")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json")
-    parser.add_argument("--plot")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_extend: needs a CUDA GPU")
-    info = device_info()
-    print(f"{info['device']}  torch {info['torch']}")
+    info = require_cuda("bench_extend")
     rows = []
     for page in map(int, args.pages.split(",")):
         for length in map(int, args.lengths.split(",")):

@@ -7,6 +7,7 @@ that no call finds its inputs in L2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -16,6 +17,24 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 _flush_buf: Optional[torch.Tensor] = None
+
+
+def base_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every benchmark has: --repeats, --json, --plot."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per point (median reported)")
+    parser.add_argument("--json", help="save every figure and the run's device and command here")
+    parser.add_argument("--plot", help="save a PNG plot here")
+    return parser
+
+
+def require_cuda(script: str) -> Dict[str, str]:
+    """Exits with a message unless a GPU is present; prints and returns the device facts."""
+    if not torch.cuda.is_available():
+        sys.exit(f"{script}: needs a CUDA GPU")
+    info = device_info()
+    print(f"{info['device']}  torch {info['torch']}")
+    return info
 
 
 def flush_l2() -> None:

@@ -1,6 +1,5 @@
 """PagedLayout / build_layout against plain-Python models, on random page tables."""
 
-import random
 
 import pytest
 import torch

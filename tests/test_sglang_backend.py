@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import unittest
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
