@@ -41,14 +41,15 @@ const int* index_ptr(const at::Tensor& t, const at::Tensor& like, const char* na
   return t.data_ptr<int>();
 }
 
-std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                     const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                     int64_t max_readers) {
+// Checks the decode inputs and fills the launch parameters (outputs and workspaces are set by the caller).
+flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
+                                           int64_t max_readers, int* dtype) {
   FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
   check_cuda(q, q, "q");
   check_cuda(k, q, "k_cache");
   check_cuda(v, q, "v_cache");
-  const int dtype = dtype_code(q, "q");
+  *dtype = dtype_code(q, "q");
   FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
            "k_cache/v_cache: expected dtype ", q.scalar_type());
   FC_CHECK(q.dim() == 3, "q: expected [B, Hq, D], got ", q.sizes());
@@ -64,13 +65,6 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   check_rows_16b(k, "k_cache");
   check_rows_16b(v, "v_cache");
   FC_CHECK((k.numel() + 7) / 8 <= (int64_t)UINT32_MAX, "k_cache: pools over 2^35 elements are not supported");
-
-  const at::cuda::CUDAGuard guard(q.device());
-  auto out = at::empty_like(q);
-  auto lse = at::empty({B, Hq}, q.options().dtype(at::kFloat));
-  const int64_t num_partials = plan[2].numel();
-  auto partial_o = at::empty({num_partials, Hq, D}, q.options().dtype(at::kFloat));
-  auto partial_lse = at::empty({num_partials, Hq}, q.options().dtype(at::kFloat));
 
   flashcore::PagedDecodeParams p{};
   p.q = q.data_ptr();
@@ -103,19 +97,59 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   p.entry_token_offsets = ptrs[5];
   p.merge_offsets = ptrs[6];
   p.merge_partials = ptrs[7];
-  FC_CHECK(plan[6].numel() == B + 1, "merge_offsets: expected ", B + 1, " offsets, got ", plan[6].numel());
+  FC_CHECK(plan[6].numel() >= B + 1, "merge_offsets: expected ", B + 1, " offsets, got ", plan[6].numel());
   p.num_work = (int)(plan[0].numel() - 1);
   p.batch = (int)B;
   p.max_rows = (int)std::max<int64_t>(max_readers * p.group, 1);
-  p.partial_o = partial_o.data_ptr<float>();
-  p.partial_lse = partial_lse.data_ptr<float>();
+  return p;
+}
+
+std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at::Tensor& q, int dtype,
+                                      float* partial_o, float* partial_lse) {
+  auto out = at::empty_like(q);
+  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  p.partial_o = partial_o;
+  p.partial_lse = partial_lse;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
   p.out_stride_h = out.stride(1);
-  cudaError_t err = flashcore::paged_decode_launch(p, dtype, (int)D, at::cuda::getCurrentCUDAStream());
+  cudaError_t err = flashcore::paged_decode_launch(p, dtype, (int)q.size(2), at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "flashcore: paged_decode launch failed: ", cudaGetErrorString(err));
   return {out, lse};
+}
+
+std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
+                                     int64_t max_readers) {
+  int dtype;
+  auto p = decode_params(q, k, v, plan, page_size, scale, max_readers, &dtype);
+  const at::cuda::CUDAGuard guard(q.device());
+  const int64_t num_partials = plan[2].numel();
+  auto partial_o = at::empty({num_partials, q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  auto partial_lse = at::empty({num_partials, q.size(1)}, q.options().dtype(at::kFloat));
+  return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
+}
+
+// The CUDA-graph form: fixed-capacity plan buffers, the work-item count in device memory and
+// preallocated partial workspaces, so one captured launch serves every later batch.
+std::vector<at::Tensor> paged_decode_static(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
+                                            int64_t max_readers, const at::Tensor& num_work,
+                                            const at::Tensor& partial_o, const at::Tensor& partial_lse,
+                                            int64_t grid_work) {
+  int dtype;
+  auto p = decode_params(q, k, v, plan, page_size, scale, max_readers, &dtype);
+  p.num_work_dev = index_ptr(num_work, q, "num_work");
+  p.grid_work = (int)std::max<int64_t>(grid_work, 1);
+  FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
+               partial_o.is_contiguous() && partial_lse.is_contiguous(),
+           "partial_o/partial_lse: expected contiguous float32 workspaces");
+  FC_CHECK(partial_o.numel() >= plan[2].numel() * q.size(1) * q.size(2) &&
+               partial_lse.numel() >= plan[2].numel() * q.size(1),
+           "partial_o/partial_lse: workspaces too small for ", plan[2].numel(), " partials of ", q.size(1), " heads");
+  const at::cuda::CUDAGuard guard(q.device());
+  return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -178,5 +212,6 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
   m.def("paged_decode", &paged_decode, "Paged CSR decode over a SharingPlan");
+  m.def("paged_decode_static", &paged_decode_static, "Paged decode over fixed-capacity plan buffers (CUDA graphs)");
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
 }

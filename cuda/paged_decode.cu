@@ -53,15 +53,14 @@ __device__ __forceinline__ uint32_t token_offset(const PagedDecodeParams& p, int
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
+__device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
   constexpr int kChunks = D / 8;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
   T* kv_smem = reinterpret_cast<T*>(smem_raw);
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
-  const int w = blockIdx.x, h = blockIdx.y;
+  const int h = blockIdx.y;
   const int e0 = p.work_entry_offsets[w], e1 = p.work_entry_offsets[w + 1];
   const int r0 = p.work_reader_offsets[w], r1 = p.work_reader_offsets[w + 1];
   const int G = p.group;
@@ -259,6 +258,16 @@ __global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const
   }
 }
 
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int num_work = p.num_work_dev ? *p.num_work_dev : p.num_work;
+  for (int w = blockIdx.x; w < num_work; w += gridDim.x) {
+    decode_work_item<T, D>(p, w, smem_raw);
+    __syncthreads();  // the next item reuses shared memory
+  }
+}
+
 // One block per (request, 4 query heads); D/4 threads per head, 4 columns each. Pass 1 finds
 // each head's largest LSE and the sum of weights (a fixed reduction tree: deterministic);
 // pass 2 sums weight * partial with independent loads, so a long list of partials streams
@@ -307,13 +316,13 @@ __global__ void merge_partials_kernel(const PagedDecodeParams p) {
 template <typename T, int D>
 cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  if (p.num_work > 0) {
+  if (p.num_work > 0 || p.num_work_dev) {
     const size_t smem = DecodeSmem<D>::bytes(p.max_rows);
     auto kernel = paged_decode_partial_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const int row_groups = (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
-    dim3 grid(p.num_work, p.num_kv_heads, row_groups);
+    dim3 grid(p.num_work_dev ? p.grid_work : p.num_work, p.num_kv_heads, row_groups);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -18,7 +18,9 @@ import torch
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
+from . import ops
 from .api import paged_decode, paged_extend
+from .graph import DecodeGraphState
 from .layout import PagedLayout, from_sglang
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ class ForwardMetadata:
     layout: PagedLayout  # decode: the whole sequences; extend: the cached prefixes
     cu_seqlens_q: Optional[torch.Tensor] = None  # extend only
     max_extend_len: int = 0
+    graph: Optional[DecodeGraphState] = None  # CUDA-graph decode: the fixed buffers to launch from
 
 
 class _GraphBuffers:
@@ -99,7 +102,11 @@ class FlashCoreBackend(AttentionBackend):
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
         self.forward_metadata: Optional[ForwardMetadata] = None
-        self._graph: Optional[_GraphBuffers] = None
+        self._graph: Optional[_GraphBuffers] = None  # CPU: fixed layout buffers
+        self._graph_state: Optional[DecodeGraphState] = None  # GPU: fixed plan buffers + workspaces
+        cfg = getattr(model_runner, "model_config", None)
+        # total query heads: an upper bound on this rank's, enough to size graph workspaces
+        self._max_q_heads = getattr(cfg, "num_attention_heads", None)
         self._checked_layers: Dict[int, bool] = {}
 
     # ------------------------------------------------------------ validation
@@ -189,22 +196,35 @@ class FlashCoreBackend(AttentionBackend):
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        if self.device.type == "cuda":
-            # The decode kernel's grid follows each batch's sharing plan, so a captured launch
-            # would replay a stale grid: refuse rather than return wrong tokens.
-            raise UnsupportedFeatureError("CUDA-graph decode on the GPU", "launch with --disable-cuda-graph")
         max_ctx = self.req_to_token_pool.req_to_token.shape[1]
-        self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
+        if self.device.type != "cuda":
+            self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
+            return
+        if ops.impl_mode() == "reference":
+            raise UnsupportedFeatureError("CUDA-graph decode with FLASHCORE_IMPL=reference",
+                                          "launch with --disable-cuda-graph")
+        head_dim = self.token_to_kv_pool.get_key_buffer(0).shape[-1]
+        if not self._max_q_heads:
+            raise UnsupportedFeatureError("CUDA graphs for a model config without num_attention_heads",
+                                          "launch with --disable-cuda-graph")
+        self._graph_state = DecodeGraphState(max_bs, max_ctx, self.page_size, self._max_q_heads, head_dim,
+                                             self.device)
 
     def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False):
-        """Before capture and before each replay: the batch's layout into the fixed buffers."""
-        if self._graph is None:
+        """Before capture and before each replay: the batch's plan (GPU) or layout (CPU) into the
+        fixed buffers the captured launch reads."""
+        if self._graph is None and self._graph_state is None:
             raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
         if not forward_batch.forward_mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
         meta = self._build_metadata(forward_batch, graph=True)
-        meta.layout = self._graph.load(meta.layout)
+        if self._graph_state is not None:
+            num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
+            self._graph_state.load(meta.layout, num_kv_heads, self.chunk_tokens)
+            meta.graph = self._graph_state
+        else:
+            meta.layout = self._graph.load(meta.layout)
         self.forward_metadata = meta
 
     def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch"):
@@ -230,10 +250,13 @@ class FlashCoreBackend(AttentionBackend):
         meta = self.forward_metadata
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         k_buf, v_buf = self._kv_buffers(layer)
-        out, _ = paged_decode(
-            q3, k_buf, v_buf, meta.layout, softmax_scale=layer.scaling,
-            chunk_tokens=self.chunk_tokens, check_bounds=False,
-        )
+        if meta.graph is not None:
+            out, _ = meta.graph.run(q3, k_buf, v_buf, self.page_size, layer.scaling)
+        else:
+            out, _ = paged_decode(
+                q3, k_buf, v_buf, meta.layout, softmax_scale=layer.scaling,
+                chunk_tokens=self.chunk_tokens, check_bounds=False,
+            )
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):

@@ -225,10 +225,11 @@ def test_cuda_graph_metadata_uses_fixed_buffers_across_replays():
         torch.testing.assert_close(out, _run(kit.expected_dense_fixture_output, fixture), atol=2e-4, rtol=2e-4)
 
 
-def test_cuda_graph_capture_on_a_gpu_is_refused_clearly():
+def test_cuda_graph_with_the_reference_on_a_gpu_is_refused_clearly(monkeypatch):
     fixture = _build(_case("decode_graph", ForwardMode.DECODE, [30, 17]))
     fixture.backend.device = torch.device("cuda")
-    with pytest.raises(UnsupportedFeatureError, match="CUDA-graph decode on the GPU.*--disable-cuda-graph"):
+    monkeypatch.setenv("FLASHCORE_IMPL", "reference")
+    with pytest.raises(UnsupportedFeatureError, match="CUDA-graph decode with FLASHCORE_IMPL=reference"):
         fixture.backend.init_cuda_graph_state(max_bs=8, max_num_tokens=8)
 
 

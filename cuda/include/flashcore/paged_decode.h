@@ -32,6 +32,10 @@ struct PagedDecodeParams {
   const int* merge_offsets;        // [B+1]
   const int* merge_partials;       // [P]
   int num_work, batch;
+  // CUDA-graph mode: the work-item count lives in device memory (set before each replay) and a
+  // fixed grid of grid_work CTAs loops over the items. Null for an ordinary launch.
+  const int* num_work_dev;
+  int grid_work;
   int max_rows;  // largest readers x GQA group of a work item: sizes the grid and the Q buffer
 
   float* partial_o;    // [P, Hq, D]
