@@ -67,7 +67,24 @@ def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
     return lambda: wrapper.run(q, kv)
 
 
-def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None):
+def graph_replay_ms(q, k_cache, v_cache, layout, page, hkv, chunk, repeats):
+    """The decode launch captured in a CUDA graph (as SGLang runs it), replayed."""
+    from sglang_flashcore.graph import DecodeGraphState
+
+    state = DecodeGraphState(q.shape[0], layout.max_position, page, q.shape[1], q.shape[2], q.device)
+    state.load(layout, hkv, chunk)
+    scale = q.shape[-1] ** -0.5
+    state.run(q, k_cache, v_cache, page, scale)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        state.run(q, k_cache, v_cache, page, scale)
+    ms = time_ms(graph.replay, repeats=repeats)
+    del graph, state
+    return ms
+
+
+def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None, graph=False):
     dev = "cuda"
     r2t, num_slots = shared_page_table(batch, context, page, frac, dev)
     k_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
@@ -103,6 +120,8 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
                bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, layout_ms=build_ms,
                chunk=chunk, work_items=stats["work_items"])
     row["ours_over_bound"] = ours_ms / row["bound_ms"]
+    if graph:
+        row["graph_ms"] = graph_replay_ms(q, k_cache, v_cache, layout, page, hkv, chunk, repeats)
     row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * ours_ms)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
@@ -135,6 +154,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="contexts / 8, for a smoke run")
     parser.add_argument("--chunk", type=int, action="append", help="split-KV chunk tokens (default: auto)")
     parser.add_argument("--shared-only", action="store_true", help="skip the shared-fraction-0 controls")
+    parser.add_argument("--graph", action="store_true", help="also time the launch captured in a CUDA graph")
     args = parser.parse_args()
     configs = [tuple(float(x) if "." in x else int(x) for x in c.split(",")) for c in args.config] if args.config else SEED_CONFIGS
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
@@ -150,11 +170,11 @@ def main():
         for hkv in args.hkv or [32, 8]:
             for f in [frac] if args.shared_only else sorted({frac, 0.0}, reverse=True):
                 for chunk in args.chunk or [None]:
-                    rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk))
+                    rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk, args.graph))
                     r = rows[-1]
                     print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f} chunk {r['chunk']}: ours {r['ours_ms']:.3f} ms "
                           f"({r['ours_TBs']:.2f} TB/s), cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
-    cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "ours_TBs", "bound_ms", "ours_over_bound",
+    cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms", "ours_over_bound",
             "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
             "speedup_vs_flashinfer", "layout_ms", "layout_pct_of_step", "maxdiff_cudnn"]
     print_table(rows, [c for c in cols if any(c in r for r in rows)], title="\npaged decode, " + args.dtype)
