@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import bar_plot, base_parser, copy_bandwidth_tbs, print_table, require_cuda, save_json, time_ms  # noqa: E402
+from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -177,17 +177,12 @@ def main():
     cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms", "ours_over_bound",
             "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
             "speedup_vs_flashinfer", "layout_ms", "layout_pct_of_step", "maxdiff_cudnn"]
-    print_table(rows, [c for c in cols if any(c in r for r in rows)], title="\npaged decode, " + args.dtype)
-    if args.json:
-        save_json(args.json, info, rows)
-    if args.plot:
-        labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
-        series = {"ours": [r["ours_ms"] for r in rows], "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
-                  "lower bound": [r["bound_ms"] for r in rows]}
-        if any("flashinfer_ms" in r for r in rows):
-            series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]
-        bar_plot(args.plot, labels, series, "ms per decode step (one layer)", f"paged decode on {info['device']}")
-
+    labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
+    series = {"ours": [r["ours_ms"] for r in rows], "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
+              "lower bound": [r["bound_ms"] for r in rows]}
+    if any("flashinfer_ms" in r for r in rows):
+        series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]
+    report(args, info, rows, cols, "paged decode, " + args.dtype, labels, series, "ms per decode step (one layer)")
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import bar_plot, base_parser, print_table, require_cuda, save_json, time_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
 
 
 def grid():
@@ -79,16 +79,10 @@ def main():
                       f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF", flush=True)
     cols = ["dtype", "B", "S", "Hq", "Hkv", "D", "causal", "ours_ms", "ours_TF", "cudnn_TF", "ours_over_cudnn",
             "fa2_TF", "ours_over_fa2", "maxdiff_cudnn"]
-    print_table(rows, cols, title="\ndense attention forward (TFLOPS)")
-    if args.json:
-        save_json(args.json, info, rows)
-    if args.plot:
-        labels = [f"{r['dtype']} S{r['S']} D{r['D']} H{r['Hq']}/{r['Hkv']} {'c' if r['causal'] else 'nc'}" for r in rows]
-        bar_plot(args.plot, labels, {"ours": [r["ours_TF"] for r in rows],
-                                     "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],
-                                     "FA2 SDPA": [r.get("fa2_TF") for r in rows]},
-                 "TFLOPS", f"dense attention forward on {info['device']}")
-
+    labels = [f"{r['dtype']} S{r['S']} D{r['D']} H{r['Hq']}/{r['Hkv']} {'c' if r['causal'] else 'nc'}" for r in rows]
+    report(args, info, rows, cols, "dense attention forward (TFLOPS)", labels,
+           {"ours": [r["ours_TF"] for r in rows], "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],
+            "FA2 SDPA": [r.get("fa2_TF") for r in rows]}, "TFLOPS")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import bar_plot, base_parser, print_table, require_cuda, save_json, time_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
 
 
 def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
@@ -95,16 +95,10 @@ def main():
                           f"dense {r['dense_TF']:.0f} TF, SDPA {r.get('sdpa_TF', float('nan')):.0f} TF", flush=True)
     cols = ["page", "B", "L", "prefix", "new", "ours_ms", "ours_TF", "dense_TF", "ours_over_dense", "gather_ms",
             "sdpa_TF", "ours_over_sdpa_plus_gather"]
-    print_table(rows, cols, title="\nextend (bf16, Hq 32, Hkv 8, D 128)")
-    if args.json:
-        save_json(args.json, info, rows)
-    if args.plot:
-        labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
-        bar_plot(args.plot, labels, {"ours (paged)": [r["ours_TF"] for r in rows],
-                                     "our dense, pre-gathered": [r["dense_TF"] for r in rows],
-                                     "SDPA (gather not counted)": [r.get("sdpa_TF") for r in rows]},
-                 "TFLOPS", f"extend on {info['device']}")
-
+    labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
+    report(args, info, rows, cols, "extend (bf16, Hq 32, Hkv 8, D 128)", labels,
+           {"ours (paged)": [r["ours_TF"] for r in rows], "our dense, pre-gathered": [r["dense_TF"] for r in rows],
+            "SDPA (gather not counted)": [r.get("sdpa_TF") for r in rows]}, "TFLOPS")
 
 if __name__ == "__main__":
     main()

@@ -121,3 +121,13 @@ def bar_plot(path: str, labels: List[str], series: Dict[str, List[float]], ylabe
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def report(args, info: Dict, rows: List[Dict], columns: Sequence[str], title: str,
+           labels: List[str], series: Dict[str, List[float]], ylabel: str) -> None:
+    """The end of every benchmark: the table, then --json and --plot when asked for."""
+    print_table(rows, [c for c in columns if any(c in r for r in rows)], title="\n" + title)
+    if args.json:
+        save_json(args.json, info, rows)
+    if args.plot:
+        bar_plot(args.plot, labels, series, ylabel, f"{title} on {info['device']}")

@@ -39,10 +39,10 @@ def main(folder: str) -> None:
                   "must read (+ Q and O); the bound is those bytes at the copy bandwidth; layout % is the layout + plan "
                   f"build over a step of {i['layers_per_step']} layers.", ""]
         lines += table(decode["rows"],
-                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "shared", "ours_ms", "ours_TBs", "bound_ms",
+                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "shared", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
                         "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2", "layout_ms",
                         "layout_pct_of_step"],
-                       ["B", "Hkv", "ctx", "shared", "ours ms", "ours TB/s", "bound ms", "ours/bound", "cuDNN ms",
+                       ["B", "Hkv", "ctx", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s", "bound ms", "ours/bound", "cuDNN ms",
                         "cuDNN TB/s", "vs cuDNN", "vs FA2", "layout ms", "layout % of step"])
         lines.append("")
     if dense:

@@ -50,3 +50,21 @@ def test_committed_results_name_their_device_and_command():
     for name in ("decode_seed.json", "dense_grid.json", "extend.json"):
         info = json.load(open(os.path.join(folder, name)))["info"]
         assert info["device"].startswith("NVIDIA H100") and info["command"].startswith("python3 scripts/")
+
+
+def test_report_writes_the_table_the_json_and_the_plot(tmp_path, capsys):
+    import types
+
+    import pytest
+
+    from bench_util import report
+
+    args = types.SimpleNamespace(json=str(tmp_path / "r.json"), plot=None)
+    rows = [{"a": 1.0, "b": 2.0}]
+    report(args, {"device": "GPU X"}, rows, ["a", "b", "missing"], "title", ["p"], {"s": [1.0]}, "y")
+    assert "title" in capsys.readouterr().out
+    assert json.load(open(args.json)) == {"info": {"device": "GPU X"}, "rows": rows}
+    pytest.importorskip("matplotlib", reason="matplotlib comes with the [bench] extra")
+    args.plot = str(tmp_path / "r.png")
+    report(args, {"device": "GPU X"}, rows, ["a", "b"], "title", ["p"], {"s": [1.0]}, "y")
+    assert (tmp_path / "r.png").stat().st_size > 1000
