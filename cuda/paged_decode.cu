@@ -89,8 +89,17 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     }
     cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
   }
-  // (the query loads fly while the token offsets are looked up)
-  for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
+  // (the query loads fly while the token offsets are looked up) Many short runs (small pages):
+  // a thread per run writes its tokens. Few long runs: a thread per token finds its run.
+  if (e1 - e0 >= kThreads / 4) {
+    for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
+      const int first = p.entry_token_offsets[e] - tok_base, count = p.entry_token_offsets[e + 1] - p.entry_token_offsets[e];
+      const int64_t base = (int64_t)p.entry_pages[e] * p.kv_stride_page + (int64_t)p.entry_offsets[e] * p.kv_stride_tok;
+      for (int i = 0; i < count; ++i) tok_off[first + i] = (uint32_t)((base + i * p.kv_stride_tok) >> 3);
+    }
+  } else {
+    for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
+  }
   __syncthreads();
 
   const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
