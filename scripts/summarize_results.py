@@ -31,19 +31,22 @@ def main(folder: str) -> None:
     info = (dense or decode or extend)["info"]
     lines += [f"Device: {info['device']}, torch {info['torch']} (CUDA {info['cuda']}), Python {info['python']}.",
               "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.", ""]
-    if decode:
+    for decode_name, decode in (("seed configurations", decode), ("page sizes", load(folder, "decode_pages.json"))):
+        if not decode:
+            continue
         i = decode["info"]
-        lines += ["## Paged decode (`scripts/bench_decode.py`)", "",
-                  f"`{i['command']}`; bf16, D 128, page 128, L2 flushed between calls, copy bandwidth "
+        lines += [f"## Paged decode, {decode_name} (`scripts/bench_decode.py`)", "",
+                  f"`{i['command']}`; bf16, D 128, L2 flushed between calls, copy bandwidth "
                   f"{i['copy_TBs_read_plus_write']:.2f} TB/s (read + write). Bytes are the unique K/V bytes the step "
                   "must read (+ Q and O); the bound is those bytes at the copy bandwidth; layout % is the layout + plan "
                   f"build over a step of {i['layers_per_step']} layers.", ""]
         lines += table(decode["rows"],
-                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "shared", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
-                        "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2", "layout_ms",
-                        "layout_pct_of_step"],
-                       ["B", "Hkv", "ctx", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s", "bound ms", "ours/bound", "cuDNN ms",
-                        "cuDNN TB/s", "vs cuDNN", "vs FA2", "layout ms", "layout % of step"])
+                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "page", "shared", "ours_ms", "graph_ms", "ours_TBs",
+                        "bound_ms", "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2",
+                        "layout_ms", "layout_pct_of_step"],
+                       ["B", "Hkv", "ctx", "page", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s",
+                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2", "layout ms",
+                        "layout % of step"])
         lines.append("")
     if dense:
         lines += ["## Dense forward (`scripts/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "
