@@ -80,7 +80,8 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     """Extend as one varlen dense call: each request's keys are its prefix pages (gathered through
     the layout) followed by its new tokens; bottom-right causal masking is exactly extend's mask.
     Prefix pages shared by several requests are read once per reader here (see the issue notes)."""
-    from .layout import PagedLayout, _exclusive_cumsum
+    from .layout import _exclusive_cumsum
+    from .ops import layout_view
     from .reference import gather_kv
 
     _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
@@ -89,9 +90,7 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     ext = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(i64)
     pre = prefix_lens.to(i64)
     cu_k = _exclusive_cumsum(pre + ext)
-    empty = cols.new_zeros(0)
-    layout = PagedLayout(page_size, 0, row_offsets, cols, page_offsets, counts, empty, empty, prefix_lens)
-    rows, slots = layout.token_slots()
+    rows, slots = layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens).token_slots()
     hkv, d = k_new.shape[1], k_new.shape[2]
     total_k = q.shape[0] + slots.shape[0]
     k_all = torch.empty(total_k, hkv, d, dtype=q.dtype, device=q.device)

@@ -44,10 +44,11 @@ def _cuda_impl(name: str, device: torch.device) -> Optional[Callable]:
     return CUDA_IMPLS.get(name)
 
 
-def _layout(row_offsets, cols, page_offsets, counts, page_size) -> PagedLayout:
-    """A layout view with just the fields the references read."""
+def layout_view(row_offsets, cols, page_offsets, counts, page_size, seq_lens=None) -> PagedLayout:
+    """A PagedLayout from an op's flattened arguments, with the fields readers of token slots need."""
     empty = cols.new_zeros(0)
-    return PagedLayout(page_size, 0, row_offsets, cols, page_offsets, counts, empty, empty, empty)
+    return PagedLayout(page_size, 0, row_offsets, cols, page_offsets, counts, empty, empty,
+                       empty if seq_lens is None else seq_lens)
 
 
 # ---------------------------------------------------------------- attention
@@ -84,7 +85,7 @@ def paged_decode_op(
     impl = _cuda_impl("paged_decode", q.device)
     if impl is not None and plan:
         return impl(q, k_cache, v_cache, plan, plan_meta, page_size, softmax_scale)
-    layout = _layout(row_offsets, cols, page_offsets, counts, page_size)
+    layout = layout_view(row_offsets, cols, page_offsets, counts, page_size)
     out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale)
     return out.to(q.dtype), lse.float()
 
@@ -105,8 +106,7 @@ def paged_extend_op(
     if impl is not None:
         return impl(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts,
                     prefix_lens, cu_seqlens_q, max_seqlen_q, page_size, softmax_scale)
-    empty = cols.new_zeros(0)
-    layout = PagedLayout(page_size, 0, row_offsets, cols, page_offsets, counts, empty, empty, prefix_lens)
+    layout = layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens)
     out, lse = reference.paged_extend_ref(
         q, k_new, v_new, k_cache, v_cache, layout, cu_seqlens_q, softmax_scale
     )
