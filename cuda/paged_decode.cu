@@ -17,7 +17,6 @@ namespace flashcore {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kWarps = 4;
 constexpr int kTileN = 64;  // tokens per pipeline stage
 constexpr int kStages = 2;
 constexpr int kRowTile = 16;
@@ -55,7 +54,7 @@ __device__ __forceinline__ uint32_t token_offset(const PagedDecodeParams& p, int
 template <typename T, int D>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
-  constexpr int kChunks = D / 8;
+  constexpr int kChunks = Tile::kChunks;
   T* kv_smem = reinterpret_cast<T*>(smem_raw);
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));

@@ -18,6 +18,11 @@ from .layout import PagedLayout, SharingPlan
 _I32 = dict(dtype=torch.int32)
 
 
+def max_page_runs(max_batch: int, max_context_len: int, page_size: int) -> int:
+    """Page runs a batch can have: each request's pages, plus one for a run that starts mid-page."""
+    return max_batch * (-(-max_context_len // page_size) + 1)
+
+
 class DecodeGraphState:
     """Everything one captured decode launch reads, at fixed addresses.
 
@@ -33,7 +38,7 @@ class DecodeGraphState:
                  device: torch.device, workspace_bytes: int = 256 << 20):
         self.device = torch.device(device)
         self.max_batch = max_batch
-        self.max_entries = max_batch * (-(-max_context_len // page_size) + 1)
+        self.max_entries = max_page_runs(max_batch, max_context_len, page_size)
         per_partial = num_q_heads * (head_dim + 1) * 4
         self.max_partials = max(max_batch, workspace_bytes // per_partial)
         self.max_work = self.max_partials  # every work item has at least one reader

@@ -104,8 +104,8 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     dst_new = cu_k[new_rows] + pre[new_rows] + torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[new_rows].to(i64)
     k_all[dst_new] = k_new
     v_all[dst_new] = v_new
-    return _jit.load().attention_fwd(q if q.stride(-1) == 1 else q.contiguous(), k_all, v_all, cu_seqlens_q,
-                                     cu_k.to(torch.int32), max_seqlen_q, True, softmax_scale)
+    return _attention_cuda(q, k_all, v_all, cu_seqlens_q, cu_k.to(torch.int32), max_seqlen_q, None, True,
+                           softmax_scale)
 
 
 def ensure_loaded() -> None:

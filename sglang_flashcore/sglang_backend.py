@@ -20,7 +20,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import ops
 from .api import paged_decode, paged_extend
-from .graph import DecodeGraphState
+from .graph import DecodeGraphState, max_page_runs
 from .layout import PagedLayout, from_sglang
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ class UnsupportedFeatureError(NotImplementedError):
 class ForwardMetadata:
     """What every layer of one forward pass reads."""
 
-    decode: bool
     layout: PagedLayout  # decode: the whole sequences; extend: the cached prefixes
     cu_seqlens_q: Optional[torch.Tensor] = None  # extend only
     max_extend_len: int = 0
@@ -58,7 +57,7 @@ class _GraphBuffers:
     the same addresses. Sized for ``max_bs`` requests of up to ``max_context_len`` tokens."""
 
     def __init__(self, max_bs: int, max_context_len: int, page_size: int, device):
-        max_entries = max_bs * (-(-max_context_len // page_size) + 1)
+        max_entries = max_page_runs(max_bs, max_context_len, page_size)
         i32 = dict(dtype=torch.int32, device=device)
         self.max_bs, self.max_entries = max_bs, max_entries
         self.row_offsets = torch.zeros(max_bs + 1, **i32)
@@ -174,7 +173,7 @@ class FlashCoreBackend(AttentionBackend):
                 self.page_size, num_slots=self._num_slots(), validate=False,
                 total_tokens=int(total) if total is not None else None,
             )
-            return ForwardMetadata(decode=True, layout=layout)
+            return ForwardMetadata(layout=layout)
         # extend (and mixed: decode requests arrive as extends of length 1)
         prefix_lens = forward_batch.extend_prefix_lens
         extend_lens = forward_batch.extend_seq_lens
@@ -188,7 +187,7 @@ class FlashCoreBackend(AttentionBackend):
         torch.cumsum(extend_lens, 0, out=cu[1:])
         ext_cpu = getattr(forward_batch, "extend_seq_lens_cpu", None)
         max_len = max(ext_cpu, default=0) if ext_cpu is not None else int(extend_lens.max(initial=0))
-        return ForwardMetadata(decode=False, layout=layout, cu_seqlens_q=cu, max_extend_len=int(max_len))
+        return ForwardMetadata(layout=layout, cu_seqlens_q=cu, max_extend_len=int(max_len))
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch"):
         """Eager path: one layout per forward batch, shared by all layers."""
