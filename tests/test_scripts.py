@@ -68,3 +68,99 @@ def test_report_writes_the_table_the_json_and_the_plot(tmp_path, capsys):
     args.plot = str(tmp_path / "r.png")
     report(args, {"device": "GPU X"}, rows, ["a", "b"], "title", ["p"], {"s": [1.0]}, "y")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------ bench_serving
+def test_serving_workloads_share_exactly_the_system_prompt():
+    from bench_serving import check_prompts, long_context_workload, random_workload, shared_prompt_workload
+
+    w = shared_prompt_workload(seed=3, system_tokens=500, num_requests=6, concurrency=4)
+    heads = {tuple(r.input_ids[:500]) for r in w.requests}
+    assert len(heads) == 1 and all(532 <= len(r.input_ids) <= 756 for r in w.requests)
+    assert shared_prompt_workload(3, 500, 6).requests[2].input_ids == w.requests[2].input_ids  # seeded
+    r = random_workload(seed=1, num_requests=20)
+    assert len({tuple(x.input_ids[:16]) for x in r.requests}) == 20
+    assert all(128 <= len(x.input_ids) <= 4096 and 64 <= x.max_new_tokens <= 256 for x in r.requests)
+    lw = long_context_workload(seed=2, context_tokens=1000, num_requests=3)
+    assert lw.concurrency == 3 and [len(x.input_ids) for x in lw.requests] == [1000] * 3
+    prompts = check_prompts(seed=0, system_tokens=100, shared=4, unshared=3)
+    assert len(prompts) == 7 and len({tuple(p[:100]) for p in prompts[:4]}) == 1
+    assert [len(p) for p in prompts[4:]] == [1, 2, 7]
+
+
+def test_serving_summary_and_greedy_comparison():
+    from bench_serving import RequestResult, compare_greedy, first_divergence, summarize
+
+    res = [RequestResult(True, 3, 0.5, [0.01, 0.02]), RequestResult(True, 2, 0.3, [0.03]),
+           RequestResult(False, error="boom")]
+    s = summarize(res, wall_s=2.0)
+    assert s["output_tokens"] == 5 and s["failed"] == 1 and s["out_tok_per_s"] == 2.5
+    assert abs(s["itl_mean_ms"] - 20.0) < 1e-9 and s["itl_p50_ms"] == 20.0 and abs(s["ttft_mean_ms"] - 400) < 1e-9
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1 and first_divergence([1, 2], [1, 2, 3]) == 2
+    ref = {"outputs": [{"prompt_len": 4, "ids": [1, 2], "top2": [[-0.1, -3.0], [-0.5, -0.51]]},
+                       {"prompt_len": 9, "ids": [7], "top2": [[-1.0, -2.0]]}]}
+    other = {"outputs": [{"prompt_len": 4, "ids": [1, 9], "top2": []}, {"prompt_len": 9, "ids": [7], "top2": []}]}
+    c = compare_greedy(ref, other)
+    assert c["equal"] == 1 and c["rows"][0]["diverges_at"] == 1 and abs(c["rows"][0]["ref_top2_gap"] - 0.01) < 1e-9
+
+
+def test_serving_client_reads_sglang_streams():
+    """The streaming client against an in-process server that speaks SGLang's /generate protocol."""
+    import asyncio
+
+    import pytest
+
+    web = pytest.importorskip("aiohttp.web")
+    from bench_serving import Request, Workload, run_workload
+
+    async def generate(request):
+        body = await request.json()
+        n = body["sampling_params"]["max_new_tokens"]
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for i in range(1, n + 1):
+            chunk = {"output_ids": [i], "meta_info": {"completion_tokens": i}}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(0.001)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/generate", generate)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            w = Workload("t", [Request([1, 2, 3], 5), Request([4], 3)], concurrency=2)
+            return await run_workload(f"http://127.0.0.1:{port}", w)
+        finally:
+            await runner.cleanup()
+
+    s = asyncio.run(main())
+    assert s["failed"] == 0 and s["output_tokens"] == 8 and s["itl_mean_ms"] > 0 and s["ttft_mean_ms"] > 0
+
+
+def test_box_packer_unpacks_wheels_like_pip_target_and_drops_unused_files(tmp_path):
+    import zipfile
+
+    from pack_box_site import unpack
+
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("demo/__init__.py", "X = 1\n")
+        z.writestr("demo/big_ops.abi3.so", b"\0" * 10)
+        z.writestr("demo/__pycache__/x.pyc", b"")
+        z.writestr("demo-1.0.data/purelib/demo_extra.py", "Y = 2\n")
+        z.writestr("demo-1.0.data/scripts/tool", "#!/bin/sh\n")
+        z.writestr("demo-1.0.dist-info/METADATA", "Name: demo\n")
+    kept, dropped = unpack([wheel], tmp_path / "site", drop=["demo/big_ops*", "*/__pycache__/*"])
+    site = tmp_path / "site"
+    assert (site / "demo" / "__init__.py").read_text() == "X = 1\n"
+    assert (site / "demo_extra.py").exists() and not (site / "tool").exists()
+    assert not (site / "demo" / "big_ops.abi3.so").exists() and not (site / "demo" / "__pycache__").exists()
+    assert (site / "demo-1.0.dist-info" / "METADATA").exists()
+    assert (kept, dropped) == (3, 2)

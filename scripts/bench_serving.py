@@ -1,0 +1,433 @@
+"""SGLang serving, side by side: ``flashcore_sparse`` against SGLang's built-in backends.
+
+For each backend in ``--backends`` this starts ``python -m sglang.launch_server`` with the same
+settings (a model config from ``configs/`` with dummy weights, CUDA graphs and the radix cache on,
+token-id requests), then:
+
+* ``--check``: greedy token ids for a fixed prompt set, many prompts sharing a long system prompt,
+  sent together; the ids are compared across backends, and at each divergence the reference
+  backend's top-2 log-probability gap shows whether it was a near-tie (dummy weights make many);
+* workloads, each a stream of ``/generate`` requests with ``ignore_eos`` at a fixed concurrency:
+  ``shared`` (one long system prompt + short user turns), ``random`` (no sharing, random lengths),
+  ``long`` (a few 64K-token contexts). Reported: output tokens/s, mean and p50/p99 inter-token
+  latency, time to first token; and ours over each other backend.
+
+Usage (on the GPU box; see scripts/box_serving.sh)::
+
+    python3 scripts/bench_serving.py --backends flashcore_sparse,triton --check \\
+        --workloads shared,random,long --json out.json --plot out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = "flashcore_sparse"
+TOKEN_RANGE = (1000, 120000)  # ordinary vocabulary ids of a Llama-3 tokenizer
+
+
+# ---------------------------------------------------------------- workloads
+@dataclass
+class Request:
+    input_ids: List[int]
+    max_new_tokens: int
+
+
+@dataclass
+class Workload:
+    name: str
+    requests: List[Request]
+    concurrency: int
+    description: str = ""
+
+
+def random_ids(rng: random.Random, n: int) -> List[int]:
+    return [rng.randrange(*TOKEN_RANGE) for _ in range(n)]
+
+
+def shared_prompt_workload(seed: int, system_tokens: int, num_requests: int, user_tokens=(32, 256),
+                           output_tokens: int = 128, concurrency: int = 64) -> Workload:
+    """(a) one system prompt of ``system_tokens`` + a short user turn per request."""
+    rng = random.Random(seed)
+    system = random_ids(rng, system_tokens)
+    reqs = [Request(system + random_ids(rng, rng.randint(*user_tokens)), output_tokens) for _ in range(num_requests)]
+    return Workload("shared", reqs, concurrency, f"{system_tokens}-token system prompt + {user_tokens[0]}-"
+                    f"{user_tokens[1]} user tokens, {num_requests} requests, {output_tokens} out, c={concurrency}")
+
+
+def random_workload(seed: int, num_requests: int, input_tokens=(128, 4096), output_tokens=(64, 256),
+                    concurrency: int = 64) -> Workload:
+    """(b) no sharing: independent random prompts of random lengths."""
+    rng = random.Random(seed)
+    reqs = [Request(random_ids(rng, rng.randint(*input_tokens)), rng.randint(*output_tokens))
+            for _ in range(num_requests)]
+    return Workload("random", reqs, concurrency, f"inputs {input_tokens[0]}-{input_tokens[1]}, outputs "
+                    f"{output_tokens[0]}-{output_tokens[1]}, {num_requests} requests, c={concurrency}")
+
+
+def long_context_workload(seed: int, context_tokens: int, num_requests: int, output_tokens: int = 256) -> Workload:
+    """(c) a few long, unshared contexts decoded together."""
+    rng = random.Random(seed)
+    reqs = [Request(random_ids(rng, context_tokens), output_tokens) for _ in range(num_requests)]
+    return Workload("long", reqs, num_requests, f"{num_requests} x {context_tokens}-token contexts, "
+                    f"{output_tokens} out, c={num_requests}")
+
+
+def check_prompts(seed: int, system_tokens: int = 2000, shared: int = 16, unshared: int = 8) -> List[List[int]]:
+    """The greedy-comparison prompt set: ``shared`` prompts behind one system prompt, and
+    ``unshared`` independent ones of assorted lengths (1 to 300 tokens)."""
+    rng = random.Random(seed)
+    system = random_ids(rng, system_tokens)
+    prompts = [system + random_ids(rng, rng.randint(8, 80)) for _ in range(shared)]
+    prompts += [random_ids(rng, n) for n in [1, 2, 7, 33, 64, 129, 250, 300][:unshared]]
+    return prompts
+
+
+# ------------------------------------------------------------------ metrics
+@dataclass
+class RequestResult:
+    ok: bool
+    output_tokens: int = 0
+    ttft_s: float = 0.0
+    itl_s: List[float] = field(default_factory=list)
+    error: str = ""
+
+
+def summarize(results: Sequence[RequestResult], wall_s: float) -> Dict[str, float]:
+    """Output tokens/s over the whole run, inter-token latency and time to first token (ms)."""
+    good = [r for r in results if r.ok]
+    itl = sorted(x for r in good for x in r.itl_s)
+    out_tokens = sum(r.output_tokens for r in good)
+
+    def pct(values, q):
+        return 1e3 * values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    return {
+        "requests": len(results), "failed": len(results) - len(good), "output_tokens": out_tokens,
+        "wall_s": wall_s, "out_tok_per_s": out_tokens / wall_s if wall_s > 0 else float("nan"),
+        "itl_mean_ms": 1e3 * statistics.fmean(itl) if itl else float("nan"),
+        "itl_p50_ms": pct(itl, 0.5), "itl_p99_ms": pct(itl, 0.99),
+        "ttft_mean_ms": 1e3 * statistics.fmean(r.ttft_s for r in good) if good else float("nan"),
+    }
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> Optional[int]:
+    """Index of the first differing token (or the shorter length when one is a prefix), else None."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare_greedy(ref: Dict, other: Dict) -> Dict:
+    """Per prompt: equal or where it diverges, with the reference's top-2 logprob gap there."""
+    rows = []
+    for i, (r, o) in enumerate(zip(ref["outputs"], other["outputs"])):
+        at = first_divergence(r["ids"], o["ids"])
+        gap = None
+        if at is not None and at < len(r.get("top2", [])) and len(r["top2"][at]) == 2:
+            gap = r["top2"][at][0] - r["top2"][at][1]
+        rows.append({"prompt": i, "prompt_len": r["prompt_len"], "equal": at is None, "diverges_at": at,
+                     "ref_top2_gap": gap})
+    equal = sum(x["equal"] for x in rows)
+    return {"equal": equal, "total": len(rows), "rows": rows}
+
+
+# --------------------------------------------------------------- the server
+class Server:
+    """``python -m sglang.launch_server`` in its own process group, stopped on exit."""
+
+    def __init__(self, backend: str, args, log_dir: Path):
+        self.backend = backend
+        self.port = args.port
+        self.url = f"http://127.0.0.1:{args.port}"
+        model = args.model_path or str(ROOT / "configs" / args.config)
+        self.cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
+                    "--attention-backend", backend, "--port", str(args.port), "--random-seed", str(args.seed),
+                    "--sampling-backend", "pytorch", "--mem-fraction-static", str(args.mem_fraction),
+                    "--cuda-graph-max-bs", str(args.cuda_graph_max_bs),
+                    "--max-running-requests", str(args.max_running_requests),
+                    "--page-size", str(args.page_size), "--log-level", "warning"]
+        if args.model_path is None:
+            self.cmd += ["--load-format", "dummy", "--skip-tokenizer-init"]
+        self.cmd += args.server_arg
+        self.log_path = log_dir / f"server_{backend}.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.startup_s = 0.0
+
+    def __enter__(self) -> "Server":
+        import urllib.request
+
+        print(f"[{self.backend}] starting: {' '.join(self.cmd)}", flush=True)
+        self._log = open(self.log_path, "w")
+        start = time.time()
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = start + 900
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self._log.flush()
+                tail = self.log_path.read_text()[-4000:]
+                raise RuntimeError(f"[{self.backend}] server exited with {self.proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except Exception:
+                pass
+            time.sleep(2)
+        else:
+            self.__exit__(None, None, None)
+            raise TimeoutError(f"[{self.backend}] server not healthy after 900 s")
+        self.startup_s = time.time() - start
+        print(f"[{self.backend}] ready in {self.startup_s:.0f} s", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self._log.close()
+        time.sleep(3)  # let the GPU memory go before the next server
+
+
+# ------------------------------------------------------------------ clients
+def _payload(input_ids, max_new_tokens, stream, logprobs=False):
+    body = {"input_ids": input_ids, "stream": stream,
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True}}
+    if logprobs:
+        body.update(return_logprob=True, top_logprobs_num=2, logprob_start_len=-1)
+    return body
+
+
+async def _stream_one(session, url: str, req: Request) -> RequestResult:
+    start = time.perf_counter()
+    last, seen, res = None, 0, RequestResult(ok=False)
+    try:
+        async with session.post(url + "/generate", json=_payload(req.input_ids, req.max_new_tokens, True)) as resp:
+            if resp.status != 200:
+                return RequestResult(ok=False, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[5:])
+                now = time.perf_counter()
+                done = int(data.get("meta_info", {}).get("completion_tokens", seen))
+                if done > seen:
+                    if last is None:
+                        res.ttft_s = now - start
+                    else:  # a chunk of k tokens after a gap: k intervals of gap / k
+                        res.itl_s.extend([(now - last) / (done - seen)] * (done - seen))
+                    last, seen = now, done
+        res.ok, res.output_tokens = seen > 0, seen
+    except Exception as e:  # a failed request is counted, not fatal
+        res.error = repr(e)
+    return res
+
+
+async def run_workload(url: str, workload: Workload) -> Dict[str, float]:
+    import aiohttp
+
+    sem = asyncio.Semaphore(workload.concurrency)
+    timeout = aiohttp.ClientTimeout(total=3600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async def bounded(req):
+            async with sem:
+                return await _stream_one(session, url, req)
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(bounded(r) for r in workload.requests))
+        wall = time.perf_counter() - start
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        print(f"  {len(errors)} failed, first: {errors[0]}", flush=True)
+    return summarize(results, wall)
+
+
+async def greedy_outputs(url: str, prompts: List[List[int]], max_new_tokens: int) -> List[Dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as session:
+        # the system prompt first, alone, so that the rest find it in the radix cache
+        async def one(ids):
+            async with session.post(url + "/generate", json=_payload(ids, max_new_tokens, False, True)) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {body}")
+                return body
+
+        first = await one(prompts[0])
+        rest = await asyncio.gather(*(one(p) for p in prompts[1:]))
+    outputs = []
+    for prompt, body in zip(prompts, [first, *rest]):
+        top = body["meta_info"].get("output_top_logprobs") or []
+        top2 = [[float(t[0]) for t in step[:2]] for step in top if step]
+        outputs.append({"prompt_len": len(prompt), "ids": list(body["output_ids"]), "top2": top2})
+    return outputs
+
+
+# --------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backends", default=f"{OURS},triton", help="comma-separated; the first is 'ours'")
+    p.add_argument("--config", default="llama3_8b", help="a model config in configs/ (dummy weights)")
+    p.add_argument("--model-path", default=None, help="a real model instead of --config")
+    p.add_argument("--workloads", default="shared,random,long", help="shared,random,long or empty")
+    p.add_argument("--check", action="store_true", help="compare greedy token ids across backends")
+    p.add_argument("--check-new-tokens", type=int, default=32)
+    p.add_argument("--system-tokens", type=int, default=8192, help="workload (a)'s shared system prompt")
+    p.add_argument("--shared-requests", type=int, default=128)
+    p.add_argument("--random-requests", type=int, default=128)
+    p.add_argument("--long-context", type=int, default=65536)
+    p.add_argument("--long-requests", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--port", type=int, default=30011)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--page-size", type=int, default=1)
+    p.add_argument("--mem-fraction", type=float, default=0.8)
+    p.add_argument("--cuda-graph-max-bs", type=int, default=128)
+    p.add_argument("--max-running-requests", type=int, default=128)
+    p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
+    p.add_argument("--log-dir", default=".", help="server logs go here")
+    p.add_argument("--json")
+    p.add_argument("--plot")
+    return p.parse_args(argv)
+
+
+def build_workloads(args) -> List[Workload]:
+    makers = {
+        "shared": lambda: shared_prompt_workload(args.seed, args.system_tokens, args.shared_requests,
+                                                 concurrency=args.concurrency),
+        "random": lambda: random_workload(args.seed + 1, args.random_requests, concurrency=args.concurrency),
+        "long": lambda: long_context_workload(args.seed + 2, args.long_context, args.long_requests),
+    }
+    names = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in names if w not in makers]
+    if unknown:
+        raise SystemExit(f"--workloads: unknown {unknown}; choose from {sorted(makers)}")
+    return [makers[w]() for w in names]
+
+
+def ratio_rows(results: Dict[str, Dict[str, Dict]], backends: List[str]) -> List[Dict]:
+    """One row per workload: each backend's tokens/s and ITL, and ours over each other backend."""
+    ours, rows = backends[0], []
+    workloads = [w for w in next(iter(results.values()))] if results else []
+    for w in workloads:
+        row = {"workload": w}
+        for b in backends:
+            m = results.get(b, {}).get(w)
+            if m:
+                row[f"{b}_tok_s"] = m["out_tok_per_s"]
+                row[f"{b}_itl_ms"] = m["itl_mean_ms"]
+        for b in backends[1:]:
+            if row.get(f"{ours}_tok_s") and row.get(f"{b}_tok_s"):
+                row[f"ours_over_{b}"] = row[f"{ours}_tok_s"] / row[f"{b}_tok_s"]
+        rows.append(row)
+    return rows
+
+
+def write_report(args, backends, workloads, results, greedy, startup, quiet: bool = False) -> None:
+    """The table, the greedy comparison, --json and --plot (``quiet``: only --json)."""
+    from bench_util import bar_plot, print_table
+
+    ok_results = {b: {w: m for w, m in r.items() if w != "error"} for b, r in results.items()}
+    rows = ratio_rows(ok_results, backends)
+    cols = ["workload"] + [f"{b}_tok_s" for b in backends] + [f"{b}_itl_ms" for b in backends] + \
+        [f"ours_over_{b}" for b in backends[1:]]
+    if not quiet:
+        print_table(rows, [c for c in cols if any(c in r for r in rows)],
+                title="\nSGLang serving, output tokens/s (higher is better) and mean inter-token latency")
+    comparison = {}
+    if args.check and len(greedy) > 1:
+        ref = backends[1] if backends[1] in greedy else next(iter(greedy))
+        for b, outs in greedy.items():
+            if b != ref:
+                comparison[b] = compare_greedy({"outputs": greedy[ref]}, {"outputs": outs})
+                c = comparison[b]
+                if quiet:
+                    continue
+                print(f"greedy ids, {b} vs {ref}: {c['equal']}/{c['total']} prompts identical", flush=True)
+                for r in c["rows"]:
+                    if not r["equal"]:
+                        print(f"  prompt {r['prompt']} ({r['prompt_len']} tokens) diverges at output token "
+                              f"{r['diverges_at']}; {ref}'s top-2 logprob gap there: {r['ref_top2_gap']}")
+    if args.json:
+        import platform
+
+        info = {"command": " ".join(["python3"] + [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                "python": platform.python_version(), "workloads": {w.name: w.description for w in workloads},
+                "startup_s": startup}
+        try:
+            import sglang
+            import torch
+
+            info.update(sglang=sglang.__version__, torch=torch.__version__,
+                        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+        except Exception:
+            pass
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows, "results": results, "greedy": greedy,
+                       "comparison": comparison}, f, indent=1)
+    if args.plot and rows and not quiet:
+        bar_plot(args.plot, [r["workload"] for r in rows],
+                 {b: [r.get(f"{b}_tok_s") for r in rows] for b in backends}, "output tokens/s",
+                 "SGLang serving, Llama-3-8B shape, dummy weights")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+    backends = [b for b in args.backends.split(",") if b]
+    workloads = build_workloads(args)
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prompts = check_prompts(args.seed)
+    results: Dict[str, Dict[str, Dict]] = {}
+    greedy: Dict[str, List[Dict]] = {}
+    startup: Dict[str, float] = {}
+    for backend in backends:
+        try:
+            with Server(backend, args, log_dir) as server:
+                startup[backend] = server.startup_s
+                if args.check:
+                    greedy[backend] = asyncio.run(greedy_outputs(server.url, prompts, args.check_new_tokens))
+                    print(f"[{backend}] greedy ids for {len(prompts)} prompts", flush=True)
+                results[backend] = {}
+                for w in workloads:
+                    m = asyncio.run(run_workload(server.url, w))
+                    results[backend][w.name] = m
+                    if args.json:
+                        write_report(args, backends, workloads, results, greedy, startup, quiet=True)
+                    print(f"[{backend}] {w.name}: {m['out_tok_per_s']:.0f} out tok/s, ITL {m['itl_mean_ms']:.2f} ms "
+                          f"(p99 {m['itl_p99_ms']:.2f}), TTFT {m['ttft_mean_ms']:.0f} ms, {m['failed']} failed",
+                          flush=True)
+        except Exception as e:
+            print(f"[{backend}] FAILED: {e}", flush=True)
+            results.setdefault(backend, {})["error"] = str(e)[-2000:]
+        if args.json:  # after every backend, so that a run cut short keeps what it measured
+            write_report(args, backends, workloads, results, greedy, startup, quiet=True)
+    write_report(args, backends, workloads, results, greedy, startup)
+    failed = [b for b, r in results.items() if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

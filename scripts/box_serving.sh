@@ -1,0 +1,15 @@
+#!/bin/bash
+# On the GPU box (no network): unpack the SGLang site that scripts/pack_box_site.py packed into
+# .carry/boxsite.tar.xz, install this checkout into it (for the sglang.srt.plugins entry point),
+# then run the given command with it on PYTHONPATH. Idempotent on a warm box.
+#   bash scripts/box_serving.sh python3 scripts/bench_serving.py --check
+set -euo pipefail
+SITE=${FLASHCORE_BOX_SITE:-/tmp/site}
+if [ ! -f "$SITE/.flashcore_ready" ]; then
+    mkdir -p "$SITE"
+    tar -xJf .carry/boxsite.tar.xz -C "$SITE"
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" .
+    touch "$SITE/.flashcore_ready"
+fi
+export PYTHONPATH="$SITE" FLASHCORE_CACHE="${FLASHCORE_CACHE:-/tmp/fc}"
+"$@"

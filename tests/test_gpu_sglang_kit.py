@@ -1,0 +1,51 @@
+"""SGLang's attention-backend kit on the GPU: every dense case on ``device="cuda"`` in fp16 and
+bf16 (our CUDA kernels behind the backend), and the kit's CUDA-graph decode runner mode, which
+captures a real CUDA graph of our decode and replays it with a padded batch."""
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("FLASHCORE_REQUIRE_SGLANG") != "1":
+    pytest.importorskip("sglang", reason="SGLang is not installed (pip install -e .[sglang])")
+
+from sglang.test.kits.attention_unittest.attention_methods import dense_attention as kit  # noqa: E402
+from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_runner as cg_runner  # noqa: E402
+
+from sglang_flashcore import plugin  # noqa: E402
+
+from test_sglang_backend import LOC_LAYOUTS, _NoSkip  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+plugin.register()
+NAME = plugin.BACKEND_NAME
+CASES = kit.make_dense_cases(NAME)
+DECODE_CASES = [c for c in CASES if c.forward_mode.is_decode()]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# the kernels take head dims 64 and 128 (the kit's default, 16, is below what they tile)
+HEAD_DIMS = (64, 128)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("loc_layout", LOC_LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_kit_dense_case_cuda(case, loc_layout, dtype, head_dim):
+    with torch.no_grad():
+        kit.run_dense_attention_case(
+            _NoSkip(), case, head_dim=head_dim, hidden_size=2 * head_dim, max_context_len=256,
+            dtype=DTYPES[dtype], device="cuda", loc_layout=loc_layout,
+        )
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: c.name)
+def test_kit_cuda_graph_decode_runner(case, dtype, head_dim):
+    capture_bs = max(cg_runner.DENSE_CUDA_GRAPH_CAPTURE_BATCH_SIZE, case.batch_size)
+    cg_runner.run_dense_cuda_graph_decode_case(
+        _NoSkip(), case, head_dim=head_dim, hidden_size=2 * head_dim, max_context_len=256,
+        dtype=DTYPES[dtype], device="cuda", cuda_graph_capture_batch_size=capture_bs,
+    )
