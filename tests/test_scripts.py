@@ -164,3 +164,18 @@ def test_box_packer_unpacks_wheels_like_pip_target_and_drops_unused_files(tmp_pa
     assert not (site / "demo" / "big_ops.abi3.so").exists() and not (site / "demo" / "__pycache__").exists()
     assert (site / "demo-1.0.dist-info" / "METADATA").exists()
     assert (kept, dropped) == (3, 2)
+
+
+def test_serving_page_table_has_prompt_runs_then_interleaved_decode_slots():
+    from bench_plan_build import serving_page_table
+
+    r2t, seq_lens, num_slots = serving_page_table(batch=3, seed=0, device="cpu", prompt=(5, 9), decoded=(2, 4))
+    slots = torch.cat([r2t[r, : int(seq_lens[r])] for r in range(3)])
+    assert sorted(slots.tolist()) == list(range(num_slots))  # every slot used once
+    prompts = []
+    for r in range(3):
+        row = r2t[r, : int(seq_lens[r])]
+        prompts.append(int((row[1:] == row[:-1] + 1).long().cumprod(0).sum()) + 1)  # contiguous prompt run
+    assert all(5 <= p <= 9 for p in prompts)
+    # decode step 0 gives the three requests adjacent slots right after all prompts
+    assert [int(r2t[r, prompts[r]]) for r in range(3)] == [sum(prompts) + r for r in range(3)]

@@ -1,0 +1,106 @@
+"""Per-step metadata cost on serving-like decode batches (no sharing), against the attention itself.
+
+SGLang's page-size-1 allocator gives each request one contiguous run for its prompt and then one
+scattered slot per decoded token (a decode step allocates one slot per running request, side by side).
+For such batches this times, as the scheduler thread sees it (host wall clock, GPU synchronized):
+
+* ``build``: ``from_sglang`` + ``plan`` — what ``FlashCoreBackend`` does once per eager decode step;
+* ``graph_load``: the same plus copying the plan into the CUDA-graph buffers (the graph path);
+* ``attn``: our decode kernel for one layer (Hq 32, Hkv 8, D 128, bf16), and ``step`` = 32 layers;
+
+and prints the build's share of the attention part of a step. Usage:
+``python3 scripts/bench_plan_build.py [--json F] [--plot F]``.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+import torch
+
+from bench_util import base_parser, report, require_cuda, time_ms
+
+import sglang_flashcore as fc
+from sglang_flashcore.graph import DecodeGraphState
+
+LAYERS, HQ, HKV, D = 32, 32, 8, 128
+
+
+def serving_page_table(batch: int, seed: int, device: str, prompt=(128, 4096), decoded=(1, 256)):
+    """req_to_token for ``batch`` requests: a contiguous prompt run, then ``d`` decoded tokens whose
+    slots interleave with the other requests' (one slot per request per decode step)."""
+    rng = random.Random(seed)
+    prompts = [rng.randint(*prompt) for _ in range(batch)]
+    decodes = [rng.randint(*decoded) for _ in range(batch)]
+    max_ctx = max(p + d for p, d in zip(prompts, decodes))
+    r2t = torch.zeros(batch, max_ctx, dtype=torch.int32)
+    base = 0
+    for r, p in enumerate(prompts):
+        r2t[r, :p] = torch.arange(base, base + p, dtype=torch.int32)
+        base += p
+    for step in range(max(decodes)):
+        for r in range(batch):
+            if step < decodes[r]:
+                r2t[r, prompts[r] + step] = base
+                base += 1
+    seq_lens = torch.tensor([p + d for p, d in zip(prompts, decodes)], dtype=torch.int32)
+    return r2t.to(device), seq_lens.to(device), base
+
+
+def wall_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    parser = base_parser(__doc__, repeats=20)
+    parser.add_argument("--batches", default="8,32,64,128")
+    args = parser.parse_args()
+    info = require_cuda("bench_plan_build.py")
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        r2t, seq_lens, num_slots = serving_page_table(batch, seed=batch, device="cuda")
+        idx = torch.arange(batch, device="cuda", dtype=torch.int32)
+        total = int(seq_lens.sum())
+
+        def build():
+            layout = fc.from_sglang(r2t, idx, seq_lens, 1, num_slots=num_slots, validate=False,
+                                    total_tokens=total)
+            return layout, layout.plan(fc.auto_chunk_tokens(layout, HKV))
+
+        state = DecodeGraphState(batch, r2t.shape[1], 1, HQ, D, torch.device("cuda"))
+
+        def graph_load():
+            layout = fc.from_sglang(r2t, idx, seq_lens, 1, num_slots=num_slots, validate=False)
+            state.load(layout, HKV)
+
+        layout, plan = build()
+        k = torch.randn(num_slots, HKV, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.bfloat16)
+        attn = time_ms(lambda: fc.paged_decode(q, k, v, layout, check_bounds=False), repeats=args.repeats)
+        build_ms, load_ms = wall_ms(build, args.repeats), wall_ms(graph_load, args.repeats)
+        rows.append(dict(batch=batch, tokens=total, runs=layout.nnz, work_items=plan.num_work_items,
+                         build_ms=build_ms, graph_load_ms=load_ms, attn_layer_ms=attn,
+                         attn_step_ms=LAYERS * attn, build_pct_of_attn_step=100 * build_ms / (LAYERS * attn)))
+        print(rows[-1], flush=True)
+    report(args, info, rows, ["batch", "tokens", "runs", "work_items", "build_ms", "graph_load_ms", "attn_layer_ms",
+                              "attn_step_ms", "build_pct_of_attn_step"],
+           "Decode metadata per step vs attention (page 1, no sharing, Hq32 Hkv8 D128 bf16)",
+           [f"B{r['batch']}" for r in rows], {"build ms": [r["build_ms"] for r in rows],
+                                              "graph load ms": [r["graph_load_ms"] for r in rows],
+                                              "32-layer attention ms": [r["attn_step_ms"] for r in rows]}, "ms")
+
+
+if __name__ == "__main__":
+    main()
