@@ -5,14 +5,52 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "flashcore/decode_plan.h"
 #include "flashcore/dense_fwd.h"
 #include "flashcore/paged_decode.h"
 
 namespace {
 
-#define FC_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, "flashcore: ", __VA_ARGS__)
+// Error messages are assembled without iostreams and thrown as std exceptions (pybind11 turns
+// std::invalid_argument into ValueError, std::runtime_error into RuntimeError). On the GPU box,
+// formatting a number through c10::str / std::ostream inside this extension crashed the process
+// (a libstdc++ other than the compiler's is loaded there), so numbers go through std::to_string.
+void append(std::string& s, const char* x) { s += x; }
+void append(std::string& s, const std::string& x) { s += x; }
+template <typename I, std::enable_if_t<std::is_integral_v<I>, int> = 0>
+void append(std::string& s, I x) {
+  s += std::to_string(x);
+}
+void append(std::string& s, at::IntArrayRef xs) {
+  s += "[";
+  for (size_t i = 0; i < xs.size(); ++i) s += (i ? ", " : "") + std::to_string(xs[i]);
+  s += "]";
+}
+void append(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+void append(std::string& s, const at::Device& d) { s += d.str(); }
+
+template <typename E, typename... Parts>
+[[noreturn]] void fail(const Parts&... parts) {
+  std::string msg = "flashcore: ";
+  (append(msg, parts), ...);
+  throw E(msg);
+}
+
+#define FC_CHECK(cond, ...)                                          \
+  do {                                                               \
+    if (!(cond)) fail<std::invalid_argument>(__VA_ARGS__);           \
+  } while (0)
+#define FC_CHECK_CUDA(err, what)                                                          \
+  do {                                                                                    \
+    const cudaError_t e_ = (err);                                                         \
+    if (e_ != cudaSuccess) fail<std::runtime_error>(what, " failed: ", cudaGetErrorString(e_)); \
+  } while (0)
 
 int dtype_code(const at::Tensor& t, const char* name) {
   if (t.scalar_type() == at::kHalf) return 0;
@@ -41,11 +79,9 @@ const int* index_ptr(const at::Tensor& t, const at::Tensor& like, const char* na
   return t.data_ptr<int>();
 }
 
-// Checks the decode inputs and fills the launch parameters (outputs and workspaces are set by the caller).
-flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                           int64_t max_readers, int* dtype) {
-  FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
+// Checks q and the pools and fills the launch parameters they determine.
+flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         int64_t page_size, double scale, int* dtype) {
   check_cuda(q, q, "q");
   check_cuda(k, q, "k_cache");
   check_cuda(v, q, "v_cache");
@@ -55,7 +91,7 @@ flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor
   FC_CHECK(q.dim() == 3, "q: expected [B, Hq, D], got ", q.sizes());
   FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
   FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
-  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
+  const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
   FC_CHECK(D == 64 || D == 128, "q: the decode kernel supports head dim 64 or 128, got ", D);
   FC_CHECK(k.size(-1) == D, "k_cache: head dim ", k.size(-1), " differs from q's ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k_cache has ", Hkv, ": not a multiple");
@@ -75,16 +111,31 @@ flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor
   if (k.dim() == 3) {  // SGLang's pool: slot = page * page_size + offset
     p.kv_stride_tok = k.stride(0);
     p.kv_stride_page = k.stride(0) * page_size;
+    p.num_slots = k.size(0);
+    p.slots_linear = true;
   } else {  // head-major pages
     FC_CHECK(k.size(2) == page_size, "k_cache: ", k.size(2), " tokens per page, layout says ", page_size);
     p.kv_stride_page = k.stride(0);
     p.kv_stride_tok = k.stride(2);
+    p.num_slots = k.size(0) * page_size;
+    p.slots_linear = false;
   }
+  p.page_size = (int)page_size;
   p.kv_stride_head = k.stride(1);
   p.num_q_heads = (int)Hq;
   p.num_kv_heads = (int)Hkv;
   p.group = (int)(Hq / Hkv);
   p.scale_log2 = (float)(scale * 1.4426950408889634);
+  p.batch = (int)q.size(0);
+  return p;
+}
+
+// Checks the decode inputs and fills the launch parameters (outputs and workspaces are set by the caller).
+flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
+                                           int64_t max_readers, int* dtype) {
+  FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
+  auto p = pool_params(q, k, v, page_size, scale, dtype);
   const char* names[8] = {"work_entry_offsets", "work_reader_offsets", "work_readers", "entry_pages",
                           "entry_offsets", "entry_token_offsets", "merge_offsets", "merge_partials"};
   const int* ptrs[8];
@@ -97,11 +148,76 @@ flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor
   p.entry_token_offsets = ptrs[5];
   p.merge_offsets = ptrs[6];
   p.merge_partials = ptrs[7];
-  FC_CHECK(plan[6].numel() >= B + 1, "merge_offsets: expected ", B + 1, " offsets, got ", plan[6].numel());
+  FC_CHECK(plan[6].numel() >= q.size(0) + 1, "merge_offsets: expected ", q.size(0) + 1, " offsets, got ", plan[6].numel());
   p.num_work = (int)(plan[0].numel() - 1);
-  p.batch = (int)B;
   p.max_rows = (int)std::max<int64_t>(max_readers * p.group, 1);
   return p;
+}
+
+// The planner's buffers inside its two workspaces (allocated by sglang_flashcore/decode_plan.py).
+flashcore::TablePlanBuffers table_buffers(const at::Tensor& ints, const at::Tensor& hash, const at::Tensor& like,
+                                          int64_t max_batch, int64_t max_chunks) {
+  check_cuda(ints, like, "plan workspace");
+  check_cuda(hash, like, "plan hash table");
+  FC_CHECK(max_batch >= 0 && max_chunks >= std::max<int64_t>(max_batch, 1) && max_chunks < (1 << 28),
+           "planner capacities: expected max_batch <= max_chunks < 2^28, got ", max_batch, " and ", max_chunks);
+  FC_CHECK(ints.scalar_type() == at::kInt && ints.is_contiguous() &&
+               ints.numel() >= flashcore::table_plan_ints((int)max_batch, (int)max_chunks),
+           "plan workspace: expected a contiguous int32 tensor of table_plan_ints(", max_batch, ", ", max_chunks,
+           ") elements");
+  FC_CHECK(hash.scalar_type() == at::kLong && hash.is_contiguous() &&
+               hash.numel() >= flashcore::table_plan_hash_size((int)max_chunks),
+           "plan hash table: expected a contiguous int64 tensor of table_plan_hash_size(", max_chunks, ") elements");
+  return flashcore::carve_table_plan(ints.data_ptr<int>(), reinterpret_cast<unsigned long long*>(hash.data_ptr<int64_t>()),
+                                     (int)max_batch, (int)max_chunks);
+}
+
+bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  check_cuda(t, like, name);
+  FC_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, name, ": expected int32 or int64, got ",
+           t.scalar_type());
+  return t.scalar_type() == at::kLong;
+}
+
+// Plans one decode step from SGLang's page table into the planner's workspaces (no host sync).
+void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices, const at::Tensor& seq_lens,
+                       const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
+                       int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
+                       int64_t target_items) {
+  flashcore::TablePlanArgs a{};
+  a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
+  a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
+  a.lens_64 = index_64(seq_lens, req_to_token, "seq_lens");
+  FC_CHECK(req_to_token.dim() == 2 && req_to_token.stride(1) == 1, "req_to_token: expected a 2-D tensor with contiguous rows, got ",
+           req_to_token.sizes());
+  FC_CHECK(req_pool_indices.dim() == 1 && req_pool_indices.is_contiguous() && seq_lens.dim() == 1 &&
+               seq_lens.is_contiguous() && seq_lens.numel() == req_pool_indices.numel(),
+           "req_pool_indices/seq_lens: expected contiguous 1-D tensors of one length, got ", req_pool_indices.sizes(),
+           " and ", seq_lens.sizes());
+  FC_CHECK(seq_lens.numel() <= max_batch, "seq_lens: ", seq_lens.numel(), " requests, the planner holds ", max_batch);
+  FC_CHECK(req_to_token.size(1) < (1LL << 31) - 1, "req_to_token: rows over 2^31 positions are not supported");
+  FC_CHECK(group >= 1 && group <= flashcore::kDecodeRowsPerCta, "group: expected 1..", flashcore::kDecodeRowsPerCta,
+           " query heads per KV head, got ", group);
+  FC_CHECK(fixed_chunk >= 0 && min_chunk >= 1 && max_auto_chunk >= min_chunk && target_items >= 0,
+           "chunk policy: expected fixed_chunk >= 0 and 1 <= min_chunk <= max_auto_chunk");
+  a.req_to_token = req_to_token.data_ptr();
+  a.req_pool_indices = req_pool_indices.data_ptr();
+  a.seq_lens = seq_lens.data_ptr();
+  a.r2t_rows = req_to_token.size(0);
+  a.r2t_stride = req_to_token.stride(0);
+  a.max_context = req_to_token.size(1);
+  a.batch = (int)seq_lens.numel();
+  a.group = (int)group;
+  a.rows_per_task = flashcore::kDecodeRowsPerCta;
+  a.fixed_chunk = (int)fixed_chunk;
+  a.min_chunk = (int)min_chunk;
+  a.max_auto_chunk = (int)max_auto_chunk;
+  a.target_items = target_items;
+  const at::cuda::CUDAGuard guard(req_to_token.device());
+  auto buf = table_buffers(ints, hash, req_to_token, max_batch, max_chunks);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  cudaError_t err = flashcore::table_plan_launch(a, buf, sms, at::cuda::getCurrentCUDAStream());
+  FC_CHECK_CUDA(err, "decode planner launch");
 }
 
 std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at::Tensor& q, int dtype,
@@ -115,7 +231,7 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   p.out_stride_b = out.stride(0);
   p.out_stride_h = out.stride(1);
   cudaError_t err = flashcore::paged_decode_launch(p, dtype, (int)q.size(2), at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "flashcore: paged_decode launch failed: ", cudaGetErrorString(err));
+  FC_CHECK_CUDA(err, "paged_decode launch");
   return {out, lse};
 }
 
@@ -131,23 +247,61 @@ std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, c
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
 
-// The CUDA-graph form: fixed-capacity plan buffers, the work-item count in device memory and
-// preallocated partial workspaces, so one captured launch serves every later batch.
-std::vector<at::Tensor> paged_decode_static(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                            int64_t max_readers, const at::Tensor& num_work,
-                                            const at::Tensor& partial_o, const at::Tensor& partial_lse,
-                                            int64_t grid_work) {
+// Named int32 views of a planner workspace, for reports and tests (reading them syncs).
+std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tensor& ints, const at::Tensor& hash,
+                                                                 int64_t max_batch, int64_t max_chunks) {
+  auto buf = table_buffers(ints, hash, ints, max_batch, max_chunks);
+  const int* base = ints.data_ptr<int>();
+  auto view = [&](const int* ptr, int64_t n) { return ints.narrow(0, ptr - base, n); };
+  const int64_t P = max_chunks;
+  return {{"meta", view(buf.meta, flashcore::kMetaCount)},
+          {"chunk_base", view(buf.chunk_base, max_batch + 1)},
+          {"chunk_leader", view(buf.chunk_leader, P)},
+          {"work_row", view(buf.work_row, P)},
+          {"work_pos0", view(buf.work_pos0, P)},
+          {"work_ntok", view(buf.work_ntok, P)},
+          {"work_reader_offsets", view(buf.work_reader_offsets, P + 1)},
+          {"work_readers", view(buf.work_readers, P)},
+          {"work_partials", view(buf.work_partials, P)},
+          {"tasks", view(buf.tasks, 4 * P)}};
+}
+
+// Decode over a plan made by plan_decode_table: graph-capturable (counts stay on the device).
+std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& req_to_token, const at::Tensor& ints,
+                                           const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
+                                           int64_t page_size, double scale, const at::Tensor& partial_o,
+                                           const at::Tensor& partial_lse, int64_t grid_work) {
   int dtype;
-  auto p = decode_params(q, k, v, plan, page_size, scale, max_readers, &dtype);
-  p.num_work_dev = index_ptr(num_work, q, "num_work");
-  p.grid_work = (int)std::max<int64_t>(grid_work, 1);
+  auto p = pool_params(q, k, v, page_size, scale, &dtype);
+  check_cuda(req_to_token, q, "req_to_token");
+  FC_CHECK(req_to_token.scalar_type() == at::kInt && req_to_token.dim() == 2 && req_to_token.stride(1) == 1,
+           "req_to_token: the decode kernel reads int32 slots in contiguous rows, got ", req_to_token.scalar_type(),
+           " with strides ", req_to_token.strides());
+  FC_CHECK(q.size(0) <= max_batch, "q: ", q.size(0), " requests, the planner holds ", max_batch);
+  FC_CHECK(p.group <= flashcore::kDecodeRowsPerCta, "q/k_cache: the page-table decode path supports up to ",
+           flashcore::kDecodeRowsPerCta, " query heads per KV head, got ", p.group);
+  auto buf = table_buffers(ints, hash, q, max_batch, max_chunks);
   FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
-               partial_o.is_contiguous() && partial_lse.is_contiguous(),
-           "partial_o/partial_lse: expected contiguous float32 workspaces");
-  FC_CHECK(partial_o.numel() >= plan[2].numel() * q.size(1) * q.size(2) &&
-               partial_lse.numel() >= plan[2].numel() * q.size(1),
-           "partial_o/partial_lse: workspaces too small for ", plan[2].numel(), " partials of ", q.size(1), " heads");
+               partial_o.is_contiguous() && partial_lse.is_contiguous() &&
+               partial_o.numel() >= max_chunks * q.size(1) * q.size(2) && partial_lse.numel() >= max_chunks * q.size(1),
+           "partial_o/partial_lse: expected contiguous float32 workspaces for ", max_chunks, " partials of ",
+           q.size(1), " heads");
+  p.req_to_token = req_to_token.data_ptr<int>();
+  p.r2t_stride = req_to_token.stride(0);
+  p.work_reader_offsets = buf.work_reader_offsets;
+  p.work_readers = buf.work_readers;
+  p.work_row = buf.work_row;
+  p.work_pos0 = buf.work_pos0;
+  p.work_ntok = buf.work_ntok;
+  p.work_partials = buf.work_partials;
+  p.tasks = buf.tasks;
+  p.num_tasks_dev = buf.meta + flashcore::kMetaTasks;
+  p.merge_offsets = buf.chunk_base;
+  p.merge_partials = nullptr;
+  // every reader set of a step has at most B requests: a small batch needs fewer query tiles
+  p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
+  p.grid_work = (int)std::max<int64_t>(grid_work, 1);
   const at::cuda::CUDAGuard guard(q.device());
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
@@ -203,7 +357,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   a.causal = causal;
   if (q.size(0) == 0) return {out, lse};
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "flashcore: dense attention launch failed: ", cudaGetErrorString(err));
+  FC_CHECK_CUDA(err, "dense attention launch");
   return {out, lse};
 }
 
@@ -212,6 +366,10 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
   m.def("paged_decode", &paged_decode, "Paged CSR decode over a SharingPlan");
-  m.def("paged_decode_static", &paged_decode_static, "Paged decode over fixed-capacity plan buffers (CUDA graphs)");
+  m.def("plan_decode_table", &plan_decode_table, "Plans a decode step from SGLang's page table on the GPU");
+  m.def("paged_decode_table", &paged_decode_table, "Decode over a page-table plan (CUDA-graph capturable)");
+  m.def("table_plan_views", &table_plan_views, "Named views of a planner workspace (for stats and tests)");
+  m.def("table_plan_ints", [](int64_t b, int64_t c) { return flashcore::table_plan_ints((int)b, (int)c); });
+  m.def("table_plan_hash_size", [](int64_t c) { return flashcore::table_plan_hash_size((int)c); });
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
 }

@@ -8,6 +8,11 @@
 // with many rows they split the rows. Each (w, reader) pair writes a normalised partial
 // output and its LSE; a second kernel merges each request's partials in the plan's fixed
 // order, so results are bit-identical run to run.
+//
+// Two ways to name a work item's tokens: the SharingPlan's page runs (entries: any layout,
+// planned in torch), or table mode — a stretch of one request's req_to_token row, planned on
+// the GPU by decode_plan.cu; there a fixed grid loops over the planner's tasks, whose count
+// stays in device memory, so the launch can be captured in a CUDA graph.
 #include <float.h>
 
 #include "flashcore/mma.cuh"
@@ -33,8 +38,8 @@ struct DecodeSmem {
   static __host__ __device__ size_t tok_offset(int max_rows) {  // bytes
     return (size_t)(kKvElems + q_tiles(max_rows) * kRowTile * D) * 2;
   }
-  static __host__ __device__ size_t bytes(int max_rows) {
-    return tok_offset(max_rows) + kDecodeMaxChunkTokens * sizeof(uint32_t);
+  static __host__ __device__ size_t bytes(int max_rows, bool table) {
+    return tok_offset(max_rows) + (table ? 0 : kDecodeMaxChunkTokens * sizeof(uint32_t));
   }
 };
 
@@ -51,28 +56,47 @@ __device__ __forceinline__ uint32_t token_offset(const PagedDecodeParams& p, int
                      (int64_t)(p.entry_offsets[lo] + in_run) * p.kv_stride_tok) >> 3);
 }
 
-template <typename T, int D>
-__device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, unsigned char* smem_raw) {
+// Element offset of a KV slot in the pool (head 0), table mode.
+__device__ __forceinline__ int64_t slot_offset(const PagedDecodeParams& p, int slot) {
+  const int64_t s = min(max((int64_t)slot, (int64_t)0), p.num_slots - 1);
+  if (p.slots_linear) return s * p.kv_stride_tok;
+  return (s / p.page_size) * p.kv_stride_page + (s % p.page_size) * p.kv_stride_tok;
+}
+
+// One work item (or, in table mode, one 64-row task of it) for KV head blockIdx.y.
+template <typename T, int D, bool kTable>
+__device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int row_base,
+                                                 unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
   constexpr int kChunks = Tile::kChunks;
+  constexpr int kRowsPerThread = kTileN * kChunks / kThreads;  // tile rows each thread copies
   T* kv_smem = reinterpret_cast<T*>(smem_raw);
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
   const int h = blockIdx.y;
-  const int e0 = p.work_entry_offsets[w], e1 = p.work_entry_offsets[w + 1];
   const int r0 = p.work_reader_offsets[w], r1 = p.work_reader_offsets[w + 1];
   const int G = p.group;
   const int rows = (r1 - r0) * G;
-  const int row_base = blockIdx.z * kDecodeRowsPerCta;
   if (row_base >= rows) return;
-  const int tok_base = p.entry_token_offsets[e0];
-  const int ntok = p.entry_token_offsets[e1] - tok_base;
-  const int nrt = min(kDecodeRowsPerCta / kRowTile, (rows - row_base + kRowTile - 1) / kRowTile);
+  int e0 = 0, e1 = 0, tok_base = 0, ntok;
+  const int* slots = nullptr;  // table mode: the item's positions in its req_to_token row
+  if constexpr (kTable) {
+    slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w];
+    ntok = p.work_ntok[w];
+  } else {
+    e0 = p.work_entry_offsets[w];
+    e1 = p.work_entry_offsets[w + 1];
+    tok_base = p.entry_token_offsets[e0];
+    ntok = p.entry_token_offsets[e1] - tok_base;
+  }
+  // Row tiles and token splits follow the item's total rows (not this CTA's share), so a
+  // reader's arithmetic does not depend on which task of the item it lands in.
+  const int nrt = min(kDecodeRowsPerCta / kRowTile, (rows + kRowTile - 1) / kRowTile);
   const int splits = nrt == 1 ? 4 : (nrt == 2 ? 2 : 1);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int my_rt = warp % nrt, my_split = warp / nrt;
-  const bool active = my_split < splits;
+  const bool active = my_split < splits && row_base + my_rt * kRowTile < rows;
 
   // Query rows of this CTA: row r -> reader r / G, query head h * G + r % G.
   const T* qg = reinterpret_cast<const T*>(p.q);
@@ -88,36 +112,56 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     }
     cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
   }
-  // (the query loads fly while the token offsets are looked up) Many short runs (small pages):
-  // a thread per run writes its tokens. Few long runs: a thread per token finds its run.
-  if (e1 - e0 >= kThreads / 4) {
-    for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
-      const int first = p.entry_token_offsets[e] - tok_base, count = p.entry_token_offsets[e + 1] - p.entry_token_offsets[e];
-      const int64_t base = (int64_t)p.entry_pages[e] * p.kv_stride_page + (int64_t)p.entry_offsets[e] * p.kv_stride_tok;
-      for (int i = 0; i < count; ++i) tok_off[first + i] = (uint32_t)((base + i * p.kv_stride_tok) >> 3);
+  if constexpr (!kTable) {
+    // (the query loads fly while the token offsets are looked up) Many short runs (small pages):
+    // a thread per run writes its tokens. Few long runs: a thread per token finds its run.
+    if (e1 - e0 >= kThreads / 4) {
+      for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
+        const int first = p.entry_token_offsets[e] - tok_base, count = p.entry_token_offsets[e + 1] - p.entry_token_offsets[e];
+        const int64_t base = (int64_t)p.entry_pages[e] * p.kv_stride_page + (int64_t)p.entry_offsets[e] * p.kv_stride_tok;
+        for (int i = 0; i < count; ++i) tok_off[first + i] = (uint32_t)((base + i * p.kv_stride_tok) >> 3);
+      }
+    } else {
+      for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
     }
-  } else {
-    for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
+    __syncthreads();
   }
-  __syncthreads();
 
   const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
   const T* vg = reinterpret_cast<const T*>(p.v) + (int64_t)h * p.kv_stride_head;
   const int ntiles = (ntok + kTileN - 1) / kTileN;
+  // Each thread copies 16-byte column c of tile rows threadIdx.x / kChunks + k * (kThreads / kChunks).
+  const int my_c = threadIdx.x % kChunks, my_r = threadIdx.x / kChunks;
+  // Table mode: the slots of the next tile to issue, loaded a tile ahead so their latency hides.
+  int next_slot[kRowsPerThread];
+  auto fetch_slots = [&](int tile) {
+    if constexpr (kTable) {
+#pragma unroll
+      for (int k = 0; k < kRowsPerThread; ++k) {
+        const int t = tile * kTileN + my_r + k * (kThreads / kChunks);
+        next_slot[k] = t < ntok ? slots[t] : -1;
+      }
+    }
+  };
   auto load_tile = [&](int tile) {
     T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
     T* vs = ks + kTileN * D;
-    for (int i = threadIdx.x; i < kTileN * kChunks; i += kThreads) {
-      int c = i % kChunks, r = i / kChunks;
-      int t = tile * kTileN + r;
-      int64_t off = t < ntok ? ((int64_t)tok_off[t] << 3) + c * 8 : 0;
-      int bytes = t < ntok ? 16 : 0;  // zero-fill past the end: 0 * garbage could be NaN
-      cp_async_16(ks + Tile::offset(r, c * 8), kg + off, bytes);
-      cp_async_16(vs + Tile::offset(r, c * 8), vg + off, bytes);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int r = my_r + k * (kThreads / kChunks);
+      const int t = tile * kTileN + r;
+      int64_t off = 0;
+      if constexpr (kTable) off = t < ntok ? slot_offset(p, next_slot[k]) + my_c * 8 : 0;
+      else off = t < ntok ? ((int64_t)tok_off[t] << 3) + my_c * 8 : 0;
+      const int bytes = t < ntok ? 16 : 0;  // zero-fill past the end: 0 * garbage could be NaN
+      cp_async_16(ks + Tile::offset(r, my_c * 8), kg + off, bytes);
+      cp_async_16(vs + Tile::offset(r, my_c * 8), vg + off, bytes);
     }
   };
+  fetch_slots(0);
   load_tile(0);
   cp_async_commit();
+  fetch_slots(1);
 
   // Per thread: rows lane/4 and lane/4 + 8 of its warp's row tile.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -127,7 +171,10 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   const T* q_tile = q_smem + my_rt * kRowTile * D;
 
   for (int tile = 0; tile < ntiles; ++tile) {
-    if (tile + 1 < ntiles) load_tile(tile + 1);
+    if (tile + 1 < ntiles) {
+      load_tile(tile + 1);
+      fetch_slots(tile + 2);
+    }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -252,7 +299,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   for (int r = 0; r < 2; ++r) {
     int row = row_base + my_rt * kRowTile + lane / 4 + 8 * r;
     if (row >= rows) continue;
-    int part = r0 + row / G;
+    int part = kTable ? p.work_partials[r0 + row / G] : r0 + row / G;
     int qh = h * G + row % G;
     float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
     float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
@@ -269,10 +316,20 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const int num_work = p.num_work_dev ? *p.num_work_dev : p.num_work;
-  for (int w = blockIdx.x; w < num_work; w += gridDim.x) {
-    decode_work_item<T, D>(p, w, smem_raw);
+  for (int w = blockIdx.x; w < p.num_work; w += gridDim.x) {
+    decode_work_item<T, D, false>(p, w, blockIdx.z * kDecodeRowsPerCta, smem_raw);
     __syncthreads();  // the next item reuses shared memory
+  }
+}
+
+// Table mode: a fixed grid loops over the planner's (work item, first row) tasks.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 3) paged_decode_table_kernel(const PagedDecodeParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int num_tasks = *p.num_tasks_dev;
+  for (int t = blockIdx.x; t < num_tasks; t += gridDim.x) {
+    decode_work_item<T, D, true>(p, p.tasks[2 * t], p.tasks[2 * t + 1], smem_raw);
+    __syncthreads();
   }
 }
 
@@ -291,12 +348,14 @@ __global__ void merge_partials_kernel(const PagedDecodeParams p) {
   const int i0 = p.merge_offsets[b], i1 = valid ? p.merge_offsets[b + 1] : i0;
   const float* lse_col = p.partial_lse + head;
   float m = -INFINITY;
-  for (int i = i0 + x; i < i1; i += kLanes) m = fmaxf(m, lse_col[(int64_t)p.merge_partials[i] * p.num_q_heads]);
+  const int* order = p.merge_partials;  // null: partials are already in merge order (table mode)
+  auto part_at = [order](int i) -> int64_t { return order ? order[i] : i; };
+  for (int i = i0 + x; i < i1; i += kLanes) m = fmaxf(m, lse_col[part_at(i) * p.num_q_heads]);
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off, kLanes));
   float l = 0.f;
   if (m != -INFINITY)
-    for (int i = i0 + x; i < i1; i += kLanes) l += __expf(lse_col[(int64_t)p.merge_partials[i] * p.num_q_heads] - m);
+    for (int i = i0 + x; i < i1; i += kLanes) l += __expf(lse_col[part_at(i) * p.num_q_heads] - m);
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffff, l, off, kLanes);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -304,7 +363,7 @@ __global__ void merge_partials_kernel(const PagedDecodeParams p) {
   if (m != -INFINITY) {
 #pragma unroll 4
     for (int i = i0; i < i1; ++i) {
-      int64_t part = p.merge_partials[i];
+      const int64_t part = part_at(i);
       float w = __expf(lse_col[part * p.num_q_heads] - m);
       float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
       acc[0] += w * v.x;
@@ -324,13 +383,14 @@ __global__ void merge_partials_kernel(const PagedDecodeParams p) {
 template <typename T, int D>
 cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  if (p.num_work > 0 || p.num_work_dev) {
-    const size_t smem = DecodeSmem<D>::bytes(p.max_rows);
-    auto kernel = paged_decode_partial_kernel<T, D>;
+  const bool table = p.tasks != nullptr;
+  if (table || p.num_work > 0) {
+    const size_t smem = DecodeSmem<D>::bytes(p.max_rows, table);
+    auto kernel = table ? paged_decode_table_kernel<T, D> : paged_decode_partial_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    const int row_groups = (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
-    dim3 grid(p.num_work_dev ? p.grid_work : p.num_work, p.num_kv_heads, row_groups);
+    const int row_groups = table ? 1 : (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
+    dim3 grid(table ? p.grid_work : p.num_work, p.num_kv_heads, row_groups);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -1,12 +1,15 @@
-"""Decode benchmark: FlashCore's paged CSR decode vs torch SDPA (cuDNN) on dense K/V, same run.
+"""Decode benchmark: FlashCore's paged decode vs torch SDPA (cuDNN) on dense K/V, same run.
 
 Configurations from ../shared/BENCHMARKS.md (B, Hq, context, D, page, shared fraction), each
 with Hkv = 32 and 8, at its shared fraction and at 0. "Shared fraction f": the first
-f*context tokens of every request are the same pages. For every point: our time, the unique
-bytes the step must read, our effective bandwidth, the lower bound (unique bytes / copy
-bandwidth measured in this run), cuDNN SDPA's time on contiguous K/V of the same requests
-(what a backend without sharing pays), FlashInfer's paged decode when it is installed, and
-the time to build the layout and sharing plan.
+f*context tokens of every request are the same pages. For every point: our time (``ours``:
+the page-table planner's path, which the SGLang backend runs; ``layout_api``: the same kernel
+over a ``PagedLayout`` + ``SharingPlan``), the unique bytes the step must read, our effective
+bandwidth, the lower bound (unique bytes / copy bandwidth measured in this run), cuDNN SDPA's
+time on contiguous K/V of the same requests (what a backend without sharing pays),
+FlashInfer's paged decode when it is installed, and the per-step planning time of both paths
+(``plan_ms``: the GPU planner, host wall clock until its kernels finish; ``layout_ms``:
+from_sglang + plan_sharing).
 
     python scripts/bench_decode.py [--quick] [--json out.json] [--plot out.png]
     python scripts/bench_decode.py --config 8,32,131072,128,128,0.7 --hkv 8
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
+from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
 from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
@@ -67,21 +71,33 @@ def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
     return lambda: wrapper.run(q, kv)
 
 
-def graph_replay_ms(q, k_cache, v_cache, layout, page, hkv, chunk, repeats):
+def graph_replay_ms(planner, q, k_cache, v_cache, page, repeats):
     """The decode launch captured in a CUDA graph (as SGLang runs it), replayed."""
-    from sglang_flashcore.graph import DecodeGraphState
-
-    state = DecodeGraphState(q.shape[0], layout.max_position, page, q.shape[1], q.shape[2], q.device)
-    state.load(layout, hkv, chunk)
     scale = q.shape[-1] ** -0.5
-    state.run(q, k_cache, v_cache, page, scale)
+    planner.run(q, k_cache, v_cache, scale, page)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        state.run(q, k_cache, v_cache, page, scale)
+        planner.run(q, k_cache, v_cache, scale, page)
     ms = time_ms(graph.replay, repeats=repeats)
-    del graph, state
+    del graph
     return ms
+
+
+def wall_ms(fn, repeats=10):
+    """Host wall clock of fn until the GPU is done (what a step pays for planning)."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None, graph=False):
@@ -94,35 +110,48 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     seq = torch.full((batch,), context, device=dev, dtype=torch.int32)
 
     probe = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False)
-    chunk = chunk or fc.auto_chunk_tokens(probe, hkv)
+    layout_chunk = min(chunk, 1024) if chunk else fc.auto_chunk_tokens(probe, hkv)
 
-    def build():  # what the backend does once per step: layout + sharing plan
+    def build():  # the layout API's per-step work: layout + sharing plan
         layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False,
                                 total_tokens=batch * context)
-        layout.plan(chunk)
+        layout.plan(layout_chunk)
         return layout
 
     layout = build()
-    build_ms = time_ms(build, repeats=5, flush=False)
-    plan = layout.plan(chunk)
-    stats = plan.stats(hkv, d, hq, q.element_size())
-    ours = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=chunk, check_bounds=False)  # noqa: E731
+    build_ms = wall_ms(build, repeats=5)
+    stats = layout.plan(layout_chunk).stats(hkv, d, hq, q.element_size())
+    layout_api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=layout_chunk, check_bounds=False)  # noqa: E731
+    layout_api_ms = time_ms(layout_api, repeats=repeats)
+
+    planner = DecodePlanner(batch, hq, d, q.device)
+    plan = lambda: planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)  # noqa: E731
+    plan_ms = wall_ms(plan)
+    meta = planner.meta()
+    scale = d ** -0.5
+    ours = lambda: planner.run(q, k_cache, v_cache, scale, page)  # noqa: E731
     ours_ms = time_ms(ours, repeats=repeats)
     out = ours()[0]
+    unique_bytes = fc.decode_bytes(meta["unique_tokens"], batch, hkv, hq, d, q.element_size())
 
     # cuDNN SDPA on the gathered, contiguous K/V of the same requests
     kd = k_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()  # [B, Hkv, S, D]
     vd = v_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()
     qd = q.unsqueeze(2)
+    # the bound: every unique token once (the layout's runs, finer than the planner's chunks)
     row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac,
                unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
+               planned_GB=unique_bytes / 1e9,
                ours_ms=ours_ms, ours_TBs=stats["bytes_shared"] / ours_ms / 1e9,
-               bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, layout_ms=build_ms,
-               chunk=chunk, work_items=stats["work_items"])
+               bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, plan_ms=plan_ms,
+               chunk=meta["chunk_tokens"], work_items=meta["work_items"], tasks=meta["tasks"],
+               layout_api_ms=layout_api_ms, layout_chunk=layout_chunk, layout_ms=build_ms)
     row["ours_over_bound"] = ours_ms / row["bound_ms"]
+    row["layout_api_over_ours"] = layout_api_ms / ours_ms
     if graph:
-        row["graph_ms"] = graph_replay_ms(q, k_cache, v_cache, layout, page, hkv, chunk, repeats)
-    row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * ours_ms)
+        row["graph_ms"] = graph_replay_ms(planner, q, k_cache, v_cache, page, repeats)
+    row["plan_pct_of_step"] = 100 * plan_ms / (plan_ms + LAYERS * ours_ms)
+    row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * layout_api_ms)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
         try:
@@ -142,6 +171,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     if fi is not None:
         row["flashinfer_ms"] = time_ms(fi, repeats=repeats)
         row["speedup_vs_flashinfer"] = row["flashinfer_ms"] / ours_ms
+    del planner
     torch.cuda.empty_cache()
     return row
 
@@ -173,12 +203,15 @@ def main():
                     rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk, args.graph))
                     r = rows[-1]
                     print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f} chunk {r['chunk']}: ours {r['ours_ms']:.3f} ms "
-                          f"({r['ours_TBs']:.2f} TB/s), cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
-    cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms", "ours_over_bound",
-            "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
-            "speedup_vs_flashinfer", "layout_ms", "layout_pct_of_step", "maxdiff_cudnn"]
+                          f"({r['ours_TBs']:.2f} TB/s, plan {r['plan_ms']:.3f} ms), layout API {r['layout_api_ms']:.3f} ms, "
+                          f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
+    cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
+            "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
+            "speedup_vs_flashinfer", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
+            "maxdiff_cudnn"]
     labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
-    series = {"ours": [r["ours_ms"] for r in rows], "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
+    series = {"ours": [r["ours_ms"] for r in rows], "ours, layout API": [r["layout_api_ms"] for r in rows],
+              "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
               "lower bound": [r["bound_ms"] for r in rows]}
     if any("flashinfer_ms" in r for r in rows):
         series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]

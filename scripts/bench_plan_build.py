@@ -4,11 +4,14 @@ SGLang's page-size-1 allocator gives each request one contiguous run for its pro
 scattered slot per decoded token (a decode step allocates one slot per running request, side by side).
 For such batches this times, as the scheduler thread sees it (host wall clock, GPU synchronized):
 
-* ``build``: ``from_sglang`` + ``plan`` — what ``FlashCoreBackend`` does once per eager decode step;
-* ``graph_load``: the same plus copying the plan into the CUDA-graph buffers (the graph path);
-* ``attn``: our decode kernel for one layer (Hq 32, Hkv 8, D 128, bf16), and ``step`` = 32 layers;
+* ``plan``: ``DecodePlanner.plan`` — what ``FlashCoreBackend`` does once per decode step, eager
+  or before a CUDA-graph replay (five kernels, no host sync);
+* ``layout_build``: ``from_sglang`` + ``plan_sharing`` — the general layout API's per-step work
+  (what the backend did before the planner);
+* ``attn``: the decode kernel for one layer over each (Hq 32, Hkv 8, D 128, bf16), and
+  ``step`` = 32 layers of the planner's path;
 
-and prints the build's share of the attention part of a step. Usage:
+and prints the planning share of the attention part of a step. Usage:
 ``python3 scripts/bench_plan_build.py [--json F] [--plot F]``.
 """
 
@@ -23,7 +26,7 @@ import torch
 from bench_util import base_parser, report, require_cuda, time_ms
 
 import sglang_flashcore as fc
-from sglang_flashcore.graph import DecodeGraphState
+from sglang_flashcore.decode_plan import DecodePlanner
 
 LAYERS, HQ, HKV, D = 32, 32, 8, 128
 
@@ -73,32 +76,35 @@ def main():
         idx = torch.arange(batch, device="cuda", dtype=torch.int32)
         total = int(seq_lens.sum())
 
-        def build():
+        def layout_build():
             layout = fc.from_sglang(r2t, idx, seq_lens, 1, num_slots=num_slots, validate=False,
                                     total_tokens=total)
             return layout, layout.plan(fc.auto_chunk_tokens(layout, HKV))
 
-        state = DecodeGraphState(batch, r2t.shape[1], 1, HQ, D, torch.device("cuda"))
-
-        def graph_load():
-            layout = fc.from_sglang(r2t, idx, seq_lens, 1, num_slots=num_slots, validate=False)
-            state.load(layout, HKV)
-
-        layout, plan = build()
+        planner = DecodePlanner(batch, HQ, D, torch.device("cuda"))
+        plan = lambda: planner.plan(r2t, idx, seq_lens, HKV, HQ // HKV)  # noqa: E731
+        layout, sharing = layout_build()
+        plan()
+        meta = planner.meta()
         k = torch.randn(num_slots, HKV, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
         q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.bfloat16)
-        attn = time_ms(lambda: fc.paged_decode(q, k, v, layout, check_bounds=False), repeats=args.repeats)
-        build_ms, load_ms = wall_ms(build, args.repeats), wall_ms(graph_load, args.repeats)
-        rows.append(dict(batch=batch, tokens=total, runs=layout.nnz, work_items=plan.num_work_items,
-                         build_ms=build_ms, graph_load_ms=load_ms, attn_layer_ms=attn,
-                         attn_step_ms=LAYERS * attn, build_pct_of_attn_step=100 * build_ms / (LAYERS * attn)))
+        attn = time_ms(lambda: planner.run(q, k, v, D ** -0.5), repeats=args.repeats)
+        attn_layout = time_ms(lambda: fc.paged_decode(q, k, v, layout, check_bounds=False), repeats=args.repeats)
+        plan_ms, build_ms = wall_ms(plan, args.repeats), wall_ms(layout_build, args.repeats)
+        rows.append(dict(batch=batch, tokens=total, runs=layout.nnz, chunk=meta["chunk_tokens"],
+                         work_items=meta["work_items"], plan_ms=plan_ms, layout_build_ms=build_ms,
+                         attn_layer_ms=attn, attn_layer_layout_ms=attn_layout, attn_step_ms=LAYERS * attn,
+                         plan_pct_of_attn_step=100 * plan_ms / (LAYERS * attn),
+                         layout_pct_of_attn_step=100 * build_ms / (LAYERS * attn_layout)))
         print(rows[-1], flush=True)
-    report(args, info, rows, ["batch", "tokens", "runs", "work_items", "build_ms", "graph_load_ms", "attn_layer_ms",
-                              "attn_step_ms", "build_pct_of_attn_step"],
+        del planner
+    report(args, info, rows, ["batch", "tokens", "runs", "chunk", "work_items", "plan_ms", "layout_build_ms",
+                              "attn_layer_ms", "attn_layer_layout_ms", "attn_step_ms", "plan_pct_of_attn_step",
+                              "layout_pct_of_attn_step"],
            "Decode metadata per step vs attention (page 1, no sharing, Hq32 Hkv8 D128 bf16)",
-           [f"B{r['batch']}" for r in rows], {"build ms": [r["build_ms"] for r in rows],
-                                              "graph load ms": [r["graph_load_ms"] for r in rows],
+           [f"B{r['batch']}" for r in rows], {"GPU planner ms": [r["plan_ms"] for r in rows],
+                                              "layout + sharing plan ms": [r["layout_build_ms"] for r in rows],
                                               "32-layer attention ms": [r["attn_step_ms"] for r in rows]}, "ms")
 
 

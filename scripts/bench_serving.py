@@ -308,6 +308,8 @@ def parse_args(argv=None):
     p.add_argument("--log-dir", default=".", help="server logs go here")
     p.add_argument("--json")
     p.add_argument("--plot")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no run: combine the --json files of runs made one backend at a time (same box session)")
     return p.parse_args(argv)
 
 
@@ -391,9 +393,28 @@ def write_report(args, backends, workloads, results, greedy, startup, quiet: boo
                  "SGLang serving, Llama-3-8B shape, dummy weights")
 
 
+def merge_runs(args) -> int:
+    """Combines per-backend runs (each its own --json) into one report, greedy comparison included."""
+    results, greedy, startup, workloads = {}, {}, {}, {}
+    for path in args.merge:
+        with open(path) as f:
+            run = json.load(f)
+        results.update(run["results"])
+        greedy.update(run["greedy"])
+        startup.update(run["info"].get("startup_s", {}))
+        workloads.update(run["info"].get("workloads", {}))
+    backends = [b for b in args.backends.split(",") if b in results]
+    args.check = bool(greedy)
+    described = [Workload(name, [], 1, desc) for name, desc in workloads.items()]
+    write_report(args, backends, described, results, greedy, startup)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
+    if args.merge:
+        return merge_runs(args)
 
     backends = [b for b in args.backends.split(",") if b]
     workloads = build_workloads(args)

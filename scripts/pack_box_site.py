@@ -17,7 +17,8 @@ needs must travel in one call. This script:
 5. writes ``.carry/boxsite.tar.xz`` (solid xz: about half the size of the wheels).
 
 Step 4 needs nvcc 13 and a Python 3.12 with torch (``--aot-python``, for example a venv with
-``torch==2.11.0``): FlashInfer imports torch, and the module is built for CPython 3.12.
+``torch==2.11.0 packaging ninja numpy nvidia-ml-py einops requests tqdm click tabulate``: FlashInfer
+imports these at import time), and the module is built for CPython 3.12.
 
 The package list was found by importing the server path module by module under Python
 3.12 with the box's package set (see ``benchmarks/results/h100/serving/README.md``).

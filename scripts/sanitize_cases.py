@@ -44,12 +44,16 @@ def main() -> int:
         k = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
         v = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
         layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), page)
-        out, lse = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
         ref, _ = paged_decode_ref(q, k, v, layout)
-        err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
-        ok = err < 2e-2
-        bad += not ok
-        print(f"decode case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+        # the layout API's kernel path, then the GPU page-table planner + table-mode kernel
+        out_layout, _ = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
+        out_table, _ = fc.paged_decode_table(q, k, v, pt.req_to_token.cuda(), pt.req_pool_indices.cuda(),
+                                             pt.seq_lens.cuda(), page_size=page, chunk_tokens=chunk)
+        for name, out in (("layout", out_layout), ("table", out_table)):
+            err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
+            ok = err < 2e-2
+            bad += not ok
+            print(f"decode case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
     for i, (lq, lk, hq, hkv, d, causal, dtype) in enumerate(dense_cases()):
         cq = torch.tensor([0] + lq, device="cuda").cumsum(0).int()
         ck = torch.tensor([0] + lk, device="cuda").cumsum(0).int()

@@ -35,18 +35,41 @@ def main(folder: str) -> None:
         if not decode:
             continue
         i = decode["info"]
+        i = decode["info"]
+        planner = "plan_ms" in decode["rows"][0]  # runs since the GPU page-table planner
         lines += [f"## Paged decode, {decode_name} (`scripts/bench_decode.py`)", "",
                   f"`{i['command']}`; bf16, D 128, L2 flushed between calls, copy bandwidth "
                   f"{i['copy_TBs_read_plus_write']:.2f} TB/s (read + write). Bytes are the unique K/V bytes the step "
-                  "must read (+ Q and O); the bound is those bytes at the copy bandwidth; layout % is the layout + plan "
-                  f"build over a step of {i['layers_per_step']} layers.", ""]
+                  "must read (+ Q and O); the bound is those bytes at the copy bandwidth. "
+                  + ("`ours` is the path the SGLang backend runs (the GPU page-table planner + the decode kernel's "
+                     "table mode); plan % is its per-step planning (host wall clock until the planner's kernels end) "
+                     f"over a step of {i['layers_per_step']} layers; `layout API` is the same kernel over a "
+                     "`PagedLayout` + `SharingPlan`, whose build (`layout ms`) the backend no longer pays per decode step."
+                     if planner else f"layout % is the layout + plan build over a step of {i['layers_per_step']} layers."),
+                  ""]
+        extra = (["plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms"] if planner
+                 else ["layout_ms", "layout_pct_of_step"])
+        extra_heads = (["plan ms", "plan % of step", "layout API ms", "layout ms"] if planner
+                       else ["layout ms", "layout % of step"])
         lines += table(decode["rows"],
                        ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "page", "shared", "ours_ms", "graph_ms", "ours_TBs",
-                        "bound_ms", "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2",
-                        "layout_ms", "layout_pct_of_step"],
+                        "bound_ms", "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2"]
+                       + extra,
                        ["B", "Hkv", "ctx", "page", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s",
-                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2", "layout ms",
-                        "layout % of step"])
+                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2"] + extra_heads)
+        lines.append("")
+    plan_build = load(folder, "plan_build.json")
+    if plan_build and "plan_ms" in plan_build["rows"][0]:
+        lines += ["## Decode metadata per step (`scripts/bench_plan_build.py`)", "",
+                  f"`{plan_build['info']['command']}`; serving-shaped decode batches (page 1, a prompt run plus "
+                  "scattered decode slots per request, no sharing), Hq 32, Hkv 8, D 128, bf16. Host wall clock until "
+                  "the GPU is done; attention = the decode kernel for 32 layers.", ""]
+        lines += table(plan_build["rows"],
+                       ["batch", "tokens", "chunk", "work_items", "plan_ms", "layout_build_ms", "attn_layer_ms",
+                        "attn_step_ms", "plan_pct_of_attn_step", "layout_pct_of_attn_step"],
+                       ["B", "tokens", "chunk", "work items", "GPU planner ms", "layout + sharing plan ms",
+                        "attention ms / layer", "attention ms / step", "planner % of attention",
+                        "layout build % of attention"])
         lines.append("")
     if dense:
         lines += ["## Dense forward (`scripts/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "

@@ -1,9 +1,11 @@
 """``FlashCoreBackend``: SGLang's AttentionBackend on top of FlashCore's layouts and ops.
 
-One ``PagedLayout`` is built per forward batch (``init_forward_metadata``) from the radix
-cache's page table and shared by every layer: for decode the whole sequence of each
-request, for extend its cached prefix. Each layer then stores its new K/V through SGLang's
-KV pool, exactly as the built-in backends do, and calls ``paged_decode`` / ``paged_extend``.
+Metadata is built once per forward batch (``init_forward_metadata``) from the radix cache's
+page table and shared by every layer. Decode on a Hopper GPU: the ``DecodePlanner`` plans the
+step on the device (no host sync, fixed buffers, so the same path serves CUDA-graph replays).
+Extend, and decode on CPU: a ``PagedLayout`` (for extend, of the cached prefixes). Each layer
+then stores its new K/V through SGLang's KV pool, exactly as the built-in backends do, and
+runs the decode kernel / ``paged_decode`` / ``paged_extend``.
 
 Works with SGLang 0.5.17 through 0.5.23 (both use the ``init_forward_metadata_out_graph``
 / ``_in_graph`` contract for CUDA graphs).
@@ -20,7 +22,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import ops
 from .api import paged_decode, paged_extend
-from .graph import DecodeGraphState, max_page_runs
+from .decode_plan import DecodePlanner
 from .layout import PagedLayout, from_sglang
 
 if TYPE_CHECKING:
@@ -45,16 +47,21 @@ class UnsupportedFeatureError(NotImplementedError):
 class ForwardMetadata:
     """What every layer of one forward pass reads."""
 
-    layout: PagedLayout  # decode: the whole sequences; extend: the cached prefixes
+    layout: Optional[PagedLayout] = None  # extend: the cached prefixes; CPU decode: the sequences
     cu_seqlens_q: Optional[torch.Tensor] = None  # extend only
     max_extend_len: int = 0
-    graph: Optional[DecodeGraphState] = None  # CUDA-graph decode: the fixed buffers to launch from
+    planner: Optional[DecodePlanner] = None  # GPU decode: planned on the device, run from its buffers
+
+
+def max_page_runs(max_batch: int, max_context_len: int, page_size: int) -> int:
+    """Page runs a batch can have: each request's pages, plus one for a run that starts mid-page."""
+    return max_batch * (-(-max_context_len // page_size) + 1)
 
 
 class _GraphBuffers:
-    """Fixed-size metadata buffers for CUDA-graph decode: a batch's layout is copied
-    into them before capture and before each replay, so captured kernels always read
-    the same addresses. Sized for ``max_bs`` requests of up to ``max_context_len`` tokens."""
+    """CPU stand-in for CUDA-graph decode (SGLang's kit runs its graph-runner mode on CPU too):
+    a batch's layout is copied into fixed buffers before capture and before each replay, so
+    the "captured" calls always read the same addresses."""
 
     def __init__(self, max_bs: int, max_context_len: int, page_size: int, device):
         max_entries = max_page_runs(max_bs, max_context_len, page_size)
@@ -102,9 +109,9 @@ class FlashCoreBackend(AttentionBackend):
         self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
         self.forward_metadata: Optional[ForwardMetadata] = None
         self._graph: Optional[_GraphBuffers] = None  # CPU: fixed layout buffers
-        self._graph_state: Optional[DecodeGraphState] = None  # GPU: fixed plan buffers + workspaces
+        self._planner: Optional[DecodePlanner] = None  # GPU: made on first decode
         cfg = getattr(model_runner, "model_config", None)
-        # total query heads: an upper bound on this rank's, enough to size graph workspaces
+        # total query heads: an upper bound on this rank's, enough to size the planner's workspace
         self._max_q_heads = getattr(cfg, "num_attention_heads", None)
         self._checked_layers: Dict[int, bool] = {}
 
@@ -162,11 +169,32 @@ class FlashCoreBackend(AttentionBackend):
     def _num_slots(self) -> int:
         return self.token_to_kv_pool.get_key_buffer(0).shape[0]
 
+    def _use_planner(self) -> bool:
+        return self.device.type == "cuda" and ops.impl_mode() != "reference"
+
+    def _decode_planner(self) -> DecodePlanner:
+        """One planner for eager and CUDA-graph decode: sized for every request row of the pool."""
+        if self._planner is None:
+            k0 = self.token_to_kv_pool.get_key_buffer(0)
+            if not self._max_q_heads:
+                raise UnsupportedFeatureError("GPU decode for a model config without num_attention_heads")
+            self._planner = DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads,
+                                          k0.shape[-1], self.device)
+        return self._planner
+
     def _build_metadata(self, forward_batch: "ForwardBatch", graph: bool = False) -> ForwardMetadata:
         """``graph``: a CUDA-graph batch, whose padded rows make host-side sums unreliable."""
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
         if forward_batch.forward_mode.is_decode_or_idle():
+            if self._use_planner():
+                planner = self._decode_planner()
+                num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
+                # query heads per KV head on this rank, bounded by the model's total over this rank's KV heads
+                group = max(1, min(64, self._max_q_heads // num_kv_heads))
+                planner.plan(req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens, num_kv_heads,
+                             group, self.chunk_tokens)
+                return ForwardMetadata(planner=planner)
             total = None if graph else getattr(forward_batch, "seq_lens_sum", None)
             layout = from_sglang(
                 req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
@@ -195,34 +223,25 @@ class FlashCoreBackend(AttentionBackend):
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        max_ctx = self.req_to_token_pool.req_to_token.shape[1]
         if self.device.type != "cuda":
+            max_ctx = self.req_to_token_pool.req_to_token.shape[1]
             self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
             return
         if ops.impl_mode() == "reference":
             raise UnsupportedFeatureError("CUDA-graph decode with FLASHCORE_IMPL=reference",
                                           "launch with --disable-cuda-graph")
-        head_dim = self.token_to_kv_pool.get_key_buffer(0).shape[-1]
-        if not self._max_q_heads:
-            raise UnsupportedFeatureError("CUDA graphs for a model config without num_attention_heads",
-                                          "launch with --disable-cuda-graph")
-        self._graph_state = DecodeGraphState(max_bs, max_ctx, self.page_size, self._max_q_heads, head_dim,
-                                             self.device)
+        self._decode_planner()  # allocated before capture: replays read its buffers
 
     def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False):
         """Before capture and before each replay: the batch's plan (GPU) or layout (CPU) into the
         fixed buffers the captured launch reads."""
-        if self._graph is None and self._graph_state is None:
+        if self._graph is None and self._planner is None:
             raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
         if not forward_batch.forward_mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
         meta = self._build_metadata(forward_batch, graph=True)
-        if self._graph_state is not None:
-            num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
-            self._graph_state.load(meta.layout, num_kv_heads, self.chunk_tokens)
-            meta.graph = self._graph_state
-        else:
+        if meta.layout is not None:
             meta.layout = self._graph.load(meta.layout)
         self.forward_metadata = meta
 
@@ -249,8 +268,8 @@ class FlashCoreBackend(AttentionBackend):
         meta = self.forward_metadata
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         k_buf, v_buf = self._kv_buffers(layer)
-        if meta.graph is not None:
-            out, _ = meta.graph.run(q3, k_buf, v_buf, self.page_size, layer.scaling)
+        if meta.planner is not None:
+            out, _ = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size)
         else:
             out, _ = paged_decode(
                 q3, k_buf, v_buf, meta.layout, softmax_scale=layer.scaling,

@@ -1,11 +1,12 @@
-"""Decode captured once in a CUDA graph, replayed for batches with other lengths and sharing."""
+"""Decode captured once in a CUDA graph, replayed for batches with other lengths and sharing:
+the planner runs before each replay, into the buffers the captured launch reads."""
 
 import pytest
 import torch
 
 import sglang_flashcore as fc
 from cases import make_page_table
-from sglang_flashcore.graph import DecodeGraphState
+from sglang_flashcore.decode_plan import DecodePlanner
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu
@@ -29,23 +30,35 @@ def test_one_capture_serves_every_batch(dtype, page, heads):
     g = torch.Generator(device="cuda").manual_seed(0)
     k = torch.randn(num_slots, hkv, 128, device="cuda", generator=g).to(dtype)
     v = torch.randn(num_slots, hkv, 128, device="cuda", generator=g).to(dtype)
-    layouts = [fc.from_sglang(t.req_to_token.cuda(), t.req_pool_indices.cuda(), t.seq_lens.cuda(), page)
-               for t in tables]
-    state = DecodeGraphState(4, max_ctx, page, hq, 128, "cuda")
+    # one req_to_token, one req_pool_indices and one seq_lens buffer, as SGLang's graph runner keeps them
+    r2t = torch.zeros(8, max_ctx, dtype=torch.int32, device="cuda")
+    idx = torch.zeros(4, dtype=torch.int64, device="cuda")
+    lens = torch.zeros(4, dtype=torch.int64, device="cuda")
+
+    def load(t):
+        r2t.zero_()
+        r2t[: t.req_to_token.shape[0], : t.req_to_token.shape[1]] = t.req_to_token.cuda()
+        idx.copy_(t.req_pool_indices)
+        lens.copy_(t.seq_lens)
+
+    planner = DecodePlanner(8, hq, 128, "cuda")
     q_static = torch.randn(4, hq, 128, device="cuda", dtype=dtype)
-    state.load(layouts[0], hkv)
-    state.run(q_static, k, v, page, 0.088)  # build and warm up outside the capture
+    load(tables[0])
+    planner.plan(r2t, idx, lens, hkv, hq // hkv)
+    planner.run(q_static, k, v, 0.088, page)  # build and warm up outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, lse = state.run(q_static, k, v, page, 0.088)
-    for i, layout in enumerate(layouts):
+        out, lse = planner.run(q_static, k, v, 0.088, page)
+    for i, t in enumerate(tables):
         q_static.copy_(torch.randn(4, hq, 128, device="cuda", generator=g).to(dtype))
-        plan = state.load(layout, hkv)
+        load(t)
+        planner.plan(r2t, idx, lens, hkv, hq // hkv)
         graph.replay()
+        layout = fc.from_sglang(r2t, idx, lens, page)
         ref_o, ref_l = paged_decode_ref(q_static, k, v, layout, softmax_scale=0.088)
         tol = dict(atol=2e-3, rtol=1e-3) if dtype == torch.float16 else dict(atol=1.2e-2, rtol=1e-2)
-        torch.testing.assert_close(out.float(), ref_o, **tol, msg=lambda m: f"batch {i} ({plan.num_work_items} items): {m}")
+        torch.testing.assert_close(out.float(), ref_o, **tol, msg=lambda m: f"batch {i}: {m}")
         seen = layout.seq_lens > 0
         torch.testing.assert_close(lse[seen], ref_l[seen].float(), atol=2e-3, rtol=1e-4)
         assert torch.isneginf(lse[~seen]).all()

@@ -32,11 +32,24 @@ struct PagedDecodeParams {
   const int* merge_offsets;        // [B+1]
   const int* merge_partials;       // [P]
   int num_work, batch;
-  // CUDA-graph mode: the work-item count lives in device memory (set before each replay) and a
-  // fixed grid of grid_work CTAs loops over the items. Null for an ordinary launch.
-  const int* num_work_dev;
-  int grid_work;
+  int grid_work;  // table mode: CTAs per KV head of the fixed grid that loops over the tasks
   int max_rows;  // largest readers x GQA group of a work item: sizes the grid and the Q buffer
+
+  // Table mode (the page-table planner of decode_plan.h) when tasks is set: work item w reads
+  // positions work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; reader r writes
+  // partial work_partials[r]; the grid loops over *num_tasks_dev (work item, first row) tasks.
+  // The entry arrays and merge_partials (identity) are unused; merge_offsets = chunk_base.
+  const int* req_to_token;  // int32 slots
+  int64_t r2t_stride;
+  const int* work_row;
+  const int* work_pos0;
+  const int* work_ntok;
+  const int* work_partials;
+  const int* tasks;  // [2T]
+  const int* num_tasks_dev;
+  int64_t num_slots;  // slots are clamped into the pool: a corrupt table cannot read out of bounds
+  int page_size;      // slot -> (page, offset) for head-major pools
+  bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
 
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log

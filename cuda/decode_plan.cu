@@ -1,0 +1,346 @@
+// Page-table decode planner: SGLang's req_to_token -> the decode kernel's work list, on the GPU.
+// See include/flashcore/decode_plan.h for the plan's layout. Five launches, no host sync:
+//   1. chunks  (1 CTA): lengths -> C, chunk_base (a scan), cleared hash table
+//   2. keys    (grid) : chunk -> hash of (last slot, end position); the smallest chunk per key
+//   3. leaders (grid) : each chunk checks its candidate leader slot by slot (a warp per chunk)
+//   4. work    (1 CTA): scans over leaders -> work items, reader offsets, tasks
+//   5. place   (grid) : readers into their work item's list
+// Reader order inside a work item comes from atomics; it does not change any result bit: each
+// query row is computed independently, partial i is chunk i, and merging follows chunk order.
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "flashcore/decode_plan.h"
+
+namespace flashcore {
+namespace {
+
+constexpr int kPlanThreads = 1024;
+constexpr unsigned long long kEmptyKey = ~0ull;
+
+__device__ __forceinline__ int64_t load_index(const void* p, bool is64, int64_t i) {
+  return is64 ? reinterpret_cast<const int64_t*>(p)[i] : (int64_t) reinterpret_cast<const int*>(p)[i];
+}
+
+// The request's req_to_token row and length, clamped so that a bad entry reads nothing out of
+// range: a pool row out of range or a negative length gives an empty request (and is counted).
+struct Request {
+  int64_t row;
+  int64_t len;
+  bool clamped;
+};
+__device__ __forceinline__ Request load_request(const TablePlanArgs& a, int b) {
+  Request r;
+  r.row = load_index(a.req_pool_indices, a.idx_64, b);
+  int64_t len = load_index(a.seq_lens, a.lens_64, b);
+  const bool bad_row = r.row < 0 || r.row >= a.r2t_rows;
+  r.clamped = bad_row || len < 0 || len > a.max_context;
+  r.len = bad_row ? 0 : min(max(len, (int64_t)0), a.max_context);
+  if (bad_row) r.row = 0;
+  return r;
+}
+
+__device__ __forceinline__ int64_t slot_at(const TablePlanArgs& a, int64_t row, int64_t pos) {
+  return load_index(a.req_to_token, a.r2t_64, row * a.r2t_stride + pos);
+}
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {  // splitmix64's finaliser
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+struct MaxOp {
+  __device__ __forceinline__ long long operator()(long long x, long long y) const { return x > y ? x : y; }
+};
+
+using IntScan = cub::BlockScan<int, kPlanThreads>;
+using LongReduce = cub::BlockReduce<long long, kPlanThreads>;
+
+// Sum over requests of ceil(len / C) (all threads get the result).
+__device__ long long count_chunks(const TablePlanArgs& a, long long C, typename LongReduce::TempStorage& tmp,
+                                  long long* shared_out) {
+  long long n = 0;
+  for (int b = threadIdx.x; b < a.batch; b += kPlanThreads) n += (load_request(a, b).len + C - 1) / C;
+  long long total = LongReduce(tmp).Sum(n);
+  if (threadIdx.x == 0) *shared_out = total;
+  __syncthreads();
+  total = *shared_out;
+  __syncthreads();
+  return total;
+}
+
+__global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
+  __shared__ union {
+    typename IntScan::TempStorage scan;
+    typename LongReduce::TempStorage reduce;
+  } tmp;
+  __shared__ long long s_total;
+  __shared__ int s_carry;
+
+  long long tokens = 0, clamped = 0, longest = 0;
+  for (int b = threadIdx.x; b < a.batch; b += kPlanThreads) {
+    Request r = load_request(a, b);
+    tokens += r.len;
+    clamped += r.clamped;
+    longest = max(longest, (long long)r.len);
+  }
+  tokens = LongReduce(tmp.reduce).Sum(tokens);
+  if (threadIdx.x == 0) s_total = tokens;
+  __syncthreads();
+  tokens = s_total;
+  __syncthreads();
+  clamped = LongReduce(tmp.reduce).Sum(clamped);
+  if (threadIdx.x == 0) s_total = clamped;
+  __syncthreads();
+  clamped = s_total;
+  __syncthreads();
+  longest = LongReduce(tmp.reduce).Reduce(longest, MaxOp());
+  if (threadIdx.x == 0) s_total = longest;
+  __syncthreads();
+  longest = s_total;
+  __syncthreads();
+
+  // C: the largest power of two (within bounds) that still gives about target_items chunks,
+  // then doubled until the chunks fit the workspace (it always fits once C >= longest).
+  long long C = a.fixed_chunk;
+  if (C <= 0) {
+    C = a.max_auto_chunk;
+    while (C > a.min_chunk && tokens < a.target_items * C) C >>= 1;
+  }
+  long long chunks = count_chunks(a, C, tmp.reduce, &s_total);
+  while (chunks > buf.max_chunks && C < longest) {
+    C <<= 1;
+    chunks = count_chunks(a, C, tmp.reduce, &s_total);
+  }
+
+  // chunk_base: exclusive scan of chunks per request
+  if (threadIdx.x == 0) s_carry = 0;
+  __syncthreads();
+  for (int start = 0; start < a.batch; start += kPlanThreads) {
+    const int b = start + threadIdx.x;
+    int n = b < a.batch ? (int)((load_request(a, b).len + C - 1) / C) : 0;
+    int offset, block_total;
+    IntScan(tmp.scan).ExclusiveSum(n, offset, block_total);
+    const int carry = s_carry;
+    if (b < a.batch) buf.chunk_base[b] = carry + offset;
+    __syncthreads();
+    if (threadIdx.x == 0) s_carry = carry + block_total;
+    __syncthreads();
+  }
+  const int P = (int)chunks;
+  int hash_size = 64;
+  while (hash_size < 2 * P) hash_size <<= 1;
+  hash_size = min(hash_size, buf.hash_size);
+  for (int i = threadIdx.x; i < hash_size; i += kPlanThreads) {
+    buf.hash_keys[i] = kEmptyKey;
+    buf.hash_min_chunk[i] = 0x7fffffff;
+  }
+  for (int i = threadIdx.x; i < P; i += kPlanThreads) buf.chunk_readers[i] = 0;
+  if (threadIdx.x == 0) {
+    buf.chunk_base[a.batch] = P;
+    buf.meta[kMetaChunkTokens] = (int)C;
+    buf.meta[kMetaChunks] = P;
+    buf.meta[kMetaWorkItems] = 0;
+    buf.meta[kMetaTasks] = 0;
+    buf.meta[kMetaTokens] = (int)min(tokens, (long long)0x7fffffff);
+    buf.meta[kMetaUniqueTokens] = 0;
+    buf.meta[kMetaClamped] = (int)clamped;
+    buf.meta[kMetaHashSize] = hash_size;
+  }
+}
+
+// The request owning chunk i: the last b with chunk_base[b] <= i (empty requests own no chunk).
+__device__ __forceinline__ int chunk_request(const int* chunk_base, int batch, int i) {
+  int lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (chunk_base[mid] <= i) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+struct Chunk {
+  int b;
+  int64_t row, pos0, end;
+};
+__device__ __forceinline__ Chunk load_chunk(const TablePlanArgs& a, const TablePlanBuffers& buf, int i, int b) {
+  const int C = buf.meta[kMetaChunkTokens];
+  Request r = load_request(a, b);
+  Chunk ch;
+  ch.b = b;
+  ch.row = r.row;
+  ch.pos0 = (int64_t)(i - buf.chunk_base[b]) * C;
+  ch.end = min(r.len, ch.pos0 + C);
+  return ch;
+}
+
+__global__ void plan_keys_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
+  const int P = buf.meta[kMetaChunks];
+  const unsigned mask = (unsigned)buf.meta[kMetaHashSize] - 1;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < P; i += gridDim.x * blockDim.x) {
+    const int b = chunk_request(buf.chunk_base, a.batch, i);
+    const Chunk ch = load_chunk(a, buf, i, b);
+    const unsigned long long last = (unsigned long long)(uint32_t)slot_at(a, ch.row, ch.end - 1);
+    const unsigned long long key = (last << 32) | (uint32_t)ch.end;  // end < 2^31: never kEmptyKey
+    unsigned h = (unsigned)mix64(key) & mask;
+    while (true) {  // linear probing; the table is at least twice the number of chunks
+      unsigned long long prev = atomicCAS(&buf.hash_keys[h], kEmptyKey, key);
+      if (prev == kEmptyKey || prev == key) break;
+      h = (h + 1) & mask;
+    }
+    atomicMin(&buf.hash_min_chunk[h], i);
+    buf.chunk_request[i] = b;
+    buf.chunk_hash_slot[i] = (int)h;
+  }
+}
+
+// A warp per chunk: read the candidate's K/V only if every slot of the chunk is the same.
+__global__ void plan_leaders_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
+  const int P = buf.meta[kMetaChunks];
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * blockDim.x / 32;
+  for (int i = (blockIdx.x * blockDim.x + threadIdx.x) / 32; i < P; i += warps) {
+    const int cand = buf.hash_min_chunk[buf.chunk_hash_slot[i]];
+    int leader = i;
+    if (cand != i) {
+      const Chunk mine = load_chunk(a, buf, i, buf.chunk_request[i]);
+      const Chunk theirs = load_chunk(a, buf, cand, buf.chunk_request[cand]);
+      // (warp-uniform loop: every lane votes each round)
+      bool same = mine.pos0 == theirs.pos0 && mine.end == theirs.end;
+      for (int64_t base = mine.pos0; same && base < mine.end; base += 32) {
+        const int64_t pos = base + lane;
+        const bool eq = pos >= mine.end || slot_at(a, mine.row, pos) == slot_at(a, theirs.row, pos);
+        same = __all_sync(0xffffffff, eq);
+      }
+      if (same) leader = cand;
+    }
+    if (lane == 0) {
+      buf.chunk_leader[i] = leader;
+      atomicAdd(&buf.chunk_readers[leader], 1);
+    }
+  }
+}
+
+struct Add3 {
+  __device__ __forceinline__ int3 operator()(const int3& x, const int3& y) const {
+    return make_int3(x.x + y.x, x.y + y.y, x.z + y.z);
+  }
+};
+
+__global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
+  using Scan3 = cub::BlockScan<int3, kPlanThreads>;
+  __shared__ typename Scan3::TempStorage scan;
+  __shared__ typename LongReduce::TempStorage reduce;
+  __shared__ int3 s_carry;
+  const int P = buf.meta[kMetaChunks];
+  if (threadIdx.x == 0) s_carry = make_int3(0, 0, 0);
+  __syncthreads();
+  long long unique = 0;
+  for (int start = 0; start < P; start += kPlanThreads) {
+    const int i = start + threadIdx.x;
+    const bool lead = i < P && buf.chunk_leader[i] == i;
+    const int readers = lead ? buf.chunk_readers[i] : 0;
+    const int ntasks = lead ? (readers * a.group + a.rows_per_task - 1) / a.rows_per_task : 0;
+    int3 mine = make_int3(lead, readers, ntasks), offset, total;
+    Scan3(scan).ExclusiveScan(mine, offset, make_int3(0, 0, 0), Add3(), total);
+    const int3 carry = s_carry;
+    if (lead) {
+      const int w = carry.x + offset.x;
+      const Chunk ch = load_chunk(a, buf, i, buf.chunk_request[i]);
+      buf.chunk_work[i] = w;
+      buf.work_row[w] = (int)ch.row;
+      buf.work_pos0[w] = (int)ch.pos0;
+      buf.work_ntok[w] = (int)(ch.end - ch.pos0);
+      buf.work_reader_offsets[w] = carry.y + offset.y;
+      buf.work_fill[w] = 0;
+      const int t0 = carry.z + offset.z;
+      for (int k = 0; k < ntasks; ++k) {
+        buf.tasks[2 * (t0 + k)] = w;
+        buf.tasks[2 * (t0 + k) + 1] = k * a.rows_per_task;
+      }
+      unique += ch.end - ch.pos0;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) s_carry = make_int3(carry.x + total.x, carry.y + total.y, carry.z + total.z);
+    __syncthreads();
+  }
+  unique = LongReduce(reduce).Sum(unique);
+  if (threadIdx.x == 0) {
+    const int3 t = s_carry;
+    buf.work_reader_offsets[t.x] = t.y;
+    buf.meta[kMetaWorkItems] = t.x;
+    buf.meta[kMetaTasks] = t.z;
+    buf.meta[kMetaUniqueTokens] = (int)min(unique, (long long)0x7fffffff);
+  }
+}
+
+__global__ void plan_place_kernel(const TablePlanBuffers buf) {
+  const int P = buf.meta[kMetaChunks];
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < P; i += gridDim.x * blockDim.x) {
+    const int w = buf.chunk_work[buf.chunk_leader[i]];
+    const int r = buf.work_reader_offsets[w] + atomicAdd(&buf.work_fill[w], 1);
+    buf.work_readers[r] = buf.chunk_request[i];
+    buf.work_partials[r] = i;
+  }
+}
+
+}  // namespace
+
+int table_plan_hash_size(int max_chunks) {
+  int h = 64;
+  while (h < 2 * max_chunks) h <<= 1;
+  return h;
+}
+
+int64_t table_plan_ints(int max_batch, int max_chunks) {
+  const int64_t P = max_chunks;
+  return kMetaCount + (max_batch + 1) + 5 * P + table_plan_hash_size(max_chunks) + 3 * P + (P + 1) + 3 * P +
+         4 * P;
+}
+
+TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int max_batch, int max_chunks) {
+  TablePlanBuffers b{};
+  b.max_batch = max_batch;
+  b.max_chunks = max_chunks;
+  b.hash_size = table_plan_hash_size(max_chunks);
+  int* p = ints;
+  auto take = [&p](int64_t n) {
+    int* out = p;
+    p += n;
+    return out;
+  };
+  const int64_t P = max_chunks;
+  b.meta = take(kMetaCount);
+  b.chunk_base = take(max_batch + 1);
+  b.chunk_request = take(P);
+  b.chunk_hash_slot = take(P);
+  b.chunk_leader = take(P);
+  b.chunk_readers = take(P);
+  b.chunk_work = take(P);
+  b.hash_min_chunk = take(b.hash_size);
+  b.work_row = take(P);
+  b.work_pos0 = take(P);
+  b.work_ntok = take(P);
+  b.work_reader_offsets = take(P + 1);
+  b.work_fill = take(P);
+  b.work_readers = take(P);
+  b.work_partials = take(P);
+  b.tasks = take(4 * P);  // up to 2P tasks (group <= rows per task), two ints each
+  b.hash_keys = hash_keys;
+  return b;
+}
+
+cudaError_t table_plan_launch(const TablePlanArgs& a, const TablePlanBuffers& buf, int num_sms, cudaStream_t stream) {
+  const int grid = 2 * num_sms;
+  plan_chunks_kernel<<<1, kPlanThreads, 0, stream>>>(a, buf);
+  plan_keys_kernel<<<grid, 256, 0, stream>>>(a, buf);
+  plan_leaders_kernel<<<grid, 256, 0, stream>>>(a, buf);
+  plan_work_kernel<<<1, kPlanThreads, 0, stream>>>(a, buf);
+  plan_place_kernel<<<grid, 256, 0, stream>>>(buf);
+  return cudaGetLastError();
+}
+
+}  // namespace flashcore

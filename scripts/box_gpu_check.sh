@@ -1,0 +1,32 @@
+#!/bin/bash
+# On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, and the
+# kernel benchmarks, with logs and results under $OUT (one device call).
+#   bash scripts/box_gpu_check.sh [tests|sanitize|bench ...]   (default: all three)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export FLASHCORE_CACHE=${FLASHCORE_CACHE:-/tmp/fc} PYTHONPATH=$PWD
+steps=${*:-tests sanitize bench}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+start=$(date +%s)
+python3 -c "from sglang_flashcore import _jit; _jit.load()" 2>&1 | tail -3
+echo "build: $(( $(date +%s) - start )) s"
+for step in $steps; do
+  case $step in
+    tests)
+      python3 -m pytest tests -m gpu -q --maxfail=20 -p no:cacheprovider --deselect tests/test_gpu_sglang_kit.py \
+        > "$OUT/gpu_tests.txt" 2>&1
+      echo "gpu tests rc=$?"; tail -3 "$OUT/gpu_tests.txt" ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/sanitize_cases.py > "$OUT/sanitize_$tool.txt" 2>&1
+        echo "sanitizer $tool rc=$?"; tail -2 "$OUT/sanitize_$tool.txt"
+      done ;;
+    bench)
+      python3 scripts/bench_plan_build.py --json "$OUT/plan_build.json" --plot "$OUT/plan_build.png" > "$OUT/plan_build.txt" 2>&1
+      echo "plan_build rc=$?"; tail -8 "$OUT/plan_build.txt"
+      python3 scripts/bench_decode.py --graph --json "$OUT/decode_seed.json" --plot "$OUT/decode_seed.png" > "$OUT/decode_seed.txt" 2>&1
+      echo "decode rc=$?"; tail -14 "$OUT/decode_seed.txt" ;;
+  esac
+  echo "[$step done at $(( $(date +%s) - start )) s]"
+done

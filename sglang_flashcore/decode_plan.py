@@ -1,0 +1,317 @@
+"""Decode steps planned on the GPU straight from SGLang's page table.
+
+``PagedLayout`` + ``SharingPlan`` describe a step in general, but building them takes about a
+hundred small torch ops and several device syncs per step. Serving needs less: the radix cache
+already guarantees that the same KV slot at the same position holds the same token. So the
+``DecodePlanner`` cuts every request into position-aligned chunks of C tokens, groups the
+chunks of different requests whose slots are identical (a hash of the last slot and the end
+position, then a slot-by-slot check), and writes the decode kernel's work list into
+fixed-capacity device buffers — five kernel launches, no host sync, the same buffers every
+step, so it also runs before each CUDA-graph replay. See ``cuda/include/flashcore/decode_plan.h``.
+
+* chunk i is partial result i; request b owns chunks ``chunk_base[b]:chunk_base[b+1]`` and
+  merges them in position order (deterministic);
+* a work item = one chunk's K/V, loaded once per KV head and multiplied against all of its
+  readers' query rows on tensor cores.
+
+``plan_table_reference`` is the same plan built in plain torch (the tests' model of it), and
+``execute_plan_ref`` runs any such plan in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .checks import ATTENTION_DTYPES, check_head_dim, check_heads, check_len, check_positive_int, check_range, check_tensor
+
+__all__ = [
+    "DecodePlanner",
+    "TablePlan",
+    "paged_decode_table",
+    "plan_table_reference",
+    "execute_plan_ref",
+    "choose_chunk_tokens",
+]
+
+META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
+ROWS_PER_TASK = 64  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
+MIN_CHUNK_TOKENS = 64
+MAX_AUTO_CHUNK_TOKENS = 1024
+DEFAULT_WORKSPACE_BYTES = 256 << 20
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def target_chunks(num_kv_heads: int, device: torch.device) -> int:
+    """Chunks the automatic policy aims for: about four waves of two CTAs per SM over all KV heads."""
+    return -(-4 * 2 * _num_sms(device) // max(num_kv_heads, 1))
+
+
+def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0, target: int = 0,
+                        min_chunk: int = MIN_CHUNK_TOKENS, max_auto: int = MAX_AUTO_CHUNK_TOKENS) -> int:
+    """The planner's chunk size C (what the device computes, in Python): ``fixed`` if given, else
+    the largest power of two in [min_chunk, max_auto] that still gives ``target`` chunks of the
+    requested tokens; then doubled until the chunks fit ``max_chunks``."""
+    tokens, longest = sum(lengths), max(lengths, default=0)
+    chunk = fixed
+    if chunk <= 0:
+        chunk = max_auto
+        while chunk > min_chunk and tokens < target * chunk:
+            chunk //= 2
+    while sum(-(-n // chunk) for n in lengths) > max_chunks and chunk < longest:
+        chunk *= 2
+    return chunk
+
+
+@dataclass
+class TablePlan:
+    """A page-table plan in host form (for tests and reports).
+
+    Attributes:
+        chunk_tokens: C.
+        chunk_base: [B+1] request b's chunks (= partials) are chunk_base[b]:chunk_base[b+1].
+        work: one ``(req_to_token row, first position, tokens, partials)`` per work item, in
+            order of their leading (smallest) chunk; ``partials`` ascending (they name the
+            reader chunks; a reader's request owns that chunk).
+        tasks: kernel tasks (work items split into 64-row groups of readers x GQA group).
+        tokens: tokens requested; unique_tokens: tokens of all work items (loaded once each).
+    """
+
+    chunk_tokens: int
+    chunk_base: List[int]
+    work: List[Tuple[int, int, int, Tuple[int, ...]]]
+    tasks: int
+    tokens: int
+    unique_tokens: int
+    clamped: int = 0
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_base[-1] if self.chunk_base else 0
+
+    def chunk_owner(self) -> List[int]:
+        owner = []
+        for b in range(len(self.chunk_base) - 1):
+            owner += [b] * (self.chunk_base[b + 1] - self.chunk_base[b])
+        return owner
+
+
+def _as_list(t: torch.Tensor) -> List[int]:
+    return [int(x) for x in t.tolist()]
+
+
+def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                         chunk_tokens: int, group: int = 1) -> TablePlan:
+    """The planner's plan in plain Python: chunks grouped by identical slots at identical
+    positions, each group's leader its smallest chunk index."""
+    check_positive_int("chunk_tokens", chunk_tokens)
+    r2t = req_to_token.cpu()
+    rows, lens = _as_list(req_pool_indices), _as_list(seq_lens)
+    base, groups, order = [0], {}, []
+    tasks = 0
+    for b, (row, n) in enumerate(zip(rows, lens)):
+        for pos0 in range(0, n, chunk_tokens):
+            end = min(n, pos0 + chunk_tokens)
+            key = (pos0, end, tuple(_as_list(r2t[row, pos0:end])))
+            i = base[-1] + pos0 // chunk_tokens
+            if key not in groups:
+                groups[key] = (row, pos0, end - pos0, [])
+                order.append(key)
+            groups[key][3].append(i)
+        base.append(base[-1] + -(-n // chunk_tokens))
+    work = []
+    for key in order:
+        row, pos0, ntok, parts = groups[key]
+        work.append((row, pos0, ntok, tuple(sorted(parts))))
+        tasks += -(-len(parts) * group // ROWS_PER_TASK)
+    return TablePlan(chunk_tokens, base, work, tasks, sum(lens), sum(w[2] for w in work))
+
+
+def execute_plan_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
+                     plan: TablePlan, page_size: int = 1,
+                     softmax_scale: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs a page-table plan in float32, as the kernel does: one partial per (work item, reader),
+    then each request's partials merged in chunk order."""
+    from .reference import _attend_one, gather_kv, merge_states_ref
+
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    parts_o = [None] * plan.num_chunks
+    parts_lse = [None] * plan.num_chunks
+    owner = plan.chunk_owner()
+    for row, pos0, ntok, partials in plan.work:
+        slots = req_to_token[row, pos0:pos0 + ntok].to(torch.int64).to(k_cache.device)
+        k = gather_kv(k_cache, slots, page_size).float()
+        v = gather_kv(v_cache, slots, page_size).float()
+        for i in partials:
+            o, lse = _attend_one(q[owner[i]].float().unsqueeze(0), k, v, scale, causal=False)
+            parts_o[i], parts_lse[i] = o[0], lse[0]
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+    for b in range(q.shape[0]):
+        for i in range(plan.chunk_base[b], plan.chunk_base[b + 1]):
+            out[b], lse[b] = merge_states_ref(out[b], lse[b], parts_o[i], parts_lse[i])
+    return out, lse
+
+
+class DecodePlanner:
+    """Plans decode steps on the GPU and runs the decode kernel over them.
+
+    All buffers are allocated once, here: ``plan`` and ``run`` allocate nothing but the outputs,
+    never sync, and ``run`` can be captured in a CUDA graph (``plan`` runs before each replay).
+
+    Args:
+        max_batch: most requests a step may have (SGLang: ``req_to_token.shape[0]``).
+        num_q_heads, head_dim: size the partial-result workspace (upper bounds are fine).
+        device: a Hopper GPU.
+        workspace_bytes: memory for partial results; it bounds the chunks of a step, and the
+            planner makes chunks longer when a step would need more.
+    """
+
+    def __init__(self, max_batch: int, num_q_heads: int, head_dim: int, device,
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+        from . import _jit
+
+        check_positive_int("num_q_heads", num_q_heads)
+        check_positive_int("head_dim", head_dim)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.max_batch = max(int(max_batch), 1)
+        self.num_q_heads, self.head_dim = num_q_heads, head_dim
+        per_partial = num_q_heads * (head_dim + 1) * 4
+        self.max_chunks = max(self.max_batch, workspace_bytes // per_partial)
+        self._mod = _jit.load()
+        i32 = dict(dtype=torch.int32, device=self.device)
+        self.ints = torch.zeros(self._mod.table_plan_ints(self.max_batch, self.max_chunks), **i32)
+        self.hash = torch.zeros(self._mod.table_plan_hash_size(self.max_chunks), dtype=torch.int64, device=self.device)
+        self.partial_o = torch.empty(self.max_chunks * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
+        self.partial_lse = torch.empty(self.max_chunks * num_q_heads, dtype=torch.float32, device=self.device)
+        self.grid_work = 3 * _num_sms(self.device)  # three CTAs per SM loop over the tasks
+        self._batch: Optional[int] = None
+        self._group = 0
+        self._req_to_token: Optional[torch.Tensor] = None
+
+    def plan(self, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+             num_kv_heads: int, group: int, chunk_tokens: Optional[int] = None) -> None:
+        """Plans one step (asynchronously, on the current stream).
+
+        Args:
+            req_to_token: [rows, max_context] int32 KV slot of each request position.
+            req_pool_indices, seq_lens: [B] int32/int64 on the same device.
+            num_kv_heads: KV heads of the pool (the chunk policy aims at enough CTAs).
+            group: query heads per KV head, or an upper bound (it sizes the tasks).
+            chunk_tokens: a fixed chunk size; default: chosen on the device from the lengths.
+        """
+        if chunk_tokens is not None:
+            check_positive_int("chunk_tokens", chunk_tokens)
+        check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,), device=self.device)
+        for name, t in (("req_pool_indices", req_pool_indices), ("seq_lens", seq_lens)):
+            check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64), device=self.device)
+        check_len("req_pool_indices", req_pool_indices, seq_lens.shape[0], "one pool row per request, like seq_lens")
+        if seq_lens.shape[0] > self.max_batch:
+            raise ValueError(f"seq_lens: {seq_lens.shape[0]} requests, the planner holds {self.max_batch}")
+        if not 1 <= group <= ROWS_PER_TASK:
+            raise ValueError(f"group: expected 1..{ROWS_PER_TASK} query heads per KV head, got {group}")
+        self._mod.plan_decode_table(
+            req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
+            int(group), int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
+            target_chunks(num_kv_heads, self.device),
+        )
+        self._batch, self._group, self._req_to_token = seq_lens.shape[0], int(group), req_to_token
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, softmax_scale: float,
+            page_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``."""
+        from .kernels import DECODE_HEAD_DIMS, _check_kernel_input
+
+        _check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
+        if self._batch is None:
+            raise RuntimeError("DecodePlanner.run: call plan() first")
+        if q.shape[0] != self._batch:
+            raise ValueError(f"q: {q.shape[0]} requests, the last plan has {self._batch}")
+        group = q.shape[1] // max(k_cache.shape[1], 1)
+        if group > self._group:
+            raise ValueError(f"q/k_cache: {group} query heads per KV head, the plan was made for at most {self._group}")
+        return self._mod.paged_decode_table(
+            q, k_cache, v_cache, self._req_to_token, self.ints, self.hash, self.max_batch, self.max_chunks,
+            page_size, softmax_scale, self.partial_o, self.partial_lse, self.grid_work,
+        )
+
+    # ---- host-side views (each syncs; for reports and tests)
+    def _views(self) -> Dict[str, torch.Tensor]:
+        return dict(self._mod.table_plan_views(self.ints, self.hash, self.max_batch, self.max_chunks))
+
+    def meta(self) -> Dict[str, int]:
+        return dict(zip(META_FIELDS, _as_list(self._views()["meta"])))
+
+    def snapshot(self) -> TablePlan:
+        """The last plan, copied to the host in ``TablePlan`` form."""
+        v = {name: t.cpu() for name, t in self._views().items()}
+        meta = dict(zip(META_FIELDS, _as_list(v["meta"])))
+        w_count = meta["work_items"]
+        offs = _as_list(v["work_reader_offsets"][: w_count + 1])
+        work = []
+        for w in range(w_count):
+            parts = tuple(sorted(_as_list(v["work_partials"][offs[w]:offs[w + 1]])))
+            work.append((int(v["work_row"][w]), int(v["work_pos0"][w]), int(v["work_ntok"][w]), parts))
+        work.sort(key=lambda item: item[3][0])
+        return TablePlan(meta["chunk_tokens"], _as_list(v["chunk_base"][: self._batch + 1]), work, meta["tasks"],
+                         meta["tokens"], meta["unique_tokens"], meta["clamped"])
+
+
+def paged_decode_table(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    page_size: int = 1,
+    softmax_scale: Optional[float] = None,
+    chunk_tokens: Optional[int] = None,
+    check_bounds: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decode straight from SGLang's page table (one query token per request).
+
+    Request b attends to the KV slots ``req_to_token[req_pool_indices[b], :seq_lens[b]]`` of
+    ``k_cache``/``v_cache`` (SGLang's [slots, Hkv, D] pool, or head-major pages
+    [num_pages, Hkv, page_size, D]). On a Hopper GPU the plan is made on the device and chunks
+    with identical slots are loaded once for all their readers; elsewhere the float32 reference
+    runs. This convenience call allocates a ``DecodePlanner``; a server keeps one instead.
+
+    Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
+    """
+    from . import ops
+    from .api import _check_pools, _scale
+    from .layout import from_sglang
+    from .reference import paged_decode_ref
+
+    check_tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
+    check_head_dim("q", q.shape[-1])
+    check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32, torch.int64), device=q.device)
+    for name, t in (("req_pool_indices", req_pool_indices), ("seq_lens", seq_lens)):
+        check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64), device=q.device)
+        check_len(name, t, q.shape[0], "one entry per request of q")
+    num_slots = _check_pools(k_cache, v_cache, q, page_size)
+    check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
+    scale = _scale(softmax_scale, q.shape[-1])
+    if check_bounds:
+        check_range("req_pool_indices", req_pool_indices, 0, req_to_token.shape[0], "request pool row")
+        check_range("seq_lens", seq_lens, 0, req_to_token.shape[1] + 1, "sequence length")
+    layout = None
+    if check_bounds or not (q.is_cuda and ops.impl_mode() != "reference"):
+        layout = from_sglang(req_to_token, req_pool_indices, seq_lens, page_size, num_slots=num_slots,
+                             validate=check_bounds)
+    if not (q.is_cuda and ops.impl_mode() != "reference"):
+        out, lse = paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale=scale)
+        return out.to(q.dtype), lse.float()
+    planner = DecodePlanner(q.shape[0], q.shape[1], q.shape[2], q.device)
+    planner.plan(req_to_token.to(torch.int32), req_pool_indices, seq_lens, k_cache.shape[1],
+                 q.shape[1] // k_cache.shape[1], chunk_tokens)
+    return planner.run(q, k_cache, v_cache, scale, page_size)

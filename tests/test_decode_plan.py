@@ -1,0 +1,112 @@
+"""The page-table plan on CPU: its Python model (plan_table_reference) against the plain
+definition of sharing, the plan executed in float32 against the decode reference, the chunk
+policy, and paged_decode_table's reference route and argument errors."""
+
+import random
+
+import pytest
+import torch
+
+import sglang_flashcore as fc
+from cases import PATTERNS, make_page_table, random_qkv
+from sglang_flashcore.decode_plan import choose_chunk_tokens, execute_plan_ref, plan_table_reference
+from sglang_flashcore.reference import paged_decode_ref
+
+
+def _table(pattern, lengths, page, seed=0):
+    return make_page_table(pattern, lengths, page, seed)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("chunk", [1, 16, 64, 1000])
+def test_every_chunk_is_read_once_and_groups_hold_equal_slots(pattern, chunk):
+    pt = _table(pattern, [300, 41, 2000, 7, 300], 16, seed=3)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, chunk)
+    lens = pt.seq_lens.tolist()
+    assert plan.chunk_base == [0] + list(torch.tensor([-(-n // chunk) for n in lens]).cumsum(0).tolist())
+    seen = sorted(i for *_, parts in plan.work for i in parts)
+    assert seen == list(range(plan.num_chunks))
+    owner = plan.chunk_owner()
+    for row, pos0, ntok, parts in plan.work:
+        assert parts[0] == min(parts) and 1 <= ntok <= chunk
+        for i in parts:  # every reader's slots at these positions are the leader's
+            b = owner[i]
+            assert pos0 == (i - plan.chunk_base[b]) * chunk
+            assert pt.rows[b][pos0:pos0 + ntok] == pt.req_to_token[row, pos0:pos0 + ntok].tolist()
+    assert plan.tokens == sum(lens)
+    assert plan.unique_tokens == sum(w[2] for w in plan.work)
+
+
+def test_sharing_reduces_work_to_the_unique_chunks():
+    identical = _table("identical", [1000] * 6, 16)
+    plan = plan_table_reference(identical.req_to_token, identical.req_pool_indices, identical.seq_lens, 128)
+    assert len(plan.work) == 8 and all(len(parts) == 6 for *_, parts in plan.work)
+    assert plan.unique_tokens == 1000
+    none = _table("none", [1000] * 6, 16)
+    plan = plan_table_reference(none.req_to_token, none.req_pool_indices, none.seq_lens, 128)
+    assert len(plan.work) == 6 * 8 and plan.unique_tokens == 6000
+
+
+def test_tasks_split_large_reader_sets_into_64_row_groups():
+    pt = _table("identical", [100] * 40, 1)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 64, group=8)
+    assert plan.tasks == 2 * 5  # two chunks, 40 readers x 8 rows = 320 rows = 5 tasks each
+
+
+def _random_case(i):
+    rng = random.Random(i)
+    pattern = rng.choice(PATTERNS)
+    page = rng.choice([1, 16, 64])
+    hq, hkv = rng.choice([(4, 4), (8, 2), (6, 3), (8, 1)])
+    lengths = [rng.choice([1, 2, rng.randint(1, 300), rng.randint(1, 900)]) for _ in range(rng.randint(1, 6))]
+    chunk = rng.choice([1, 8, 64, 256])
+    return pattern, page, hq, hkv, lengths, chunk
+
+
+@pytest.mark.parametrize("i", range(40))
+def test_executed_plan_matches_the_decode_reference(i):
+    pattern, page, hq, hkv, lengths, chunk = _random_case(i)
+    pt = _table(pattern, lengths, page, seed=i)
+    q, k, v = random_qkv(len(lengths), hq, hkv, 64, pt.num_slots, torch.float64, seed=i)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, chunk, group=hq // hkv)
+    out, lse = execute_plan_ref(q, k, v, pt.req_to_token, plan, page, softmax_scale=0.3)
+    layout = fc.from_sglang(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, page)
+    ref_o, ref_l = paged_decode_ref(q, k, v, layout, softmax_scale=0.3)
+    torch.testing.assert_close(out.double(), ref_o, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_l, atol=1e-5, rtol=1e-5)
+
+
+def test_chunk_policy():
+    assert choose_chunk_tokens([5000, 10], max_chunks=100, fixed=256) == 256
+    # few tokens: the smallest chunk; many: the largest automatic one
+    assert choose_chunk_tokens([100] * 4, max_chunks=1000, target=132) == 64
+    assert choose_chunk_tokens([131072] * 8, max_chunks=10**6, target=132) == 1024
+    # a workspace of 10 partials: chunks grow until 8 x 5000 tokens fit in 10 chunks, or C covers a request
+    assert choose_chunk_tokens([5000] * 8, max_chunks=10, fixed=64) == 8192
+    assert choose_chunk_tokens([], max_chunks=1, target=100) == 64
+
+
+def test_paged_decode_table_on_cpu_runs_the_reference():
+    pt = _table("tree", [300, 41, 2000, 7], 16)
+    q, k, v = random_qkv(4, 8, 2, 64, pt.num_slots, torch.float32, seed=1)
+    out, lse = fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices, pt.seq_lens, page_size=16)
+    layout = fc.from_sglang(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 16)
+    ref_o, ref_l = paged_decode_ref(q, k, v, layout)
+    torch.testing.assert_close(out, ref_o.float())
+    torch.testing.assert_close(lse, ref_l.float())
+
+
+def test_paged_decode_table_errors_name_the_argument():
+    pt = _table("none", [10, 20], 16)
+    q, k, v = random_qkv(2, 4, 2, 64, pt.num_slots, torch.float32)
+    args = (pt.req_to_token, pt.req_pool_indices, pt.seq_lens)
+    with pytest.raises(ValueError, match="seq_lens"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices, pt.seq_lens[:1])
+    with pytest.raises(TypeError, match="req_to_token"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token.float(), *args[1:])
+    with pytest.raises(ValueError, match="seq_lens"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices, pt.seq_lens + 10_000)
+    with pytest.raises(ValueError, match="req_pool_indices"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices + 100, pt.seq_lens)
+    with pytest.raises(ValueError, match="req_to_token"):  # a slot past the pool
+        fc.paged_decode_table(q, k[:3], v[:3], *args)
