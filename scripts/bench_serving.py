@@ -345,8 +345,10 @@ def ratio_rows(results: Dict[str, Dict[str, Dict]], backends: List[str]) -> List
     return rows
 
 
-def write_report(args, backends, workloads, results, greedy, startup, quiet: bool = False) -> None:
-    """The table, the greedy comparison, --json and --plot (``quiet``: only --json)."""
+def write_report(args, backends, workloads, results, greedy, startup, quiet: bool = False,
+                 run_info: Optional[Dict] = None) -> None:
+    """The table, the greedy comparison, --json and --plot (``quiet``: only --json).
+    ``run_info``: where the runs were made (``--merge``), instead of this process's versions."""
     from bench_util import bar_plot, print_table
 
     ok_results = {b: {w: m for w, m in r.items() if w != "error"} for b, r in results.items()}
@@ -376,14 +378,17 @@ def write_report(args, backends, workloads, results, greedy, startup, quiet: boo
         info = {"command": " ".join(["python3"] + [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                 "python": platform.python_version(), "workloads": {w.name: w.description for w in workloads},
                 "startup_s": startup}
-        try:
-            import sglang
-            import torch
+        if run_info is not None:
+            info.update(run_info)
+        else:
+            try:
+                import sglang
+                import torch
 
-            info.update(sglang=sglang.__version__, torch=torch.__version__,
-                        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-        except Exception:
-            pass
+                info.update(sglang=sglang.__version__, torch=torch.__version__,
+                            device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+            except Exception:
+                pass
         with open(args.json, "w") as f:
             json.dump({"info": info, "rows": rows, "results": results, "greedy": greedy,
                        "comparison": comparison}, f, indent=1)
@@ -396,9 +401,13 @@ def write_report(args, backends, workloads, results, greedy, startup, quiet: boo
 def merge_runs(args) -> int:
     """Combines per-backend runs (each its own --json) into one report, greedy comparison included."""
     results, greedy, startup, workloads = {}, {}, {}, {}
+    run_info: Dict = {"merged_runs": []}
     for path in args.merge:
         with open(path) as f:
             run = json.load(f)
+        for key in ("device", "torch", "sglang", "python"):  # where the runs were made
+            run_info.setdefault(key, run["info"].get(key))
+        run_info["merged_runs"].append(run["info"].get("command"))
         results.update(run["results"])
         greedy.update(run["greedy"])
         startup.update(run["info"].get("startup_s", {}))
@@ -406,7 +415,7 @@ def merge_runs(args) -> int:
     backends = [b for b in args.backends.split(",") if b in results]
     args.check = bool(greedy)
     described = [Workload(name, [], 1, desc) for name, desc in workloads.items()]
-    write_report(args, backends, described, results, greedy, startup)
+    write_report(args, backends, described, results, greedy, startup, run_info=run_info)
     return 0
 
 

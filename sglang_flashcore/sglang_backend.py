@@ -2,10 +2,11 @@
 
 Metadata is built once per forward batch (``init_forward_metadata``) from the radix cache's
 page table and shared by every layer. Decode on a Hopper GPU: the ``DecodePlanner`` plans the
-step on the device (no host sync, fixed buffers, so the same path serves CUDA-graph replays).
-Extend, and decode on CPU: a ``PagedLayout`` (for extend, of the cached prefixes). Each layer
-then stores its new K/V through SGLang's KV pool, exactly as the built-in backends do, and
-runs the decode kernel / ``paged_decode`` / ``paged_extend``.
+step on the device (no host sync, fixed buffers, so the same path serves CUDA-graph replays);
+decode on CPU: a ``PagedLayout``. Extend: an ``ExtendPlan`` (every request's key slots, packed,
+and the varlen offsets; no host sync). Each layer then stores its new K/V through SGLang's KV
+pool, exactly as the built-in backends do, and runs the decode kernel / ``paged_decode`` /
+``extend_attention`` (one gather, then the dense kernel).
 
 Works with SGLang 0.5.17 through 0.5.23 (both use the ``init_forward_metadata_out_graph``
 / ``_in_graph`` contract for CUDA graphs).
@@ -21,8 +22,9 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import ops
-from .api import paged_decode, paged_extend
+from .api import paged_decode
 from .decode_plan import DecodePlanner
+from .extend_plan import ExtendPlan, extend_attention, plan_extend
 from .layout import PagedLayout, from_sglang
 
 if TYPE_CHECKING:
@@ -47,9 +49,8 @@ class UnsupportedFeatureError(NotImplementedError):
 class ForwardMetadata:
     """What every layer of one forward pass reads."""
 
-    layout: Optional[PagedLayout] = None  # extend: the cached prefixes; CPU decode: the sequences
-    cu_seqlens_q: Optional[torch.Tensor] = None  # extend only
-    max_extend_len: int = 0
+    layout: Optional[PagedLayout] = None  # CPU decode: the sequences
+    extend: Optional[ExtendPlan] = None  # extend: the keys of every request
     planner: Optional[DecodePlanner] = None  # GPU decode: planned on the device, run from its buffers
 
 
@@ -203,19 +204,13 @@ class FlashCoreBackend(AttentionBackend):
             )
             return ForwardMetadata(layout=layout)
         # extend (and mixed: decode requests arrive as extends of length 1)
-        prefix_lens = forward_batch.extend_prefix_lens
-        extend_lens = forward_batch.extend_seq_lens
-        prefix_cpu = getattr(forward_batch, "extend_prefix_lens_cpu", None)
-        layout = from_sglang(
-            req_to_token, forward_batch.req_pool_indices, prefix_lens, self.page_size,
-            num_slots=self._num_slots(), validate=False,
-            total_tokens=sum(prefix_cpu) if prefix_cpu is not None else None,
+        plan = plan_extend(
+            req_to_token, forward_batch.req_pool_indices, forward_batch.extend_prefix_lens,
+            forward_batch.extend_seq_lens, forward_batch.out_cache_loc,
+            prefix_lens_cpu=getattr(forward_batch, "extend_prefix_lens_cpu", None),
+            extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None),
         )
-        cu = torch.zeros(extend_lens.shape[0] + 1, dtype=torch.int32, device=extend_lens.device)
-        torch.cumsum(extend_lens, 0, out=cu[1:])
-        ext_cpu = getattr(forward_batch, "extend_seq_lens_cpu", None)
-        max_len = max(ext_cpu, default=0) if ext_cpu is not None else int(extend_lens.max(initial=0))
-        return ForwardMetadata(layout=layout, cu_seqlens_q=cu, max_extend_len=int(max_len))
+        return ForwardMetadata(extend=plan)
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch"):
         """Eager path: one layout per forward batch, shared by all layers."""
@@ -283,15 +278,14 @@ class FlashCoreBackend(AttentionBackend):
         meta = self.forward_metadata
         k_buf, v_buf = self._kv_buffers(layer)
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
-        if k is None or v is None:  # the new tokens' K/V are only in the pool
-            k_new, v_new = k_buf[forward_batch.out_cache_loc], v_buf[forward_batch.out_cache_loc]
-        else:
+        k_new = v_new = None
+        if k is not None and v is not None:
             k_new = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
-        out, _ = paged_extend(
-            q3, k_new.to(q3.dtype), v_new.to(q3.dtype), k_buf, v_buf, meta.layout, meta.cu_seqlens_q,
-            softmax_scale=layer.scaling, max_seqlen_q=meta.max_extend_len, check_bounds=False,
-        )
+        # stored just now, or (k is None) the model stored them itself
+        in_cache = save_kv_cache or k_new is None
+        out = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
+                               new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc)
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

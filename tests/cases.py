@@ -145,3 +145,44 @@ def random_qkv(batch, hq, hkv, d, num_slots, dtype=torch.float32, seed=0, device
     k = torch.randn(num_slots, hkv, d, generator=g, dtype=torch.float32).to(dtype).to(device)
     v = torch.randn(num_slots, hkv, d, generator=g, dtype=torch.float32).to(dtype).to(device)
     return q, k, v
+
+
+@dataclass
+class ExtendCase:
+    """An extend batch on SGLang's pools: the new tokens' slots are already in req_to_token and
+    their K/V already stored in the pool (as SGLang does before attention runs)."""
+
+    table: PageTable
+    prefix: List[int]
+    extend: List[int]
+    out_cache_loc: torch.Tensor  # [sum(extend)] int64, request-major
+    q: torch.Tensor  # [sum(extend), Hq, D]
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+    @property
+    def k_new(self) -> torch.Tensor:
+        return self.k_cache[self.out_cache_loc]
+
+    @property
+    def v_new(self) -> torch.Tensor:
+        return self.v_cache[self.out_cache_loc]
+
+    def cu_seqlens_q(self) -> torch.Tensor:
+        cu = torch.zeros(len(self.extend) + 1, dtype=torch.int32, device=self.q.device)
+        cu[1:] = torch.tensor(self.extend, device=self.q.device).cumsum(0)
+        return cu
+
+
+def make_extend_case(prefix: Sequence[int], extend: Sequence[int], page: int, hq: int, hkv: int, d: int,
+                     dtype=torch.float32, device="cpu", seed: int = 0, shared: bool = False) -> ExtendCase:
+    """``shared``: every request's prefix is one common page-aligned prefix (a radix-cache hit)."""
+    pattern = "prefix" if shared else "none"
+    pt = make_page_table(pattern, [p + e for p, e in zip(prefix, extend)], page, seed=seed,
+                         shared=min(prefix, default=0))
+    g = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(pt.num_slots, hkv, d, generator=g).to(dtype).to(device)
+    v_cache = torch.randn(pt.num_slots, hkv, d, generator=g).to(dtype).to(device)
+    q = torch.randn(sum(extend), hq, d, generator=g).to(dtype).to(device)
+    loc = torch.tensor([s for row, p in zip(pt.rows, prefix) for s in row[p:]], dtype=torch.long, device=device)
+    return ExtendCase(pt, list(prefix), list(extend), loc, q, k_cache, v_cache)

@@ -1,0 +1,55 @@
+"""The SGLang backend's extend path on the GPU: the per-batch plan, one gather, the dense kernel
+(bottom-right causal varlen), against the float32 ``paged_extend_ref`` over a randomized grid."""
+
+import random
+
+import pytest
+import torch
+
+import sglang_flashcore as fc
+from cases import make_extend_case
+from sglang_flashcore.extend_plan import extend_attention, plan_extend
+from sglang_flashcore.reference import paged_extend_ref
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e-2, rtol=1e-2)}
+
+
+def _case(i):
+    rng = random.Random(12000 + i)
+    page = rng.choice([1, 16, 64, 128])
+    d = rng.choice([64, 128])
+    hkv = rng.choice([1, 2, 8])
+    hq = hkv * rng.choice([1, 4, 8])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    batch = rng.choice([1, 2, 4, 7])
+    shared = rng.random() < 0.5
+    prefix = [rng.choice([0, 0, 1, page, 3 * page, rng.randint(0, 900)]) for _ in range(batch)]
+    if shared:
+        prefix = [(rng.randint(0, 900) // page) * page] * batch
+    ext = [rng.choice([1, 2, 17, 128, rng.randint(1, 400)]) for _ in range(batch)]
+    mode = rng.choice(["in_cache", "in_cache", "passed", "pool_only"])
+    return page, d, hq, hkv, dtype, prefix, ext, shared, mode
+
+
+@pytest.mark.parametrize("i", range(200))
+def test_extend_plan_on_the_dense_kernel_matches_reference(i):
+    page, d, hq, hkv, dtype, prefix, ext, shared, mode = _case(i)
+    case = make_extend_case(prefix, ext, page, hq, hkv, d, dtype, device="cuda", seed=i, shared=shared)
+    pt = case.table
+    prefix_t = torch.tensor(prefix, device="cuda")
+    layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, page)
+    ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
+                              case.cu_seqlens_q(), softmax_scale=0.1)
+    plan = plan_extend(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, torch.tensor(ext, device="cuda"),
+                       case.out_cache_loc, prefix_lens_cpu=prefix, extend_lens_cpu=ext)
+    k_new, v_new = case.k_new, case.v_new
+    if mode == "passed":
+        case.k_cache[case.out_cache_loc] = float("nan")
+        case.v_cache[case.out_cache_loc] = float("nan")
+    keep = mode != "pool_only"
+    out = extend_attention(case.q, k_new if keep else None, v_new if keep else None, case.k_cache, case.v_cache, plan,
+                           0.1, new_kv_in_cache=mode != "passed", out_cache_loc=case.out_cache_loc)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, **TOL[dtype])
