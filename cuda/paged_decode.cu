@@ -333,50 +333,74 @@ __global__ void __launch_bounds__(kThreads, 3) paged_decode_table_kernel(const P
   }
 }
 
-// One block per (request, 4 query heads); D/4 threads per head, 4 columns each. Pass 1 finds
-// each head's largest LSE and the sum of weights (a fixed reduction tree: deterministic);
-// pass 2 sums weight * partial with independent loads, so a long list of partials streams
-// instead of walking a chain of dependent loads.
+// One block per (request, query head). The block's kSplit groups of D/4 lanes (4 columns per
+// lane) take every kSplit-th partial: pass 1 finds the largest LSE and the sum of weights, pass 2
+// sums weight * partial with independent loads; the groups' sums are then added in group order
+// through shared memory. Every reduction has a fixed shape, so results are deterministic, and a
+// request with many partials (128K tokens: 128 of them) streams through kSplit x 8 loads in flight.
+constexpr int kMergeSplit = 4;
+
 template <typename T, int D>
-__global__ void merge_partials_kernel(const PagedDecodeParams p) {
-  constexpr int kLanes = D / 4;  // threads per head: 32 (D=128) or 16 (D=64), within one warp
-  const int b = blockIdx.x;
-  // no early return: the shuffles below need every lane of the warp (two heads share one at D=64)
-  const bool valid = blockIdx.y * 4 + threadIdx.y < p.num_q_heads;
-  const int head = valid ? blockIdx.y * 4 + threadIdx.y : 0;
-  const int x = threadIdx.x;
-  const int i0 = p.merge_offsets[b], i1 = valid ? p.merge_offsets[b + 1] : i0;
+__global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(const PagedDecodeParams p) {
+  constexpr int kLanes = D / 4;  // lanes per group: 32 (D=128) or 16 (D=64)
+  __shared__ float s_m[kMergeSplit], s_l[kMergeSplit];
+  __shared__ float4 s_acc[kMergeSplit][kLanes];
+  const int b = blockIdx.x, head = blockIdx.y;
+  const int x = threadIdx.x, g = threadIdx.y;
+  const int i0 = p.merge_offsets[b], i1 = p.merge_offsets[b + 1];
   const float* lse_col = p.partial_lse + head;
-  float m = -INFINITY;
   const int* order = p.merge_partials;  // null: partials are already in merge order (table mode)
   auto part_at = [order](int i) -> int64_t { return order ? order[i] : i; };
-  for (int i = i0 + x; i < i1; i += kLanes) m = fmaxf(m, lse_col[part_at(i) * p.num_q_heads]);
+  auto lse_at = [&](int i) { return lse_col[part_at(i) * p.num_q_heads]; };
+
+  // pass 1: the block's largest LSE
+  float m = -INFINITY;
+  for (int i = i0 + g * kLanes + x; i < i1; i += kLanes * kMergeSplit) m = fmaxf(m, lse_at(i));
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off, kLanes));
-  float l = 0.f;
-  if (m != -INFINITY)
-    for (int i = i0 + x; i < i1; i += kLanes) l += __expf(lse_col[part_at(i) * p.num_q_heads] - m);
+  if (x == 0) s_m[g] = m;
+  __syncthreads();
+  m = s_m[0];
 #pragma unroll
-  for (int off = kLanes / 2; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffff, l, off, kLanes);
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int j = 1; j < kMergeSplit; ++j) m = fmaxf(m, s_m[j]);
+
+  // pass 2: this group's partials i0 + g, i0 + g + kSplit, ...
+  float l = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   const int d0 = x * 4;
   if (m != -INFINITY) {
-#pragma unroll 4
-    for (int i = i0; i < i1; ++i) {
+#pragma unroll 8
+    for (int i = i0 + g; i < i1; i += kMergeSplit) {
       const int64_t part = part_at(i);
-      float w = __expf(lse_col[part * p.num_q_heads] - m);
-      float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
-      acc[0] += w * v.x;
-      acc[1] += w * v.y;
-      acc[2] += w * v.z;
-      acc[3] += w * v.w;
+      const float w = __expf(lse_col[part * p.num_q_heads] - m);
+      const float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
+      l += w;
+      acc.x += w * v.x;
+      acc.y += w * v.y;
+      acc.z += w * v.z;
+      acc.w += w * v.w;
     }
   }
-  if (!valid) return;
-  float inv = l > 0.f ? 1.f / l : 0.f;
-  T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
+  s_acc[g][x] = acc;
+  if (x == 0) s_l[g] = l;
+  __syncthreads();
+  if (g != 0) return;
+  l = 0.f;
+  acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-  for (int j = 0; j < 4; ++j) out[j] = Pack2<T>::from_float(acc[j] * inv);
+  for (int j = 0; j < kMergeSplit; ++j) {  // group order: deterministic
+    l += s_l[j];
+    acc.x += s_acc[j][x].x;
+    acc.y += s_acc[j][x].y;
+    acc.z += s_acc[j][x].z;
+    acc.w += s_acc[j][x].w;
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
+  out[0] = Pack2<T>::from_float(acc.x * inv);
+  out[1] = Pack2<T>::from_float(acc.y * inv);
+  out[2] = Pack2<T>::from_float(acc.z * inv);
+  out[3] = Pack2<T>::from_float(acc.w * inv);
   if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
@@ -395,8 +419,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  dim3 grid(p.batch, (p.num_q_heads + 3) / 4);
-  merge_partials_kernel<T, D><<<grid, dim3(D / 4, 4), 0, stream>>>(p);
+  merge_partials_kernel<T, D><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, kMergeSplit), 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
-from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_ms  # noqa: E402
+from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_ms, wall_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -84,22 +84,6 @@ def graph_replay_ms(planner, q, k_cache, v_cache, page, repeats):
     return ms
 
 
-def wall_ms(fn, repeats=10):
-    """Host wall clock of fn until the GPU is done (what a step pays for planning)."""
-    import statistics
-    import time
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None, graph=False):
     dev = "cuda"
     r2t, num_slots = shared_page_table(batch, context, page, frac, dev)
@@ -119,14 +103,14 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
         return layout
 
     layout = build()
-    build_ms = wall_ms(build, repeats=5)
+    build_ms = wall_ms(build, repeats=5, warmup=1)
     stats = layout.plan(layout_chunk).stats(hkv, d, hq, q.element_size())
     layout_api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=layout_chunk, check_bounds=False)  # noqa: E731
     layout_api_ms = time_ms(layout_api, repeats=repeats)
 
     planner = DecodePlanner(batch, hq, d, q.device)
     plan = lambda: planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)  # noqa: E731
-    plan_ms = wall_ms(plan)
+    plan_ms = wall_ms(plan, repeats=10, warmup=1)
     meta = planner.meta()
     scale = d ** -0.5
     ours = lambda: planner.run(q, k_cache, v_cache, scale, page)  # noqa: E731

@@ -1,6 +1,9 @@
 """Extend (prefill over a cached prefix) benchmark, same run, same GPU:
 
-* ours: ``paged_extend`` from the page table (the prefix gather included);
+* backend: what ``FlashCoreBackend`` runs per layer — ``extend_attention`` over an ``ExtendPlan``
+  (one gather of the keys from the pool, none without a prefix, then the dense kernel); the plan
+  itself is made once per batch and timed separately (``plan_ms``, host wall clock);
+* ours: ``paged_extend`` from a ``PagedLayout`` (the public API; its prefix gather included);
 * our dense kernel on already-gathered K/V (the same total work, no gather);
 * torch SDPA (cuDNN) on the gathered contiguous K/V, bottom-right causal mask; gather timed separately.
 
@@ -23,7 +26,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms, wall_ms  # noqa: E402
+from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
 
 
 def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
@@ -42,6 +46,15 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
     flops = 4 * hq * d * batch * (new * prefix + new * (new + 1) / 2)
     ours = lambda: fc.paged_extend(q, k_new, v_new, k_cache, v_cache, layout, cu_q, max_seqlen_q=new, check_bounds=False)  # noqa: E731
     row = dict(B=batch, L=length, prefix=prefix, new=new, page=page, Hq=hq, Hkv=hkv, D=d)
+    pre_t, ext_t = torch.full((batch,), prefix, device=dev), torch.full((batch,), new, device=dev)
+    make_plan = lambda: plan_extend(r2t, idx, pre_t, ext_t, new_slots, prefix_lens_cpu=[prefix] * batch,  # noqa: E731
+                                    extend_lens_cpu=[new] * batch)
+    row["plan_ms"] = wall_ms(make_plan, repeats=repeats)
+    plan = make_plan()
+    scale = d ** -0.5
+    backend = lambda: extend_attention(q, k_new, v_new, k_cache, v_cache, plan, scale)  # noqa: E731
+    row["backend_ms"] = time_ms(backend, repeats=repeats, flush=False)
+    row["backend_TF"] = flops / row["backend_ms"] / 1e9
     row["ours_ms"] = time_ms(ours, repeats=repeats, flush=False)
     row["ours_TF"] = flops / row["ours_ms"] / 1e9
     # gathered, contiguous K/V of every request: [B, L, Hkv, D]
@@ -55,6 +68,7 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
     row["dense_ms"] = time_ms(dense, repeats=repeats, flush=False)
     row["dense_TF"] = flops / row["dense_ms"] / 1e9
     row["ours_over_dense"] = row["ours_TF"] / row["dense_TF"]
+    row["backend_over_dense"] = row["backend_TF"] / row["dense_TF"]
     try:
         from torch.nn.attention.bias import causal_lower_right
 
@@ -67,6 +81,7 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
             row["sdpa_ms"] = time_ms(fn, repeats=repeats, flush=False)
         row["sdpa_TF"] = flops / row["sdpa_ms"] / 1e9
         row["ours_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["ours_ms"]
+        row["backend_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["backend_ms"]
     except (RuntimeError, ImportError) as exc:
         print(f"  SDPA unavailable: {str(exc).splitlines()[0][:120]}")
     del kg, vg
@@ -91,14 +106,17 @@ def main():
                 for frac in map(float, args.fractions.split(",")):
                     rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats))
                     r = rows[-1]
-                    print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: ours {r['ours_TF']:.0f} TF, "
+                    print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: backend {r['backend_TF']:.0f} TF "
+                          f"(plan {r['plan_ms']:.3f} ms), paged_extend {r['ours_TF']:.0f} TF, "
                           f"dense {r['dense_TF']:.0f} TF, SDPA {r.get('sdpa_TF', float('nan')):.0f} TF", flush=True)
-    cols = ["page", "B", "L", "prefix", "new", "ours_ms", "ours_TF", "dense_TF", "ours_over_dense", "gather_ms",
-            "sdpa_TF", "ours_over_sdpa_plus_gather"]
+    cols = ["page", "B", "L", "prefix", "new", "backend_ms", "backend_TF", "plan_ms", "ours_ms", "ours_TF", "dense_TF",
+            "backend_over_dense", "ours_over_dense", "gather_ms", "sdpa_TF", "backend_over_sdpa_plus_gather",
+            "ours_over_sdpa_plus_gather"]
     labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
     report(args, info, rows, cols, "extend (bf16, Hq 32, Hkv 8, D 128)", labels,
-           {"ours (paged)": [r["ours_TF"] for r in rows], "our dense, pre-gathered": [r["dense_TF"] for r in rows],
+           {"backend (ExtendPlan)": [r["backend_TF"] for r in rows], "paged_extend": [r["ours_TF"] for r in rows], "our dense, pre-gathered": [r["dense_TF"] for r in rows],
             "SDPA (gather not counted)": [r.get("sdpa_TF") for r in rows]}, "TFLOPS")
+
 
 if __name__ == "__main__":
     main()

@@ -18,12 +18,10 @@ and prints the planning share of the attention part of a step. Usage:
 from __future__ import annotations
 
 import random
-import statistics
-import time
 
 import torch
 
-from bench_util import base_parser, report, require_cuda, time_ms
+from bench_util import base_parser, report, require_cuda, time_ms, wall_ms
 
 import sglang_flashcore as fc
 from sglang_flashcore.decode_plan import DecodePlanner
@@ -50,19 +48,6 @@ def serving_page_table(batch: int, seed: int, device: str, prompt=(128, 4096), d
                 base += 1
     seq_lens = torch.tensor([p + d for p, d in zip(prompts, decodes)], dtype=torch.int32)
     return r2t.to(device), seq_lens.to(device), base
-
-
-def wall_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main():

@@ -12,6 +12,7 @@ import json
 import platform
 import statistics
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -59,6 +60,21 @@ def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median host wall clock of ``fn`` until the GPU is done: what a serving step pays for
+    host-bound work such as planning."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 

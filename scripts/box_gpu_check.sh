@@ -1,12 +1,12 @@
 #!/bin/bash
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, and the
 # kernel benchmarks, with logs and results under $OUT (one device call).
-#   bash scripts/box_gpu_check.sh [tests|sanitize|bench ...]   (default: all three)
+#   bash scripts/box_gpu_check.sh [tests|sanitize|bench|extend ...]   (default: all four)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export FLASHCORE_CACHE=${FLASHCORE_CACHE:-/tmp/fc} PYTHONPATH=$PWD
-steps=${*:-tests sanitize bench}
+steps=${*:-tests sanitize bench extend}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 start=$(date +%s)
 python3 -c "from sglang_flashcore import _jit; _jit.load()" 2>&1 | tail -3
@@ -26,7 +26,14 @@ for step in $steps; do
       python3 scripts/bench_plan_build.py --json "$OUT/plan_build.json" --plot "$OUT/plan_build.png" > "$OUT/plan_build.txt" 2>&1
       echo "plan_build rc=$?"; tail -8 "$OUT/plan_build.txt"
       python3 scripts/bench_decode.py --graph --json "$OUT/decode_seed.json" --plot "$OUT/decode_seed.png" > "$OUT/decode_seed.txt" 2>&1
-      echo "decode rc=$?"; tail -14 "$OUT/decode_seed.txt" ;;
+      echo "decode rc=$?"; tail -14 "$OUT/decode_seed.txt"
+      python3 scripts/bench_decode.py --config 8,32,32768,128,1,0.5 --config 8,32,32768,128,16,0.5 \
+        --config 8,32,32768,128,128,0.5 --json "$OUT/decode_pages.json" --plot "$OUT/decode_pages.png" \
+        > "$OUT/decode_pages.txt" 2>&1
+      echo "decode pages rc=$?"; tail -13 "$OUT/decode_pages.txt" | cut -c1-140 ;;
+    extend)
+      python3 scripts/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
+      echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done
