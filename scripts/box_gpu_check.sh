@@ -3,8 +3,11 @@
 # kernel benchmarks, with logs and results under $OUT (one device call).
 #   bash scripts/box_gpu_check.sh [tests|sanitize|bench|extend ...]   (default: all four)
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/out}
+# everything goes to one folder, packed into $OUT/results.tgz at the end (the device tool returns
+# at most 8 files)
+mkdir -p "$FINAL"
+OUT=$(mktemp -d)
 export FLASHCORE_CACHE=${FLASHCORE_CACHE:-/tmp/fc} PYTHONPATH=$PWD
 steps=${*:-tests sanitize bench extend}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
@@ -37,3 +40,5 @@ for step in $steps; do
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done
+tar -czf "$FINAL/results.tgz" -C "$OUT" .
+echo "results: $FINAL/results.tgz ($(ls "$OUT" | wc -l) files)"
