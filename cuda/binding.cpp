@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -302,6 +303,12 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   // every reader set of a step has at most B requests: a small batch needs fewer query tiles
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
+  // FLASHCORE_DECODE_GRID=task_major: the former grid order, kept for A/B measurements
+  static const bool task_major = [] {
+    const char* v = std::getenv("FLASHCORE_DECODE_GRID");
+    return v != nullptr && std::string(v) == "task_major";
+  }();
+  p.head_fastest = !task_major;
   const at::cuda::CUDAGuard guard(q.device());
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }

@@ -63,10 +63,10 @@ __device__ __forceinline__ int64_t slot_offset(const PagedDecodeParams& p, int s
   return (s / p.page_size) * p.kv_stride_page + (s % p.page_size) * p.kv_stride_tok;
 }
 
-// One work item (or, in table mode, one 64-row task of it) for KV head blockIdx.y.
+// One work item (or, in table mode, one 64-row task of it) for KV head h.
 template <typename T, int D, bool kTable>
-__device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int row_base,
-                                                 unsigned char* smem_raw) {
+__device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
+                                                 const int row_base, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
   constexpr int kChunks = Tile::kChunks;
   constexpr int kRowsPerThread = kTileN * kChunks / kThreads;  // tile rows each thread copies
@@ -74,7 +74,6 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
-  const int h = blockIdx.y;
   const int r0 = p.work_reader_offsets[w], r1 = p.work_reader_offsets[w + 1];
   const int G = p.group;
   const int rows = (r1 - r0) * G;
@@ -317,18 +316,24 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   for (int w = blockIdx.x; w < p.num_work; w += gridDim.x) {
-    decode_work_item<T, D, false>(p, w, blockIdx.z * kDecodeRowsPerCta, smem_raw);
+    decode_work_item<T, D, false>(p, w, blockIdx.y, blockIdx.z * kDecodeRowsPerCta, smem_raw);
     __syncthreads();  // the next item reuses shared memory
   }
 }
 
-// Table mode: a fixed grid loops over the planner's (work item, first row) tasks.
+// Table mode: a fixed grid loops over the planner's (work item, first row) tasks. The KV head is
+// the grid's fastest index (head_fastest), so the CTAs resident at one time read every head of
+// the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
+// reading them together keeps DRAM rows open instead of visiting each row once per head.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 3) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int num_tasks = *p.num_tasks_dev;
-  for (int t = blockIdx.x; t < num_tasks; t += gridDim.x) {
-    decode_work_item<T, D, true>(p, p.tasks[2 * t], p.tasks[2 * t + 1], smem_raw);
+  const int h = p.head_fastest ? blockIdx.x : blockIdx.y;
+  const int first = p.head_fastest ? blockIdx.y : blockIdx.x;
+  const int stride = p.head_fastest ? gridDim.y : gridDim.x;
+  for (int t = first; t < num_tasks; t += stride) {
+    decode_work_item<T, D, true>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
     __syncthreads();
   }
 }
@@ -415,6 +420,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     const int row_groups = table ? 1 : (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
     dim3 grid(table ? p.grid_work : p.num_work, p.num_kv_heads, row_groups);
+    if (table && p.head_fastest) grid = dim3(p.num_kv_heads, p.grid_work, 1);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -186,3 +186,39 @@ def make_extend_case(prefix: Sequence[int], extend: Sequence[int], page: int, hq
     q = torch.randn(sum(extend), hq, d, generator=g).to(dtype).to(device)
     loc = torch.tensor([s for row, p in zip(pt.rows, prefix) for s in row[p:]], dtype=torch.long, device=device)
     return ExtendCase(pt, list(prefix), list(extend), loc, q, k_cache, v_cache)
+
+
+DECODE_HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4), (6, 2), (5, 5), (10, 2)]
+
+
+def random_decode_case(rng: random.Random, heads=DECODE_HEADS, batches=(1, 2, 3, 5, 8, 17)):
+    """A randomized decode batch: (pattern, page, hq, hkv, d, dtype, lengths); one in ten has a
+    5K-20K-token request among short ones."""
+    pattern = rng.choice(PATTERNS)
+    page = rng.choice([1, 16, 64, 128])
+    hq, hkv = rng.choice(heads)
+    d = rng.choice([64, 128])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    batch = rng.choice(batches)
+    long = rng.random() < 0.1
+    lengths = [rng.choice([1, 2, 7, rng.randint(1, 600), rng.randint(1, 3000)] + ([rng.randint(5000, 20000)] if long else []))
+               for _ in range(batch)]
+    return pattern, page, hq, hkv, d, dtype, lengths
+
+
+def random_extend_case(rng: random.Random):
+    """A randomized extend batch: (page, d, hq, hkv, dtype, prefix lengths, extend lengths, shared);
+    half of them share one page-aligned prefix, as the radix cache hands it out."""
+    page = rng.choice([1, 16, 64, 128])
+    d = rng.choice([64, 128])
+    hkv = rng.choice([1, 2, 8])
+    hq = hkv * rng.choice([1, 4, 8])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    batch = rng.choice([1, 2, 4, 7])
+    shared = rng.random() < 0.5
+    prefix = [rng.choice([0, 1, page, 3 * page, rng.randint(0, 900)]) for _ in range(batch)]
+    if shared:
+        common = (rng.randint(0, 900) // page) * page
+        prefix = [common] * batch
+    ext = [rng.choice([0, 1, 2, 17, 128, rng.randint(1, 400)]) for _ in range(batch)]
+    return page, d, hq, hkv, dtype, prefix, ext, shared

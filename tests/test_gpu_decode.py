@@ -6,28 +6,16 @@ import pytest
 import torch
 
 import sglang_flashcore as fc
-from cases import PATTERNS, make_page_table
+from cases import make_page_table, random_decode_case
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.2e-2, rtol=1e-2)}
-HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4), (6, 2), (5, 5), (10, 2)]
-
-
 def _random_case(i: int):
     rng = random.Random(1000 + i)
-    pattern = rng.choice(PATTERNS)
-    page = rng.choice([1, 16, 64, 128])
-    hq, hkv = rng.choice(HEADS)
-    d = rng.choice([64, 128])
-    dtype = rng.choice([torch.float16, torch.bfloat16])
-    batch = rng.choice([1, 2, 3, 5, 8, 17])
-    long = rng.random() < 0.1
-    lengths = [rng.choice([1, 2, 7, rng.randint(1, 600), rng.randint(1, 3000)] + ([rng.randint(5000, 20000)] if long else []))
-               for _ in range(batch)]
-    chunk = rng.choice([16, 64, 128, 256, 512, 1024])
-    return pattern, page, hq, hkv, d, dtype, lengths, chunk
+    case = random_decode_case(rng)
+    return (*case, rng.choice([16, 64, 128, 256, 512, 1024]))
 
 
 def _run_case(pattern, page, hq, hkv, d, dtype, lengths, chunk, seed=0, head_major=False):

@@ -8,29 +8,20 @@ import pytest
 import torch
 
 import sglang_flashcore as fc
-from cases import PATTERNS, make_page_table
+from cases import DECODE_HEADS, make_page_table, random_decode_case
 from sglang_flashcore.decode_plan import DecodePlanner, choose_chunk_tokens, plan_table_reference, target_chunks
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.2e-2, rtol=1e-2)}
-HEADS = [(8, 8), (8, 2), (32, 8), (16, 16), (4, 1), (32, 4), (6, 2), (5, 5), (10, 2), (64, 1)]
+HEADS = DECODE_HEADS + [(64, 1)]
 
 
 def _random_case(i: int):
     rng = random.Random(7000 + i)
-    pattern = rng.choice(PATTERNS)
-    page = rng.choice([1, 16, 64, 128])
-    hq, hkv = rng.choice(HEADS)
-    d = rng.choice([64, 128])
-    dtype = rng.choice([torch.float16, torch.bfloat16])
-    batch = rng.choice([1, 2, 3, 5, 8, 17, 40])
-    long = rng.random() < 0.1
-    lengths = [rng.choice([1, 2, 7, rng.randint(1, 600), rng.randint(1, 3000)] + ([rng.randint(5000, 20000)] if long else []))
-               for _ in range(batch)]
-    chunk = rng.choice([None, None, 16, 64, 100, 256, 1024, 4096])
-    return pattern, page, hq, hkv, d, dtype, lengths, chunk
+    case = random_decode_case(rng, HEADS, batches=(1, 2, 3, 5, 8, 17, 40))
+    return (*case, rng.choice([None, None, 16, 64, 100, 256, 1024, 4096]))
 
 
 def _inputs(pattern, page, hq, hkv, d, dtype, lengths, seed):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sglang_flashcore as fc
-from cases import make_page_table
+from cases import make_page_table, random_extend_case
 from sglang_flashcore.reference import paged_extend_ref
 
 pytestmark = pytest.mark.gpu
@@ -15,19 +15,7 @@ TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e
 
 
 def _case(i):
-    rng = random.Random(9000 + i)
-    page = rng.choice([1, 16, 64, 128])
-    d = rng.choice([64, 128])
-    hkv = rng.choice([1, 2, 8])
-    hq = hkv * rng.choice([1, 4, 8])
-    dtype = rng.choice([torch.float16, torch.bfloat16])
-    batch = rng.choice([1, 2, 4, 7])
-    shared = rng.random() < 0.5
-    prefix = [rng.choice([0, 1, page, 3 * page, rng.randint(0, 900)]) for _ in range(batch)]
-    if shared:  # a common page-aligned prefix, as the radix cache hands out
-        common = (rng.randint(0, 900) // page) * page
-        prefix = [common] * batch
-    ext = [rng.choice([0, 1, 2, 17, 128, rng.randint(1, 400)]) for _ in range(batch)]
+    page, d, hq, hkv, dtype, prefix, ext, shared = random_extend_case(random.Random(9000 + i))
     return page, d, hq, hkv, dtype, prefix, ext, "prefix" if shared else "none"
 
 

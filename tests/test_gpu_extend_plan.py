@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sglang_flashcore as fc
-from cases import make_extend_case
+from cases import make_extend_case, random_extend_case
 from sglang_flashcore.extend_plan import extend_attention, plan_extend
 from sglang_flashcore.reference import paged_extend_ref
 
@@ -18,19 +18,8 @@ TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e
 
 def _case(i):
     rng = random.Random(12000 + i)
-    page = rng.choice([1, 16, 64, 128])
-    d = rng.choice([64, 128])
-    hkv = rng.choice([1, 2, 8])
-    hq = hkv * rng.choice([1, 4, 8])
-    dtype = rng.choice([torch.float16, torch.bfloat16])
-    batch = rng.choice([1, 2, 4, 7])
-    shared = rng.random() < 0.5
-    prefix = [rng.choice([0, 0, 1, page, 3 * page, rng.randint(0, 900)]) for _ in range(batch)]
-    if shared:
-        prefix = [(rng.randint(0, 900) // page) * page] * batch
-    ext = [rng.choice([1, 2, 17, 128, rng.randint(1, 400)]) for _ in range(batch)]
-    mode = rng.choice(["in_cache", "in_cache", "passed", "pool_only"])
-    return page, d, hq, hkv, dtype, prefix, ext, shared, mode
+    case = random_extend_case(rng)
+    return (*case, rng.choice(["in_cache", "in_cache", "passed", "pool_only"]))
 
 
 @pytest.mark.parametrize("i", range(200))

@@ -50,6 +50,7 @@ struct PagedDecodeParams {
   int64_t num_slots;  // slots are clamped into the pool: a corrupt table cannot read out of bounds
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
+  bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
 
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log
