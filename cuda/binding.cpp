@@ -362,6 +362,12 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   a.max_seqlen_q = (int)max_seqlen_q;
   a.softmax_scale = (float)scale;
   a.causal = causal;
+  // FLASHCORE_DENSE_ORDER=forward: query blocks in launch order (for A/B measurements)
+  static const bool forward_order = [] {
+    const char* v = std::getenv("FLASHCORE_DENSE_ORDER");
+    return v != nullptr && std::string(v) == "forward";
+  }();
+  a.heavy_first = !forward_order;
   if (q.size(0) == 0) return {out, lse};
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");

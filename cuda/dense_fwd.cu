@@ -49,6 +49,7 @@ struct DenseFwdParams {
   int num_q_heads, group;
   float scale_log2;
   int causal;
+  int heavy_first;
 };
 
 template <typename T, int D>
@@ -65,7 +66,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty_v = full_v + kStages;
   uint64_t* q_bar = empty_v + kStages;
 
-  const int m_block = blockIdx.x, hq = blockIdx.y, b = blockIdx.z;
+  const int m_block = p.heavy_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int hq = blockIdx.y, b = blockIdx.z;
   const int q0 = p.cu_q[b], sq = p.cu_q[b + 1] - q0;
   const int k0 = p.cu_k[b], sk = p.cu_k[b + 1] - k0;
   if (m_block * kBlockM >= sq) return;
@@ -294,7 +296,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
     return cudaErrorInvalidValue;
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
-                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0};
+                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0};
   auto kernel = dense_fwd_kernel<T, D>;
   constexpr int smem = DenseSmem<D>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import sglang_flashcore as fc  # noqa: E402
-from cases import make_page_table  # noqa: E402
-from sglang_flashcore.reference import attention_ref, paged_decode_ref  # noqa: E402
+from cases import make_extend_case, make_page_table  # noqa: E402
+from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
+from sglang_flashcore.reference import attention_ref, paged_decode_ref, paged_extend_ref  # noqa: E402
 
 
 def decode_cases():
@@ -34,6 +35,13 @@ def dense_cases():
     yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16
     yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16
     yield [257], [257], 8, 1, 128, False, torch.float16
+
+
+def extend_cases():
+    # prefix lengths, extend lengths, page, (Hq, Hkv), D, dtype, shared prefix
+    yield [0, 0], [130, 1], 1, (4, 2), 128, torch.bfloat16, False
+    yield [64, 64, 64], [5, 1, 70], 16, (8, 1), 64, torch.float16, True
+    yield [3, 200], [129, 2], 64, (4, 4), 128, torch.float16, False
 
 
 def main() -> int:
@@ -66,6 +74,25 @@ def main() -> int:
         ok = err < 2e-2
         bad += not ok
         print(f"dense case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    for i, (prefix, ext, page, (hq, hkv), d, dtype, shared) in enumerate(extend_cases()):
+        case = make_extend_case(prefix, ext, page, hq, hkv, d, dtype, device="cuda", seed=i, shared=shared)
+        pt = case.table
+        prefix_t = torch.tensor(prefix, device="cuda")
+        layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, page)
+        ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
+                                  case.cu_seqlens_q())
+        # the backend's path (ExtendPlan + one gather + the dense kernel), then the layout API's
+        plan = plan_extend(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t,
+                           torch.tensor(ext, device="cuda"), case.out_cache_loc, prefix_lens_cpu=prefix,
+                           extend_lens_cpu=ext)
+        out_plan = extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)
+        out_layout, _ = fc.paged_extend(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
+                                        case.cu_seqlens_q())
+        for name, out in (("plan", out_plan), ("layout", out_layout)):
+            err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
+            ok = err < 2e-2
+            bad += not ok
+            print(f"extend case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
     torch.cuda.synchronize()
     print("sanitize_cases:", "FAILED" if bad else "all cases match")
     return 1 if bad else 0

@@ -24,6 +24,9 @@ struct DenseFwdArgs {
   int batch, num_q_heads, num_kv_heads, max_seqlen_q;
   float softmax_scale;
   bool causal;  // aligned bottom-right: query i of Sq sees keys j <= i + Sk - Sq
+  // causal: launch the query blocks with the most key tiles first, so the light ones fill the
+  // tail of the grid instead of the heavy ones
+  bool heavy_first;
 };
 
 // dtype: 0 = fp16, 1 = bf16. Returns a CUDA error code (cudaSuccess when launched).
