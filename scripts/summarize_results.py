@@ -87,9 +87,9 @@ def main(folder: str) -> None:
                   "D 128; one cached prefix shared by all B requests. "
                   + ("`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`: one "
                      "gather of the keys, none without a prefix, then the dense kernel; `plan ms` is the per-batch "
-                     "plan, host wall clock); `paged_extend` is the public layout API. In this run the dense "
-                     "reference was timed through `fc.attention`, whose argument checks synchronize, so small "
-                     "problems read slower there than the backend path (later runs time the op itself)."
+                     "plan, host wall clock); `paged_extend` is the public layout API. The dense "
+                     "reference is the op itself on K/V gathered beforehand, so backend/dense is what the gather "
+                     "costs."
                      if backend else ""), ""]
         if backend:
             lines += table(extend["rows"],
