@@ -22,6 +22,7 @@ import torch
 
 from . import ops
 from .checks import check_index, check_len, check_tensor
+from .layout import _exclusive_cumsum
 
 Tensor = torch.Tensor
 
@@ -52,12 +53,6 @@ class ExtendPlan:
     @property
     def has_prefix(self) -> bool:
         return self.key_slots is not None
-
-
-def _offsets(lengths: Tensor) -> Tensor:
-    cu = torch.zeros(lengths.shape[0] + 1, dtype=torch.int64, device=lengths.device)
-    torch.cumsum(lengths, 0, out=cu[1:])
-    return cu
 
 
 def _host_ints(name: str, values: Optional[Sequence[int]], device_values: Tensor) -> list:
@@ -106,14 +101,14 @@ def plan_extend(
 
     i64 = torch.int64
     ext, pre = extend_lens.to(i64), prefix_lens.to(i64)
-    cu_q = _offsets(ext)
+    cu_q = _exclusive_cumsum(ext)
     max_q = max(ext_host, default=0)
     if total_prefix == 0:
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_q)
 
     batch = ext.shape[0]
     seq = pre + ext
-    cu_k = _offsets(seq)
+    cu_k = _exclusive_cumsum(seq)
     total_k = total_q + total_prefix
     arange_b = torch.arange(batch, device=device)
     # key j: request r, position i in it; a prefix position reads req_to_token, a new one out_cache_loc
@@ -160,12 +155,11 @@ def extend_attention(
                 raise ValueError("out_cache_loc: needed to read the new tokens' K/V from the pool")
             k_new, v_new = k_cache[out_cache_loc], v_cache[out_cache_loc]
         keys, values = k_new, v_new
-    elif new_kv_in_cache:
-        keys, values = k_cache[plan.key_slots], v_cache[plan.key_slots]
     else:
         keys, values = k_cache[plan.key_slots], v_cache[plan.key_slots]
-        keys[plan.new_key_index] = k_new.to(keys.dtype)
-        values[plan.new_key_index] = v_new.to(values.dtype)
+        if not new_kv_in_cache:  # the pool holds stale K/V at the new tokens' slots
+            keys[plan.new_key_index] = k_new.to(keys.dtype)
+            values[plan.new_key_index] = v_new.to(values.dtype)
     out, _ = ops.attention_op(q, keys.to(q.dtype), values.to(q.dtype), plan.cu_seqlens_q, plan.cu_seqlens_k,
                               plan.max_seqlen_q, plan.max_seqlen_k, True, softmax_scale)
     return out
