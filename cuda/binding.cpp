@@ -313,24 +313,27 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
 
-std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// Shared by the packed and the paged entry points: checks q/k/v and launches.
+std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
-                                      bool causal, double scale) {
+                                      bool causal, double scale, const char* k_name, const char* v_name,
+                                      flashcore::DenseFwdArgs a) {
   check_cuda(q, q, "q");
-  check_cuda(k, q, "k");
-  check_cuda(v, q, "v");
+  check_cuda(k, q, k_name);
+  check_cuda(v, q, v_name);
   const int dtype = dtype_code(q, "q");
-  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k/v: expected dtype ",
-           q.scalar_type());
-  FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/k/v: expected [tokens, heads, D]");
+  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), k_name, "/", v_name,
+           ": expected dtype ", q.scalar_type());
+  FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/", k_name, "/", v_name, ": expected [tokens, heads, D]");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
   FC_CHECK(D == 64 || D == 128, "q: the dense kernel supports head dim 64 or 128, got ", D);
-  FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), "k/v: shapes ",
-           k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
-  FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k has ", Hkv, ": not a multiple");
+  FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), k_name, "/", v_name,
+           ": shapes ", k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
+  FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");
+  FC_CHECK(k.size(0) < INT32_MAX, k_name, ": over 2^31 rows are not supported");
   check_rows_16b(q, "q");
-  check_rows_16b(k, "k");
-  check_rows_16b(v, "v");
+  check_rows_16b(k, k_name);
+  check_rows_16b(v, v_name);
   const int* cq = index_ptr(cu_q, q, "cu_seqlens_q");
   const int* ck = index_ptr(cu_k, q, "cu_seqlens_k");
   FC_CHECK(cu_q.numel() == cu_k.numel() && cu_q.numel() >= 1, "cu_seqlens_q/k: expected B+1 offsets each");
@@ -338,7 +341,6 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   const at::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({q.size(0), Hq, D}, q.options());
   auto lse = at::empty({q.size(0), Hq}, q.options().dtype(at::kFloat));
-  flashcore::DenseFwdArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
   a.v = v.data_ptr();
@@ -374,6 +376,51 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   return {out, lse};
 }
 
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
+                                      bool causal, double scale) {
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, "k", "v", flashcore::DenseFwdArgs{});
+}
+
+// Keys of request b: its whole pages of the pool [slots, Hkv, D], read in place through its page
+// list, then its packed k/v rows (see DenseFwdArgs).
+std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& cu_q, const at::Tensor& cu_k, const at::Tensor& k_cache,
+                                            const at::Tensor& v_cache, const at::Tensor& key_pages,
+                                            const at::Tensor& key_page_offsets, int64_t page_size,
+                                            int64_t max_seqlen_q, bool causal, double scale,
+                                            const c10::optional<at::Tensor>& grid_order) {
+  FC_CHECK(page_size >= 1 && page_size <= INT32_MAX && flashcore::dense_page_box_rows((int)page_size) > 0,
+           "page_size: the paged dense kernel needs a multiple of 8, got ", page_size);
+  check_cuda(k_cache, q, "k_cache");
+  check_cuda(v_cache, q, "v_cache");
+  FC_CHECK(k_cache.dim() == 3 && k_cache.sizes() == v_cache.sizes(),
+           "k_cache/v_cache: expected SGLang's pools [slots, Hkv, D] of one shape, got ", k_cache.sizes(), " and ",
+           v_cache.sizes());
+  FC_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
+           "k_cache/v_cache: expected dtype ", q.scalar_type());
+  FC_CHECK(k_cache.size(1) == k.size(1) && k_cache.size(2) == k.size(2), "k_cache: heads/head dim ",
+           k_cache.sizes(), " differ from k's ", k.sizes());
+  FC_CHECK(k_cache.size(0) >= 1 && k_cache.size(0) < INT32_MAX, "k_cache: expected 1 to 2^31 slots");
+  check_rows_16b(k_cache, "k_cache");
+  check_rows_16b(v_cache, "v_cache");
+  flashcore::DenseFwdArgs a{};
+  a.key_pages = index_ptr(key_pages, q, "key_pages");
+  a.key_page_offsets = index_ptr(key_page_offsets, q, "key_page_offsets");
+  FC_CHECK(key_page_offsets.numel() == cu_q.numel(), "key_page_offsets: expected ", cu_q.numel(),
+           " offsets (B+1), got ", key_page_offsets.numel());
+  a.page_size = (int)page_size;
+  a.k_pool = k_cache.data_ptr();
+  a.v_pool = v_cache.data_ptr();
+  a.pool_rows = k_cache.size(0);
+  a.k_pool_stride_row = k_cache.stride(0);
+  a.k_pool_stride_head = k_cache.stride(1);
+  a.v_pool_stride_row = v_cache.stride(0);
+  a.v_pool_stride_head = v_cache.stride(1);
+  if (grid_order.has_value()) a.grid_order = index_ptr(*grid_order, q, "grid_order");
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, "k", "v", a);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -385,4 +432,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("table_plan_ints", [](int64_t b, int64_t c) { return flashcore::table_plan_ints((int)b, (int)c); });
   m.def("table_plan_hash_size", [](int64_t c) { return flashcore::table_plan_hash_size((int)c); });
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
+  m.def("attention_fwd_paged", &attention_fwd_paged, "Dense attention forward, keys: whole pool pages read in place, then packed rows");
 }

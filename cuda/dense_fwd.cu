@@ -11,6 +11,16 @@
 //     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
+//
+// Paged prefix (extend over SGLang's KV pool): a request's keys may start with whole pages of
+// the pool [slots, Hkv, D], TMA-loaded in place through its page list, one box per page piece
+// (a page of P >= 8 tokens is P consecutive slots), followed by its packed rows of k/v (the new
+// tokens). A page's length is a multiple of the box, so no box straddles the two sources.
+//
+// Grid order (a device flag, so a plan can choose it without a host sync): 0 = query block
+// fastest, then query head, then request (CTAs resident together read one request's K/V);
+// 1 = request fastest, then the query heads of one KV head, then query block, then KV head
+// (CTAs resident together read the same prefix pages when requests share them).
 #include <float.h>
 
 #include "flashcore/dense_fwd.h"
@@ -50,12 +60,19 @@ struct DenseFwdParams {
   float scale_log2;
   int causal;
   int heavy_first;
+  int batch, m_blocks;
+  const int* grid_order;  // device flag (see the header comment); nullptr: 0
+  // paged prefix: request b's pages are key_pages[key_page_offsets[b] ...]; nullptr: none
+  const int* key_pages;
+  const int* key_page_offsets;
+  int page_size, box_rows;
 };
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
-                     const __grid_constant__ CUtensorMap tv, const DenseFwdParams p) {
+                     const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tk_pool,
+                     const __grid_constant__ CUtensorMap tv_pool, const DenseFwdParams p) {
   using S = DenseSmem<D>;
   extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle pattern repeats every 1024 bytes: tiles start on such a boundary
@@ -66,10 +83,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty_v = full_v + kStages;
   uint64_t* q_bar = empty_v + kStages;
 
-  const int m_block = p.heavy_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int hq = blockIdx.y, b = blockIdx.z;
+  int lin = blockIdx.x, m_idx, hq, b;
+  if (p.grid_order != nullptr && *p.grid_order == 1) {
+    b = lin % p.batch;
+    lin /= p.batch;
+    const int hg = lin % p.group;
+    lin /= p.group;
+    m_idx = lin % p.m_blocks;
+    hq = (lin / p.m_blocks) * p.group + hg;
+  } else {
+    m_idx = lin % p.m_blocks;
+    lin /= p.m_blocks;
+    hq = lin % p.num_q_heads;
+    b = lin / p.num_q_heads;
+  }
+  const int m_block = p.heavy_first ? p.m_blocks - 1 - m_idx : m_idx;
   const int q0 = p.cu_q[b], sq = p.cu_q[b + 1] - q0;
-  const int k0 = p.cu_k[b], sk = p.cu_k[b + 1] - k0;
+  const int* pages = p.key_pages != nullptr ? p.key_pages + p.key_page_offsets[b] : nullptr;
+  const int paged_keys = pages != nullptr ? (p.key_page_offsets[b + 1] - p.key_page_offsets[b]) * p.page_size : 0;
+  const int k0 = p.cu_k[b], sk = p.cu_k[b + 1] - k0 + paged_keys;
   if (m_block * kBlockM >= sq) return;
   const int hk = hq / p.group;
   const int diag = sk - sq;  // causal: row i sees keys <= i + diag
@@ -101,17 +133,31 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_expect_tx(q_bar, S::kTileBytes);
       for (int db = 0; db < D / 64; ++db)
         tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_bar, db * 64, hq, q0 + m_block * kBlockM);
+      if (pages != nullptr) {
+        prefetch_tensor_map(&tk_pool);
+        prefetch_tensor_map(&tv_pool);
+      }
+      // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
+      // (rows past the packed tensor's end are zero-filled by TMA)
+      auto load_tile = [&](unsigned char* dst, const CUtensorMap* packed, const CUtensorMap* pool, uint64_t* bar,
+                           int n) {
+        for (int r = 0; r < kBlockN; r += p.box_rows) {
+          const int pos = n * kBlockN + r;
+          const bool in_page = pos < paged_keys;
+          const int row = in_page ? pages[pos / p.page_size] * p.page_size + pos % p.page_size : k0 + pos - paged_keys;
+          for (int db = 0; db < D / 64; ++db)
+            tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, bar, db * 64, hk, row);
+        }
+      };
       for (int n = 0; n < n_tiles; ++n) {
         const int s = n % kStages;
         const uint32_t parity = ((n / kStages) - 1) & 1;
         if (n >= kStages) mbar_wait(&empty_k[s], parity);
         mbar_expect_tx(&full_k[s], S::kTileBytes);
-        for (int db = 0; db < D / 64; ++db)
-          tma_load_3d(smem + S::kK + s * S::kTileBytes + db * S::kBlockBytes, &tk, &full_k[s], db * 64, hk, k0 + n * kBlockN);
+        load_tile(smem + S::kK + s * S::kTileBytes, &tk, &tk_pool, &full_k[s], n);
         if (n >= kStages) mbar_wait(&empty_v[s], parity);
         mbar_expect_tx(&full_v[s], S::kTileBytes);
-        for (int db = 0; db < D / 64; ++db)
-          tma_load_3d(smem + S::kV + s * S::kTileBytes + db * S::kBlockBytes, &tv, &full_v[s], db * 64, hk, k0 + n * kBlockN);
+        load_tile(smem + S::kV + s * S::kTileBytes, &tv, &tv_pool, &full_v[s], n);
       }
     }
     return;
@@ -271,14 +317,15 @@ EncodeTiled encode_fn() {
   return fn;
 }
 
-// [rows, heads, D] -> boxes of 128 rows x 1 head x 64 columns, 128-byte swizzle, zero fill past the end
+// [rows, heads, D] -> boxes of box_rows rows x 1 head x 64 columns, 128-byte swizzle, zero fill
+// past the end
 bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int64_t rows, int heads, int d,
-              int64_t stride_row, int64_t stride_head) {
+              int64_t stride_row, int64_t stride_head, int box_rows) {
   EncodeTiled encode = encode_fn();
   if (!encode) return false;
   cuuint64_t dims[3] = {(cuuint64_t)d, (cuuint64_t)heads, (cuuint64_t)rows};
   cuuint64_t strides[2] = {(cuuint64_t)stride_head * 2, (cuuint64_t)stride_row * 2};
-  cuuint32_t box[3] = {64, 1, kBlockN};
+  cuuint32_t box[3] = {64, 1, (cuuint32_t)box_rows};
   cuuint32_t elem[3] = {1, 1, 1};
   return encode(map, dtype, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -288,21 +335,38 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
 template <typename T, int D>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
-  CUtensorMap tq, tk, tv;
+  CUtensorMap tq, tk, tv, tk_pool, tv_pool;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
-  if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head) ||
-      !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, D, a.k_stride_row, a.k_stride_head) ||
-      !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, D, a.v_stride_row, a.v_stride_head))
+  const bool paged = a.key_pages != nullptr;
+  const int box_rows = paged ? dense_page_box_rows(a.page_size) : kBlockN;
+  if (box_rows == 0 || rows_k >= INT32_MAX || (paged && (a.pool_rows < 1 || a.pool_rows >= INT32_MAX)))
     return cudaErrorInvalidValue;
+  if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head, kBlockM) ||
+      !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, D, a.k_stride_row, a.k_stride_head, box_rows) ||
+      !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, D, a.v_stride_row, a.v_stride_head, box_rows))
+    return cudaErrorInvalidValue;
+  if (!paged) {
+    tk_pool = tk;
+    tv_pool = tv;
+  } else if (!make_map(&tk_pool, a.k_pool, dtype, a.pool_rows, a.num_kv_heads, D, a.k_pool_stride_row,
+                       a.k_pool_stride_head, box_rows) ||
+             !make_map(&tv_pool, a.v_pool, dtype, a.pool_rows, a.num_kv_heads, D, a.v_pool_stride_row,
+                       a.v_pool_stride_head, box_rows)) {
+    return cudaErrorInvalidValue;
+  }
+  const int m_blocks = (a.max_seqlen_q + kBlockM - 1) / kBlockM;
+  const int64_t ctas = (int64_t)m_blocks * a.num_q_heads * a.batch;
+  if (ctas >= INT32_MAX) return cudaErrorInvalidValue;
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
-                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0};
+                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
+                   a.batch, m_blocks, a.grid_order, a.key_pages, a.key_page_offsets,
+                   paged ? a.page_size : 1, box_rows};
   auto kernel = dense_fwd_kernel<T, D>;
   constexpr int smem = DenseSmem<D>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  dim3 grid((a.max_seqlen_q + kBlockM - 1) / kBlockM, a.num_q_heads, a.batch);
-  kernel<<<grid, kThreads, smem, stream>>>(tq, tk, tv, p);
+  kernel<<<(unsigned)ctas, kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);
   return cudaGetLastError();
 }
 

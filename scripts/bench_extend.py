@@ -1,8 +1,14 @@
 """Extend (prefill over a cached prefix) benchmark, same run, same GPU:
 
 * backend: what ``FlashCoreBackend`` runs per layer — ``extend_attention`` over an ``ExtendPlan``
-  (one gather of the keys from the pool, none without a prefix, then the dense kernel); the plan
-  itself is made once per batch and timed separately (``plan_ms``, host wall clock);
+  (page 64: the dense kernel reads the pool's pages in place; page 1: one gather of the keys,
+  then the dense kernel; no prefix: the new K/V as they are); the plan itself is made once per
+  batch and timed separately (``plan_ms``, host wall clock);
+* backend_gather: the same with a gathered plan (``paged=False``), what page 64 ran before;
+* with B > 1 and a prefix (page 64): the paged kernel in each CTA order (``order0``: one request's
+  blocks together; ``order1``: the requests side by side, the plan's choice when they share
+  pages), and ``distinct``: the same shapes over a table where no page is shared (what sharing
+  saves);
 * ours: ``paged_extend`` from a ``PagedLayout`` (the public API; its prefix gather included);
 * our dense kernel on already-gathered K/V (the same total work, no gather; the op, without the
   public API's argument checks);
@@ -49,14 +55,31 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
     ours = lambda: fc.paged_extend(q, k_new, v_new, k_cache, v_cache, layout, cu_q, max_seqlen_q=new, check_bounds=False)  # noqa: E731
     row = dict(B=batch, L=length, prefix=prefix, new=new, page=page, Hq=hq, Hkv=hkv, D=d)
     pre_t, ext_t = torch.full((batch,), prefix, device=dev), torch.full((batch,), new, device=dev)
-    make_plan = lambda: plan_extend(r2t, idx, pre_t, ext_t, new_slots, prefix_lens_cpu=[prefix] * batch,  # noqa: E731
-                                    extend_lens_cpu=[new] * batch)
+    def make_plan(table=r2t, paged=None):
+        return plan_extend(table, idx, pre_t, ext_t, table[:, prefix:].reshape(-1).long(), prefix_lens_cpu=[prefix] * batch,
+                           extend_lens_cpu=[new] * batch, page_size=page, paged=paged)
+
     row["plan_ms"] = wall_ms(make_plan, repeats=repeats)
     plan = make_plan()
+    row["paged"] = plan.paged
     scale = d ** -0.5
-    backend = lambda: extend_attention(q, k_new, v_new, k_cache, v_cache, plan, scale)  # noqa: E731
-    row["backend_ms"] = time_ms(backend, repeats=repeats, flush=False)
+
+    def backend_ms(p, kc=k_cache, vc=v_cache):
+        return time_ms(lambda: extend_attention(q, k_new, v_new, kc, vc, p, scale), repeats=repeats, flush=False)
+
+    row["backend_ms"] = backend_ms(plan)
     row["backend_TF"] = flops / row["backend_ms"] / 1e9
+    if plan.paged:
+        row["backend_gather_ms"] = backend_ms(make_plan(paged=False))
+        row["paged_over_gather"] = row["backend_gather_ms"] / row["backend_ms"]
+        if batch > 1:
+            row["grid_order"] = int(plan.grid_order.item())
+            for order in (0, 1):
+                plan.grid_order.fill_(order)
+                row[f"order{order}_ms"] = backend_ms(plan)
+            distinct, _ = shared_page_table(batch, length, page, 0.0, dev)
+            row["distinct_ms"] = backend_ms(make_plan(distinct))  # same pool, no page shared
+            row["shared_speedup"] = row["distinct_ms"] / row["backend_ms"]
     row["ours_ms"] = time_ms(ours, repeats=repeats, flush=False)
     row["ours_TF"] = flops / row["ours_ms"] / 1e9
     # gathered, contiguous K/V of every request: [B, L, Hkv, D]
@@ -109,12 +132,14 @@ def main():
                 for frac in map(float, args.fractions.split(",")):
                     rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats))
                     r = rows[-1]
+                    extra = "".join(f", {k} {r[k]:.2f}" for k in ("paged_over_gather", "shared_speedup") if k in r)
                     print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: backend {r['backend_TF']:.0f} TF "
-                          f"(plan {r['plan_ms']:.3f} ms), paged_extend {r['ours_TF']:.0f} TF, "
+                          f"(plan {r['plan_ms']:.3f} ms{extra}), paged_extend {r['ours_TF']:.0f} TF, "
                           f"dense {r['dense_TF']:.0f} TF, SDPA {r.get('sdpa_TF', float('nan')):.0f} TF", flush=True)
-    cols = ["page", "B", "L", "prefix", "new", "backend_ms", "backend_TF", "plan_ms", "ours_ms", "ours_TF", "dense_TF",
-            "backend_over_dense", "ours_over_dense", "gather_ms", "sdpa_TF", "backend_over_sdpa_plus_gather",
-            "ours_over_sdpa_plus_gather"]
+    cols = ["page", "B", "L", "prefix", "new", "backend_ms", "backend_TF", "plan_ms", "backend_gather_ms",
+            "paged_over_gather", "order0_ms", "order1_ms", "distinct_ms", "shared_speedup", "ours_ms", "ours_TF",
+            "dense_TF", "backend_over_dense", "ours_over_dense", "gather_ms", "sdpa_TF",
+            "backend_over_sdpa_plus_gather", "ours_over_sdpa_plus_gather"]
     labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
     report(args, info, rows, cols, "extend (bf16, Hq 32, Hkv 8, D 128)", labels,
            {"backend (ExtendPlan)": [r["backend_TF"] for r in rows], "paged_extend": [r["ours_TF"] for r in rows], "our dense, pre-gathered": [r["dense_TF"] for r in rows],

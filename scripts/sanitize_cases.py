@@ -81,14 +81,19 @@ def main() -> int:
         layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, page)
         ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
                                   case.cu_seqlens_q())
-        # the backend's path (ExtendPlan + one gather + the dense kernel), then the layout API's
+        # the backend's path (ExtendPlan: pages read in place by the dense kernel for page >= 8, in
+        # both CTA orders, or one gather), then the layout API's
         plan = plan_extend(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t,
                            torch.tensor(ext, device="cuda"), case.out_cache_loc, prefix_lens_cpu=prefix,
-                           extend_lens_cpu=ext)
-        out_plan = extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)
+                           extend_lens_cpu=ext, page_size=page)
+        outs = [("plan", extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5))]
+        if plan.paged:
+            plan.grid_order.fill_(1 - int(plan.grid_order.item()))
+            outs.append(("plan, other order",
+                         extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)))
         out_layout, _ = fc.paged_extend(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
                                         case.cu_seqlens_q())
-        for name, out in (("plan", out_plan), ("layout", out_layout)):
+        for name, out in outs + [("layout", out_layout)]:
             err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
             ok = err < 2e-2
             bad += not ok

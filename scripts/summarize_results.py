@@ -82,16 +82,34 @@ def main(folder: str) -> None:
                   "Hq32 Hkv8 causal, read 88 TFLOPS where the same shape read 224 TFLOPS in an earlier run of the "
                   "previous kernel version and 246 TFLOPS in bf16: treat it as a disturbed measurement.", ""]
     if extend:
+        paged = "backend_gather_ms" in extend["rows"][0] or any("paged" in r for r in extend["rows"])
         backend = "backend_TF" in extend["rows"][0]  # runs since the backend's ExtendPlan path
         lines += ["## Extend (`scripts/bench_extend.py`)", "", f"`{extend['info']['command']}`; bf16, Hq 32, Hkv 8, "
                   "D 128; one cached prefix shared by all B requests. "
-                  + ("`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`: one "
+                  + ("`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`; "
+                     "page 64: the dense kernel reads the prefix pages in place, page 1: one gather of the keys, no "
+                     "prefix: the new K/V as they are; `plan ms` is the per-batch plan, host wall clock). "
+                     "`gather ms` (backend) is the same call on a gathered plan, what page 64 ran before; "
+                     "`order 0/1 ms` time the paged kernel's two CTA orders (1: requests side by side, the plan's "
+                     "choice when they share pages); `distinct ms` is the same shapes on a table where no page is "
+                     "shared. `paged_extend` is the public layout API. The dense reference is the op itself on K/V "
+                     "gathered beforehand."
+                     if paged else
+                     "`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`: one "
                      "gather of the keys, none without a prefix, then the dense kernel; `plan ms` is the per-batch "
                      "plan, host wall clock); `paged_extend` is the public layout API. The dense "
                      "reference is the op itself on K/V gathered beforehand, so backend/dense is what the gather "
                      "costs."
                      if backend else ""), ""]
-        if backend:
+        if paged:
+            lines += table(extend["rows"],
+                           ["page", "B", "L", "prefix", "new", "backend_TF", "plan_ms", "backend_gather_ms",
+                            "paged_over_gather", "order0_ms", "order1_ms", "distinct_ms", "ours_TF", "dense_TF",
+                            "backend_over_dense", "sdpa_TF", "backend_over_sdpa_plus_gather"],
+                           ["page", "B", "L", "prefix", "new", "backend TF", "plan ms", "backend, gathered ms",
+                            "gathered/paged", "order 0 ms", "order 1 ms", "distinct ms", "paged_extend TF",
+                            "our dense, pre-gathered TF", "backend/dense", "SDPA TF", "(SDPA+gather)/backend"])
+        elif backend:
             lines += table(extend["rows"],
                            ["page", "B", "L", "prefix", "new", "backend_TF", "plan_ms", "ours_TF", "dense_TF",
                             "backend_over_dense", "gather_ms", "sdpa_TF", "backend_over_sdpa_plus_gather"],
@@ -105,6 +123,11 @@ def main(folder: str) -> None:
                            ["page", "B", "L", "prefix", "new", "ours TF", "our dense, pre-gathered TF", "ours/dense",
                             "gather ms", "SDPA TF", "(SDPA+gather)/ours"])
         lines.append("")
+    ncu_extend = folder / "ncu_extend_sharing.txt"
+    if ncu_extend.exists():
+        lines += ["## Nsight Compute, paged extend over a shared prefix (`scripts/ncu_extend.py`)", "",
+                  "HBM bytes read by the dense kernel in each CTA order; see the file's header for the command.", "",
+                  "```", ncu_extend.read_text().rstrip(), "```", ""]
     ncu = folder / "ncu_dense_seed_point.txt"
     if ncu.exists():
         lines += ["## Nsight Compute, dense kernel at the seed point", "", "```", ncu.read_text().rstrip(), "```", ""]

@@ -3,14 +3,22 @@
 Every layer of an extend batch attends over the same keys: request b's cached prefix (slots
 ``req_to_token[req_pool_indices[b], :prefix_lens[b]]``) followed by its new tokens (slots
 ``out_cache_loc``, where SGLang stores them before attention runs). ``plan_extend`` turns that
-into one packed list of pool slots and the varlen offsets of the dense kernel, with a few
-vectorized ops and no host sync when the host already knows the lengths (SGLang's
-``*_cpu`` lists). Each layer then costs one gather of K and one of V (none at all when no
-request has a prefix: the new K/V go to the kernel as they are) and one dense, bottom-right
-causal varlen call — instead of rebuilding slots and checking offsets per layer.
+into the dense kernel's varlen offsets and the keys' addresses, with a few vectorized ops and no
+host sync when the host already knows the lengths (SGLang's ``*_cpu`` lists):
 
-A prefix that several requests share is still gathered once per reader here (see the notes in
-``kernels._paged_extend_cuda``); the decode path is where sharing is exploited.
+* paged (page size a multiple of 8): the whole pages of each request's prefix, as a page list.
+  The dense kernel TMA-loads them in place from the pool, so a layer gathers nothing when the
+  prefixes end on page boundaries (the radix cache matches whole pages); the new tokens' K/V go
+  to the kernel as they are. A page shared by several requests stays where it is, and the
+  plan's ``grid_order`` flag (set on the device when two requests start on the same page) makes
+  the kernel run those requests' CTAs side by side, so shared pages come from HBM once and from
+  L2 for the other readers.
+* the rest (page size 1, or a prefix's last partial page): packed pool slots, gathered once
+  per layer (``key_slots``), placed after the pages.
+
+Without any prefix the keys are exactly the new tokens: no pages, no gather. A paged plan relies
+on SGLang's page-aligned table (a prefix position j at slot ``page * page_size + j % page_size``);
+the new tokens' slots may be in any order.
 """
 
 from __future__ import annotations
@@ -33,14 +41,20 @@ __all__ = ["ExtendPlan", "plan_extend", "extend_attention"]
 class ExtendPlan:
     """The keys of one extend batch, shared by every layer.
 
+    Request b's keys are its ``key_pages`` (whole pages of the pool, read in place; paged plans
+    only), then its packed keys ``cu_seqlens_k[b] .. cu_seqlens_k[b+1]``.
+
     Attributes:
         cu_seqlens_q: int32 [B+1] offsets of each request's new tokens in the packed queries.
-        cu_seqlens_k: int32 [B+1] offsets of each request's keys (prefix, then new tokens).
-        key_slots: int64 [total keys] the pool slot of every key, packed; None when no request
-            has a prefix (then the keys are exactly the new tokens, in query order).
+        cu_seqlens_k: int32 [B+1] offsets of each request's packed keys.
+        key_slots: int64 the pool slot of every packed key; None when the packed keys are
+            exactly the new tokens (no prefix, or every prefix ends on a page boundary).
         new_key_index: int64 [new tokens] where each new token's key sits among the packed keys
-            (used when the new K/V are not in the pool: ``save_kv_cache=False``).
-        max_seqlen_q, max_seqlen_k: the longest request's new tokens and keys.
+            (to place passed-in K/V when they are not in the pool: ``save_kv_cache=False``).
+        max_seqlen_q, max_seqlen_k: the longest request's new tokens and keys (pages included).
+        page_size: tokens per page of the pool.
+        key_pages, key_page_offsets: int32 page ids of each request's whole prefix pages.
+        grid_order: int32 [1] device flag for the dense kernel: 1 when requests share prefix pages.
     """
 
     cu_seqlens_q: Tensor
@@ -49,10 +63,23 @@ class ExtendPlan:
     new_key_index: Optional[Tensor]
     max_seqlen_q: int
     max_seqlen_k: int
+    page_size: int = 1
+    key_pages: Optional[Tensor] = None
+    key_page_offsets: Optional[Tensor] = None
+    grid_order: Optional[Tensor] = None
 
     @property
     def has_prefix(self) -> bool:
-        return self.key_slots is not None
+        return self.key_slots is not None or self.key_pages is not None
+
+    @property
+    def paged(self) -> bool:
+        return self.key_pages is not None
+
+
+def can_page(page_size: int) -> bool:
+    """Whether the dense kernel can read pages of this size in place (TMA boxes of >= 8 rows)."""
+    return page_size >= 8 and page_size % 8 == 0
 
 
 def _host_ints(name: str, values: Optional[Sequence[int]], device_values: Tensor) -> list:
@@ -74,6 +101,8 @@ def plan_extend(
     *,
     prefix_lens_cpu: Optional[Sequence[int]] = None,
     extend_lens_cpu: Optional[Sequence[int]] = None,
+    page_size: int = 1,
+    paged: Optional[bool] = None,
 ) -> ExtendPlan:
     """Plans an extend batch (see the module docstring).
 
@@ -83,6 +112,9 @@ def plan_extend(
         out_cache_loc: [sum(extend_lens)] the slots of the new tokens, request-major.
         prefix_lens_cpu, extend_lens_cpu: the same lengths on the host; with them the plan
             needs no device-to-host copy.
+        page_size: tokens per page; a paged plan assumes SGLang's page-aligned table for the
+            prefixes (position j at slot ``page * page_size + j % page_size``).
+        paged: read pages in place (default: whenever ``can_page(page_size)``).
     """
     device = req_to_token.device
     check_index("req_to_token", req_to_token, ndim=2, device=device)
@@ -107,21 +139,62 @@ def plan_extend(
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_q)
 
     batch = ext.shape[0]
-    seq = pre + ext
-    cu_k = _exclusive_cumsum(seq)
-    total_k = total_q + total_prefix
+    if paged is None:
+        paged = can_page(page_size)
+    if paged and not can_page(page_size):
+        raise ValueError(f"page_size: paged plans need a multiple of 8 tokens, got {page_size}")
+    # whole prefix pages read in place (paged plans); the prefix's remainder is packed
+    full_host = [p // page_size if paged else 0 for p in pre_host]
+    paged = paged and sum(full_host) > 0
+    rows = req_pool_indices.to(i64)
+    max_k = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
+    pages = offsets = order = None
+    if paged:
+        full = torch.div(pre, page_size, rounding_mode="floor")
+        pages, offsets, order = _page_lists(req_to_token, rows, full, page_size, sum(full_host))
+    if all(p == f * page_size for p, f in zip(pre_host, full_host)):  # packed keys = the new tokens
+        return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_k, page_size,
+                          pages, offsets, order)
+    skip = full * page_size if paged else torch.zeros_like(pre)  # prefix positions covered by pages
+    tail_pre = pre - skip
+
+    packed = tail_pre + ext
+    cu_k = _exclusive_cumsum(packed)
+    total_k = total_q + sum(p - f * page_size for p, f in zip(pre_host, full_host))
     arange_b = torch.arange(batch, device=device)
-    # key j: request r, position i in it; a prefix position reads req_to_token, a new one out_cache_loc
-    r = torch.repeat_interleave(arange_b, seq, output_size=total_k)
+    # packed key j: request r, position skip[r] + i; a prefix position reads req_to_token, a new one out_cache_loc
+    r = torch.repeat_interleave(arange_b, packed, output_size=total_k)
     i = torch.arange(total_k, device=device) - cu_k[r]
-    in_prefix = i < pre[r]
-    from_table = req_to_token[req_pool_indices.to(i64)[r], i].to(i64)
-    from_new = out_cache_loc.to(i64)[(cu_q[r] + i - pre[r]).clamp(0, max(total_q - 1, 0))] if total_q else from_table
+    in_prefix = i < tail_pre[r]
+    from_table = req_to_token[rows[r], skip[r] + i].to(i64)
+    from_new = out_cache_loc.to(i64)[(cu_q[r] + i - tail_pre[r]).clamp(0, max(total_q - 1, 0))] if total_q else from_table
     key_slots = torch.where(in_prefix, from_table, from_new)
     rq = torch.repeat_interleave(arange_b, ext, output_size=total_q)
-    new_key_index = cu_k[rq] + pre[rq] + torch.arange(total_q, device=device) - cu_q[rq]
-    max_k = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
-    return ExtendPlan(cu_q.to(torch.int32), cu_k.to(torch.int32), key_slots, new_key_index, max_q, max_k)
+    new_key_index = cu_k[rq] + tail_pre[rq] + torch.arange(total_q, device=device) - cu_q[rq]
+    return ExtendPlan(cu_q.to(torch.int32), cu_k.to(torch.int32), key_slots, new_key_index, max_q, max_k,
+                      page_size, pages, offsets, order)
+
+
+def _page_lists(req_to_token: Tensor, rows: Tensor, counts: Tensor, page_size: int, total_pages: int):
+    """The first ``counts[b]`` pages of each request (page id = slot of the page start over
+    page_size), their CSR offsets, and the kernel's grid-order flag: 1 when two requests start
+    on the same page (the radix cache hands out one page list for a common prefix)."""
+    device = req_to_token.device
+    batch = counts.shape[0]
+    offsets = _exclusive_cumsum(counts)
+    r = torch.repeat_interleave(torch.arange(batch, device=device), counts, output_size=total_pages)
+    j = torch.arange(total_pages, device=device) - offsets[r]
+    pages = torch.div(req_to_token[rows[r], j * page_size], page_size, rounding_mode="floor").to(torch.int32)
+    # requests without pages get distinct negative ids; few ops, as each launch costs the host
+    first = torch.where(counts > 0, pages[offsets[:-1].clamp(max=total_pages - 1)].to(torch.int64),
+                        -1 - torch.arange(batch, device=device))
+    if batch <= 2048:
+        pairs = (first.unsqueeze(0) == first.unsqueeze(1)).sum()
+        order = (pairs > batch).to(torch.int32).reshape(1)
+    else:
+        ordered = torch.sort(first).values
+        order = (ordered[1:] == ordered[:-1]).any().to(torch.int32).reshape(1)
+    return pages, offsets.to(torch.int32), order
 
 
 def extend_attention(
@@ -149,7 +222,7 @@ def extend_attention(
     check_tensor("k_cache", k_cache, ndim=3)
     if k_new is None and not new_kv_in_cache:
         raise ValueError("k_new: needed when the new tokens' K/V are not in the pool (new_kv_in_cache=False)")
-    if not plan.has_prefix:
+    if plan.key_slots is None:  # the packed keys are the new tokens
         if k_new is None:
             if out_cache_loc is None:
                 raise ValueError("out_cache_loc: needed to read the new tokens' K/V from the pool")
@@ -160,6 +233,12 @@ def extend_attention(
         if not new_kv_in_cache:  # the pool holds stale K/V at the new tokens' slots
             keys[plan.new_key_index] = k_new.to(keys.dtype)
             values[plan.new_key_index] = v_new.to(values.dtype)
-    out, _ = ops.attention_op(q, keys.to(q.dtype), values.to(q.dtype), plan.cu_seqlens_q, plan.cu_seqlens_k,
-                              plan.max_seqlen_q, plan.max_seqlen_k, True, softmax_scale)
+    keys, values = keys.to(q.dtype), values.to(q.dtype)
+    if plan.paged:
+        out, _ = ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
+                                      plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
+                                      True, softmax_scale, plan.grid_order)
+    else:
+        out, _ = ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
+                                  plan.max_seqlen_k, True, softmax_scale)
     return out

@@ -75,6 +75,16 @@ def _attention_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     return out, lse
 
 
+def _paged_prefill_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
+                        page_size, max_seqlen_q, causal, softmax_scale, grid_order):
+    _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
+    if page_size % 8:
+        raise ValueError(f"page_size: the paged dense kernel reads pages of a multiple of 8 tokens, got {page_size}")
+    return _jit.load().attention_fwd_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
+                                           key_page_offsets, page_size, max_seqlen_q, causal, softmax_scale,
+                                           grid_order)
+
+
 def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
                        cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
     """Extend as one varlen dense call: each request's keys are its prefix pages (gathered through
@@ -116,5 +126,6 @@ def ensure_loaded() -> None:
     _jit.check_device()
     ops.CUDA_IMPLS["paged_decode"] = _paged_decode_cuda
     ops.CUDA_IMPLS["attention"] = _attention_cuda
+    ops.CUDA_IMPLS["paged_prefill"] = _paged_prefill_cuda
     ops.CUDA_IMPLS["paged_extend"] = _paged_extend_cuda
     _loaded = True

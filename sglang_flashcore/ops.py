@@ -73,6 +73,31 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
     return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
+# ------------------------------------------------------------ paged prefill
+@torch.library.custom_op("flashcore::paged_prefill", mutates_args=())
+def paged_prefill_op(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    k_cache: Tensor, v_cache: Tensor, key_pages: Tensor, key_page_offsets: Tensor, page_size: int,
+    max_seqlen_q: int, causal: bool, softmax_scale: float, grid_order: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Varlen attention whose request b attends to its whole pages of the pool [slots, Hkv, D]
+    (read in place) followed by its packed k/v rows; ``grid_order``: the kernel's CTA order flag
+    (see ``reference.paged_prefill_ref`` and ``cuda/dense_fwd.cu``)."""
+    impl = _cuda_impl("paged_prefill", q.device)
+    if impl is not None:
+        return impl(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets, page_size,
+                    max_seqlen_q, causal, softmax_scale, grid_order)
+    out, lse = reference.paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
+                                           key_page_offsets, page_size, causal, softmax_scale)
+    return out.to(q.dtype), lse.float()
+
+
+@paged_prefill_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets, page_size, max_seqlen_q,
+      causal, softmax_scale, grid_order=None):
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
 # ------------------------------------------------------------- paged decode
 @torch.library.custom_op("flashcore::paged_decode", mutates_args=())
 def paged_decode_op(

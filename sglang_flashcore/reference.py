@@ -25,6 +25,8 @@ __all__ = [
     "paged_extend_ref",
     "merge_states_ref",
     "gather_kv",
+    "page_list_slots",
+    "paged_prefill_ref",
 ]
 
 
@@ -104,6 +106,33 @@ def gather_kv(cache: torch.Tensor, slots: torch.Tensor, page_size: int) -> torch
     if cache.dim() == 3:
         return cache[slots]
     return cache[slots // page_size, :, slots % page_size]
+
+
+def page_list_slots(key_pages: torch.Tensor, key_page_offsets: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Pool slots of every token of every listed (whole) page, request after request."""
+    pages = key_pages.to(torch.int64)
+    return (pages.unsqueeze(1) * page_size + torch.arange(page_size, device=pages.device)).reshape(-1)
+
+
+def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
+                      page_size: int, causal: bool, softmax_scale: float):
+    """Varlen attention whose request b attends to its whole pool pages (``key_pages[key_page_offsets[b]:
+    key_page_offsets[b+1]]`` of the pool [slots, Hkv, D]) followed by its packed k/v rows."""
+    i64 = torch.int64
+    batch = cu_seqlens_q.shape[0] - 1
+    po, ck = key_page_offsets.to(i64).tolist(), cu_seqlens_k.to(i64).tolist()
+    page_slots = page_list_slots(key_pages, key_page_offsets, page_size)
+    keys, values, lens = [], [], []
+    for b in range(batch):
+        slots = page_slots[po[b] * page_size: po[b + 1] * page_size]
+        keys.append(torch.cat([k_cache[slots], k[ck[b]:ck[b + 1]].to(k_cache.dtype)]))
+        values.append(torch.cat([v_cache[slots], v[ck[b]:ck[b + 1]].to(v_cache.dtype)]))
+        lens.append(keys[-1].shape[0])
+    cu_all = torch.tensor([0] + lens, device=q.device).cumsum(0)
+    hkv, d = k_cache.shape[1], k_cache.shape[2]
+    cat = lambda ts: torch.cat(ts) if ts else k_cache.new_zeros(0, hkv, d)  # noqa: E731
+    return attention_ref(q, cat(keys), cat(values), causal=causal, softmax_scale=softmax_scale,
+                         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_all)
 
 
 def _segment_softmax_attend(scores, values, seg, num_segments):

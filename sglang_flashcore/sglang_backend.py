@@ -3,10 +3,11 @@
 Metadata is built once per forward batch (``init_forward_metadata``) from the radix cache's
 page table and shared by every layer. Decode on a Hopper GPU: the ``DecodePlanner`` plans the
 step on the device (no host sync, fixed buffers, so the same path serves CUDA-graph replays);
-decode on CPU: a ``PagedLayout``. Extend: an ``ExtendPlan`` (every request's key slots, packed,
-and the varlen offsets; no host sync). Each layer then stores its new K/V through SGLang's KV
-pool, exactly as the built-in backends do, and runs the decode kernel / ``paged_decode`` /
-``extend_attention`` (one gather, then the dense kernel).
+decode on CPU: a ``PagedLayout``. Extend: an ``ExtendPlan`` (each request's page list, or its
+packed key slots for page size 1, and the varlen offsets; no host sync). Each layer then stores
+its new K/V through SGLang's KV pool, exactly as the built-in backends do, and runs the decode
+kernel / ``paged_decode`` / ``extend_attention`` (the dense kernel reading the pool's pages in
+place, or one gather and the dense kernel).
 
 Works with SGLang 0.5.17 through 0.5.23 (both use the ``init_forward_metadata_out_graph``
 / ``_in_graph`` contract for CUDA graphs).
@@ -209,6 +210,7 @@ class FlashCoreBackend(AttentionBackend):
             forward_batch.extend_seq_lens, forward_batch.out_cache_loc,
             prefix_lens_cpu=getattr(forward_batch, "extend_prefix_lens_cpu", None),
             extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None),
+            page_size=self.page_size,
         )
         return ForwardMetadata(extend=plan)
 

@@ -27,7 +27,30 @@ struct DenseFwdArgs {
   // causal: launch the query blocks with the most key tiles first, so the light ones fill the
   // tail of the grid instead of the heavy ones
   bool heavy_first;
+  // 0 or 1 on the device (see dense_fwd.cu): the CTA order; nullptr means 0
+  const int* grid_order;
+  // Paged prefix: request b's keys start with n_b = key_page_offsets[b+1] - key_page_offsets[b]
+  // whole pages of the pool [pool_rows, Hkv, D] (its key j < n_b * page_size at slot
+  // key_pages[key_page_offsets[b] + j / page_size] * page_size + j % page_size), followed by its
+  // packed k/v rows cu_seqlens_k[b] .. cu_seqlens_k[b+1]. key_pages nullptr: no pages.
+  const int* key_pages;
+  const int* key_page_offsets;
+  int page_size;
+  const void* k_pool;
+  const void* v_pool;
+  int64_t pool_rows;
+  int64_t k_pool_stride_row, k_pool_stride_head;
+  int64_t v_pool_stride_row, v_pool_stride_head;
 };
+
+// Rows of one TMA box for a page size: the largest of 128, 64, 32, 16, 8 that divides it (a box
+// must stay inside one page and keep the 1024-byte swizzle period); 0 when none does.
+inline int dense_page_box_rows(int page_size) {
+  if (page_size <= 0) return 0;
+  for (int rows = 128; rows >= 8; rows /= 2)
+    if (page_size % rows == 0) return rows;
+  return 0;
+}
 
 // dtype: 0 = fp16, 1 = bf16. Returns a CUDA error code (cudaSuccess when launched).
 cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cudaStream_t stream);
