@@ -55,21 +55,31 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {  // 
 struct MaxOp {
   __device__ __forceinline__ long long operator()(long long x, long long y) const { return x > y ? x : y; }
 };
+struct SumOp {  // cub::Sum is gone from CUDA 13's CCCL
+  __device__ __forceinline__ long long operator()(long long x, long long y) const { return x + y; }
+};
 
 using IntScan = cub::BlockScan<int, kPlanThreads>;
 using LongReduce = cub::BlockReduce<long long, kPlanThreads>;
+
+// A block-wide reduction whose result every thread gets (cub leaves it in thread 0 only).
+template <typename Op>
+__device__ long long block_all_reduce(long long x, Op op, typename LongReduce::TempStorage& tmp,
+                                      long long* shared_out) {
+  x = LongReduce(tmp).Reduce(x, op);
+  if (threadIdx.x == 0) *shared_out = x;
+  __syncthreads();
+  x = *shared_out;
+  __syncthreads();  // tmp and shared_out are free for the next reduction
+  return x;
+}
 
 // Sum over requests of ceil(len / C) (all threads get the result).
 __device__ long long count_chunks(const TablePlanArgs& a, long long C, typename LongReduce::TempStorage& tmp,
                                   long long* shared_out) {
   long long n = 0;
   for (int b = threadIdx.x; b < a.batch; b += kPlanThreads) n += (load_request(a, b).len + C - 1) / C;
-  long long total = LongReduce(tmp).Sum(n);
-  if (threadIdx.x == 0) *shared_out = total;
-  __syncthreads();
-  total = *shared_out;
-  __syncthreads();
-  return total;
+  return block_all_reduce(n, SumOp(), tmp, shared_out);
 }
 
 __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
@@ -87,21 +97,9 @@ __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePl
     clamped += r.clamped;
     longest = max(longest, (long long)r.len);
   }
-  tokens = LongReduce(tmp.reduce).Sum(tokens);
-  if (threadIdx.x == 0) s_total = tokens;
-  __syncthreads();
-  tokens = s_total;
-  __syncthreads();
-  clamped = LongReduce(tmp.reduce).Sum(clamped);
-  if (threadIdx.x == 0) s_total = clamped;
-  __syncthreads();
-  clamped = s_total;
-  __syncthreads();
-  longest = LongReduce(tmp.reduce).Reduce(longest, MaxOp());
-  if (threadIdx.x == 0) s_total = longest;
-  __syncthreads();
-  longest = s_total;
-  __syncthreads();
+  tokens = block_all_reduce(tokens, SumOp(), tmp.reduce, &s_total);
+  clamped = block_all_reduce(clamped, SumOp(), tmp.reduce, &s_total);
+  longest = block_all_reduce(longest, MaxOp(), tmp.reduce, &s_total);
 
   // C: the largest power of two (within bounds) that still gives about target_items chunks,
   // then doubled until the chunks fit the workspace (it always fits once C >= longest).

@@ -264,6 +264,21 @@ class DecodePlanner:
                          meta["tokens"], meta["unique_tokens"], meta["clamped"])
 
 
+_PLANNERS: Dict[tuple, "DecodePlanner"] = {}
+
+
+def _planner_for(q: torch.Tensor) -> "DecodePlanner":
+    """The cached planner for q's device, current stream and heads (its workspace is reused by
+    every call on that stream, which orders them)."""
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    key = (q.device, stream, q.shape[1], q.shape[2])
+    planner = _PLANNERS.get(key)
+    if planner is None or planner.max_batch < q.shape[0]:
+        batch = q.shape[0] if planner is None else max(q.shape[0], 2 * planner.max_batch)
+        planner = _PLANNERS[key] = DecodePlanner(batch, q.shape[1], q.shape[2], q.device)
+    return planner
+
+
 def paged_decode_table(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -283,7 +298,8 @@ def paged_decode_table(
     ``k_cache``/``v_cache`` (SGLang's [slots, Hkv, D] pool, or head-major pages
     [num_pages, Hkv, page_size, D]). On a Hopper GPU the plan is made on the device and chunks
     with identical slots are loaded once for all their readers; elsewhere the float32 reference
-    runs. This convenience call allocates a ``DecodePlanner``; a server keeps one instead.
+    runs. This convenience call reuses one ``DecodePlanner`` per device, stream and head shape
+    (made on first use, remade larger when a batch outgrows it); a server keeps its own.
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
@@ -311,7 +327,7 @@ def paged_decode_table(
     if not (q.is_cuda and ops.impl_mode() != "reference"):
         out, lse = paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale=scale)
         return out.to(q.dtype), lse.float()
-    planner = DecodePlanner(q.shape[0], q.shape[1], q.shape[2], q.device)
+    planner = _planner_for(q)
     planner.plan(req_to_token.to(torch.int32), req_pool_indices, seq_lens, k_cache.shape[1],
                  q.shape[1] // k_cache.shape[1], chunk_tokens)
     return planner.run(q, k_cache, v_cache, scale, page_size)

@@ -87,33 +87,52 @@ def _paged_prefill_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, k
 
 def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
                        cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
-    """Extend as one varlen dense call: each request's keys are its prefix pages (gathered through
-    the layout) followed by its new tokens; bottom-right causal masking is exactly extend's mask.
-    Prefix pages shared by several requests are read once per reader here (see the issue notes)."""
+    """Extend over a prefix layout. With SGLang's pool and a page size the kernel can read in place
+    (a multiple of 8), each request's whole prefix pages stay in the pool and the dense kernel
+    reads them through a page list; the rest of its keys (a partial last prefix page, then the
+    new tokens) are packed. Otherwise (head-major pages, page 1, a layout whose runs are not
+    page-aligned) every key is packed. Bottom-right causal masking is exactly extend's mask."""
+    from .extend_plan import can_page
     from .layout import _exclusive_cumsum
     from .ops import layout_view
     from .reference import gather_kv
 
     _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
-    i64 = torch.int64
+    i64, dev = torch.int64, q.device
     batch = cu_seqlens_q.shape[0] - 1
     ext = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(i64)
     pre = prefix_lens.to(i64)
-    cu_k = _exclusive_cumsum(pre + ext)
     rows, slots = layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens).token_slots()
+    pos = torch.arange(rows.shape[0], device=dev) - _exclusive_cumsum(pre)[rows]
+    in_place = k_cache.dim() == 3 and can_page(page_size) and k_cache.dtype == q.dtype
+    full = pre // page_size if in_place else torch.zeros_like(pre)
+    in_full = pos < (full * page_size)[rows]
+    page_offsets_k = _exclusive_cumsum(full)
+    key_pages = torch.div(slots[in_full & (pos % page_size == 0)], page_size, rounding_mode="floor")
+    if key_pages.numel():  # in place only if each whole page's tokens are its slots in order (one sync)
+        page_of = key_pages[(page_offsets_k[rows] + pos // page_size).clamp(max=key_pages.numel() - 1)]
+        if not bool(((page_of * page_size + pos % page_size) == slots)[in_full].all()):
+            full = torch.zeros_like(pre)
+            in_full = torch.zeros_like(in_full)
+            key_pages = key_pages[:0]
+    tail = pre - full * page_size
+    cu_k = _exclusive_cumsum(tail + ext)
     hkv, d = k_new.shape[1], k_new.shape[2]
-    total_k = q.shape[0] + slots.shape[0]
-    k_all = torch.empty(total_k, hkv, d, dtype=q.dtype, device=q.device)
+    k_all = torch.empty(q.shape[0] + int(tail.sum()), hkv, d, dtype=q.dtype, device=dev)
     v_all = torch.empty_like(k_all)
-    # prefix token i of request b goes to cu_k[b] + i; new token t to cu_k[b] + prefix[b] + t
-    pre_start = _exclusive_cumsum(pre)
-    dst_pre = cu_k[rows] + torch.arange(rows.shape[0], device=q.device) - pre_start[rows]
-    k_all[dst_pre] = gather_kv(k_cache, slots, page_size)
-    v_all[dst_pre] = gather_kv(v_cache, slots, page_size)
-    new_rows = torch.repeat_interleave(torch.arange(batch, device=q.device), ext, output_size=q.shape[0])
-    dst_new = cu_k[new_rows] + pre[new_rows] + torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[new_rows].to(i64)
-    k_all[dst_new] = k_new
-    v_all[dst_new] = v_new
+    # a packed prefix token of request b goes to cu_k[b] + (its position - whole-page tokens); new token t after the tail
+    tail_rows, tail_slots = rows[~in_full], slots[~in_full]
+    dst_tail = cu_k[tail_rows] + pos[~in_full] - (full * page_size)[tail_rows]
+    k_all[dst_tail] = gather_kv(k_cache, tail_slots, page_size).to(q.dtype)
+    v_all[dst_tail] = gather_kv(v_cache, tail_slots, page_size).to(q.dtype)
+    new_rows = torch.repeat_interleave(torch.arange(batch, device=dev), ext, output_size=q.shape[0])
+    dst_new = cu_k[new_rows] + tail[new_rows] + torch.arange(q.shape[0], device=dev) - cu_seqlens_q[new_rows].to(i64)
+    k_all[dst_new] = k_new.to(q.dtype)
+    v_all[dst_new] = v_new.to(q.dtype)
+    if key_pages.numel():
+        return _paged_prefill_cuda(q, k_all, v_all, cu_seqlens_q, cu_k.to(torch.int32), k_cache, v_cache,
+                                   key_pages.to(torch.int32), page_offsets_k.to(torch.int32), page_size, max_seqlen_q,
+                                   True, softmax_scale, None)
     return _attention_cuda(q, k_all, v_all, cu_seqlens_q, cu_k.to(torch.int32), max_seqlen_q, None, True,
                            softmax_scale)
 

@@ -1,0 +1,65 @@
+"""A/B of the decode planner's launch knobs without a rebuild, same run, same GPU: CTAs that loop
+over the tasks (``grid_work``, in multiples of the SM count) and the chunk size (auto or fixed),
+on decode batches without sharing, against cuDNN SDPA on the gathered K/V.
+
+    python scripts/bench_decode_grid.py [--json out.json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from bench_decode import shared_page_table  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
+from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
+
+CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
+
+
+def main():
+    parser = base_parser(__doc__, repeats=20)
+    parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
+    parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
+    args = parser.parse_args()
+    info = require_cuda("bench_decode_grid")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    for batch, hkv, ctx in CONFIGS:
+        hq, d, page, dt = 32, 128, 64, torch.bfloat16
+        r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda")
+        k = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
+        v = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
+        q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
+        idx = torch.arange(batch, device="cuda")
+        seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+        kd = k[r2t.long()].permute(0, 2, 1, 3).contiguous()
+        vd = v[r2t.long()].permute(0, 2, 1, 3).contiguous()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            cudnn_ms = time_ms(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True),
+                               repeats=args.repeats)
+        del kd, vd
+        planner = DecodePlanner(batch, hq, d, q.device)
+        for chunk in args.chunks.split(","):
+            planner.plan(r2t, idx, seq, hkv, hq // hkv, None if chunk == "auto" else int(chunk))
+            meta = planner.meta()
+            for mult in map(int, args.multipliers.split(",")):
+                planner.grid_work = mult * sms
+                ms = time_ms(lambda: planner.run(q, k, v, d ** -0.5, page), repeats=args.repeats)
+                rows.append(dict(B=batch, Hkv=hkv, ctx=ctx, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
+                                 grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms))
+                print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} grid {mult}xSM: {ms:.3f} ms, "
+                      f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x", flush=True)
+    labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} g{r['grid_sms']}" for r in rows]
+    report(args, info, rows, list(rows[0]), "decode launch knobs (bf16, Hq 32, D 128, page 64, no sharing)", labels,
+           {"ours / cuDNN speed": [r["vs_cudnn"] for r in rows]}, "cuDNN ms / ours ms")
+
+
+if __name__ == "__main__":
+    main()

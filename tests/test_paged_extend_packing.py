@@ -1,0 +1,70 @@
+"""The key packing of the public ``paged_extend`` CUDA path, on CPU: the kernels are replaced by the
+float64 references, so what is checked is which keys go where — whole prefix pages left in the
+pool (and listed) when the layout's pages are aligned, the rest packed after them — against
+``paged_extend_ref``."""
+
+import pytest
+import torch
+
+import sglang_flashcore as fc
+from cases import make_extend_case
+from sglang_flashcore import kernels, reference
+from sglang_flashcore.reference import paged_extend_ref
+
+
+@pytest.fixture
+def kernels_on_cpu(monkeypatch):
+    calls = []
+
+    def prefill(q, k, v, cu_q, cu_k, k_cache, v_cache, pages, page_offsets, page_size, max_q, causal, scale, order):
+        calls.append(("paged", pages.tolist(), page_offsets.tolist()))
+        return reference.paged_prefill_ref(q, k, v, cu_q, cu_k, k_cache, v_cache, pages, page_offsets, page_size,
+                                           causal, scale)
+
+    def dense(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
+        calls.append(("packed",))
+        return reference.attention_ref(q, k, v, causal=causal, softmax_scale=scale, cu_seqlens_q=cu_q,
+                                       cu_seqlens_k=cu_k)
+
+    monkeypatch.setattr(kernels, "_check_kernel_input", lambda *a: None)
+    monkeypatch.setattr(kernels, "_paged_prefill_cuda", prefill)
+    monkeypatch.setattr(kernels, "_attention_cuda", dense)
+    return calls
+
+
+def _run(case, scale=0.3, reverse_first_page=False):
+    pt = case.table
+    table = pt.req_to_token.clone()
+    if reverse_first_page:  # request 0's first page holds its tokens backwards: not page-aligned
+        row = int(pt.req_pool_indices[0])
+        table[row, : pt.page_size] = table[row, : pt.page_size].flip(0)
+    layout = fc.from_sglang(table, pt.req_pool_indices, torch.tensor(case.prefix), pt.page_size)
+    cu_q = case.cu_seqlens_q()
+    out, _ = kernels._paged_extend_cuda(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout.row_offsets,
+                                        layout.cols, layout.page_offsets, layout.counts, layout.seq_lens, cu_q,
+                                        max(case.extend), pt.page_size, scale)
+    ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout, cu_q,
+                              softmax_scale=scale)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("prefix,ext", [([16, 0, 40], [3, 20, 1]), ([20, 5, 8], [3, 2, 9]), ([64, 64], [1, 7])])
+def test_whole_prefix_pages_stay_in_the_pool(kernels_on_cpu, prefix, ext):
+    case = make_extend_case(prefix, ext, 8, 4, 2, 16, torch.float64, seed=sum(prefix), shared=len(set(prefix)) == 1)
+    _run(case)
+    kind, pages, offsets = kernels_on_cpu[-1]
+    rows = case.table.rows
+    assert kind == "paged" and offsets[-1] == sum(p // 8 for p in prefix)
+    assert pages == [rows[b][j] // 8 for b, p in enumerate(prefix) for j in range(0, p - p % 8, 8)]
+
+
+def test_page_size_one_and_short_prefixes_are_packed(kernels_on_cpu):
+    _run(make_extend_case([5, 9], [3, 2], 1, 4, 2, 16, torch.float64, seed=1))
+    _run(make_extend_case([5, 7], [3, 2], 8, 4, 2, 16, torch.float64, seed=2))  # no whole page
+    assert [c[0] for c in kernels_on_cpu] == ["packed", "packed"]
+
+
+def test_a_layout_that_is_not_page_aligned_falls_back_to_packing(kernels_on_cpu):
+    case = make_extend_case([16, 24], [2, 3], 8, 4, 2, 16, torch.float64, seed=3)
+    _run(case, reverse_first_page=True)
+    assert kernels_on_cpu[-1] == ("packed",)
