@@ -37,10 +37,15 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def target_work_items(device: torch.device) -> int:
+    """CTAs (work items x KV heads) the chunk policies aim for: four waves of two CTAs per SM."""
+    return 4 * 2 * _num_sms(device)
+
+
 def auto_chunk_tokens(layout: PagedLayout, num_kv_heads: int) -> int:
     """A chunk size for ``layout`` (host numbers only: no device sync)."""
     tokens = layout.nnz * layout.page_size  # an upper bound on the tokens requested
-    target_items = 4 * 2 * _num_sms(layout.device)  # four waves of two CTAs per SM
+    target_items = target_work_items(layout.device)
     chunk = MAX_CHUNK_TOKENS
     while chunk > MIN_CHUNK_TOKENS and tokens * num_kv_heads < target_items * chunk:
         chunk //= 2

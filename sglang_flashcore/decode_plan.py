@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .api import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS, _check_pools, _num_sms, _scale, target_work_items
 from .checks import ATTENTION_DTYPES, check_head_dim, check_heads, check_len, check_positive_int, check_range, check_tensor
 
 __all__ = [
@@ -38,18 +39,13 @@ __all__ = [
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
 ROWS_PER_TASK = 64  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
-MIN_CHUNK_TOKENS = 64
-MAX_AUTO_CHUNK_TOKENS = 1024
+MAX_AUTO_CHUNK_TOKENS = MAX_CHUNK_TOKENS  # the layout policy's bounds (api.py) apply here too
 DEFAULT_WORKSPACE_BYTES = 256 << 20
 
 
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-
-
 def target_chunks(num_kv_heads: int, device: torch.device) -> int:
-    """Chunks the automatic policy aims for: about four waves of two CTAs per SM over all KV heads."""
-    return -(-4 * 2 * _num_sms(device) // max(num_kv_heads, 1))
+    """Chunks the automatic policy aims for: ``api.target_work_items`` over all KV heads."""
+    return -(-target_work_items(device) // max(num_kv_heads, 1))
 
 
 def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0, target: int = 0,
@@ -304,7 +300,6 @@ def paged_decode_table(
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
     from . import ops
-    from .api import _check_pools, _scale
     from .layout import from_sglang
     from .reference import paged_decode_ref
 

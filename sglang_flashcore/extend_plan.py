@@ -146,13 +146,14 @@ def plan_extend(
     # whole prefix pages read in place (paged plans); the prefix's remainder is packed
     full_host = [p // page_size if paged else 0 for p in pre_host]
     paged = paged and sum(full_host) > 0
+    tail_host = [p - f * page_size for p, f in zip(pre_host, full_host)]  # packed prefix tokens
     rows = req_pool_indices.to(i64)
     max_k = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
     pages = offsets = order = None
     if paged:
         full = torch.div(pre, page_size, rounding_mode="floor")
         pages, offsets, order = _page_lists(req_to_token, rows, full, page_size, sum(full_host))
-    if all(p == f * page_size for p, f in zip(pre_host, full_host)):  # packed keys = the new tokens
+    if not any(tail_host):  # packed keys = the new tokens
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_k, page_size,
                           pages, offsets, order)
     skip = full * page_size if paged else torch.zeros_like(pre)  # prefix positions covered by pages
@@ -160,7 +161,7 @@ def plan_extend(
 
     packed = tail_pre + ext
     cu_k = _exclusive_cumsum(packed)
-    total_k = total_q + sum(p - f * page_size for p, f in zip(pre_host, full_host))
+    total_k = total_q + sum(tail_host)
     arange_b = torch.arange(batch, device=device)
     # packed key j: request r, position skip[r] + i; a prefix position reads req_to_token, a new one out_cache_loc
     r = torch.repeat_interleave(arange_b, packed, output_size=total_k)

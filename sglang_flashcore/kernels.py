@@ -11,6 +11,7 @@ from typing import List, Sequence
 import torch
 
 from . import _jit, ops
+from .extend_plan import can_page
 from .layout import SharingPlan
 
 _loaded = False
@@ -78,7 +79,7 @@ def _attention_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 def _paged_prefill_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
                         page_size, max_seqlen_q, causal, softmax_scale, grid_order):
     _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
-    if page_size % 8:
+    if not can_page(page_size):
         raise ValueError(f"page_size: the paged dense kernel reads pages of a multiple of 8 tokens, got {page_size}")
     return _jit.load().attention_fwd_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
                                            key_page_offsets, page_size, max_seqlen_q, causal, softmax_scale,
@@ -92,7 +93,6 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     reads them through a page list; the rest of its keys (a partial last prefix page, then the
     new tokens) are packed. Otherwise (head-major pages, page 1, a layout whose runs are not
     page-aligned) every key is packed. Bottom-right causal masking is exactly extend's mask."""
-    from .extend_plan import can_page
     from .layout import _exclusive_cumsum
     from .ops import layout_view
     from .reference import gather_kv

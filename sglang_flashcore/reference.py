@@ -108,7 +108,7 @@ def gather_kv(cache: torch.Tensor, slots: torch.Tensor, page_size: int) -> torch
     return cache[slots // page_size, :, slots % page_size]
 
 
-def page_list_slots(key_pages: torch.Tensor, key_page_offsets: torch.Tensor, page_size: int) -> torch.Tensor:
+def page_list_slots(key_pages: torch.Tensor, page_size: int) -> torch.Tensor:
     """Pool slots of every token of every listed (whole) page, request after request."""
     pages = key_pages.to(torch.int64)
     return (pages.unsqueeze(1) * page_size + torch.arange(page_size, device=pages.device)).reshape(-1)
@@ -121,7 +121,7 @@ def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key
     i64 = torch.int64
     batch = cu_seqlens_q.shape[0] - 1
     po, ck = key_page_offsets.to(i64).tolist(), cu_seqlens_k.to(i64).tolist()
-    page_slots = page_list_slots(key_pages, key_page_offsets, page_size)
+    page_slots = page_list_slots(key_pages, page_size)
     keys, values, lens = [], [], []
     for b in range(batch):
         slots = page_slots[po[b] * page_size: po[b + 1] * page_size]
