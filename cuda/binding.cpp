@@ -18,6 +18,12 @@
 
 namespace {
 
+// Whether environment variable ``name`` is set to ``value`` (the A/B switches of the benchmarks).
+bool env_equals(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == value;
+}
+
 // Error messages are assembled without iostreams and thrown as std exceptions (pybind11 turns
 // std::invalid_argument into ValueError, std::runtime_error into RuntimeError). On the GPU box,
 // formatting a number through c10::str / std::ostream inside this extension crashed the process
@@ -304,10 +310,7 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
   // FLASHCORE_DECODE_GRID=task_major: the former grid order, kept for A/B measurements
-  static const bool task_major = [] {
-    const char* v = std::getenv("FLASHCORE_DECODE_GRID");
-    return v != nullptr && std::string(v) == "task_major";
-  }();
+  static const bool task_major = env_equals("FLASHCORE_DECODE_GRID", "task_major");
   p.head_fastest = !task_major;
   const at::cuda::CUDAGuard guard(q.device());
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
@@ -330,6 +333,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), k_name, "/", v_name,
            ": shapes ", k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");
+  // the kernel takes row maxima of the raw scores, which is only right for a positive scale
+  FC_CHECK(scale > 0, "softmax_scale: expected a positive scale, got ", scale);
   FC_CHECK(k.size(0) < INT32_MAX, k_name, ": over 2^31 rows are not supported");
   check_rows_16b(q, "q");
   check_rows_16b(k, k_name);
@@ -364,13 +369,21 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.max_seqlen_q = (int)max_seqlen_q;
   a.softmax_scale = (float)scale;
   a.causal = causal;
-  // FLASHCORE_DENSE_ORDER=forward: query blocks in launch order (for A/B measurements)
-  static const bool forward_order = [] {
-    const char* v = std::getenv("FLASHCORE_DENSE_ORDER");
-    return v != nullptr && std::string(v) == "forward";
-  }();
+  // A/B switches, read per call so that one process can time both sides:
+  // FLASHCORE_DENSE_ORDER=forward: query blocks in launch order
+  const bool forward_order = env_equals("FLASHCORE_DENSE_ORDER", "forward");
   a.heavy_first = !forward_order;
+  // FLASHCORE_DENSE_SCHEDULE=grid: one CTA per work tile; FLASHCORE_DENSE_PINGPONG=off: the
+  // consumers issue GEMMs without taking turns
+  const bool grid_schedule = env_equals("FLASHCORE_DENSE_SCHEDULE", "grid");
+  const bool no_pingpong = env_equals("FLASHCORE_DENSE_PINGPONG", "off");
+  a.persistent = !grid_schedule;
+  a.pingpong = !no_pingpong;
+  // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
+  a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};
+  auto tile_counter = at::empty({1}, q.options().dtype(at::kInt));
+  a.tile_counter = tile_counter.data_ptr<int>();
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");
   return {out, lse};

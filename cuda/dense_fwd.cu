@@ -1,14 +1,18 @@
-// Dense attention forward for Hopper (sm_90a): TMA + wgmma, warp-specialized.
+// Dense attention forward for Hopper (sm_90a): TMA + wgmma, warp-specialized, persistent.
 //
-// One CTA = 128 query rows of one (sequence, query head), three warpgroups:
-//   warpgroup 0, one thread: the producer. TMA-loads the Q tile once and streams K and V tiles
-//     of 128 keys through two 2-stage shared-memory rings guarded by mbarriers (full: bytes
-//     landed; empty: both consumers are done with the stage).
+// A work tile = 128 query rows of one (sequence, query head). One CTA per SM, three warpgroups:
+//   warpgroup 0, one thread: the producer. Claims work tiles (the first from blockIdx.x, then
+//     from an atomic counter), TMA-loads each tile's Q and streams its K and V tiles of 128 keys
+//     through two 2-stage shared-memory rings guarded by mbarriers (full: bytes landed; empty:
+//     both consumers are done with the stage). It runs ahead into the next work tile while the
+//     consumers finish the current one.
 //   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
-//     shared memory, 128-byte swizzle), scale, mask, online softmax in registers, then
-//     O += P V with wgmma (P from registers, V read as an MN-major operand). The two GEMMs are
-//     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together, and the
-//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores.
+//     shared memory, 128-byte swizzle), mask, online softmax in registers (the scale folded into
+//     one FFMA before a flush-to-zero exp2), then O += P V with wgmma (P from registers, V read
+//     as an MN-major operand). Within a warpgroup the two GEMMs are software-pipelined across
+//     tiles: S(n) and P(n-1) V(n-1) are issued together, and the softmax of S(n) runs while
+//     P(n-1) V(n-1) is still on the tensor cores. Between the warpgroups, a ping-pong of named
+//     barriers makes them take turns issuing, so one's softmax overlaps the other's GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
 //
@@ -17,11 +21,16 @@
 // (a page of P >= 8 tokens is P consecutive slots), followed by its packed rows of k/v (the new
 // tokens). A page's length is a multiple of the box, so no box straddles the two sources.
 //
-// Grid order (a device flag, so a plan can choose it without a host sync): 0 = query block
-// fastest, then query head, then request (CTAs resident together read one request's K/V);
-// 1 = request fastest, then the query heads of one KV head, then query block, then KV head
-// (CTAs resident together read the same prefix pages when requests share them).
+// Work tile order (the order CTAs claim them). Grid order 0, the default (a device flag, so a
+// plan can choose without a host sync): non-causal, query block fastest, then query head, then
+// request (CTAs running together read one head's K/V from L2); causal, L2-sized sections of
+// (request, query head) pairs with the query block slowest inside a section, heaviest first,
+// so the long tiles start early and the short ones fill the end. Grid order 1: request
+// fastest, then the query heads of one KV head, then query block, then KV head (CTAs running
+// together read the same prefix pages when requests share them).
 #include <float.h>
+
+#include <algorithm>
 
 #include "flashcore/dense_fwd.h"
 #include "flashcore/hopper.cuh"
@@ -47,7 +56,8 @@ struct DenseSmem {
   static constexpr int kK = kTileBytes;
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kBytes = kBars + 8 * (4 * kStages + 1) + 1024;  // + alignment slack
+  static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);    // two claimed work tiles
+  static constexpr int kBytes = kTileSlots + 2 * 4 + 1024;             // + alignment slack
 };
 
 struct DenseFwdParams {
@@ -60,7 +70,12 @@ struct DenseFwdParams {
   float scale_log2;
   int causal;
   int heavy_first;
-  int batch, m_blocks;
+  int pingpong;  // consumer warpgroups take turns issuing their GEMMs (see below)
+  int batch, m_blocks, num_work;
+  int section_pairs;  // causal CTA order (see make_work_tile)
+  // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
+  // nullptr: one work tile per CTA
+  int* tile_counter;
   const int* grid_order;  // device flag (see the header comment); nullptr: 0
   // paged prefix: request b's pages are key_pages[key_page_offsets[b] ...]; nullptr: none
   const int* key_pages;
@@ -68,6 +83,68 @@ struct DenseFwdParams {
   int page_size, box_rows;
 };
 
+// One work tile: kBlockM query rows of one (request, query head) and the keys they see.
+struct WorkTile {
+  int m_block, hq, hk;
+  int q0, sq;         // the request's query rows
+  int k0, sk;         // its packed key rows start at k0; sk keys in all (pages first)
+  int paged_keys;     // keys read from whole pool pages
+  const int* pages;   // its page list, or nullptr
+  int diag;           // causal: row i sees keys <= i + diag
+  int n_tiles;        // key tiles to visit
+};
+
+// Work tile ``lin`` in the CTA order ``order``; false when the block lies past its request's rows.
+__device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
+  int m_idx, b;
+  if (order == 1) {
+    b = lin % p.batch;
+    lin /= p.batch;
+    const int hg = lin % p.group;
+    lin /= p.group;
+    m_idx = lin % p.m_blocks;
+    t.hq = (lin / p.m_blocks) * p.group + hg;
+  } else if (p.causal) {
+    // sections of section_pairs (request, query head) pairs whose K/V fit in L2 together; inside
+    // a section the query block is slowest, so its heaviest tiles are claimed first
+    const int pairs = p.num_q_heads * p.batch;
+    const int section = lin / (p.section_pairs * p.m_blocks);
+    const int first_pair = section * p.section_pairs;
+    const int size = min(p.section_pairs, pairs - first_pair);
+    lin -= first_pair * p.m_blocks;
+    m_idx = lin / size;
+    const int pair = first_pair + lin % size;
+    t.hq = pair % p.num_q_heads;
+    b = pair / p.num_q_heads;
+  } else {
+    m_idx = lin % p.m_blocks;
+    lin /= p.m_blocks;
+    t.hq = lin % p.num_q_heads;
+    b = lin / p.num_q_heads;
+  }
+  t.m_block = p.heavy_first ? p.m_blocks - 1 - m_idx : m_idx;
+  t.q0 = p.cu_q[b];
+  t.sq = p.cu_q[b + 1] - t.q0;
+  if (t.m_block * kBlockM >= t.sq) return false;
+  t.hk = t.hq / p.group;
+  t.pages = p.key_pages != nullptr ? p.key_pages + p.key_page_offsets[b] : nullptr;
+  t.paged_keys = t.pages != nullptr ? (p.key_page_offsets[b + 1] - p.key_page_offsets[b]) * p.page_size : 0;
+  t.k0 = p.cu_k[b];
+  t.sk = p.cu_k[b + 1] - t.k0 + t.paged_keys;
+  t.diag = t.sk - t.sq;
+  t.n_tiles = (t.sk + kBlockN - 1) / kBlockN;
+  if (p.causal) {
+    const int last_key = min(t.sk - 1, t.m_block * kBlockM + kBlockM - 1 + t.diag);
+    t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
+  }
+  return true;
+}
+
+// Persistent: CTA i starts with work tile i, and its producer claims the next one from an atomic
+// counter, so CTAs that drew light (causal) tiles take more of them, and the producer loads the
+// next tile's Q and first K/V while the consumers finish the previous one. The claimed tile goes
+// to the consumers through a shared-memory slot published with the Q barrier (-1: no more work).
+// The K/V ring's stage and phase follow a running tile count shared by producer and consumers.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
@@ -81,35 +158,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty_k = full_k + kStages;
   uint64_t* full_v = empty_k + kStages;
   uint64_t* empty_v = full_v + kStages;
-  uint64_t* q_bar = empty_v + kStages;
-
-  int lin = blockIdx.x, m_idx, hq, b;
-  if (p.grid_order != nullptr && *p.grid_order == 1) {
-    b = lin % p.batch;
-    lin /= p.batch;
-    const int hg = lin % p.group;
-    lin /= p.group;
-    m_idx = lin % p.m_blocks;
-    hq = (lin / p.m_blocks) * p.group + hg;
-  } else {
-    m_idx = lin % p.m_blocks;
-    lin /= p.m_blocks;
-    hq = lin % p.num_q_heads;
-    b = lin / p.num_q_heads;
-  }
-  const int m_block = p.heavy_first ? p.m_blocks - 1 - m_idx : m_idx;
-  const int q0 = p.cu_q[b], sq = p.cu_q[b + 1] - q0;
-  const int* pages = p.key_pages != nullptr ? p.key_pages + p.key_page_offsets[b] : nullptr;
-  const int paged_keys = pages != nullptr ? (p.key_page_offsets[b + 1] - p.key_page_offsets[b]) * p.page_size : 0;
-  const int k0 = p.cu_k[b], sk = p.cu_k[b + 1] - k0 + paged_keys;
-  if (m_block * kBlockM >= sq) return;
-  const int hk = hq / p.group;
-  const int diag = sk - sq;  // causal: row i sees keys <= i + diag
-  int n_tiles = (sk + kBlockN - 1) / kBlockN;
-  if (p.causal) {
-    int last_key = min(sk - 1, m_block * kBlockM + kBlockM - 1 + diag);
-    n_tiles = last_key < 0 ? 0 : min(n_tiles, last_key / kBlockN + 1);
-  }
+  uint64_t* q_full = empty_v + kStages;
+  uint64_t* q_empty = q_full + 1;
+  int* tile_slot = reinterpret_cast<int*>(smem + S::kTileSlots);
+  const int order = p.grid_order != nullptr ? *p.grid_order : 0;
 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -119,7 +171,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&full_v[s], 1);
       mbar_init(&empty_v[s], 256);
     }
-    mbar_init(q_bar, 1);
+    mbar_init(q_full, 1);
+    mbar_init(q_empty, 256);
     fence_barrier_init();
   }
   __syncthreads();
@@ -130,34 +183,51 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_tensor_map(&tq);
       prefetch_tensor_map(&tk);
       prefetch_tensor_map(&tv);
-      mbar_expect_tx(q_bar, S::kTileBytes);
-      for (int db = 0; db < D / 64; ++db)
-        tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_bar, db * 64, hq, q0 + m_block * kBlockM);
-      if (pages != nullptr) {
+      if (p.key_pages != nullptr) {
         prefetch_tensor_map(&tk_pool);
         prefetch_tensor_map(&tv_pool);
       }
-      // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
-      // (rows past the packed tensor's end are zero-filled by TMA)
-      auto load_tile = [&](unsigned char* dst, const CUtensorMap* packed, const CUtensorMap* pool, uint64_t* bar,
-                           int n) {
-        for (int r = 0; r < kBlockN; r += p.box_rows) {
-          const int pos = n * kBlockN + r;
-          const bool in_page = pos < paged_keys;
-          const int row = in_page ? pages[pos / p.page_size] * p.page_size + pos % p.page_size : k0 + pos - paged_keys;
-          for (int db = 0; db < D / 64; ++db)
-            tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, bar, db * 64, hk, row);
+      auto claim = [&] { return p.tile_counter != nullptr ? gridDim.x + atomicAdd(p.tile_counter, 1) : p.num_work; };
+      int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
+      for (int lin = blockIdx.x;; lin = claim()) {
+        WorkTile t;
+        bool valid = false;
+        for (; lin < p.num_work; lin = claim())
+          if ((valid = make_work_tile(p, order, lin, t))) break;
+        if (w > 0) mbar_wait(q_empty, (w - 1) & 1);  // both consumers are done with the last Q
+        // slot w % 2 was last read for work tile w - 2, before the consumers released its Q
+        tile_slot[w % 2] = valid ? lin : -1;
+        if (!valid) {
+          mbar_arrive(q_full);  // publishes the end
+          break;
         }
-      };
-      for (int n = 0; n < n_tiles; ++n) {
-        const int s = n % kStages;
-        const uint32_t parity = ((n / kStages) - 1) & 1;
-        if (n >= kStages) mbar_wait(&empty_k[s], parity);
-        mbar_expect_tx(&full_k[s], S::kTileBytes);
-        load_tile(smem + S::kK + s * S::kTileBytes, &tk, &tk_pool, &full_k[s], n);
-        if (n >= kStages) mbar_wait(&empty_v[s], parity);
-        mbar_expect_tx(&full_v[s], S::kTileBytes);
-        load_tile(smem + S::kV + s * S::kTileBytes, &tv, &tv_pool, &full_v[s], n);
+        mbar_expect_tx(q_full, S::kTileBytes);
+        for (int db = 0; db < D / 64; ++db)
+          tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_full, db * 64, t.hq, t.q0 + t.m_block * kBlockM);
+        ++w;
+        // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
+        // (rows past the packed tensor's end are zero-filled by TMA)
+        auto load_tile = [&](unsigned char* dst, const CUtensorMap* packed, const CUtensorMap* pool, uint64_t* bar,
+                             int n) {
+          for (int r = 0; r < kBlockN; r += p.box_rows) {
+            const int pos = n * kBlockN + r;
+            const bool in_page = pos < t.paged_keys;
+            const int row =
+                in_page ? t.pages[pos / p.page_size] * p.page_size + pos % p.page_size : t.k0 + pos - t.paged_keys;
+            for (int db = 0; db < D / 64; ++db)
+              tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, bar, db * 64, t.hk, row);
+          }
+        };
+        for (int n = 0; n < t.n_tiles; ++n, ++g) {
+          const int s = g % kStages;
+          const uint32_t parity = ((g / kStages) - 1) & 1;
+          if (g >= kStages) mbar_wait(&empty_k[s], parity);
+          mbar_expect_tx(&full_k[s], S::kTileBytes);
+          load_tile(smem + S::kK + s * S::kTileBytes, &tk, &tk_pool, &full_k[s], n);
+          if (g >= kStages) mbar_wait(&empty_v[s], parity);
+          mbar_expect_tx(&full_v[s], S::kTileBytes);
+          load_tile(smem + S::kV + s * S::kTileBytes, &tv, &tv_pool, &full_v[s], n);
+        }
       }
     }
     return;
@@ -167,17 +237,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   setmaxnreg_inc<232>();
   const int c = warpgroup - 1;  // rows c*64 .. c*64+63 of the tile
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-  const int row_a = m_block * kBlockM + c * 64 + warp * 16 + lane / 4;  // in the sequence
-  const int rows[2] = {row_a, row_a + 8};
 
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  // Ping-pong: the two consumers take turns issuing their GEMMs (named barrier 1 + c is "my
+  // turn"), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
+  // Consumer 1 opens with an arrive that lets consumer 0 go first; consumer 0 closes with a wait
+  // that consumes consumer 1's last arrive, so both barriers end balanced.
+  auto turn_begin = [&] {
+    if (p.pingpong) named_bar_sync(1 + c, 256);
+  };
+  auto turn_end = [&] {
+    if (p.pingpong) named_bar_arrive(2 - c, 256);
+  };
+  if (p.pingpong && c == 1) named_bar_arrive(1, 256);
 
-  // S(n) = Q K(n)^T, issued asynchronously (the caller waits)
-  auto issue_qk = [&](float (&sc)[kBlockN / 2], int n) {
-    const unsigned char* ks = smem + S::kK + (n % kStages) * S::kTileBytes;
+  // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits)
+  auto issue_qk = [&](float (&sc)[kBlockN / 2], int g) {
+    const unsigned char* ks = smem + S::kK + (g % kStages) * S::kTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
@@ -188,9 +263,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma_commit();
   };
-  // O += P(n) V(n), issued asynchronously; V is [keys][D], read as an MN-major B operand
-  auto issue_pv = [&](const uint32_t (&pa)[kBlockN / 16][4], int n) {
-    const unsigned char* vs = smem + S::kV + (n % kStages) * S::kTileBytes;
+  // O += P V of ring tile g, issued asynchronously; V is [keys][D], read as an MN-major B operand
+  auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockN / 16][4], int g) {
+    const unsigned char* vs = smem + S::kV + (g % kStages) * S::kTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -198,38 +273,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       Wgmma<T, D, 1>::rs(o, pa[kk], dv, 1);
     }
     wgmma_commit();
-  };
-  // scale, mask (past the sequence end; causal), online softmax in the log2 domain: leaves the
-  // exponentials in sc and returns each row's rescale factor for O
-  auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
-    const bool edge = (n + 1) * kBlockN > sk || (p.causal && (n + 1) * kBlockN - 1 > m_block * kBlockM + c * 64 + diag);
-    float mx[2] = {m[0], m[1]};
-#pragma unroll
-    for (int i = 0; i < kBlockN / 2; ++i) {
-      const int r = (i / 2) % 2;
-      float x = sc[i] * p.scale_log2;
-      if (edge) {
-        const int col = n * kBlockN + (i / 4) * 8 + 2 * (lane % 4) + (i % 2);
-        if (col >= sk || (p.causal && col > rows[r] + diag)) x = -INFINITY;
-      }
-      sc[i] = x;
-      mx[r] = fmaxf(mx[r], x);
-    }
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      alpha[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mx[r]);
-      base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row that sees nothing yet stays at 0
-      m[r] = mx[r];
-      l[r] *= alpha[r];
-    }
-#pragma unroll
-    for (int i = 0; i < kBlockN / 2; ++i) {
-      sc[i] = exp2f(sc[i] - base[(i / 2) % 2]);
-      l[(i / 2) % 2] += sc[i];
-    }
   };
   auto pack_p = [&](const float (&sc)[kBlockN / 2], uint32_t (&pa)[kBlockN / 16][4]) {
 #pragma unroll
@@ -239,64 +282,131 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  mbar_wait(q_bar, 0);
-  if (n_tiles > 0) {
-    float sc[kBlockN / 2];
-    uint32_t pa[kBlockN / 16][4];
-    float alpha[2];
-    mbar_wait(&full_k[0], 0);
-    issue_qk(sc, 0);
-    wgmma_wait<0>();
-    fence_regs(sc);
-    mbar_arrive(&empty_k[0]);
-    softmax(sc, 0, alpha);
-    pack_p(sc, pa);
-    for (int n = 1; n < n_tiles; ++n) {
-      const int s = n % kStages, sp = (n - 1) % kStages;
-      mbar_wait(&full_k[s], (n / kStages) & 1);
-      issue_qk(sc, n);
-      mbar_wait(&full_v[sp], ((n - 1) / kStages) & 1);
-      fence_regs(o);
-      issue_pv(pa, n - 1);
-      wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
-      fence_regs(sc);
-      mbar_arrive(&empty_k[s]);
-      softmax(sc, n, alpha);
-      wgmma_wait<0>();  // pa and o are free again
-      fence_regs(o);
-      mbar_arrive(&empty_v[sp]);
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
-      pack_p(sc, pa);
-    }
-    const int last = n_tiles - 1;
-    mbar_wait(&full_v[last % kStages], (last / kStages) & 1);
-    fence_regs(o);
-    issue_pv(pa, last);
-    wgmma_wait<0>();
-    fence_regs(o);
-    mbar_arrive(&empty_v[last % kStages]);
-  }
+  int g = 0;  // K/V tiles consumed so far
+  for (int w = 0;; ++w) {
+    mbar_wait(q_full, w & 1);
+    const int lin = tile_slot[w % 2];
+    if (lin < 0) break;
+    WorkTile t;
+    make_work_tile(p, order, lin, t);  // the producer only publishes tiles inside their request
+    const int row_a = t.m_block * kBlockM + c * 64 + warp * 16 + lane / 4;  // in the sequence
+    const int rows[2] = {row_a, row_a + 8};
 
-  // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
+    float o[D / 2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-  }
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    // m: running row max of the raw scores; l: running sum of exponentials
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    // mask (past the sequence end; causal), online softmax in the log2 domain with the scale
+    // folded into one FFMA per score: leaves the exponentials in sc and returns each row's
+    // rescale factor for O
+    auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
+      const bool edge =
+          (n + 1) * kBlockN > t.sk || (p.causal && (n + 1) * kBlockN - 1 > t.m_block * kBlockM + c * 64 + t.diag);
+      float mx[2] = {m[0], m[1]};
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (rows[r] >= sq) continue;
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    T* out = reinterpret_cast<T*>(p.out) + (int64_t)(q0 + rows[r]) * p.out_stride_row + (int64_t)hq * p.out_stride_head;
+      for (int i = 0; i < kBlockN / 2; ++i) {
+        const int r = (i / 2) % 2;
+        if (edge) {
+          const int col = n * kBlockN + (i / 4) * 8 + 2 * (lane % 4) + (i % 2);
+          if (col >= t.sk || (p.causal && col > rows[r] + t.diag)) sc[i] = -INFINITY;
+        }
+        mx[r] = fmaxf(mx[r], sc[i]);
+      }
+      float base[2];
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-      *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r] * p.scale_log2;  // a row that sees nothing yet stays at 0
+        alpha[r] = m[r] == -INFINITY ? 0.f : exp2_ftz(m[r] * p.scale_log2 - base[r]);
+        m[r] = mx[r];
+        l[r] *= alpha[r];
+      }
+      float sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // two partial sums per row: shorter add chains
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) {
+        const int r = (i / 2) % 2;
+        sc[i] = exp2_ftz(fmaf(sc[i], p.scale_log2, -base[r]));
+        sum[r][i % 2] += sc[i];
+      }
+      l[0] += sum[0][0] + sum[0][1];
+      l[1] += sum[1][0] + sum[1][1];
+    };
+
+    const int n_tiles = t.n_tiles;
+    if (n_tiles == 0) mbar_arrive(q_empty);
+    if (n_tiles > 0) {
+      float sc[kBlockN / 2];
+      uint32_t pa[kBlockN / 16][4];
+      float alpha[2];
+      turn_begin();
+      mbar_wait(&full_k[g % kStages], (g / kStages) & 1);
+      issue_qk(sc, g);
+      turn_end();
+      wgmma_wait<0>();
+      fence_regs(sc);
+      mbar_arrive(&empty_k[g % kStages]);
+      if (n_tiles == 1) mbar_arrive(q_empty);
+      softmax(sc, 0, alpha);
+      pack_p(sc, pa);
+      for (int n = 1; n < n_tiles; ++n) {
+        const int gk = g + n, gv = gk - 1;
+        turn_begin();
+        mbar_wait(&full_k[gk % kStages], (gk / kStages) & 1);
+        issue_qk(sc, gk);
+        mbar_wait(&full_v[gv % kStages], (gv / kStages) & 1);
+        fence_regs(o);
+        issue_pv(o, pa, gv);
+        turn_end();
+        wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
+        fence_regs(sc);
+        mbar_arrive(&empty_k[gk % kStages]);
+        if (n == n_tiles - 1) mbar_arrive(q_empty);  // the last read of Q
+        softmax(sc, n, alpha);
+        wgmma_wait<0>();  // pa and o are free again
+        fence_regs(o);
+        mbar_arrive(&empty_v[gv % kStages]);
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+        pack_p(sc, pa);
+      }
+      const int last = g + n_tiles - 1;
+      turn_begin();
+      mbar_wait(&full_v[last % kStages], (last / kStages) & 1);
+      fence_regs(o);
+      issue_pv(o, pa, last);
+      turn_end();
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(&empty_v[last % kStages]);
+      g += n_tiles;
     }
-    if (lane % 4 == 0)
-      p.lse[(int64_t)(q0 + rows[r]) * p.num_q_heads + hq] = l[r] > 0.f ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+
+    // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (rows[r] >= t.sq) continue;
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      T* out = reinterpret_cast<T*>(p.out) + (int64_t)(t.q0 + rows[r]) * p.out_stride_row +
+               (int64_t)t.hq * p.out_stride_head;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
+      }
+      if (lane % 4 == 0)
+        p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] =
+            l[r] > 0.f ? m[r] * p.scale_log2 * kLn2 + logf(l[r]) : -INFINITY;
+    }
   }
+  if (p.pingpong && c == 0) named_bar_sync(1, 256);  // consumer 1's last arrive
 }
 
 // ------------------------------------------------------------------ host side
@@ -332,6 +442,36 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// SMs of the current device, asked of the driver once per device
+int sm_count() {
+  static int counts[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return 0;
+  if (device >= 64) {
+    int n = 0;
+    return cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? n : 0;
+  }
+  if (counts[device] == 0 &&
+      cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    counts[device] = 0;
+  return counts[device];
+}
+
+// Causal CTA order: how many (request, query head) pairs make one L2 section, so that the K/V
+// the section's CTAs read at once stays in L2 (about half of the H100's 50 MB) while each
+// section still runs its heaviest query blocks first. Whole GQA groups: query heads of one KV
+// head share its K/V.
+template <int D>
+int causal_section_pairs(const DenseFwdArgs& a) {
+  constexpr int64_t kL2Budget = 24ll << 20;
+  const int group = a.num_q_heads / a.num_kv_heads;
+  const int64_t keys = std::max<int64_t>(std::max<int64_t>(a.total_k / std::max(a.batch, 1), a.max_seqlen_q), 1);
+  const int64_t kv_bytes_per_pair = std::max<int64_t>(keys * D * 2 * 2 / group, 1);  // K and V, 16-bit
+  const int64_t pairs = (int64_t)a.batch * a.num_q_heads;
+  int64_t section = std::max<int64_t>(kL2Budget / kv_bytes_per_pair / group, 1) * group;
+  return (int)std::min(section, pairs);
+}
+
 template <typename T, int D>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
@@ -355,13 +495,27 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
     return cudaErrorInvalidValue;
   }
   const int m_blocks = (a.max_seqlen_q + kBlockM - 1) / kBlockM;
-  const int64_t ctas = (int64_t)m_blocks * a.num_q_heads * a.batch;
-  if (ctas >= INT32_MAX) return cudaErrorInvalidValue;
+  const int64_t work = (int64_t)m_blocks * a.num_q_heads * a.batch;
+  if (work >= INT32_MAX) return cudaErrorInvalidValue;
+  const int section_pairs = a.causal_sections ? causal_section_pairs<D>(a) : a.batch * a.num_q_heads;
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.batch, m_blocks, a.grid_order, a.key_pages, a.key_page_offsets,
-                   paged ? a.page_size : 1, box_rows};
+                   a.pingpong ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr, a.grid_order,
+                   a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
+  // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
+  // wave from a counter zeroed here
+  int ctas = (int)work;
+  if (a.persistent && a.tile_counter != nullptr) {
+    const int sms = sm_count();
+    if (sms <= 0) return cudaErrorInvalidValue;
+    if (work > sms) {
+      ctas = sms;
+      p.tile_counter = a.tile_counter;
+      cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, sizeof(int), stream);
+      if (err != cudaSuccess) return err;
+    }
+  }
   auto kernel = dense_fwd_kernel<T, D>;
   constexpr int smem = DenseSmem<D>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

@@ -7,6 +7,7 @@ FLOPs = 4 * B * Hq * S * S * D, halved when causal.
 
     python scripts/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
     python scripts/bench_dense.py --shape 16,2048,16,16,64     # B,S,Hq,Hkv,D
+    python scripts/bench_dense.py --variant FLASHCORE_DENSE_SCHEDULE=grid   # A/B of a launch switch
 """
 
 from __future__ import annotations
@@ -34,7 +35,21 @@ def grid():
     return shapes
 
 
-def run(b, s, hq, hkv, d, causal, dtype, repeats):
+def time_variant(fn, variant, repeats):
+    """ms of ``fn`` with environment switch ``variant`` (NAME=VALUE) set for the call."""
+    name, value = variant.split("=", 1)
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return time_ms(fn, repeats=repeats, flush=False)
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=()):
     q = torch.randn(b, s, hq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
     v = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
@@ -43,6 +58,10 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats):
     out = fc.attention(q, k, v, causal=causal)[0]
     row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1],
                ours_ms=ours_ms, ours_TF=flops / ours_ms / 1e9)
+    for variant in variants:
+        ms = time_variant(lambda: fc.attention(q, k, v, causal=causal), variant, repeats)
+        row[f"{variant}_TF"] = flops / ms / 1e9
+        row[f"ours_over_{variant}"] = ms / ours_ms
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
@@ -64,6 +83,8 @@ def main():
     parser.add_argument("--shape", action="append", help="B,S,Hq,Hkv,D (repeatable; default: the grid)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "both"], default="both")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else grid()
     dtypes = {"bf16": [torch.bfloat16], "fp16": [torch.float16], "both": [torch.bfloat16, torch.float16]}[args.dtype]
@@ -73,12 +94,15 @@ def main():
     for dtype in dtypes:
         for shape in shapes:
             for causal in causals:
-                rows.append(run(*shape, causal, dtype, args.repeats))
+                rows.append(run(*shape, causal, dtype, args.repeats, args.variant))
                 r = rows[-1]
                 print(f"  {r['dtype']} B{r['B']} S{r['S']} Hq{r['Hq']} Hkv{r['Hkv']} D{r['D']} causal {r['causal']}: "
-                      f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF", flush=True)
+                      f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF"
+                      + "".join(f", {v} {r[v + '_TF']:.0f} TF" for v in args.variant), flush=True)
     cols = ["dtype", "B", "S", "Hq", "Hkv", "D", "causal", "ours_ms", "ours_TF", "cudnn_TF", "ours_over_cudnn",
             "fa2_TF", "ours_over_fa2", "maxdiff_cudnn"]
+    for variant in args.variant:
+        cols += [f"{variant}_TF", f"ours_over_{variant}"]
     labels = [f"{r['dtype']} S{r['S']} D{r['D']} H{r['Hq']}/{r['Hkv']} {'c' if r['causal'] else 'nc'}" for r in rows]
     report(args, info, rows, cols, "dense attention forward (TFLOPS)", labels,
            {"ours": [r["ours_TF"] for r in rows], "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],

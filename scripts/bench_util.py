@@ -1,7 +1,7 @@
 """Shared by the benchmark scripts: GPU timing, ceilings, tables, JSON and plots.
 
-Timing follows ../shared/BENCHMARKS.md: CUDA events around each call after warm-up, the
-median of the repeats, and (for memory-bound work) a 256 MB buffer written between calls so
+Timing follows ../shared/BENCHMARKS.md: CUDA events around each call after warm-up (queued
+behind a sleep kernel, so that they time the GPU and not the host), the median of the repeats, and (for memory-bound work) a 256 MB buffer written between calls so
 that no call finds its inputs in L2.
 """
 
@@ -46,21 +46,32 @@ def flush_l2() -> None:
 
 
 def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush: bool = True) -> float:
-    """Median milliseconds of ``fn`` on the current stream."""
+    """Median milliseconds of ``fn`` on the current stream: GPU time only.
+
+    The timed calls are queued behind a sleep kernel long enough for the host to enqueue them
+    all, so each pair of events brackets the GPU work of one call and none of the host's
+    (Python, checks, launch) time, for us and for the baselines alike."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
+    host = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    per_call_s = time.perf_counter() - host
+    if flush:
+        flush_l2()
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    torch.cuda.synchronize()
+    # ~1.5 GHz: cycles for twice the host time of every call (capped at 0.5 s)
+    torch.cuda._sleep(int(min(2.0 * repeats * per_call_s, 0.5) * 1.5e9))
+    for start, end in pairs:
         if flush:
             flush_l2()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in pairs)
 
 
 def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:

@@ -35,6 +35,8 @@ def dense_cases():
     yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16
     yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16
     yield [257], [257], 8, 1, 128, False, torch.float16
+    # over 132 work tiles (the persistent CTAs claim the rest), rows that see no key, empty rows
+    yield [300, 129, 0, 1, 200], [300, 500, 7, 1, 50], 48, 12, 64, True, torch.bfloat16
 
 
 def extend_cases():

@@ -39,13 +39,19 @@ __all__ = [
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
 ROWS_PER_TASK = 64  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
-MAX_AUTO_CHUNK_TOKENS = MAX_CHUNK_TOKENS  # the layout policy's bounds (api.py) apply here too
+# The page-table kernel reads a chunk's slots straight from req_to_token (no per-item offset
+# table in shared memory, which bounds the layout path at MAX_CHUNK_TOKENS), so its automatic
+# chunks may be longer: each chunk is a partial (O, LSE) written and merged again, and with
+# 8 KV heads 2048-token chunks time 2-3% faster than 1024 (benchmarks/results/h100/decode_chunks).
+MAX_AUTO_CHUNK_TOKENS = 2 * MAX_CHUNK_TOKENS
+TABLE_WAVES_DIVISOR = 2  # aim for half the layout policy's CTAs: two waves instead of four
 DEFAULT_WORKSPACE_BYTES = 256 << 20
 
 
 def target_chunks(num_kv_heads: int, device: torch.device) -> int:
-    """Chunks the automatic policy aims for: ``api.target_work_items`` over all KV heads."""
-    return -(-target_work_items(device) // max(num_kv_heads, 1))
+    """Chunks the automatic policy aims for: half of ``api.target_work_items`` (two waves of two
+    CTAs per SM) over all KV heads."""
+    return -(-target_work_items(device) // (TABLE_WAVES_DIVISOR * max(num_kv_heads, 1)))
 
 
 def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0, target: int = 0,

@@ -9,7 +9,7 @@ import torch
 
 import sglang_flashcore as fc
 from cases import PATTERNS, make_page_table, random_qkv
-from sglang_flashcore.decode_plan import choose_chunk_tokens, execute_plan_ref, plan_table_reference
+from sglang_flashcore.decode_plan import MAX_AUTO_CHUNK_TOKENS, choose_chunk_tokens, execute_plan_ref, plan_table_reference
 from sglang_flashcore.reference import paged_decode_ref
 
 
@@ -80,7 +80,9 @@ def test_chunk_policy():
     assert choose_chunk_tokens([5000, 10], max_chunks=100, fixed=256) == 256
     # few tokens: the smallest chunk; many: the largest automatic one
     assert choose_chunk_tokens([100] * 4, max_chunks=1000, target=132) == 64
-    assert choose_chunk_tokens([131072] * 8, max_chunks=10**6, target=132) == 1024
+    assert choose_chunk_tokens([131072] * 8, max_chunks=10**6, target=132) == MAX_AUTO_CHUNK_TOKENS == 2048
+    # in between: the largest power of two that still gives the target's chunks (8 x 8192 / 64 = 1024)
+    assert choose_chunk_tokens([8192] * 8, max_chunks=10**6, target=64) == 1024
     # a workspace of 10 partials: chunks grow until 8 x 5000 tokens fit in 10 chunks, or C covers a request
     assert choose_chunk_tokens([5000] * 8, max_chunks=10, fixed=64) == 8192
     assert choose_chunk_tokens([], max_chunks=1, target=100) == 64

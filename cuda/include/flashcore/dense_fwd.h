@@ -27,6 +27,12 @@ struct DenseFwdArgs {
   // causal: launch the query blocks with the most key tiles first, so the light ones fill the
   // tail of the grid instead of the heavy ones
   bool heavy_first;
+  // one CTA per SM looping over the work tiles (else one CTA per tile), and the two consumer
+  // warpgroups taking turns on the tensor cores; both on by default, off only for A/B runs
+  bool persistent = true;
+  bool pingpong = true;
+  bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
+  int* tile_counter = nullptr;  // one device int the persistent launch zeroes and counts on; nullptr: no persistence
   // 0 or 1 on the device (see dense_fwd.cu): the CTA order; nullptr means 0
   const int* grid_order;
   // Paged prefix: request b's keys start with n_b = key_page_offsets[b+1] - key_page_offsets[b]

@@ -36,6 +36,16 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// ---------------------------------------------------------------- named barriers
+// Barrier ``id`` (1..15; 0 is __syncthreads) completes when ``threads`` threads have arrived;
+// sync waits for that, arrive does not.
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---------------------------------------------------------------- TMA
 // A 3-D box (x = inner dim, y, z) of a tensor map into shared memory; completion is counted
 // on ``bar`` in bytes.
