@@ -30,7 +30,9 @@ def main(folder: str) -> None:
     dense, decode, extend = load(folder, "dense_grid.json"), load(folder, "decode_seed.json"), load(folder, "extend.json")
     info = (dense or decode or extend)["info"]
     lines += [f"Device: {info['device']}, torch {info['torch']} (CUDA {info['cuda']}), Python {info['python']}.",
-              "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.", ""]
+              "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.",
+              "Times are GPU time (CUDA events around calls queued behind a sleep kernel, median of the "
+              "repeats; `scripts/bench_util.py`), ours and the baselines alike.", ""]
     for decode_name, decode in (("seed configurations", decode), ("page sizes", load(folder, "decode_pages.json"))):
         if not decode:
             continue
@@ -128,9 +130,16 @@ def main(folder: str) -> None:
         lines += ["## Nsight Compute, paged extend over a shared prefix (`scripts/ncu_extend.py`)", "",
                   "HBM bytes read by the dense kernel in each CTA order; see the file's header for the command.", "",
                   "```", ncu_extend.read_text().rstrip(), "```", ""]
-    ncu = folder / "ncu_dense_seed_point.txt"
-    if ncu.exists():
-        lines += ["## Nsight Compute, dense kernel at the seed point", "", "```", ncu.read_text().rstrip(), "```", ""]
+    for name, title in (("ncu_dense_seed_point.txt", "dense kernel at the seed point"),
+                        ("ncu_dense_vs_cudnn.txt", "dense kernel next to cuDNN SDPA")):
+        ncu = folder / name
+        if ncu.exists():
+            lines += [f"## Nsight Compute, {title}", "", "```", ncu.read_text().rstrip(), "```", ""]
+    subfolders = [(d.name, d / "README.md") for d in sorted(folder.iterdir()) if (d / "README.md").exists()]
+    if subfolders:
+        lines += ["## Other runs", "", "Each folder has its own README with the command and the reading:", ""]
+        lines += [f"- `{name}/`: {readme.read_text().splitlines()[0].lstrip('# ')}" for name, readme in subfolders]
+        lines.append("")
     (folder / "README.md").write_text("\n".join(lines))
     print("wrote", folder / "README.md")
 
