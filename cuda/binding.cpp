@@ -310,7 +310,7 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
   // FLASHCORE_DECODE_GRID=task_major: the former grid order, kept for A/B measurements
-  static const bool task_major = env_equals("FLASHCORE_DECODE_GRID", "task_major");
+  const bool task_major = env_equals("FLASHCORE_DECODE_GRID", "task_major");
   p.head_fastest = !task_major;
   const at::cuda::CUDAGuard guard(q.device());
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
@@ -376,14 +376,16 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   // FLASHCORE_DENSE_SCHEDULE=grid: one CTA per work tile; FLASHCORE_DENSE_PINGPONG=off: the
   // consumers issue GEMMs without taking turns
   const bool grid_schedule = env_equals("FLASHCORE_DENSE_SCHEDULE", "grid");
-  const bool no_pingpong = env_equals("FLASHCORE_DENSE_PINGPONG", "off");
-  a.persistent = !grid_schedule;
-  a.pingpong = !no_pingpong;
+  a.pingpong = !env_equals("FLASHCORE_DENSE_PINGPONG", "off");
   // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
   a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};
-  auto tile_counter = at::empty({1}, q.options().dtype(at::kInt));
-  a.tile_counter = tile_counter.data_ptr<int>();
+  at::Tensor tile_counter;  // the persistent schedule's work-tile counter
+  if (!grid_schedule) {
+    tile_counter = at::empty({1}, q.options().dtype(at::kInt));
+    a.tile_counter = tile_counter.data_ptr<int>();
+    a.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  }
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");
   return {out, lse};

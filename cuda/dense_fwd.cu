@@ -442,21 +442,6 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// SMs of the current device, asked of the driver once per device
-int sm_count() {
-  static int counts[64] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return 0;
-  if (device >= 64) {
-    int n = 0;
-    return cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? n : 0;
-  }
-  if (counts[device] == 0 &&
-      cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    counts[device] = 0;
-  return counts[device];
-}
-
 // Causal CTA order: how many (request, query head) pairs make one L2 section, so that the K/V
 // the section's CTAs read at once stays in L2 (about half of the H100's 50 MB) while each
 // section still runs its heaviest query blocks first. Whole GQA groups: query heads of one KV
@@ -506,11 +491,10 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
   // wave from a counter zeroed here
   int ctas = (int)work;
-  if (a.persistent && a.tile_counter != nullptr) {
-    const int sms = sm_count();
-    if (sms <= 0) return cudaErrorInvalidValue;
-    if (work > sms) {
-      ctas = sms;
+  if (a.tile_counter != nullptr) {
+    if (a.num_sms <= 0) return cudaErrorInvalidValue;
+    if (work > a.num_sms) {
+      ctas = a.num_sms;
       p.tile_counter = a.tile_counter;
       cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, sizeof(int), stream);
       if (err != cudaSuccess) return err;

@@ -27,12 +27,13 @@ struct DenseFwdArgs {
   // causal: launch the query blocks with the most key tiles first, so the light ones fill the
   // tail of the grid instead of the heavy ones
   bool heavy_first;
-  // one CTA per SM looping over the work tiles (else one CTA per tile), and the two consumer
-  // warpgroups taking turns on the tensor cores; both on by default, off only for A/B runs
-  bool persistent = true;
+  // the two consumer warpgroups take turns on the tensor cores (on by default, off for A/B runs)
   bool pingpong = true;
   bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
-  int* tile_counter = nullptr;  // one device int the persistent launch zeroes and counts on; nullptr: no persistence
+  // Persistent schedule: one CTA per SM looping over the work tiles, claiming them from this
+  // device int (the launch zeroes it); nullptr: one CTA per work tile.
+  int* tile_counter = nullptr;
+  int num_sms = 0;  // SMs of the device (the persistent grid size)
   // 0 or 1 on the device (see dense_fwd.cu): the CTA order; nullptr means 0
   const int* grid_order;
   // Paged prefix: request b's keys start with n_b = key_page_offsets[b+1] - key_page_offsets[b]
