@@ -63,6 +63,207 @@ __device__ __forceinline__ int64_t slot_offset(const PagedDecodeParams& p, int s
   return (s / p.page_size) * p.kv_stride_page + (s % p.page_size) * p.kv_stride_tok;
 }
 
+// How one work item's (or task's) query rows are spread over the four warps: rows = readers x
+// GQA group, cut into 16-row tiles (nrt of them); with few tiles the warps also split each K/V
+// tile's tokens (splits) and merge at the end. It follows the item's total rows, not one task's
+// share, so a reader's arithmetic does not depend on which task of the item it lands in.
+struct RowSplit {
+  int r0, rows, nrt, splits, my_rt, my_split;
+  bool active;  // this warp has rows and a token split
+};
+
+__device__ __forceinline__ RowSplit row_split(const PagedDecodeParams& p, int w, int row_base) {
+  RowSplit s;
+  s.r0 = p.work_reader_offsets[w];
+  s.rows = (p.work_reader_offsets[w + 1] - s.r0) * p.group;
+  s.nrt = min(kDecodeRowsPerCta / kRowTile, (s.rows + kRowTile - 1) / kRowTile);
+  s.splits = s.nrt == 1 ? 4 : (s.nrt == 2 ? 2 : 1);
+  const int warp = threadIdx.x / 32;
+  s.my_rt = warp % s.nrt;
+  s.my_split = warp / s.nrt;
+  s.active = s.my_split < s.splits && row_base + s.my_rt * kRowTile < s.rows;
+  return s;
+}
+
+// Query rows row_base... of a work item into q_smem (cp.async; the caller commits): row r is
+// reader r / G's query head h * G + r % G.
+template <typename T, int D>
+__device__ __forceinline__ void load_query_rows(const PagedDecodeParams& p, const RowSplit& s, int h, int row_base,
+                                                T* q_smem) {
+  using Tile = SwizzledTile<D>;
+  constexpr int kChunks = Tile::kChunks;
+  const T* qg = reinterpret_cast<const T*>(p.q);
+  const int G = p.group;
+  for (int i = threadIdx.x; i < s.nrt * kRowTile * kChunks; i += kThreads) {
+    int c = i % kChunks, rr = i / kChunks;
+    int row = row_base + rr;
+    const T* src = qg;
+    int bytes = 0;
+    if (row < s.rows) {
+      int b = p.work_readers[s.r0 + row / G];
+      src = qg + b * p.q_stride_b + (int64_t)(h * G + row % G) * p.q_stride_h + c * 8;
+      bytes = 16;
+    }
+    cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
+  }
+}
+
+// The running softmax state of a thread's two query rows (lane/4 and lane/4 + 8 of its warp's
+// row tile), over the tokens it has seen so far.
+template <int D>
+struct RowState {
+  float m[2], l[2];
+  float o[D / 8][4];
+  __device__ __forceinline__ void reset() {
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  }
+};
+
+// One 64-token K/V tile in shared memory (ks, vs) against this warp's 16 query rows: its token
+// split's 16-token steps, each S = Q K^T, online softmax (log2 domain), O += P V.
+template <typename T, int D>
+__device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const RowSplit& s, const T* q_tile,
+                                            const T* ks, const T* vs, int tile, int ntok, RowState<D>& st) {
+  using Tile = SwizzledTile<D>;
+  const int lane = threadIdx.x % 32;
+  for (int step = s.my_split; s.active && step < kTileN / 16; step += s.splits) {
+    const int tok0 = tile * kTileN + step * 16;
+    if (tok0 >= ntok) break;
+    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4], b[4];
+      ldmatrix_x4(a, q_tile + Tile::offset((lane % 8) + 8 * ((lane / 8) % 2), kk * 16 + 8 * (lane / 16)));
+      ldmatrix_x4(b, ks + Tile::offset(step * 16 + (lane % 8) + 8 * (lane / 16), kk * 16 + 8 * ((lane / 8) % 2)));
+      mma_16816<T>(sc[0], a, b[0], b[1]);
+      mma_16816<T>(sc[1], a, b[2], b[3]);
+    }
+    // scale, mask tokens past the end, online softmax (log2 domain)
+    float mx[2] = {st.m[0], st.m[1]};
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int tok = tok0 + j * 8 + 2 * (lane % 4) + (e & 1);
+        sc[j][e] = tok < ntok ? sc[j][e] * p.scale_log2 : -INFINITY;
+        mx[e / 2] = fmaxf(mx[e / 2], sc[j][e]);
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      alpha[r] = st.m[r] == -INFINITY ? 0.f : exp2f(st.m[r] - mx[r]);
+      st.m[r] = mx[r];
+      st.l[r] *= alpha[r];
+    }
+    uint32_t pa[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float e0v = exp2f(sc[j][0] - st.m[0]), e1v = exp2f(sc[j][1] - st.m[0]);
+      float e2v = exp2f(sc[j][2] - st.m[1]), e3v = exp2f(sc[j][3] - st.m[1]);
+      st.l[0] += e0v + e1v;
+      st.l[1] += e2v + e3v;
+      pa[2 * j] = Pack2<T>::from_floats(e0v, e1v);
+      pa[2 * j + 1] = Pack2<T>::from_floats(e2v, e3v);
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      st.o[j][0] *= alpha[0]; st.o[j][1] *= alpha[0];
+      st.o[j][2] *= alpha[1]; st.o[j][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + Tile::offset(step * 16 + (lane % 8) + 8 * ((lane / 8) % 2), dn * 16 + 8 * (lane / 16)));
+      mma_16816<T>(st.o[2 * dn], pa, b[0], b[1]);
+      mma_16816<T>(st.o[2 * dn + 1], pa, b[2], b[3]);
+    }
+  }
+}
+
+// The end of a work item (or task): warps that split one row tile's tokens merge through
+// ``scratch`` (shared memory no load is writing; the caller syncs before reusing it), then one
+// normalised partial per (work item, reader) and its natural-log LSE.
+template <int D, bool kTable>
+__device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const RowSplit& s, int w, int h, int row_base,
+                                            RowState<D>& st, float* scratch) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    st.l[r] += __shfl_xor_sync(0xffffffff, st.l[r], 1);
+    st.l[r] += __shfl_xor_sync(0xffffffff, st.l[r], 2);
+  }
+  if (s.splits > 1) {
+    constexpr int kStride = D + 2;  // O row, then m and l
+    if (s.active && s.my_split > 0) {
+      float* base = scratch + ((s.my_split - 1) * s.nrt + s.my_rt) * kRowTile * kStride;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        int col = j * 8 + 2 * (lane % 4);
+        base[(lane / 4) * kStride + col] = st.o[j][0];
+        base[(lane / 4) * kStride + col + 1] = st.o[j][1];
+        base[(lane / 4 + 8) * kStride + col] = st.o[j][2];
+        base[(lane / 4 + 8) * kStride + col + 1] = st.o[j][3];
+      }
+      if (lane % 4 == 0) {
+        base[(lane / 4) * kStride + D] = st.m[0];
+        base[(lane / 4) * kStride + D + 1] = st.l[0];
+        base[(lane / 4 + 8) * kStride + D] = st.m[1];
+        base[(lane / 4 + 8) * kStride + D + 1] = st.l[1];
+      }
+    }
+    __syncthreads();
+    if (s.active && s.my_split == 0) {
+      for (int sp = 1; sp < s.splits; ++sp) {
+        const float* base = scratch + ((sp - 1) * s.nrt + s.my_rt) * kRowTile * kStride;
+        float ms[2] = {base[(lane / 4) * kStride + D], base[(lane / 4 + 8) * kStride + D]};
+        float ls[2] = {base[(lane / 4) * kStride + D + 1], base[(lane / 4 + 8) * kStride + D + 1]};
+        float wa[2], wb[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mn = fmaxf(st.m[r], ms[r]);
+          wa[r] = mn == -INFINITY ? 0.f : exp2f(st.m[r] - mn);
+          wb[r] = mn == -INFINITY ? 0.f : exp2f(ms[r] - mn);
+          st.l[r] = st.l[r] * wa[r] + ls[r] * wb[r];
+          st.m[r] = mn;
+        }
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          int col = j * 8 + 2 * (lane % 4);
+          st.o[j][0] = st.o[j][0] * wa[0] + base[(lane / 4) * kStride + col] * wb[0];
+          st.o[j][1] = st.o[j][1] * wa[0] + base[(lane / 4) * kStride + col + 1] * wb[0];
+          st.o[j][2] = st.o[j][2] * wa[1] + base[(lane / 4 + 8) * kStride + col] * wb[1];
+          st.o[j][3] = st.o[j][3] * wa[1] + base[(lane / 4 + 8) * kStride + col + 1] * wb[1];
+        }
+      }
+    }
+  }
+  if (!s.active || s.my_split != 0) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int row = row_base + s.my_rt * kRowTile + lane / 4 + 8 * r;
+    if (row >= s.rows) continue;
+    int part = kTable ? p.work_partials[s.r0 + row / p.group] : s.r0 + row / p.group;
+    int qh = h * p.group + row % p.group;
+    float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
+    float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      float2 val = make_float2(st.o[j][2 * r] * inv, st.o[j][2 * r + 1] * inv);
+      *reinterpret_cast<float2*>(dst + j * 8 + 2 * (lane % 4)) = val;
+    }
+    if (lane % 4 == 0)
+      p.partial_lse[(int64_t)part * p.num_q_heads + qh] = st.l[r] > 0.f ? st.m[r] * kLn2 + logf(st.l[r]) : -INFINITY;
+  }
+}
+
 // One work item (or, in table mode, one 64-row task of it) for KV head h.
 template <typename T, int D, bool kTable>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
@@ -74,10 +275,8 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
-  const int r0 = p.work_reader_offsets[w], r1 = p.work_reader_offsets[w + 1];
-  const int G = p.group;
-  const int rows = (r1 - r0) * G;
-  if (row_base >= rows) return;
+  const RowSplit s = row_split(p, w, row_base);
+  if (row_base >= s.rows) return;
   int e0 = 0, e1 = 0, tok_base = 0, ntok;
   const int* slots = nullptr;  // table mode: the item's positions in its req_to_token row
   if constexpr (kTable) {
@@ -89,28 +288,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     tok_base = p.entry_token_offsets[e0];
     ntok = p.entry_token_offsets[e1] - tok_base;
   }
-  // Row tiles and token splits follow the item's total rows (not this CTA's share), so a
-  // reader's arithmetic does not depend on which task of the item it lands in.
-  const int nrt = min(kDecodeRowsPerCta / kRowTile, (rows + kRowTile - 1) / kRowTile);
-  const int splits = nrt == 1 ? 4 : (nrt == 2 ? 2 : 1);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int my_rt = warp % nrt, my_split = warp / nrt;
-  const bool active = my_split < splits && row_base + my_rt * kRowTile < rows;
-
-  // Query rows of this CTA: row r -> reader r / G, query head h * G + r % G.
-  const T* qg = reinterpret_cast<const T*>(p.q);
-  for (int i = threadIdx.x; i < nrt * kRowTile * kChunks; i += kThreads) {
-    int c = i % kChunks, rr = i / kChunks;
-    int row = row_base + rr;
-    const T* src = qg;
-    int bytes = 0;
-    if (row < rows) {
-      int b = p.work_readers[r0 + row / G];
-      src = qg + b * p.q_stride_b + (int64_t)(h * G + row % G) * p.q_stride_h + c * 8;
-      bytes = 16;
-    }
-    cp_async_16(q_smem + (rr / kRowTile) * kRowTile * D + Tile::offset(rr % kRowTile, c * 8), src, bytes);
-  }
+  load_query_rows<T, D>(p, s, h, row_base, q_smem);
   if constexpr (!kTable) {
     // (the query loads fly while the token offsets are looked up) Many short runs (small pages):
     // a thread per run writes its tokens. Few long runs: a thread per token finds its run.
@@ -162,13 +340,9 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   cp_async_commit();
   fetch_slots(1);
 
-  // Per thread: rows lane/4 and lane/4 + 8 of its warp's row tile.
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float o[D / 8][4];
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  const T* q_tile = q_smem + my_rt * kRowTile * D;
-
+  RowState<D> st;
+  st.reset();
+  const T* q_tile = q_smem + s.my_rt * kRowTile * D;
   for (int tile = 0; tile < ntiles; ++tile) {
     if (tile + 1 < ntiles) {
       load_tile(tile + 1);
@@ -178,138 +352,11 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     cp_async_wait<1>();
     __syncthreads();
     const T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
-    const T* vs = ks + kTileN * D;
-    for (int st = my_split; active && st < kTileN / 16; st += splits) {
-      const int tok0 = tile * kTileN + st * 16;
-      if (tok0 >= ntok) break;
-      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4], b[4];
-        ldmatrix_x4(a, q_tile + Tile::offset((lane % 8) + 8 * ((lane / 8) % 2), kk * 16 + 8 * (lane / 16)));
-        ldmatrix_x4(b, ks + Tile::offset(st * 16 + (lane % 8) + 8 * (lane / 16), kk * 16 + 8 * ((lane / 8) % 2)));
-        mma_16816<T>(s[0], a, b[0], b[1]);
-        mma_16816<T>(s[1], a, b[2], b[3]);
-      }
-      // scale, mask tokens past the end, online softmax (log2 domain)
-      float mx[2] = {m[0], m[1]};
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          int tok = tok0 + j * 8 + 2 * (lane % 4) + (e & 1);
-          s[j][e] = tok < ntok ? s[j][e] * p.scale_log2 : -INFINITY;
-          mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
-        }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      }
-      float alpha[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        alpha[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mx[r]);
-        m[r] = mx[r];
-        l[r] *= alpha[r];
-      }
-      uint32_t pa[4];
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        float e0v = exp2f(s[j][0] - m[0]), e1v = exp2f(s[j][1] - m[0]);
-        float e2v = exp2f(s[j][2] - m[1]), e3v = exp2f(s[j][3] - m[1]);
-        l[0] += e0v + e1v;
-        l[1] += e2v + e3v;
-        pa[2 * j] = Pack2<T>::from_floats(e0v, e1v);
-        pa[2 * j + 1] = Pack2<T>::from_floats(e2v, e3v);
-      }
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[j][0] *= alpha[0]; o[j][1] *= alpha[0];
-        o[j][2] *= alpha[1]; o[j][3] *= alpha[1];
-      }
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, vs + Tile::offset(st * 16 + (lane % 8) + 8 * ((lane / 8) % 2), dn * 16 + 8 * (lane / 16)));
-        mma_16816<T>(o[2 * dn], pa, b[0], b[1]);
-        mma_16816<T>(o[2 * dn + 1], pa, b[2], b[3]);
-      }
-    }
+    attend_tile<T, D>(p, s, q_tile, ks, ks + kTileN * D, tile, ntok, st);
     __syncthreads();  // the stage is reloaded next iteration
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-  }
-
-  // Warps that split one row tile's tokens merge through shared memory (the K/V ring is free now).
-  if (splits > 1) {
-    float* scratch = reinterpret_cast<float*>(smem_raw);
-    constexpr int kStride = D + 2;  // O row, then m and l
-    if (active && my_split > 0) {
-      float* base = scratch + ((my_split - 1) * nrt + my_rt) * kRowTile * kStride;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        int col = j * 8 + 2 * (lane % 4);
-        base[(lane / 4) * kStride + col] = o[j][0];
-        base[(lane / 4) * kStride + col + 1] = o[j][1];
-        base[(lane / 4 + 8) * kStride + col] = o[j][2];
-        base[(lane / 4 + 8) * kStride + col + 1] = o[j][3];
-      }
-      if (lane % 4 == 0) {
-        base[(lane / 4) * kStride + D] = m[0];
-        base[(lane / 4) * kStride + D + 1] = l[0];
-        base[(lane / 4 + 8) * kStride + D] = m[1];
-        base[(lane / 4 + 8) * kStride + D + 1] = l[1];
-      }
-    }
-    __syncthreads();
-    if (active && my_split == 0) {
-      for (int sp = 1; sp < splits; ++sp) {
-        const float* base = scratch + ((sp - 1) * nrt + my_rt) * kRowTile * kStride;
-        float ms[2] = {base[(lane / 4) * kStride + D], base[(lane / 4 + 8) * kStride + D]};
-        float ls[2] = {base[(lane / 4) * kStride + D + 1], base[(lane / 4 + 8) * kStride + D + 1]};
-        float wa[2], wb[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mn = fmaxf(m[r], ms[r]);
-          wa[r] = mn == -INFINITY ? 0.f : exp2f(m[r] - mn);
-          wb[r] = mn == -INFINITY ? 0.f : exp2f(ms[r] - mn);
-          l[r] = l[r] * wa[r] + ls[r] * wb[r];
-          m[r] = mn;
-        }
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          int col = j * 8 + 2 * (lane % 4);
-          o[j][0] = o[j][0] * wa[0] + base[(lane / 4) * kStride + col] * wb[0];
-          o[j][1] = o[j][1] * wa[0] + base[(lane / 4) * kStride + col + 1] * wb[0];
-          o[j][2] = o[j][2] * wa[1] + base[(lane / 4 + 8) * kStride + col] * wb[1];
-          o[j][3] = o[j][3] * wa[1] + base[(lane / 4 + 8) * kStride + col + 1] * wb[1];
-        }
-      }
-    }
-  }
-  if (!active || my_split != 0) return;
-
-  // One partial per (work item, reader): normalised output and natural-log LSE.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    int row = row_base + my_rt * kRowTile + lane / 4 + 8 * r;
-    if (row >= rows) continue;
-    int part = kTable ? p.work_partials[r0 + row / G] : r0 + row / G;
-    int qh = h * G + row % G;
-    float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      float2 val = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
-      *reinterpret_cast<float2*>(dst + j * 8 + 2 * (lane % 4)) = val;
-    }
-    if (lane % 4 == 0)
-      p.partial_lse[(int64_t)part * p.num_q_heads + qh] = l[r] > 0.f ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
-  }
+  // the K/V ring is free now: the split merge's scratch
+  finish_rows<D, kTable>(p, s, w, h, row_base, st, reinterpret_cast<float*>(smem_raw));
 }
 
 template <typename T, int D>

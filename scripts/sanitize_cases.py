@@ -28,6 +28,8 @@ def decode_cases():
     yield "none", 1, (4, 4), 64, torch.bfloat16, [5, 130], 16
     yield "tree", 64, (32, 4), 128, torch.bfloat16, [300, 200, 129, 64, 0], 128
     yield "identical", 128, (16, 16), 64, torch.float16, [257] * 3, 256
+    # several hundred tasks: the table kernel's CTAs each loop over a few of them
+    yield "tree", 16, (16, 4), 128, torch.bfloat16, [3000, 2000, 1000, 17], 16
 
 
 def dense_cases():
