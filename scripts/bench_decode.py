@@ -53,8 +53,9 @@ def shared_page_table(batch, context, page, shared_frac, device):
     return slots.to(torch.int32).contiguous(), total_pages * page
 
 
-def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
-    """FlashInfer's paged decode on the same pool, if FlashInfer is installed."""
+def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context, use_tensor_cores=False):
+    """FlashInfer's paged decode on the same pool, if FlashInfer is installed (its CUDA-core
+    kernel, or with ``use_tensor_cores`` its prefill kernel, which FlashInfer advises for GQA)."""
     try:
         import flashinfer
     except ImportError:
@@ -66,7 +67,7 @@ def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context):
     indptr = torch.arange(0, batch + 1, device=q.device, dtype=torch.int32) * pages_per_req
     last = torch.full((batch,), context - (pages_per_req - 1) * page, device=q.device, dtype=torch.int32)
     ws = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=q.device)
-    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tensor_cores)
     wrapper.plan(indptr, indices, last, q.shape[1], hkv, d, page, data_type=q.dtype, q_data_type=q.dtype)
     return lambda: wrapper.run(q, kv)
 
@@ -151,10 +152,16 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
             row[f"{name}_ms"] = None
             print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
     del kd, vd
-    fi = flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context)
-    if fi is not None:
-        row["flashinfer_ms"] = time_ms(fi, repeats=repeats)
-        row["speedup_vs_flashinfer"] = row["flashinfer_ms"] / ours_ms
+    for name, tensor_cores in (("flashinfer", False), ("flashinfer_tc", True)):
+        try:
+            fi = flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context, tensor_cores)
+            if fi is None:
+                break
+            row[f"{name}_ms"] = time_ms(fi, repeats=repeats)
+            row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / ours_ms
+            row[f"maxdiff_{name}"] = (fi().float() - out.float()).abs().max().item()
+        except Exception as exc:  # noqa: BLE001 - a baseline that fails to build or run is reported, not fatal
+            print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     del planner
     torch.cuda.empty_cache()
     return row
@@ -191,7 +198,7 @@ def main():
                           f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
     cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
             "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
-            "speedup_vs_flashinfer", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
+            "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc", "maxdiff_flashinfer", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
             "maxdiff_cudnn"]
     labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
     series = {"ours": [r["ours_ms"] for r in rows], "ours, layout API": [r["layout_api_ms"] for r in rows],
@@ -199,6 +206,7 @@ def main():
               "lower bound": [r["bound_ms"] for r in rows]}
     if any("flashinfer_ms" in r for r in rows):
         series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]
+        series["FlashInfer paged, tensor cores"] = [r.get("flashinfer_tc_ms") for r in rows]
     report(args, info, rows, cols, "paged decode, " + args.dtype, labels, series, "ms per decode step (one layer)")
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""A/B of the decode planner's launch knobs without a rebuild, same run, same GPU: CTAs that loop
-over the tasks (``grid_work``, in multiples of the SM count) and the chunk size (auto or fixed),
+"""A/B of the decode planner's launch knobs without a rebuild, same run, same GPU: the chunk size
+(auto or fixed), the CTAs that loop over the tasks (``grid_work``, in multiples of the SM count)
+and environment switches the binding reads per call (``--variant FLASHCORE_DECODE_GRID=task_major``),
 on decode batches without sharing, against cuDNN SDPA on the gathered K/V.
 
     python scripts/bench_decode_grid.py [--json out.json] [--plot out.png]
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
 from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
 
 CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
@@ -27,11 +28,15 @@ def main():
     parser = base_parser(__doc__, repeats=20)
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
     parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
+    parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.config] if args.config else CONFIGS
     info = require_cuda("bench_decode_grid")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    for batch, hkv, ctx in CONFIGS:
+    for batch, hkv, ctx in configs:
         hq, d, page, dt = 32, 128, 64, torch.bfloat16
         r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda")
         k = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
@@ -51,11 +56,17 @@ def main():
             meta = planner.meta()
             for mult in map(int, args.multipliers.split(",")):
                 planner.grid_work = mult * sms
-                ms = time_ms(lambda: planner.run(q, k, v, d ** -0.5, page), repeats=args.repeats)
-                rows.append(dict(B=batch, Hkv=hkv, ctx=ctx, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
-                                 grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms))
+                run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
+                ms = time_ms(run, repeats=args.repeats)
+                row = dict(B=batch, Hkv=hkv, ctx=ctx, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
+                           grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms)
+                for variant in args.variant:
+                    row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)
+                    row[f"{variant}_vs_cudnn"] = cudnn_ms / row[f"{variant}_ms"]
+                rows.append(row)
                 print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} grid {mult}xSM: {ms:.3f} ms, "
-                      f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x", flush=True)
+                      f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x"
+                      + "".join(f", {v} {row[v + '_vs_cudnn']:.3f}x" for v in args.variant), flush=True)
     labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} g{r['grid_sms']}" for r in rows]
     report(args, info, rows, list(rows[0]), "decode launch knobs (bf16, Hq 32, D 128, page 64, no sharing)", labels,
            {"ours / cuDNN speed": [r["vs_cudnn"] for r in rows]}, "cuDNN ms / ours ms")

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
 
 
 def grid():
@@ -35,20 +35,6 @@ def grid():
     return shapes
 
 
-def time_variant(fn, variant, repeats):
-    """ms of ``fn`` with environment switch ``variant`` (NAME=VALUE) set for the call."""
-    name, value = variant.split("=", 1)
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return time_ms(fn, repeats=repeats, flush=False)
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=()):
     q = torch.randn(b, s, hq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
@@ -59,7 +45,7 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=()):
     row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1],
                ours_ms=ours_ms, ours_TF=flops / ours_ms / 1e9)
     for variant in variants:
-        ms = time_variant(lambda: fc.attention(q, k, v, causal=causal), variant, repeats)
+        ms = time_variant(lambda: fc.attention(q, k, v, causal=causal), variant, repeats, flush=False)
         row[f"{variant}_TF"] = flops / ms / 1e9
         row[f"ours_over_{variant}"] = ms / ours_ms
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -72,6 +73,21 @@ def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush:
         end.record()
     torch.cuda.synchronize()
     return statistics.median(start.elapsed_time(end) for start, end in pairs)
+
+
+def time_variant(fn: Callable[[], object], variant: str, repeats: int, flush: bool = True) -> float:
+    """``time_ms`` of ``fn`` with the environment switch ``variant`` (NAME=VALUE) set meanwhile:
+    the A/B of a launch switch that the kernels' binding reads per call."""
+    name, value = variant.split("=", 1)
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return time_ms(fn, repeats=repeats, flush=flush)
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:

@@ -53,12 +53,17 @@ def main(folder: str) -> None:
                  else ["layout_ms", "layout_pct_of_step"])
         extra_heads = (["plan ms", "plan % of step", "layout API ms", "layout ms"] if planner
                        else ["layout ms", "layout % of step"])
+        # FlashInfer's paged decode, where its wheel was carried to the GPU (CUDA cores / tensor cores)
+        flashinfer = any("flashinfer_ms" in r for r in decode["rows"])
+        fi_cols = ["flashinfer_ms", "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc"]
+        fi_heads = ["FlashInfer ms", "vs FlashInfer", "FlashInfer TC ms", "vs FlashInfer TC"]
         lines += table(decode["rows"],
                        ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "page", "shared", "ours_ms", "graph_ms", "ours_TBs",
                         "bound_ms", "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2"]
-                       + extra,
+                       + (fi_cols if flashinfer else []) + extra,
                        ["B", "Hkv", "ctx", "page", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s",
-                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2"] + extra_heads)
+                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2"]
+                       + (fi_heads if flashinfer else []) + extra_heads)
         lines.append("")
     plan_build = load(folder, "plan_build.json")
     if plan_build and "plan_ms" in plan_build["rows"][0]:
@@ -80,9 +85,9 @@ def main(folder: str) -> None:
                        ["S", "B", "Hq", "Hkv", "D", "causal", "ours_TF", "cudnn_TF", "ours_over_cudnn", "fa2_TF",
                         "ours_over_fa2"],
                        ["S", "B", "Hq", "Hkv", "D", "causal", "ours TF", "cuDNN TF", "ours/cuDNN", "FA2 TF", "ours/FA2"])
-        lines += ["", "fp16 rows are in `dense_grid.json` / `dense_grid.txt`. One fp16 point of this run, B16 S1024 "
-                  "Hq32 Hkv8 causal, read 88 TFLOPS where the same shape read 224 TFLOPS in an earlier run of the "
-                  "previous kernel version and 246 TFLOPS in bf16: treat it as a disturbed measurement.", ""]
+        notes = folder / "dense_notes.md"  # what a reader of this device's run should know
+        lines += ["", "fp16 rows are in `dense_grid.json` / `dense_grid.txt`."
+                  + (" " + notes.read_text().strip() if notes.exists() else ""), ""]
     if extend:
         paged = "backend_gather_ms" in extend["rows"][0] or any("paged" in r for r in extend["rows"])
         backend = "backend_TF" in extend["rows"][0]  # runs since the backend's ExtendPlan path
