@@ -192,7 +192,7 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
 // ``scratch`` (shared memory no load is writing; the caller syncs before reusing it), then one
 // normalised partial per (work item, reader) and its natural-log LSE.
 template <int D, bool kTable>
-__device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const RowSplit& s, int w, int h, int row_base,
+__device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const RowSplit& s, int h, int row_base,
                                             RowState<D>& st, float* scratch) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -356,7 +356,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     __syncthreads();  // the stage is reloaded next iteration
   }
   // the K/V ring is free now: the split merge's scratch
-  finish_rows<D, kTable>(p, s, w, h, row_base, st, reinterpret_cast<float*>(smem_raw));
+  finish_rows<D, kTable>(p, s, h, row_base, st, reinterpret_cast<float*>(smem_raw));
 }
 
 template <typename T, int D>
