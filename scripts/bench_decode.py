@@ -198,7 +198,8 @@ def main():
                           f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
     cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
             "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
-            "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc", "maxdiff_flashinfer", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
+            "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc", "maxdiff_flashinfer",
+            "maxdiff_flashinfer_tc", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
             "maxdiff_cudnn"]
     labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
     series = {"ours": [r["ours_ms"] for r in rows], "ours, layout API": [r["layout_api_ms"] for r in rows],
