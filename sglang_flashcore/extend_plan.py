@@ -24,7 +24,7 @@ the new tokens' slots may be in any order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -159,21 +159,28 @@ def plan_extend(
     skip = full * page_size if paged else torch.zeros_like(pre)  # prefix positions covered by pages
     tail_pre = pre - skip
 
-    packed = tail_pre + ext
-    cu_k = _exclusive_cumsum(packed)
+    cu_k, new_key_index = packed_key_offsets(tail_pre, ext, cu_q, total_q)
     total_k = total_q + sum(tail_host)
-    arange_b = torch.arange(batch, device=device)
     # packed key j: request r, position skip[r] + i; a prefix position reads req_to_token, a new one out_cache_loc
-    r = torch.repeat_interleave(arange_b, packed, output_size=total_k)
+    r = torch.repeat_interleave(torch.arange(batch, device=device), tail_pre + ext, output_size=total_k)
     i = torch.arange(total_k, device=device) - cu_k[r]
     in_prefix = i < tail_pre[r]
     from_table = req_to_token[rows[r], skip[r] + i].to(i64)
     from_new = out_cache_loc.to(i64)[(cu_q[r] + i - tail_pre[r]).clamp(0, max(total_q - 1, 0))] if total_q else from_table
     key_slots = torch.where(in_prefix, from_table, from_new)
-    rq = torch.repeat_interleave(arange_b, ext, output_size=total_q)
-    new_key_index = cu_k[rq] + tail_pre[rq] + torch.arange(total_q, device=device) - cu_q[rq]
     return ExtendPlan(cu_q.to(torch.int32), cu_k.to(torch.int32), key_slots, new_key_index, max_q, max_k,
                       page_size, pages, offsets, order)
+
+
+def packed_key_offsets(tail: Tensor, ext: Tensor, cu_q: Tensor, total_q: int) -> Tuple[Tensor, Tensor]:
+    """Where the dense kernel's packed keys go when each request's keys are its ``tail`` packed
+    prefix tokens, then its ``ext`` new tokens (after any whole pages read in place): the packed
+    offsets cu_k [B+1] and the packed index of each of the ``total_q`` new tokens (int64; ``cu_q``
+    are the new tokens' offsets)."""
+    cu_k = _exclusive_cumsum(tail + ext)
+    rq = torch.repeat_interleave(torch.arange(ext.shape[0], device=ext.device), ext, output_size=total_q)
+    new_key_index = cu_k[rq] + tail[rq] + torch.arange(total_q, device=ext.device) - cu_q[rq].to(torch.int64)
+    return cu_k, new_key_index
 
 
 def _page_lists(req_to_token: Tensor, rows: Tensor, counts: Tensor, page_size: int, total_pages: int):

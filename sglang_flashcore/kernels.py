@@ -11,7 +11,7 @@ from typing import List, Sequence
 import torch
 
 from . import _jit, ops
-from .extend_plan import can_page
+from .extend_plan import can_page, packed_key_offsets
 from .layout import SharingPlan
 
 _loaded = False
@@ -99,7 +99,6 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
 
     _check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
     i64, dev = torch.int64, q.device
-    batch = cu_seqlens_q.shape[0] - 1
     ext = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(i64)
     pre = prefix_lens.to(i64)
     rows, slots = layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens).token_slots()
@@ -116,7 +115,7 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
             in_full = torch.zeros_like(in_full)
             key_pages = key_pages[:0]
     tail = pre - full * page_size
-    cu_k = _exclusive_cumsum(tail + ext)
+    cu_k, dst_new = packed_key_offsets(tail, ext, cu_seqlens_q, q.shape[0])
     hkv, d = k_new.shape[1], k_new.shape[2]
     k_all = torch.empty(q.shape[0] + int(tail.sum()), hkv, d, dtype=q.dtype, device=dev)
     v_all = torch.empty_like(k_all)
@@ -125,8 +124,6 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     dst_tail = cu_k[tail_rows] + pos[~in_full] - (full * page_size)[tail_rows]
     k_all[dst_tail] = gather_kv(k_cache, tail_slots, page_size).to(q.dtype)
     v_all[dst_tail] = gather_kv(v_cache, tail_slots, page_size).to(q.dtype)
-    new_rows = torch.repeat_interleave(torch.arange(batch, device=dev), ext, output_size=q.shape[0])
-    dst_new = cu_k[new_rows] + tail[new_rows] + torch.arange(q.shape[0], device=dev) - cu_seqlens_q[new_rows].to(i64)
     k_all[dst_new] = k_new.to(q.dtype)
     v_all[dst_new] = v_new.to(q.dtype)
     if key_pages.numel():
