@@ -203,7 +203,7 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
            " and ", seq_lens.sizes());
   FC_CHECK(seq_lens.numel() <= max_batch, "seq_lens: ", seq_lens.numel(), " requests, the planner holds ", max_batch);
   FC_CHECK(req_to_token.size(1) < (1LL << 31) - 1, "req_to_token: rows over 2^31 positions are not supported");
-  FC_CHECK(group >= 1 && group <= flashcore::kDecodeRowsPerCta, "group: expected 1..", flashcore::kDecodeRowsPerCta,
+  FC_CHECK(group >= 1 && group <= flashcore::kDecodeMaxGroup, "group: expected 1..", flashcore::kDecodeMaxGroup,
            " query heads per KV head, got ", group);
   FC_CHECK(fixed_chunk >= 0 && min_chunk >= 1 && max_auto_chunk >= min_chunk && target_items >= 0,
            "chunk policy: expected fixed_chunk >= 0 and 1 <= min_chunk <= max_auto_chunk");
@@ -270,7 +270,7 @@ std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tenso
           {"work_reader_offsets", view(buf.work_reader_offsets, P + 1)},
           {"work_readers", view(buf.work_readers, P)},
           {"work_partials", view(buf.work_partials, P)},
-          {"tasks", view(buf.tasks, 4 * P)}};
+          {"tasks", view(buf.tasks, 2 * flashcore::kDecodeTasksPerChunk * P)}};
 }
 
 // Decode over a plan made by plan_decode_table: graph-capturable (counts stay on the device).
@@ -286,8 +286,8 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
            "req_to_token: the decode kernel reads int32 slots in contiguous rows, got ", req_to_token.scalar_type(),
            " with strides ", req_to_token.strides());
   FC_CHECK(q.size(0) <= max_batch, "q: ", q.size(0), " requests, the planner holds ", max_batch);
-  FC_CHECK(p.group <= flashcore::kDecodeRowsPerCta, "q/k_cache: the page-table decode path supports up to ",
-           flashcore::kDecodeRowsPerCta, " query heads per KV head, got ", p.group);
+  FC_CHECK(p.group <= flashcore::kDecodeMaxGroup, "q/k_cache: the page-table decode path supports up to ",
+           flashcore::kDecodeMaxGroup, " query heads per KV head, got ", p.group);
   auto buf = table_buffers(ints, hash, q, max_batch, max_chunks);
   FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
                partial_o.is_contiguous() && partial_lse.is_contiguous() &&

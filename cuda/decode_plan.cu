@@ -11,6 +11,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "flashcore/decode_plan.h"
+#include "flashcore/paged_decode.h"
 
 namespace flashcore {
 namespace {
@@ -296,7 +297,7 @@ int table_plan_hash_size(int max_chunks) {
 int64_t table_plan_ints(int max_batch, int max_chunks) {
   const int64_t P = max_chunks;
   return kMetaCount + (max_batch + 1) + 5 * P + table_plan_hash_size(max_chunks) + 3 * P + (P + 1) + 3 * P +
-         4 * P;
+         2 * kDecodeTasksPerChunk * P;
 }
 
 TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int max_batch, int max_chunks) {
@@ -326,7 +327,7 @@ TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int 
   b.work_fill = take(P);
   b.work_readers = take(P);
   b.work_partials = take(P);
-  b.tasks = take(4 * P);  // up to 2P tasks (group <= rows per task), two ints each
+  b.tasks = take(2 * kDecodeTasksPerChunk * P);  // (work item, first row) of each task
   b.hash_keys = hash_keys;
   return b;
 }

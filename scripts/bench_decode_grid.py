@@ -1,7 +1,9 @@
 """A/B of the decode planner's launch knobs without a rebuild, same run, same GPU: the chunk size
 (auto or fixed), the CTAs that loop over the tasks (``grid_work``, in multiples of the SM count)
 and environment switches the binding reads per call (``--variant FLASHCORE_DECODE_GRID=task_major``),
-on decode batches without sharing, against cuDNN SDPA on the gathered K/V.
+on decode batches without sharing, against cuDNN SDPA on the gathered K/V. ``--pool head_major``
+stores each KV head's slots contiguously ([Hkv, slots, D] seen through strides) instead of SGLang's
+[slots, Hkv, D]: what the pool layout alone costs the kernel.
 
     python scripts/bench_decode_grid.py [--json out.json] [--plot out.png]
 """
@@ -21,6 +23,14 @@ from bench_decode import shared_page_table  # noqa: E402
 from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
 from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
 
+def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """A [slots, Hkv, D] pool: SGLang's token-major storage ("slots") or head-major storage
+    ("head_major": each head's slots contiguous, the same tensor seen through strides)."""
+    if layout == "head_major":
+        return torch.randn(hkv, num_slots, d, device="cuda", dtype=dtype).permute(1, 0, 2)
+    return torch.randn(num_slots, hkv, d, device="cuda", dtype=dtype)
+
+
 CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
 
 
@@ -29,6 +39,7 @@ def main():
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
     parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
     parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
+    parser.add_argument("--pool", choices=["slots", "head_major"], default="slots", help="KV pool storage")
     parser.add_argument("--variant", action="append", default=[],
                         help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
@@ -39,8 +50,8 @@ def main():
     for batch, hkv, ctx in configs:
         hq, d, page, dt = 32, 128, 64, torch.bfloat16
         r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda")
-        k = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
-        v = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
+        k = make_pool(num_slots, hkv, d, dt, args.pool)
+        v = make_pool(num_slots, hkv, d, dt, args.pool)
         q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
         idx = torch.arange(batch, device="cuda")
         seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
@@ -58,7 +69,7 @@ def main():
                 planner.grid_work = mult * sms
                 run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
                 ms = time_ms(run, repeats=args.repeats)
-                row = dict(B=batch, Hkv=hkv, ctx=ctx, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
+                row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
                            grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms)
                 for variant in args.variant:
                     row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)

@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
-ROWS_PER_TASK = 64  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
+ROWS_PER_TASK = 32  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
+MAX_GROUP = 64  # kDecodeMaxGroup: query heads per KV head
 # The page-table kernel reads a chunk's slots straight from req_to_token (no per-item offset
 # table in shared memory, which bounds the layout path at MAX_CHUNK_TOKENS), so its automatic
 # chunks may be longer: each chunk is a partial (O, LSE) written and merged again, and with
@@ -80,7 +81,7 @@ class TablePlan:
         work: one ``(req_to_token row, first position, tokens, partials)`` per work item, in
             order of their leading (smallest) chunk; ``partials`` ascending (they name the
             reader chunks; a reader's request owns that chunk).
-        tasks: kernel tasks (work items split into 64-row groups of readers x GQA group).
+        tasks: kernel tasks (work items split into 32-row groups of readers x GQA group).
         tokens: tokens requested; unique_tokens: tokens of all work items (loaded once each).
     """
 
@@ -217,8 +218,8 @@ class DecodePlanner:
         check_len("req_pool_indices", req_pool_indices, seq_lens.shape[0], "one pool row per request, like seq_lens")
         if seq_lens.shape[0] > self.max_batch:
             raise ValueError(f"seq_lens: {seq_lens.shape[0]} requests, the planner holds {self.max_batch}")
-        if not 1 <= group <= ROWS_PER_TASK:
-            raise ValueError(f"group: expected 1..{ROWS_PER_TASK} query heads per KV head, got {group}")
+        if not 1 <= group <= MAX_GROUP:
+            raise ValueError(f"group: expected 1..{MAX_GROUP} query heads per KV head, got {group}")
         self._mod.plan_decode_table(
             req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
             int(group), int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,

@@ -24,7 +24,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import ops
 from .api import paged_decode
-from .decode_plan import ROWS_PER_TASK, DecodePlanner
+from .decode_plan import MAX_GROUP, DecodePlanner
 from .extend_plan import ExtendPlan, extend_attention, plan_extend
 from .layout import PagedLayout, from_sglang
 
@@ -193,7 +193,7 @@ class FlashCoreBackend(AttentionBackend):
                 planner = self._decode_planner()
                 num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
                 # query heads per KV head on this rank, bounded by the model's total over this rank's KV heads
-                group = max(1, min(ROWS_PER_TASK, self._max_q_heads // num_kv_heads))
+                group = max(1, min(MAX_GROUP, self._max_q_heads // num_kv_heads))
                 planner.plan(req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens, num_kv_heads,
                              group, self.chunk_tokens)
                 return ForwardMetadata(planner=planner)

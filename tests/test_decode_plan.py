@@ -47,10 +47,17 @@ def test_sharing_reduces_work_to_the_unique_chunks():
     assert len(plan.work) == 6 * 8 and plan.unique_tokens == 6000
 
 
-def test_tasks_split_large_reader_sets_into_64_row_groups():
+def test_tasks_split_large_reader_sets_into_32_row_groups():
     pt = _table("identical", [100] * 40, 1)
     plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 64, group=8)
-    assert plan.tasks == 2 * 5  # two chunks, 40 readers x 8 rows = 320 rows = 5 tasks each
+    assert plan.tasks == 2 * 10  # two chunks, 40 readers x 8 rows = 320 rows = 10 tasks each
+
+
+def test_a_group_wider_than_a_task_spans_tasks():
+    # MQA-like: 48 query heads per KV head, one reader per chunk: 48 rows = two 32-row tasks
+    pt = _table("none", [100] * 3, 1)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 64, group=48)
+    assert len(plan.work) == 3 * 2 and plan.tasks == 3 * 2 * 2
 
 
 def _random_case(i):

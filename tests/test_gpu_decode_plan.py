@@ -72,7 +72,7 @@ def test_head_major_pages(page):
 
 
 def test_deterministic_with_many_readers_per_chunk():
-    # 70 requests x GQA 8 on the shared prefix: 560 rows, nine 64-row tasks per shared chunk
+    # 70 requests x GQA 8 on the shared prefix: 560 rows, 18 32-row tasks per shared chunk
     pt, q, k, v = _inputs("prefix", 16, 32, 4, 128, torch.bfloat16, [3000 + 7 * i for i in range(70)], seed=2)
     planner = _planned(pt, q, k, 256)
     a, la = planner.run(q, k, v, 0.1, 16)

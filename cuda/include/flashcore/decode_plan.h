@@ -12,7 +12,7 @@
 //   one work item (found by hashing (last slot, end position), then checked slot by slot):
 //   its K/V is loaded once and multiplied against every reader's query rows. The radix
 //   cache guarantees that the same slot at the same position holds the same token.
-// * a task = (work item, 64-row group of readers x GQA group): the decode kernel's grid loops
+// * a task = (work item, 32-row group of readers x GQA group): the decode kernel's grid loops
 //   over tasks, whose count stays in device memory.
 #pragma once
 
@@ -52,7 +52,7 @@ struct TablePlanBuffers {
   int* work_fill;            // [max_chunks] placement cursor
   int* work_readers;         // [max_chunks] request of each reader
   int* work_partials;        // [max_chunks] partial (= chunk) of each reader
-  int* tasks;                // [2 * 2 * max_chunks] (work item, first row) pairs
+  int* tasks;                // [2 * kDecodeTasksPerChunk * max_chunks] (work item, first row) pairs
   unsigned long long* hash_keys;  // [hash_size]
 };
 

@@ -8,7 +8,13 @@ namespace flashcore {
 
 // Limits the launcher relies on; the Python side checks them before calling.
 constexpr int kDecodeMaxChunkTokens = 1024;  // tokens of one work item
-constexpr int kDecodeRowsPerCta = 64;        // query rows (readers x GQA group) per CTA
+// Query rows (readers x GQA group) per CTA. 32, not 64: query tiles for 64 rows (16 KB, sized at
+// launch from B x group) left room for two CTAs per SM instead of three once B x group > 32.
+constexpr int kDecodeRowsPerCta = 32;
+constexpr int kDecodeMaxGroup = 64;  // query heads per KV head (a reader's rows may span tasks)
+// A plan's tasks, sum over work items of ceil(readers x group / 32), are at most
+// chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= 64).
+constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;
 
 struct PagedDecodeParams {
   // q [B, Hq, D]; k/v pools addressed as base + page*kv_stride_page + head*kv_stride_head
