@@ -377,6 +377,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   // consumers issue GEMMs without taking turns
   const bool grid_schedule = env_equals("FLASHCORE_DENSE_SCHEDULE", "grid");
   a.pingpong = !env_equals("FLASHCORE_DENSE_PINGPONG", "off");
+  // FLASHCORE_DENSE_RESCALE=eager: every new row max rescales O (no lazy base)
+  a.lazy_rescale = !env_equals("FLASHCORE_DENSE_RESCALE", "eager");
   // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
   a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};

@@ -8,7 +8,8 @@
 //     consumers finish the current one.
 //   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
 //     shared memory, 128-byte swizzle), mask, online softmax in registers (the scale folded into
-//     one FFMA before a flush-to-zero exp2), then O += P V with wgmma (P from registers, V read
+//     one FFMA before a flush-to-zero exp2; a row's exponent base moves only when a tile's max
+//     exceeds it by 2^8, so most tiles skip the rescale of O), then O += P V with wgmma (P from registers, V read
 //     as an MN-major operand). Within a warpgroup the two GEMMs are software-pipelined across
 //     tiles: S(n) and P(n-1) V(n-1) are issued together, and the softmax of S(n) runs while
 //     P(n-1) V(n-1) is still on the tensor cores. Between the warpgroups, a ping-pong of named
@@ -47,6 +48,7 @@ constexpr int kStages = 2;
 constexpr int kThreads = 384;
 constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
 constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kRescaleLog2 = 8.f;  // lazy rescale threshold, log2 units (P <= 256)
 
 template <int D>
 struct DenseSmem {
@@ -71,6 +73,9 @@ struct DenseFwdParams {
   int causal;
   int heavy_first;
   int pingpong;  // consumer warpgroups take turns issuing their GEMMs (see below)
+  // lazy rescale: a row keeps its exponent base until a tile's max exceeds it by more than
+  // kRescaleLog2 (then P <= 2^8 and O, l stay exact in fp32); 0: every new max rescales
+  int lazy_rescale;
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
@@ -295,7 +300,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    // m: running row max of the raw scores; l: running sum of exponentials
+    // m: the rows' exponent base in raw-score units (their running max, or with lazy rescaling
+    // a stale max at most kRescaleLog2 below it); l: running sum of exponentials
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     // mask (past the sequence end; causal), online softmax in the log2 domain with the scale
@@ -319,8 +325,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        // lazy: keep the base while this tile's max stays within 2^kRescaleLog2 of it, so most
+        // tiles need no rescale of O (the final O / l and LSE use the same base: exact)
+        const bool keep = p.lazy_rescale && m[r] != -INFINITY && (mx[r] - m[r]) * p.scale_log2 <= kRescaleLog2;
+        if (keep) mx[r] = m[r];
         base[r] = mx[r] == -INFINITY ? 0.f : mx[r] * p.scale_log2;  // a row that sees nothing yet stays at 0
-        alpha[r] = m[r] == -INFINITY ? 0.f : exp2_ftz(m[r] * p.scale_log2 - base[r]);
+        alpha[r] = m[r] == -INFINITY ? 0.f : (keep ? 1.f : exp2_ftz(m[r] * p.scale_log2 - base[r]));
         m[r] = mx[r];
         l[r] *= alpha[r];
       }
@@ -368,8 +378,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();  // pa and o are free again
         fence_regs(o);
         mbar_arrive(&empty_v[gv % kStages]);
+        if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {  // warp-uniform skip
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+          for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+        }
         pack_p(sc, pa);
       }
       const int last = g + n_tiles - 1;
@@ -486,7 +498,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr, a.grid_order,
+                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr, a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
   // wave from a counter zeroed here

@@ -29,6 +29,8 @@ struct DenseFwdArgs {
   bool heavy_first;
   // the two consumer warpgroups take turns on the tensor cores (on by default, off for A/B runs)
   bool pingpong = true;
+  // a row's exponent base moves only when a tile's max exceeds it by 2^8 (on by default)
+  bool lazy_rescale = true;
   bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
   // Persistent schedule: one CTA per SM looping over the work tiles, claiming them from this
   // device int (the launch zeroes it); nullptr: one CTA per work tile.
