@@ -9,10 +9,10 @@
 //   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
 //     shared memory, 128-byte swizzle), mask, online softmax in registers (the scale folded into
 //     one FFMA before a flush-to-zero exp2; a row's exponent base moves only when a tile's max
-//     exceeds it by 2^8, so most tiles skip the rescale of O), then O += P V with wgmma (P from registers, V read
-//     as an MN-major operand). Within a warpgroup the two GEMMs are software-pipelined across
-//     tiles: S(n) and P(n-1) V(n-1) are issued together, and the softmax of S(n) runs while
-//     P(n-1) V(n-1) is still on the tensor cores. Between the warpgroups, a ping-pong of named
+//     exceeds it by 2^8, so most tiles skip the rescale of O), then O += P V with wgmma (P from
+//     registers, V read as an MN-major operand). Within a warpgroup the two GEMMs are
+//     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together, and the
+//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores. Between the warpgroups, a ping-pong of named
 //     barriers makes them take turns issuing, so one's softmax overlaps the other's GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.

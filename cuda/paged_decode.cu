@@ -276,7 +276,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   constexpr int kChunks = Tile::kChunks;
   // Each thread copies two 16-byte columns of a tile row, so a row's slot lookup and address
   // arithmetic serve two copies: on the H200 this read 3-5% more of cuDNN's speed with 8 KV heads
-  // than one column per thread (benchmarks/results/h200/decode_copy_ab).
+  // than one column per thread (benchmarks/results/h200/decode_kernel_ab).
   constexpr int kChunksPerThread = 2;
   constexpr int kThreadsPerRow = kChunks / kChunksPerThread;
   constexpr int kRowsPerPass = kThreads / kThreadsPerRow;
