@@ -77,7 +77,7 @@ __device__ __forceinline__ RowSplit row_split(const PagedDecodeParams& p, int w,
   s.r0 = p.work_reader_offsets[w];
   s.rows = (p.work_reader_offsets[w + 1] - s.r0) * p.group;
   s.nrt = min(kDecodeRowsPerCta / kRowTile, (s.rows + kRowTile - 1) / kRowTile);
-  s.splits = s.nrt == 1 ? 4 : (s.nrt == 2 ? 2 : 1);
+  s.splits = (kThreads / 32) / s.nrt;  // the warps left over per row tile
   const int warp = threadIdx.x / 32;
   s.my_rt = warp % s.nrt;
   s.my_split = warp / s.nrt;

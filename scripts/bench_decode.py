@@ -53,15 +53,23 @@ def shared_page_table(batch, context, page, shared_frac, device):
     return slots.to(torch.int32).contiguous(), total_pages * page
 
 
-def flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context, use_tensor_cores=False):
-    """FlashInfer's paged decode on the same pool, if FlashInfer is installed (its CUDA-core
-    kernel, or with ``use_tensor_cores`` its prefill kernel, which FlashInfer advises for GQA)."""
+def flashinfer_pool(k_cache, v_cache, page):
+    """The same K/V in FlashInfer's paged layout [pages, 2, page, Hkv, D] (a copy, built once per
+    point for both FlashInfer kernels), or None when FlashInfer is not installed."""
     try:
-        import flashinfer
+        import flashinfer  # noqa: F401
     except ImportError:
         return None
     hkv, d = k_cache.shape[1], k_cache.shape[2]
-    kv = torch.stack([k_cache.view(-1, page, hkv, d), v_cache.view(-1, page, hkv, d)], dim=1)
+    return torch.stack([k_cache.view(-1, page, hkv, d), v_cache.view(-1, page, hkv, d)], dim=1)
+
+
+def flashinfer_decode(q, kv, r2t, page, batch, context, use_tensor_cores=False):
+    """FlashInfer's paged decode over ``kv`` (from ``flashinfer_pool``): its CUDA-core kernel, or
+    with ``use_tensor_cores`` its prefill kernel, which FlashInfer advises for GQA."""
+    import flashinfer
+
+    hkv, d = kv.shape[3], kv.shape[4]
     pages_per_req = -(-context // page)
     indices = (r2t[:, ::page] // page).reshape(-1).to(torch.int32)
     indptr = torch.arange(0, batch + 1, device=q.device, dtype=torch.int32) * pages_per_req
@@ -152,17 +160,18 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
             row[f"{name}_ms"] = None
             print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
     del kd, vd
+    fi_kv = flashinfer_pool(k_cache, v_cache, page)
     for name, tensor_cores in (("flashinfer", False), ("flashinfer_tc", True)):
+        if fi_kv is None:
+            break
         try:
-            fi = flashinfer_decode(q, k_cache, v_cache, r2t, page, batch, context, tensor_cores)
-            if fi is None:
-                break
+            fi = flashinfer_decode(q, fi_kv, r2t, page, batch, context, tensor_cores)
             row[f"{name}_ms"] = time_ms(fi, repeats=repeats)
             row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / ours_ms
             row[f"maxdiff_{name}"] = (fi().float() - out.float()).abs().max().item()
         except Exception as exc:  # noqa: BLE001 - a baseline that fails to build or run is reported, not fatal
             print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-    del planner
+    del fi_kv, planner
     torch.cuda.empty_cache()
     return row
 
