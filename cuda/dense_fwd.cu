@@ -1,19 +1,23 @@
 // Dense attention forward for Hopper (sm_90a): TMA + wgmma, warp-specialized, persistent.
 //
-// A work tile = 128 query rows of one (sequence, query head). One CTA per SM, three warpgroups:
+// A work tile = 64 x W query rows of one (sequence, query head), W consumer warpgroups (3 at
+// head dim 64 as in FA3, but 2 for short causal ones; 2 at 128; dense_fwd_launch picks). One CTA
+// per SM, W + 1 warpgroups:
 //   warpgroup 0, one thread: the producer. Claims work tiles (the first from blockIdx.x, then
-//     from an atomic counter), TMA-loads each tile's Q and streams its K and V tiles of 128 keys
-//     through two 2-stage shared-memory rings guarded by mbarriers (full: bytes landed; empty:
-//     both consumers are done with the stage). It runs ahead into the next work tile while the
-//     consumers finish the current one.
-//   warpgroups 1 and 2: consumers, 64 query rows each. S = Q K^T with wgmma (both operands in
+//     from an atomic counter), publishes it decoded in shared memory, TMA-loads its Q and streams
+//     its K and V tiles of 128 keys through two 2-stage shared-memory rings guarded by mbarriers
+//     (full: bytes landed; empty: all consumers are done with the stage). It runs ahead into the
+//     next work tile while the consumers finish the current one.
+//   warpgroups 1 .. W: consumers, 64 query rows each (a warpgroup whose rows all lie past its
+//     request's end only keeps the barriers' count). S = Q K^T with wgmma (both operands in
 //     shared memory, 128-byte swizzle), mask, online softmax in registers (the scale folded into
 //     one FFMA before a flush-to-zero exp2; a row's exponent base moves only when a tile's max
 //     exceeds it by 2^8, so most tiles skip the rescale of O), then O += P V with wgmma (P from
 //     registers, V read as an MN-major operand). Within a warpgroup the two GEMMs are
 //     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together, and the
-//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores. Between the warpgroups, a ping-pong of named
-//     barriers makes them take turns issuing, so one's softmax overlaps the other's GEMMs.
+//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores. Between the
+//     warpgroups, a round robin of named barriers makes them take turns issuing, so one's
+//     softmax overlaps the others' GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
 //
@@ -42,24 +46,37 @@ namespace {
 
 using namespace hopper;
 
-constexpr int kBlockM = 128;  // query rows per CTA (2 consumer warpgroups x 64)
 constexpr int kBlockN = 128;  // keys per K/V tile
 constexpr int kStages = 2;
-constexpr int kThreads = 384;
 constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kRescaleLog2 = 8.f;  // lazy rescale threshold, log2 units (P <= 256)
 
-template <int D>
+// W consumer warpgroups of 64 query rows each: the CTA's threads and its work tile's rows
+template <int W>
+struct DenseShape {
+  static constexpr int kBlockM = 64 * W;  // query rows of a work tile
+  static constexpr int kThreads = 128 * (W + 1);
+  // registers per thread after setmaxnreg: the producer gives its share to the consumers (the
+  // CTA's 64K registers: 128 x 40 + 256 x 232 and 128 x 32 + 384 x 160)
+  static constexpr int kProducerRegs = W == 2 ? 40 : 32;
+  static constexpr int kConsumerRegs = W == 2 ? 232 : 160;
+  static_assert(W == 2 || W == 3, "two or three consumer warpgroups");
+  static_assert(128 * kProducerRegs + 128 * W * kConsumerRegs <= 65536, "register file");
+};
+
+template <int D, int kBlockM>
 struct DenseSmem {
-  static constexpr int kTileBytes = kBlockN * D * 2;  // a Q, K or V tile (kBlockM == kBlockN)
-  static constexpr int kBlockBytes = kBlockN * kRowBytes;  // one 64-column block of a tile
+  static constexpr int kTileBytes = kBlockN * D * 2;  // a K or V tile
+  static constexpr int kBlockBytes = kBlockN * kRowBytes;  // one 64-column block of a K or V tile
+  static constexpr int kQBytes = kBlockM * D * 2;
+  static constexpr int kQBlockBytes = kBlockM * kRowBytes;  // one 64-column block of the Q tile
   static constexpr int kQ = 0;
-  static constexpr int kK = kTileBytes;
+  static constexpr int kK = kQBytes;
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
   static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);    // two claimed work tiles
-  static constexpr int kBytes = kTileSlots + 2 * 4 + 1024;             // + alignment slack
+  static constexpr int kBytes = kTileSlots + 2 * 64 + 1024;            // + alignment slack
 };
 
 struct DenseFwdParams {
@@ -99,7 +116,9 @@ struct WorkTile {
   int n_tiles;        // key tiles to visit
 };
 
-// Work tile ``lin`` in the CTA order ``order``; false when the block lies past its request's rows.
+// Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
+// block lies past its request's rows.
+template <int kBlockM>
 __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
   int m_idx, b;
   if (order == 1) {
@@ -148,14 +167,18 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
 // Persistent: CTA i starts with work tile i, and its producer claims the next one from an atomic
 // counter, so CTAs that drew light (causal) tiles take more of them, and the producer loads the
 // next tile's Q and first K/V while the consumers finish the previous one. The claimed tile goes
-// to the consumers through a shared-memory slot published with the Q barrier (-1: no more work).
+// to the consumers decoded, through a shared-memory slot published with the Q barrier (m_block -1:
+// no more work), so they do not repeat its global loads at every tile boundary.
 // The K/V ring's stage and phase follow a running tile count shared by producer and consumers.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename T, int D, int W>
+__global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                      const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tk_pool,
                      const __grid_constant__ CUtensorMap tv_pool, const DenseFwdParams p) {
-  using S = DenseSmem<D>;
+  using Shape = DenseShape<W>;
+  constexpr int kBlockM = Shape::kBlockM;
+  constexpr int kConsumerThreads = 128 * W;
+  using S = DenseSmem<D, kBlockM>;
   extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle pattern repeats every 1024 bytes: tiles start on such a boundary
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -165,25 +188,26 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty_v = full_v + kStages;
   uint64_t* q_full = empty_v + kStages;
   uint64_t* q_empty = q_full + 1;
-  int* tile_slot = reinterpret_cast<int*>(smem + S::kTileSlots);
+  WorkTile* tile_slot = reinterpret_cast<WorkTile*>(smem + S::kTileSlots);
+  static_assert(sizeof(WorkTile) <= 64, "two work tile slots");
   const int order = p.grid_order != nullptr ? *p.grid_order : 0;
 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full_k[s], 1);
-      mbar_init(&empty_k[s], 256);
+      mbar_init(&empty_k[s], kConsumerThreads);
       mbar_init(&full_v[s], 1);
-      mbar_init(&empty_v[s], 256);
+      mbar_init(&empty_v[s], kConsumerThreads);
     }
     mbar_init(q_full, 1);
-    mbar_init(q_empty, 256);
+    mbar_init(q_empty, kConsumerThreads);
     fence_barrier_init();
   }
   __syncthreads();
 
   if (warpgroup == 0) {  // ------------------------------------------------ producer
-    setmaxnreg_dec<40>();
+    setmaxnreg_dec<Shape::kProducerRegs>();
     if (threadIdx.x == 0) {
       prefetch_tensor_map(&tq);
       prefetch_tensor_map(&tk);
@@ -192,23 +216,26 @@ __global__ void __launch_bounds__(kThreads, 1)
         prefetch_tensor_map(&tk_pool);
         prefetch_tensor_map(&tv_pool);
       }
-      auto claim = [&] { return p.tile_counter != nullptr ? gridDim.x + atomicAdd(p.tile_counter, 1) : p.num_work; };
+      auto claim = [&] {
+        return p.tile_counter != nullptr ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : p.num_work;
+      };
       int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
       for (int lin = blockIdx.x;; lin = claim()) {
         WorkTile t;
         bool valid = false;
         for (; lin < p.num_work; lin = claim())
-          if ((valid = make_work_tile(p, order, lin, t))) break;
-        if (w > 0) mbar_wait(q_empty, (w - 1) & 1);  // both consumers are done with the last Q
+          if ((valid = make_work_tile<kBlockM>(p, order, lin, t))) break;
+        if (w > 0) mbar_wait(q_empty, (w - 1) & 1);  // all consumers are done with the last Q
         // slot w % 2 was last read for work tile w - 2, before the consumers released its Q
-        tile_slot[w % 2] = valid ? lin : -1;
+        if (!valid) t.m_block = -1;
+        tile_slot[w % 2] = t;
         if (!valid) {
           mbar_arrive(q_full);  // publishes the end
           break;
         }
-        mbar_expect_tx(q_full, S::kTileBytes);
+        mbar_expect_tx(q_full, S::kQBytes);
         for (int db = 0; db < D / 64; ++db)
-          tma_load_3d(smem + S::kQ + db * S::kBlockBytes, &tq, q_full, db * 64, t.hq, t.q0 + t.m_block * kBlockM);
+          tma_load_3d(smem + S::kQ + db * S::kQBlockBytes, &tq, q_full, db * 64, t.hq, t.q0 + t.m_block * kBlockM);
         ++w;
         // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
         // (rows past the packed tensor's end are zero-filled by TMA)
@@ -239,31 +266,34 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   // ----------------------------------------------------------------- consumers
-  setmaxnreg_inc<232>();
+  setmaxnreg_inc<Shape::kConsumerRegs>();
   const int c = warpgroup - 1;  // rows c*64 .. c*64+63 of the tile
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
 
-  // Ping-pong: the two consumers take turns issuing their GEMMs (named barrier 1 + c is "my
-  // turn"), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
-  // Consumer 1 opens with an arrive that lets consumer 0 go first; consumer 0 closes with a wait
-  // that consumes consumer 1's last arrive, so both barriers end balanced.
+  // Round robin: the consumers take turns issuing their GEMMs (named barrier 1 + c is "my
+  // turn"; a turn ends by passing it to consumer c + 1), so one warpgroup's softmax runs while
+  // another's GEMMs hold the tensor cores. Every consumer takes the same number of turns (they
+  // walk the same work tiles); the last opens with an arrive that lets consumer 0 go first, and
+  // consumer 0 closes with a wait that consumes the last one's final arrive, so every barrier
+  // ends balanced.
   auto turn_begin = [&] {
     if (p.pingpong) named_bar_sync(1 + c, 256);
   };
   auto turn_end = [&] {
-    if (p.pingpong) named_bar_arrive(2 - c, 256);
+    if (p.pingpong) named_bar_arrive(1 + (c + 1) % W, 256);
   };
-  if (p.pingpong && c == 1) named_bar_arrive(1, 256);
+  if (p.pingpong && c == W - 1) named_bar_arrive(1, 256);
 
   // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits)
   auto issue_qk = [&](float (&sc)[kBlockN / 2], int g) {
+    const unsigned char* qs = smem + S::kQ;
     const unsigned char* ks = smem + S::kK + (g % kStages) * S::kTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
-      const int block = (k / 4) * S::kBlockBytes, within = (k % 4) * 32;
-      uint64_t da = smem_desc_sw128(smem + S::kQ + block + c * 64 * kRowBytes + within, 16, 1024);
-      uint64_t db = smem_desc_sw128(ks + block + within, 16, 1024);
+      const int within = (k % 4) * 32;
+      uint64_t da = smem_desc_sw128(qs + (k / 4) * S::kQBlockBytes + c * 64 * kRowBytes + within, 16, 1024);
+      uint64_t db = smem_desc_sw128(ks + (k / 4) * S::kBlockBytes + within, 16, 1024);
       Wgmma<T, kBlockN, 0>::ss(sc, da, db, k > 0);
     }
     wgmma_commit();
@@ -287,15 +317,37 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
+  // A warpgroup whose rows all lie past its request's end (in the request's last work tile) walks
+  // the tiles with the same turns and barrier arrivals as the GEMM path below, but computes
+  // nothing. It waits for each stage to fill before releasing it, so that its arrival counts
+  // toward that use of the stage and not an earlier one. (A separate path: predicating the
+  // GEMMs inside the main loop makes ptxas serialize the wgmmas.)
+  auto walk_idle = [&](int n_tiles, int g0) {
+    if (n_tiles == 0) mbar_arrive(q_empty);
+    for (int n = 0; n <= n_tiles && n_tiles > 0; ++n) {
+      const int gk = g0 + n, gv = gk - 1;
+      turn_begin();
+      if (n < n_tiles) mbar_wait(&full_k[gk % kStages], (gk / kStages) & 1);
+      if (n > 0) mbar_wait(&full_v[gv % kStages], (gv / kStages) & 1);
+      turn_end();
+      if (n < n_tiles) mbar_arrive(&empty_k[gk % kStages]);
+      if (n == n_tiles - 1) mbar_arrive(q_empty);
+      if (n > 0) mbar_arrive(&empty_v[gv % kStages]);
+    }
+  };
+
   int g = 0;  // K/V tiles consumed so far
   for (int w = 0;; ++w) {
     mbar_wait(q_full, w & 1);
-    const int lin = tile_slot[w % 2];
-    if (lin < 0) break;
-    WorkTile t;
-    make_work_tile(p, order, lin, t);  // the producer only publishes tiles inside their request
+    const WorkTile t = tile_slot[w % 2];
+    if (t.m_block < 0) break;
     const int row_a = t.m_block * kBlockM + c * 64 + warp * 16 + lane / 4;  // in the sequence
     const int rows[2] = {row_a, row_a + 8};
+    if (t.m_block * kBlockM + c * 64 >= t.sq) {  // all 64 rows past the request's end
+      walk_idle(t.n_tiles, g);
+      g += t.n_tiles;
+      continue;
+    }
 
     float o[D / 2];
 #pragma unroll
@@ -310,28 +362,36 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
       const bool edge =
           (n + 1) * kBlockN > t.sk || (p.causal && (n + 1) * kBlockN - 1 > t.m_block * kBlockM + c * 64 + t.diag);
-      float mx[2] = {m[0], m[1]};
+      // Masking is one compare and select per score against each row's key limit, in its own
+      // loop behind one branch: written inside the max loop, ptxas turned it into a branch per
+      // score (BSSY/BSYNC pairs in every tile, masked or not), 7-10% slower at D 128.
+      if (edge) {
+        int limit[2];  // keys at or past it are masked: the sequence end, causally row + diag + 1
 #pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) {
-        const int r = (i / 2) % 2;
-        if (edge) {
-          const int col = n * kBlockN + (i / 4) * 8 + 2 * (lane % 4) + (i % 2);
-          if (col >= t.sk || (p.causal && col > rows[r] + t.diag)) sc[i] = -INFINITY;
+        for (int r = 0; r < 2; ++r) limit[r] = p.causal ? min(t.sk, rows[r] + t.diag + 1) : t.sk;
+        const int col0 = n * kBlockN + 2 * (lane % 4);
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) {
+          const int col = col0 + (i / 4) * 8 + (i % 2);
+          sc[i] = col < limit[(i / 2) % 2] ? sc[i] : -INFINITY;
         }
-        mx[r] = fmaxf(mx[r], sc[i]);
       }
+      float mx[2][2] = {{m[0], m[0]}, {m[1], m[1]}};  // two partial maxima per row: shorter chains
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) mx[(i / 2) % 2][i % 2] = fmaxf(mx[(i / 2) % 2][i % 2], sc[i]);
       float base[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        float row_max = fmaxf(mx[r][0], mx[r][1]);
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, 1));
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, 2));
         // lazy: keep the base while this tile's max stays within 2^kRescaleLog2 of it, so most
         // tiles need no rescale of O (the final O / l and LSE use the same base: exact)
-        const bool keep = p.lazy_rescale && m[r] != -INFINITY && (mx[r] - m[r]) * p.scale_log2 <= kRescaleLog2;
-        if (keep) mx[r] = m[r];
-        base[r] = mx[r] == -INFINITY ? 0.f : mx[r] * p.scale_log2;  // a row that sees nothing yet stays at 0
+        const bool keep = p.lazy_rescale && m[r] != -INFINITY && (row_max - m[r]) * p.scale_log2 <= kRescaleLog2;
+        if (keep) row_max = m[r];
+        base[r] = row_max == -INFINITY ? 0.f : row_max * p.scale_log2;  // a row that sees nothing yet stays at 0
         alpha[r] = m[r] == -INFINITY ? 0.f : (keep ? 1.f : exp2_ftz(m[r] * p.scale_log2 - base[r]));
-        m[r] = mx[r];
+        m[r] = row_max;
         l[r] *= alpha[r];
       }
       float sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // two partial sums per row: shorter add chains
@@ -418,7 +478,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             l[r] > 0.f ? m[r] * p.scale_log2 * kLn2 + logf(l[r]) : -INFINITY;
     }
   }
-  if (p.pingpong && c == 0) named_bar_sync(1, 256);  // consumer 1's last arrive
+  if (p.pingpong && c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
 }
 
 // ------------------------------------------------------------------ host side
@@ -469,8 +529,9 @@ int causal_section_pairs(const DenseFwdArgs& a) {
   return (int)std::min(section, pairs);
 }
 
-template <typename T, int D>
+template <typename T, int D, int W>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
+  constexpr int kBlockM = DenseShape<W>::kBlockM;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
   CUtensorMap tq, tk, tv, tk_pool, tv_pool;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
@@ -498,7 +559,8 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr, a.grid_order,
+                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr,
+                   a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
   // wave from a counter zeroed here
@@ -512,11 +574,11 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
       if (err != cudaSuccess) return err;
     }
   }
-  auto kernel = dense_fwd_kernel<T, D>;
-  constexpr int smem = DenseSmem<D>::kBytes;
+  auto kernel = dense_fwd_kernel<T, D, W>;
+  constexpr int smem = DenseSmem<D, kBlockM>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  kernel<<<(unsigned)ctas, kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);
+  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);
   return cudaGetLastError();
 }
 
@@ -524,10 +586,19 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
 
 cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cudaStream_t stream) {
   const CUtensorMapDataType f16 = CU_TENSOR_MAP_DATA_TYPE_FLOAT16, bf16 = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  if (dtype == 0 && head_dim == 64) return launch<__half, 64>(a, f16, stream);
-  if (dtype == 0 && head_dim == 128) return launch<__half, 128>(a, f16, stream);
-  if (dtype == 1 && head_dim == 64) return launch<__nv_bfloat16, 64>(a, bf16, stream);
-  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128>(a, bf16, stream);
+  // head dim 64: three consumer warpgroups (192-row work tiles), except causal with at most 1024
+  // query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with
+  // the tile's height), or as asked; 128: always two (three would not fit their accumulators in
+  // the register file)
+  if (a.consumer_warpgroups != 0 && a.consumer_warpgroups != 2 && a.consumer_warpgroups != 3)
+    return cudaErrorInvalidValue;
+  const bool two = a.consumer_warpgroups == 2 || (a.consumer_warpgroups == 0 && a.causal && a.max_seqlen_q <= 1024);
+  if (dtype == 0 && head_dim == 64)
+    return two ? launch<__half, 64, 2>(a, f16, stream) : launch<__half, 64, 3>(a, f16, stream);
+  if (dtype == 0 && head_dim == 128) return launch<__half, 128, 2>(a, f16, stream);
+  if (dtype == 1 && head_dim == 64)
+    return two ? launch<__nv_bfloat16, 64, 2>(a, bf16, stream) : launch<__nv_bfloat16, 64, 3>(a, bf16, stream);
+  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128, 2>(a, bf16, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -31,6 +31,9 @@ struct DenseFwdArgs {
   bool pingpong = true;
   // a row's exponent base moves only when a tile's max exceeds it by 2^8 (on by default)
   bool lazy_rescale = true;
+  // consumer warpgroups of 64 query rows: 0 picks per head dim and shape (dense_fwd_launch); 2
+  // or 3 forces 128- or 192-row tiles at D 64 (A/B runs); D 128 always runs two
+  int consumer_warpgroups = 0;
   bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
   // Persistent schedule: one CTA per SM looping over the work tiles, claiming them from this
   // device int (the launch zeroes it); nullptr: one CTA per work tile.
