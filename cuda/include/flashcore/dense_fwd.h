@@ -27,7 +27,7 @@ struct DenseFwdArgs {
   // causal: launch the query blocks with the most key tiles first, so the light ones fill the
   // tail of the grid instead of the heavy ones
   bool heavy_first;
-  // the two consumer warpgroups take turns on the tensor cores (on by default, off for A/B runs)
+  // the consumer warpgroups take turns on the tensor cores (on by default, off for A/B runs)
   bool pingpong = true;
   // a row's exponent base moves only when a tile's max exceeds it by 2^8 (on by default)
   bool lazy_rescale = true;
