@@ -76,7 +76,11 @@ struct DenseSmem {
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
   static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);    // two claimed work tiles
-  static constexpr int kBytes = kTileSlots + 2 * 64 + 1024;            // + alignment slack
+  // O staging for the epilogue: each consumer warp's 16 rows, padded by 16 bytes a row so that
+  // the accumulator layout's 4-byte writes hit 32 distinct banks
+  static constexpr int kStageRow = D * 2 + 16;
+  static constexpr int kStage = kTileSlots + 2 * 64;
+  static constexpr int kBytes = kStage + (kBlockM / 16) * 16 * kStageRow + 1024;  // + alignment slack
 };
 
 struct DenseFwdParams {
@@ -93,6 +97,7 @@ struct DenseFwdParams {
   // lazy rescale: a row keeps its exponent base until a tile's max exceeds it by more than
   // kRescaleLog2 (then P <= 2^8 and O, l stay exact in fp32); 0: every new max rescales
   int lazy_rescale;
+  int staged_store;  // the epilogue writes O through shared memory in 16-byte rows (0: from registers)
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
@@ -457,25 +462,50 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     }
 
     // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (rows[r] >= t.sq) continue;
-      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-      T* out = reinterpret_cast<T*>(p.out) + (int64_t)(t.q0 + rows[r]) * p.out_stride_row +
-               (int64_t)t.hq * p.out_stride_head;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-        *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
-      }
-      if (lane % 4 == 0)
+      inv[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      if (rows[r] < t.sq && lane % 4 == 0)
         p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] =
             l[r] > 0.f ? m[r] * p.scale_log2 * kLn2 + logf(l[r]) : -INFINITY;
+    }
+    T* out_rows = reinterpret_cast<T*>(p.out) + (int64_t)t.q0 * p.out_stride_row + (int64_t)t.hq * p.out_stride_head;
+    if (p.staged_store) {
+      // Each thread holds two 4-byte columns every 16 bytes of its two rows: written straight to
+      // global memory, one store instruction touches 8 rows. Staged through this warp's slice of
+      // shared memory instead, the warp writes whole 16-byte pieces, two rows per instruction.
+      unsigned char* stage = smem + S::kStage + (c * 4 + warp) * 16 * S::kStageRow;
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+          *reinterpret_cast<uint32_t*>(stage + (lane / 4 + 8 * r) * S::kStageRow + j * 16 + (lane % 4) * 4) =
+              Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
+      __syncwarp();
+      constexpr int kPieces = D * 2 / 16;  // 16-byte pieces of a row
+      const int row0 = t.m_block * kBlockM + c * 64 + warp * 16;
+#pragma unroll
+      for (int it = 0; it < 16 * kPieces / 32; ++it) {
+        const int piece = it * 32 + lane, row = piece / kPieces, col = piece % kPieces;
+        const uint4 v = *reinterpret_cast<const uint4*>(stage + row * S::kStageRow + col * 16);
+        if (row0 + row < t.sq)
+          *reinterpret_cast<uint4*>(out_rows + (int64_t)(row0 + row) * p.out_stride_row + col * 8) = v;
+      }
+      __syncwarp();  // the slice is rewritten at this warp's next tile
+    } else {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (rows[r] >= t.sq) continue;
+        T* out = out_rows + (int64_t)rows[r] * p.out_stride_row;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
+          *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
+        }
+      }
     }
   }
   if (p.pingpong && c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
@@ -559,7 +589,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.batch, m_blocks, (int)work, section_pairs, nullptr,
+                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.batch, m_blocks, (int)work, section_pairs, nullptr,
                    a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first

@@ -31,6 +31,9 @@ struct DenseFwdArgs {
   bool pingpong = true;
   // a row's exponent base moves only when a tile's max exceeds it by 2^8 (on by default)
   bool lazy_rescale = true;
+  // the epilogue writes O from registers, 4 bytes a thread per row, instead of through shared
+  // memory in 16-byte pieces (A/B runs)
+  bool direct_store = false;
   // consumer warpgroups of 64 query rows: 0 picks per head dim and shape (dense_fwd_launch); 2
   // or 3 forces 128- or 192-row tiles at D 64 (A/B runs); D 128 always runs two
   int consumer_warpgroups = 0;
