@@ -379,11 +379,13 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.pingpong = !env_equals("FLASHCORE_DENSE_PINGPONG", "off");
   // FLASHCORE_DENSE_RESCALE=eager: every new row max rescales O (no lazy base)
   a.lazy_rescale = !env_equals("FLASHCORE_DENSE_RESCALE", "eager");
-  // FLASHCORE_DENSE_WARPGROUPS=2 or 3: head dim 64 runs that many consumer warpgroups (128- or
-  // 192-row tiles) whatever the shape
   // FLASHCORE_DENSE_STORE=direct: the epilogue writes O from registers
   a.direct_store = env_equals("FLASHCORE_DENSE_STORE", "direct");
-  a.consumer_warpgroups = env_equals("FLASHCORE_DENSE_WARPGROUPS", "2") ? 2 : env_equals("FLASHCORE_DENSE_WARPGROUPS", "3") ? 3 : 0;
+  // FLASHCORE_DENSE_WARPGROUPS=2 or 3: head dim 64 runs that many consumer warpgroups (128- or
+  // 192-row tiles) whatever the shape
+  a.consumer_warpgroups = env_equals("FLASHCORE_DENSE_WARPGROUPS", "2")   ? 2
+                          : env_equals("FLASHCORE_DENSE_WARPGROUPS", "3") ? 3
+                                                                           : 0;
   // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
   a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};

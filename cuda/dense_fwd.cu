@@ -75,11 +75,12 @@ struct DenseSmem {
   static constexpr int kK = kQBytes;
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);    // two claimed work tiles
+  static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);  // two claimed work tiles
+  static constexpr int kTileSlotBytes = 64;                           // one decoded WorkTile
   // O staging for the epilogue: each consumer warp's 16 rows, padded by 16 bytes a row so that
   // the accumulator layout's 4-byte writes hit 32 distinct banks
   static constexpr int kStageRow = D * 2 + 16;
-  static constexpr int kStage = kTileSlots + 2 * 64;
+  static constexpr int kStage = kTileSlots + 2 * kTileSlotBytes;
   static constexpr int kBytes = kStage + (kBlockM / 16) * 16 * kStageRow + 1024;  // + alignment slack
 };
 
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   uint64_t* q_full = empty_v + kStages;
   uint64_t* q_empty = q_full + 1;
   WorkTile* tile_slot = reinterpret_cast<WorkTile*>(smem + S::kTileSlots);
-  static_assert(sizeof(WorkTile) <= 64, "two work tile slots");
+  static_assert(sizeof(WorkTile) <= S::kTileSlotBytes, "a decoded work tile fits its slot");
   const int order = p.grid_order != nullptr ? *p.grid_order : 0;
 
   const int warpgroup = threadIdx.x / 128;
