@@ -462,39 +462,49 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
       g += n_tiles;
     }
 
-    // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
+    // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence. One MUFU
+    // each for 1 / l and log2 l, and no branch but the stores' predicates: with IEEE division and
+    // logf (slow-path branches, divergent under lane % 4 == 0) this part took a third of the
+    // epilogue, which short sequences pay at every work tile.
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-      inv[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;
-      if (rows[r] < t.sq && lane % 4 == 0)
-        p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] =
-            l[r] > 0.f ? m[r] * p.scale_log2 * kLn2 + logf(l[r]) : -INFINITY;
+      const bool seen = l[r] > 0.f;
+      inv[r] = seen ? rcp_approx(l[r]) : 0.f;
+      const float lse = seen ? (m[r] * p.scale_log2 + log2_approx(l[r])) * kLn2 : -INFINITY;
+      if (rows[r] < t.sq && lane % 4 == 0) p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] = lse;
     }
     T* out_rows = reinterpret_cast<T*>(p.out) + (int64_t)t.q0 * p.out_stride_row + (int64_t)t.hq * p.out_stride_head;
     if (p.staged_store) {
       // Each thread holds two 4-byte columns every 16 bytes of its two rows: written straight to
       // global memory, one store instruction touches 8 rows. Staged through this warp's slice of
-      // shared memory instead, the warp writes whole 16-byte pieces, two rows per instruction.
-      unsigned char* stage = smem + S::kStage + (c * 4 + warp) * 16 * S::kStageRow;
+      // shared memory instead, the warp writes whole 16-byte pieces, 32 / kPieces rows per
+      // instruction. The slice is addressed in the shared space (smem is a generic pointer: its
+      // accesses would be LD/ST, slower than LDS/STS).
+      const uint32_t stage = smem_addr(smem + S::kStage) + (c * 4 + warp) * 16 * S::kStageRow;
 #pragma unroll
       for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int j = 0; j < D / 8; ++j)
-          *reinterpret_cast<uint32_t*>(stage + (lane / 4 + 8 * r) * S::kStageRow + j * 16 + (lane % 4) * 4) =
-              Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
+          st_shared_u32(stage + (lane / 4 + 8 * r) * S::kStageRow + j * 16 + (lane % 4) * 4,
+                        Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]));
       __syncwarp();
-      constexpr int kPieces = D * 2 / 16;  // 16-byte pieces of a row
-      const int row0 = t.m_block * kBlockM + c * 64 + warp * 16;
+      constexpr int kPieces = D * 2 / 16;       // 16-byte pieces of a row
+      constexpr int kRowsPerStore = 32 / kPieces;
+      const int row = lane / kPieces, piece = lane % kPieces;
+      const int row0 = t.m_block * kBlockM + c * 64 + warp * 16 + row;  // this lane's first row
+      const uint32_t src = stage + row * S::kStageRow + piece * 16;
+      T* dst = out_rows + (int64_t)row0 * p.out_stride_row + piece * 8;
+      constexpr int kStores = 16 / kRowsPerStore;
+      uint4 v[kStores];  // all loads first: their latencies overlap
 #pragma unroll
-      for (int it = 0; it < 16 * kPieces / 32; ++it) {
-        const int piece = it * 32 + lane, row = piece / kPieces, col = piece % kPieces;
-        const uint4 v = *reinterpret_cast<const uint4*>(stage + row * S::kStageRow + col * 16);
-        if (row0 + row < t.sq)
-          *reinterpret_cast<uint4*>(out_rows + (int64_t)(row0 + row) * p.out_stride_row + col * 8) = v;
-      }
+      for (int it = 0; it < kStores; ++it) v[it] = ld_shared_v4(src + it * kRowsPerStore * S::kStageRow);
+#pragma unroll
+      for (int it = 0; it < kStores; ++it)
+        if (row0 + it * kRowsPerStore < t.sq)
+          *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v[it];
       __syncwarp();  // the slice is rewritten at this warp's next tile
     } else {
 #pragma unroll

@@ -179,3 +179,26 @@ def test_serving_page_table_has_prompt_runs_then_interleaved_decode_slots():
     assert all(5 <= p <= 9 for p in prompts)
     # decode step 0 gives the three requests adjacent slots right after all prompts
     assert [int(r2t[r, prompts[r]]) for r in range(3)] == [sum(prompts) + r for r in range(3)]
+
+
+def test_trace_dense_finds_every_insertion_point_and_reads_phases():
+    """scripts/trace_dense.py patches a copy of the dense kernel at exact source lines: they must
+    all still be there, and its phase arithmetic must read a synthetic consumer's records."""
+    import trace_dense
+
+    with open(os.path.join(HERE, "..", "cuda", "dense_fwd.cu")) as f:
+        traced = trace_dense.instrument(f.read())
+    for point in (10, 13, 17, 20, 23, 24, 25, 26):
+        assert f"TR({point});" in traced
+    assert "trace_rec(0, tcnt, 3, w);" in traced and 'getenv("FC_TRACE")' in traced
+    # three work tiles of two key tiles each: points at known clocks, 1000 cycles a tile
+    events = []
+    for tile in range(3):
+        base = 1000 * tile
+        for point, at in ((10, 0), (11, 10), (12, 20), (13, 30), (14, 100), (15, 110), (16, 120), (17, 130),
+                          (18, 140), (19, 200), (20, 210), (21, 220), (22, 230), (23, 300), (25, 350),
+                          (26, 400), (24, 500)):
+            events.append((point, tile, base + at))
+    got = trace_dense.phases(events)
+    assert got["epilogue (23-24)"] == [200] and got["loop: softmax (18-19)"] == [60]
+    assert got["work tile, start to start"] == [1000] and got["first QK^T + softmax (13-14)"] == [70]
