@@ -14,8 +14,9 @@
 //     one FFMA before a flush-to-zero exp2; a row's exponent base moves only when a tile's max
 //     exceeds it by 2^8, so most tiles skip the rescale of O), then O += P V with wgmma (P from
 //     registers, V read as an MN-major operand). Within a warpgroup the two GEMMs are
-//     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together, and the
-//     softmax of S(n) runs while P(n-1) V(n-1) is still on the tensor cores. Between the
+//     software-pipelined across tiles: S(n) and P(n-1) V(n-1) are issued together. (ptxas puts
+//     the wait for P(n-1) V(n-1) at the start of the softmax of S(n), not after it as written;
+//     holding it later was slower at D 64 and short sequences, see the main loop.) Between the
 //     warpgroups, a round robin of named barriers makes them take turns issuing, so one's
 //     softmax overlaps the others' GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
@@ -441,7 +442,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         mbar_arrive(&empty_k[gk % kStages]);
         if (n == n_tiles - 1) mbar_arrive(q_empty);  // the last read of Q
         softmax(sc, n, alpha);
-        wgmma_wait<0>();  // pa and o are free again
+        // pa and o are free again. ptxas moves this wait to the top of the softmax's basic block
+        // (after the mask branch), and V's stage goes back right after it. A block boundary
+        // holds it later: after the softmax or halfway through it, long D 128 sequences gained
+        // up to 3-6% but D 64 and S <= 1K lost 1-7% (results/h200/dense_ab/README.md).
+        wgmma_wait<0>();
         fence_regs(o);
         mbar_arrive(&empty_v[gv % kStages]);
         if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {  // warp-uniform skip

@@ -85,8 +85,9 @@ INSERTIONS = [
      "        TR(15);\n        turn_begin();\n        TR(16);\n        mbar_wait(&full_k[gk % kStages], (gk / kStages) & 1);\n"),
     ("        wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run\n",
      "        TR(17);\n        wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run\n        TR(18);\n"),
-    ("        wgmma_wait<0>();  // pa and o are free again\n",
-     "        TR(19);\n        wgmma_wait<0>();  // pa and o are free again\n        TR(20);\n"),
+    ("        wgmma_wait<0>();\n        fence_regs(o);\n        mbar_arrive(&empty_v[gv % kStages]);\n",
+     "        TR(19);\n        wgmma_wait<0>();\n        TR(20);\n        fence_regs(o);\n"
+     "        mbar_arrive(&empty_v[gv % kStages]);\n"),
     # last P V: 21/22 around its turn, 23 when it is done; epilogue: 25 LSE done, 26 O staged, 24 end
     ("      turn_begin();\n      mbar_wait(&full_v[last % kStages], (last / kStages) & 1);\n",
      "      TR(21);\n      turn_begin();\n      TR(22);\n      mbar_wait(&full_v[last % kStages], (last / kStages) & 1);\n"),
