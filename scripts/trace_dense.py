@@ -4,7 +4,7 @@ Copies ``sglang_flashcore/`` and ``cuda/`` to a scratch folder, inserts trace po
 ``dense_fwd.cu`` (the producer's waits; each consumer warpgroup's tile start, first Q K^T and
 softmax, every main-loop step, last P V and the epilogue's parts), builds that copy into its own
 cache, runs the given shapes (bf16) and prints, per phase, the mean / median / p90 cycles over the
-work tiles of the first 8 CTAs, plus one CTA's timeline. The trace points cost time themselves
+work tiles of the first 8 CTAs (``CTAS``), plus one CTA's timeline. The trace points cost time themselves
 (about 150 cycles each): compare phases, not totals with the untraced kernel.
 
     python3 scripts/trace_dense.py                      # S 512 at D 128 and D 64, non-causal
@@ -27,21 +27,21 @@ import tempfile
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-# The trace buffer: 8 CTAs x 4 roles (producer, consumers 1..3) x 4096 records of
+# The trace buffer: CTAS CTAs x ROLES roles (producer, consumers 1..3) x RECORDS records of
 # (id << 56 | work tile << 40 | clock64), written by one thread per role.
-TRACE_BUFFER = """#include <cstdio>
-#include <cstdlib>
-namespace flashcore {
-__device__ unsigned long long g_trace[8 * 4 * 4096];
+CTAS, ROLES, RECORDS = 8, 4, 4096
+TRACE_BUFFER = ("#include <cstdio>\n#include <cstdlib>\nnamespace flashcore {\n"
+                f"constexpr int kTraceCtas = {CTAS}, kTraceRoles = {ROLES}, kTraceRecords = {RECORDS};\n" + """\
+__device__ unsigned long long g_trace[kTraceCtas * kTraceRoles * kTraceRecords];
 __device__ __forceinline__ void trace_rec(int role, int& cnt, int id, int w) {
-  if (blockIdx.x < 8 && cnt < 4096) {
-    g_trace[(blockIdx.x * 4 + role) * 4096 + cnt] = ((unsigned long long)id << 56) |
+  if (blockIdx.x < kTraceCtas && cnt < kTraceRecords) {
+    g_trace[(blockIdx.x * kTraceRoles + role) * kTraceRecords + cnt] = ((unsigned long long)id << 56) |
         ((unsigned long long)(w & 0xffff) << 40) | ((unsigned long long)clock64() & 0xffffffffffull);
     ++cnt;
   }
 }
 namespace {
-"""
+""")
 LAUNCH = "  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);\n"
 DUMP = """  const char* trace_path = getenv("FC_TRACE");
   if (trace_path) {
@@ -50,7 +50,7 @@ DUMP = """  const char* trace_path = getenv("FC_TRACE");
     cudaMemsetAsync(addr, 0, sizeof(g_trace), stream);
   }
 """ + LAUNCH + """  if (trace_path) {
-    static unsigned long long host[8 * 4 * 4096];
+    static unsigned long long host[sizeof(g_trace) / sizeof(g_trace[0])];
     cudaStreamSynchronize(stream);
     cudaMemcpyFromSymbol(host, g_trace, sizeof(host));
     FILE* f = fopen(trace_path, "wb");
@@ -117,10 +117,10 @@ def read_trace(path: str) -> list:
     with open(path, "rb") as f:
         records.frombytes(f.read())
     per_cta = []
-    for cta in range(8):
+    for cta in range(CTAS):
         roles = []
-        for role in range(4):
-            chunk = records[(cta * 4 + role) * 4096:(cta * 4 + role + 1) * 4096]
+        for role in range(ROLES):
+            chunk = records[(cta * ROLES + role) * RECORDS:(cta * ROLES + role + 1) * RECORDS]
             roles.append([(x >> 56, (x >> 40) & 0xFFFF, x & 0xFFFFFFFFFF) for x in chunk if x != 0])
         per_cta.append(roles)
     return per_cta
