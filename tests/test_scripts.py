@@ -202,3 +202,75 @@ def test_trace_dense_finds_every_insertion_point_and_reads_phases():
     got = trace_dense.phases(events)
     assert got["epilogue (23-24)"] == [200] and got["loop: softmax (18-19)"] == [60]
     assert got["work tile, start to start"] == [1000] and got["first QK^T + softmax (13-14)"] == [70]
+
+
+def _bench_json(path, tf, cudnn_tf):
+    row = {"dtype": "bfloat16", "B": 32, "S": 512, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
+           "ours_TF": tf, "cudnn_TF": cudnn_tf, "ours_over_cudnn": tf / cudnn_tf}
+    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 scripts/bench_dense.py"}
+    path.write_text(json.dumps({"info": info, "rows": [row]}))
+
+
+def test_ab_dense_compare_averages_the_runs(tmp_path):
+    from ab_dense import _rows, compare, summary
+
+    for name, tf in (("t1", 400.0), ("t2", 420.0), ("b1", 400.0), ("b2", 400.0)):
+        _bench_json(tmp_path / f"{name}.json", tf, 500.0)
+    rows = compare(_rows([tmp_path / "t1.json", tmp_path / "t2.json"]), _rows([tmp_path / "b1.json", tmp_path / "b2.json"]))
+    assert len(rows) == 1 and abs(rows[0]["this_over_base"] - 1.025) < 1e-9
+    assert abs(rows[0]["this_over_cudnn"] - 0.82) < 1e-9 and abs(rows[0]["base_over_cudnn"] - 0.8) < 1e-9
+    assert "faster on 1, slower on 0" in summary(rows)
+
+
+def test_ab_dense_packs_a_revision_with_its_commit(tmp_path):
+    import tarfile
+
+    import pytest
+
+    from ab_dense import pack
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.join(HERE, ".."), capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    packed = tmp_path / "base.tgz"
+    commit = pack("HEAD", packed)
+    with tarfile.open(packed) as tgz:
+        assert tgz.extractfile("AB_BASE").read().decode().startswith(commit)
+        names = tgz.getnames()
+    assert {"cuda/dense_fwd.cu", "scripts/bench_dense.py", "scripts/bench_util.py", "sglang_flashcore/api.py"} <= set(names)
+
+
+# a stand-in for bench_dense.py: it reports which tree's package it imported, and its JIT cache
+FAKE_BENCH = """import json, os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import sglang_flashcore as fc
+tf = {"this": 400.0, "base": 300.0}[fc.TREE]
+row = dict(dtype="bf16", B=1, S=512, Hq=1, Hkv=1, D=64, causal=0, ours_TF=tf, ours_over_cudnn=tf / 500)
+out = sys.argv[sys.argv.index("--json") + 1]
+json.dump(dict(info=dict(device="X", cache=os.environ["FLASHCORE_CACHE"]), rows=[row]), open(out, "w"))
+"""
+
+
+def test_ab_dense_runs_each_tree_with_its_own_package_and_cache(tmp_path):
+    import io
+    import tarfile
+
+    from ab_dense import run
+
+    def tree_files(name):
+        return {"sglang_flashcore/__init__.py": f"TREE = {name!r}\n", "scripts/fake_bench.py": FAKE_BENCH}
+
+    this_root = tmp_path / "this"
+    for rel, text in tree_files("this").items():
+        (this_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (this_root / rel).write_text(text)
+    packed = tmp_path / "base.tgz"
+    with tarfile.open(packed, "w:gz") as tgz:
+        for rel, text in {**tree_files("base"), "AB_BASE": "abc123 the base\n"}.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(text.encode())
+            tgz.addfile(info, io.BytesIO(text.encode()))
+    rows = run(packed, 2, [], str(tmp_path / "ab.json"), this_root=this_root, script="scripts/fake_bench.py")
+    assert len(rows) == 1 and abs(rows[0]["this_over_base"] - 4 / 3) < 1e-9
+    saved = json.loads((tmp_path / "ab.json").read_text())
+    assert saved["info"]["base"] == "abc123 the base" and [len(saved["runs"][s]) for s in ("this", "base")] == [2, 2]
+    assert saved["runs"]["this"][0]["info"]["cache"] != saved["runs"]["base"][0]["info"]["cache"]
