@@ -85,8 +85,7 @@ def summary(rows: List[dict]) -> str:
 
 
 def _print(rows: List[dict]) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_util import print_table
+    from bench_util import print_table  # beside this script (imports torch: not needed to pack)
 
     print_table(rows, list(KEY) + ["this_TF", "base_TF", "this_over_base", "this_over_cudnn", "base_over_cudnn"],
                 title="dense A/B: this tree against the base revision")
