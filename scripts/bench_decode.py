@@ -38,13 +38,17 @@ SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
 LAYERS = 32  # a step builds the layout once for all layers (Llama-3-8B)
 
 
-def shared_page_table(batch, context, page, shared_frac, device):
+def shared_page_table(batch, context, page, shared_frac, device, shuffled=True):
     """req_to_token for ``batch`` requests whose first shared_frac*context tokens share pages.
-    Pages are handed out in a shuffled order, as a long-running allocator would."""
+    Pages are handed out in a shuffled order, as a long-running allocator would (``shuffled``), or
+    in order, each request's pages consecutive in the pool (what a fresh allocator gives)."""
     shared_pages = int(shared_frac * context) // page
     own_pages = -(-context // page) - shared_pages
     total_pages = shared_pages + batch * own_pages
-    perm = torch.randperm(total_pages, device=device, dtype=torch.int64)
+    if shuffled:
+        perm = torch.randperm(total_pages, device=device, dtype=torch.int64)
+    else:
+        perm = torch.arange(total_pages, device=device, dtype=torch.int64)
     per_req = torch.cat([
         perm[:shared_pages].expand(batch, shared_pages),
         perm[shared_pages:].view(batch, own_pages),

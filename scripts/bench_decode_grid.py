@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
     parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
     parser.add_argument("--pool", choices=["slots", "head_major"], default="slots", help="KV pool storage")
+    parser.add_argument("--pages", choices=["shuffled", "ordered"], default="shuffled",
+                        help="page order in the pool: shuffled (a long-running allocator) or each request's in order")
     parser.add_argument("--variant", action="append", default=[],
                         help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
@@ -49,7 +51,7 @@ def main():
     rows = []
     for batch, hkv, ctx in configs:
         hq, d, page, dt = 32, 128, 64, torch.bfloat16
-        r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda")
+        r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda", shuffled=args.pages == "shuffled")
         k = make_pool(num_slots, hkv, d, dt, args.pool)
         v = make_pool(num_slots, hkv, d, dt, args.pool)
         q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
@@ -69,7 +71,7 @@ def main():
                 planner.grid_work = mult * sms
                 run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
                 ms = time_ms(run, repeats=args.repeats)
-                row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
+                row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
                            grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms)
                 for variant in args.variant:
                     row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)

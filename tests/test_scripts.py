@@ -27,6 +27,13 @@ def test_shared_page_table_shares_exactly_the_prefix_pages():
     assert plan.max_readers == 4
 
 
+def test_ordered_page_table_gives_each_request_consecutive_slots():
+    r2t, num_slots = shared_page_table(batch=3, context=200, page=16, shared_frac=0.0, device="cpu", shuffled=False)
+    assert num_slots == 3 * 208  # 13 pages a request, the last one partly used
+    for b in range(3):
+        assert torch.equal(r2t[b], torch.arange(b * 208, b * 208 + 200, dtype=torch.int32))
+
+
 def test_print_table_aligns_columns(capsys):
     print_table([{"a": 1, "b": 2.5}, {"a": 10, "b": None}], ["a", "b"], title="t")
     out = capsys.readouterr().out.splitlines()
