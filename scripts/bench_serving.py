@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -147,6 +148,21 @@ def compare_greedy(ref: Dict, other: Dict) -> Dict:
 
 
 # --------------------------------------------------------------- the server
+_PREFILL_LINE = re.compile(r"Prefill batch.*?#new-seq: (\d+), #new-token: (\d+), #cached-token: (\d+)")
+
+
+def prefill_summary(log_text: str) -> Optional[Dict[str, float]]:
+    """SGLang's "Prefill batch" log lines (``--server-log-level info``) summed: how many prefill
+    batches ran, their new sequences and new / cached tokens. None when the log has none (the
+    default warning level prints none)."""
+    batches = [tuple(int(x) for x in m.groups()) for m in _PREFILL_LINE.finditer(log_text)]
+    if not batches:
+        return None
+    seqs, new, cached = (sum(b[i] for b in batches) for i in range(3))
+    return {"batches": len(batches), "new_seqs": seqs, "new_tokens": new, "cached_tokens": cached,
+            "new_tokens_per_batch": new / len(batches)}
+
+
 class Server:
     """``python -m sglang.launch_server`` in its own process group, stopped on exit."""
 
@@ -160,13 +176,24 @@ class Server:
                     "--sampling-backend", "pytorch", "--mem-fraction-static", str(args.mem_fraction),
                     "--cuda-graph-max-bs", str(args.cuda_graph_max_bs),
                     "--max-running-requests", str(args.max_running_requests),
-                    "--page-size", str(args.page_size), "--log-level", "warning"]
+                    "--page-size", str(args.page_size), "--log-level", args.server_log_level]
         if args.model_path is None:
             self.cmd += ["--load-format", "dummy", "--skip-tokenizer-init"]
         self.cmd += args.server_arg
         self.log_path = log_dir / f"server_{backend}.log"
         self.proc: Optional[subprocess.Popen] = None
         self.startup_s = 0.0
+
+    def log_since(self, offset: int) -> str:
+        """The server log from byte ``offset`` on (what a workload made it print)."""
+        self._log.flush()
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def log_size(self) -> int:
+        self._log.flush()
+        return self.log_path.stat().st_size
 
     def __enter__(self) -> "Server":
         import urllib.request
@@ -305,6 +332,8 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graph-max-bs", type=int, default=128)
     p.add_argument("--max-running-requests", type=int, default=128)
     p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
+    p.add_argument("--server-log-level", default="warning",
+                   help="the server's --log-level; at info each workload also reports SGLang's prefill batches")
     p.add_argument("--log-dir", default=".", help="server logs go here")
     p.add_argument("--json")
     p.add_argument("--plot")
@@ -442,13 +471,18 @@ def main(argv=None) -> int:
                     print(f"[{backend}] greedy ids for {len(prompts)} prompts", flush=True)
                 results[backend] = {}
                 for w in workloads:
+                    log_start = server.log_size()
                     m = asyncio.run(run_workload(server.url, w))
+                    prefill = prefill_summary(server.log_since(log_start))
+                    if prefill is not None:
+                        m["prefill"] = prefill
                     results[backend][w.name] = m
                     if args.json:
                         write_report(args, backends, workloads, results, greedy, startup, quiet=True)
                     print(f"[{backend}] {w.name}: {m['out_tok_per_s']:.0f} out tok/s, ITL {m['itl_mean_ms']:.2f} ms "
-                          f"(p99 {m['itl_p99_ms']:.2f}), TTFT {m['ttft_mean_ms']:.0f} ms, {m['failed']} failed",
-                          flush=True)
+                          f"(p99 {m['itl_p99_ms']:.2f}), TTFT {m['ttft_mean_ms']:.0f} ms, {m['failed']} failed"
+                          + (f"; {prefill['batches']} prefill batches, {prefill['new_tokens']} new / "
+                             f"{prefill['cached_tokens']} cached tokens" if prefill else ""), flush=True)
         except Exception as e:
             print(f"[{backend}] FAILED: {e}", flush=True)
             results.setdefault(backend, {})["error"] = str(e)[-2000:]

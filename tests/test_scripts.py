@@ -281,3 +281,18 @@ def test_ab_dense_runs_each_tree_with_its_own_package_and_cache(tmp_path):
     saved = json.loads((tmp_path / "ab.json").read_text())
     assert saved["info"]["base"] == "abc123 the base" and [len(saved["runs"][s]) for s in ("this", "base")] == [2, 2]
     assert saved["runs"]["this"][0]["info"]["cache"] != saved["runs"]["base"][0]["info"]["cache"]
+
+
+def test_prefill_summary_reads_sglang_prefill_lines():
+    from bench_serving import prefill_summary
+
+    log = (
+        "[2026-11-30 13:24:27] Prefill batch, #new-seq: 1, #new-token: 8192, #cached-token: 0, token usage: 0.01, "
+        "#running-req: 0, #queue-req: 63, cuda graph: False, input throughput (token/s): 0.00\n"
+        "[2026-11-30 13:24:28] Decode batch, #running-req: 1, #token: 8200, token usage: 0.01\n"
+        "[2026-11-30 13:24:28] Prefill batch [7], #new-seq: 63, #new-token: 9450, #cached-token: 516096, "
+        "#running-req: 1, #queue-req: 0, cuda graph: False, input throughput (token/s): 1000.00\n"
+    )
+    assert prefill_summary(log) == {"batches": 2, "new_seqs": 64, "new_tokens": 17642, "cached_tokens": 516096,
+                                    "new_tokens_per_batch": 8821.0}
+    assert prefill_summary("[..] Decode batch, #running-req: 1\n") is None
