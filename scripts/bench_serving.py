@@ -201,7 +201,10 @@ class Server:
         print(f"[{self.backend}] starting: {' '.join(self.cmd)}", flush=True)
         self._log = open(self.log_path, "w")
         start = time.time()
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        # unbuffered: the log's lines land while a workload runs, so each workload reads its own
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
         deadline = start + 900
         while time.time() < deadline:
             if self.proc.poll() is not None:
