@@ -390,10 +390,20 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};
   at::Tensor tile_counter;  // the persistent schedule's work-tile counter
+  at::Tensor tile_list, select_temp;  // ragged batches: the tiles that hold rows (dense_fwd.h)
   if (!grid_schedule) {
     tile_counter = at::empty({1}, q.options().dtype(at::kInt));
     a.tile_counter = tile_counter.data_ptr<int>();
     a.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    // FLASHCORE_DENSE_TILES=all: the CTAs skip empty tiles themselves (A/B runs)
+    const int64_t capacity = env_equals("FLASHCORE_DENSE_TILES", "all") ? 0 : flashcore::dense_tile_list_capacity(a);
+    if (capacity > 0) {
+      tile_list = at::empty({capacity}, q.options().dtype(at::kInt));
+      a.select_temp_bytes = flashcore::dense_tile_select_temp_bytes(capacity);
+      select_temp = at::empty({(int64_t)std::max<size_t>(a.select_temp_bytes, 1)}, q.options().dtype(at::kByte));
+      a.tile_list = tile_list.data_ptr<int>();
+      a.select_temp = select_temp.data_ptr();
+    }
   }
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");

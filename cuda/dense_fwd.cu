@@ -35,8 +35,12 @@
 // fastest, then the query heads of one KV head, then query block, then KV head (CTAs running
 // together read the same prefix pages when requests share them).
 #include <float.h>
+#include <limits.h>
 
 #include <algorithm>
+
+#include <cub/device/device_select.cuh>
+#include <thrust/iterator/counting_iterator.h>
 
 #include "flashcore/dense_fwd.h"
 #include "flashcore/hopper.cuh"
@@ -105,6 +109,10 @@ struct DenseFwdParams {
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
   // nullptr: one work tile per CTA
   int* tile_counter;
+  // ragged batches: *num_tiles_dev work tiles, tile_list[i] the i-th to claim; nullptr: all
+  // num_work tiles in order, the empty ones skipped by the producer
+  const int* tile_list;
+  const int* num_tiles_dev;
   const int* grid_order;  // device flag (see the header comment); nullptr: 0
   // paged prefix: request b's pages are key_pages[key_page_offsets[b] ...]; nullptr: none
   const int* key_pages;
@@ -171,6 +179,16 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
   return true;
 }
 
+// Whether work tile ``lin`` holds query rows (the selection behind the ragged-batch tile list).
+template <int kBlockM>
+struct TileHasRows {
+  DenseFwdParams p;
+  __device__ __forceinline__ bool operator()(int lin) const {
+    WorkTile t;
+    return make_work_tile<kBlockM>(p, p.grid_order != nullptr ? *p.grid_order : 0, lin, t);
+  }
+};
+
 // Persistent: CTA i starts with work tile i, and its producer claims the next one from an atomic
 // counter, so CTAs that drew light (causal) tiles take more of them, and the producer loads the
 // next tile's Q and first K/V while the consumers finish the previous one. The claimed tile goes
@@ -224,14 +242,15 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         prefetch_tensor_map(&tv_pool);
       }
       auto claim = [&] {
-        return p.tile_counter != nullptr ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : p.num_work;
+        return p.tile_counter != nullptr ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : INT_MAX;
       };
+      const int num_claims = p.tile_list != nullptr ? *p.num_tiles_dev : p.num_work;
       int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
-      for (int lin = blockIdx.x;; lin = claim()) {
+      for (int i = blockIdx.x;; i = claim()) {
         WorkTile t;
         bool valid = false;
-        for (; lin < p.num_work; lin = claim())
-          if ((valid = make_work_tile<kBlockM>(p, order, lin, t))) break;
+        for (; i < num_claims; i = claim())
+          if ((valid = make_work_tile<kBlockM>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t))) break;
         if (w > 0) mbar_wait(q_empty, (w - 1) & 1);  // all consumers are done with the last Q
         // slot w % 2 was last read for work tile w - 2, before the consumers released its Q
         if (!valid) t.m_block = -1;
@@ -606,7 +625,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
                    a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.batch, m_blocks, (int)work, section_pairs, nullptr,
-                   a.grid_order,
+                   nullptr, nullptr, a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
   // wave from a counter zeroed here
@@ -619,6 +638,16 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
       cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, sizeof(int), stream);
       if (err != cudaSuccess) return err;
     }
+  }
+  if (p.tile_counter != nullptr && a.tile_list != nullptr) {
+    // the work tiles that hold rows, in claim order, and their count in tile_list[0]
+    if (a.select_temp == nullptr || work + 1 > dense_tile_list_capacity(a)) return cudaErrorInvalidValue;
+    size_t temp_bytes = a.select_temp_bytes;
+    cudaError_t err = cub::DeviceSelect::If(a.select_temp, temp_bytes, thrust::counting_iterator<int>(0),
+                                            a.tile_list + 1, a.tile_list, work, TileHasRows<kBlockM>{p}, stream);
+    if (err != cudaSuccess) return err;
+    p.tile_list = a.tile_list + 1;
+    p.num_tiles_dev = a.tile_list;
   }
   auto kernel = dense_fwd_kernel<T, D, W>;
   constexpr int smem = DenseSmem<D, kBlockM>::kBytes;
@@ -646,6 +675,24 @@ cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cud
     return two ? launch<__nv_bfloat16, 64, 2>(a, bf16, stream) : launch<__nv_bfloat16, 64, 3>(a, bf16, stream);
   if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128, 2>(a, bf16, stream);
   return cudaErrorInvalidValue;
+}
+
+int64_t dense_tile_list_capacity(const DenseFwdArgs& a) {
+  constexpr int64_t kMinBlockM = 128;  // the smallest work tile (two consumer warpgroups)
+  if (a.batch <= 0 || a.max_seqlen_q <= 0) return 0;
+  const int64_t work = (int64_t)a.batch * ((a.max_seqlen_q + kMinBlockM - 1) / kMinBlockM) * a.num_q_heads;
+  const int64_t with_rows = std::min<int64_t>(work, (a.total_q / kMinBlockM + a.batch) * a.num_q_heads);
+  return with_rows * 4 <= work * 3 ? work + 1 : 0;  // a quarter of the tiles or more are empty
+}
+
+size_t dense_tile_select_temp_bytes(int64_t capacity) {
+  size_t bytes = 0, bytes192 = 0;
+  DenseFwdParams p{};
+  cub::DeviceSelect::If(nullptr, bytes, thrust::counting_iterator<int>(0), (int*)nullptr, (int*)nullptr, capacity,
+                        TileHasRows<128>{p});
+  cub::DeviceSelect::If(nullptr, bytes192, thrust::counting_iterator<int>(0), (int*)nullptr, (int*)nullptr, capacity,
+                        TileHasRows<192>{p});
+  return std::max(bytes, bytes192);
 }
 
 }  // namespace flashcore

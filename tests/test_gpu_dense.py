@@ -95,9 +95,10 @@ def test_dense_kernel_errors_name_the_argument():
 @pytest.mark.parametrize("causal", [False, True])
 def test_launch_switches_give_identical_results(monkeypatch, causal):
     """The persistent schedule (CTAs claiming work tiles), the warpgroup ping-pong, the causal
-    L2 sections, the work tile's height (two or three consumer warpgroups at head dim 64) and
-    the epilogue's store path only reorder work: switching them one after another changes no bit of the output, over a
-    ragged batch of many more work tiles than SMs, with rows that see no key."""
+    L2 sections, the work tile's height (two or three consumer warpgroups at head dim 64), the
+    epilogue's store path and the list of non-empty work tiles (ragged batches) only reorder work:
+    switching them one after another changes no bit of the output, over a ragged batch of many
+    more work tiles than SMs, with rows that see no key."""
     lq, lk = [300, 129, 0, 1, 200, 640], [300, 500, 7, 1, 50, 700]
     g = torch.Generator(device="cuda").manual_seed(7)
     q = torch.randn(sum(lq), 32, 64, device="cuda", generator=g).to(torch.bfloat16)
@@ -111,7 +112,7 @@ def test_launch_switches_give_identical_results(monkeypatch, causal):
     for name, value in (("FLASHCORE_DENSE_SCHEDULE", "grid"), ("FLASHCORE_DENSE_PINGPONG", "off"),
                         ("FLASHCORE_DENSE_SECTIONS", "off"), ("FLASHCORE_DENSE_ORDER", "forward"),
                         ("FLASHCORE_DENSE_WARPGROUPS", "2"), ("FLASHCORE_DENSE_WARPGROUPS", "3"),
-                        ("FLASHCORE_DENSE_STORE", "direct")):
+                        ("FLASHCORE_DENSE_STORE", "direct"), ("FLASHCORE_DENSE_TILES", "all")):
         monkeypatch.setenv(name, value)
         other, other_lse = run()
         assert torch.equal(other, out), name

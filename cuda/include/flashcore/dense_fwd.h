@@ -42,6 +42,13 @@ struct DenseFwdArgs {
   // device int (the launch zeroes it); nullptr: one CTA per work tile.
   int* tile_counter = nullptr;
   int num_sms = 0;  // SMs of the device (the persistent grid size)
+  // Ragged batches (see dense_tile_list_capacity): a device workspace of that many ints, where
+  // the launch writes the count and the list of work tiles that hold query rows, in the claim
+  // order, so that the persistent CTAs never claim an empty one; and the selection's scratch
+  // (dense_tile_select_temp_bytes). nullptr: the CTAs skip empty tiles themselves.
+  int* tile_list = nullptr;
+  void* select_temp = nullptr;
+  size_t select_temp_bytes = 0;
   // 0 or 1 on the device (see dense_fwd.cu): the CTA order; nullptr means 0
   const int* grid_order;
   // Paged prefix: request b's keys start with n_b = key_page_offsets[b+1] - key_page_offsets[b]
@@ -69,5 +76,12 @@ inline int dense_page_box_rows(int page_size) {
 
 // dtype: 0 = fp16, 1 = bf16. Returns a CUDA error code (cudaSuccess when launched).
 cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cudaStream_t stream);
+
+// Ints of the tile-list workspace for this batch, or 0 when a list would not pay: the work tiles
+// are batch x ceil(max_seqlen_q / 128) x Hq, and at most Hq x (total_q / 128 + batch) of them hold
+// rows, so a batch of near-equal lengths has few empty ones. Host numbers only (no sync).
+int64_t dense_tile_list_capacity(const DenseFwdArgs& a);
+// Bytes of the selection's scratch for a list of that capacity.
+size_t dense_tile_select_temp_bytes(int64_t capacity);
 
 }  // namespace flashcore
