@@ -296,3 +296,24 @@ def test_prefill_summary_reads_sglang_prefill_lines():
     assert prefill_summary(log) == {"batches": 2, "new_seqs": 64, "new_tokens": 17642, "cached_tokens": 516096,
                                     "new_tokens_per_batch": 8821.0}
     assert prefill_summary("[..] Decode batch, #running-req: 1\n") is None
+
+
+def test_ragged_batches_parse_and_count_visible_pairs():
+    from bench_ragged import parse_batch, visible_pairs
+
+    assert parse_batch("1x8192+2x200:4096") == [(8192, 0), (200, 4096), (200, 4096)]
+    assert parse_batch("0x5+1x1") == [(1, 0)]
+    for bad in ("8192", "1x", "ax3", "1x-2"):
+        try:
+            parse_batch(bad)
+        except ValueError as exc:
+            assert "--batch" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    # causal, bottom-right: every query sees the prefix and the new keys up to itself
+    assert visible_pairs(3, 0, True) == 6
+    assert visible_pairs(3, 10, True) == 3 * 10 + 6
+    assert visible_pairs(3, 10, False) == 3 * 13
+    # the count agrees with a bottom-right causal mask: query i of 5 sees keys j <= i + 12 - 5
+    i, j = torch.arange(5)[:, None], torch.arange(12)[None, :]
+    assert int((j <= i + 7).sum()) == visible_pairs(5, 7, True)
