@@ -328,6 +328,8 @@ def parse_args(argv=None):
     p.add_argument("--long-context", type=int, default=65536)
     p.add_argument("--long-requests", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--warmup-requests", type=int, default=16,
+                   help="requests of an untimed warm-up per workload on every server (0: none)")
     p.add_argument("--port", type=int, default=30011)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--page-size", type=int, default=1)
@@ -357,6 +359,23 @@ def build_workloads(args) -> List[Workload]:
     if unknown:
         raise SystemExit(f"--workloads: unknown {unknown}; choose from {sorted(makers)}")
     return [makers[w]() for w in names]
+
+
+def warmup_workloads(args) -> List[Workload]:
+    """Small, untimed versions of the chosen workloads, run on every server before it is measured.
+    A new server's first requests pay one-time costs (Triton kernels compiled for new shapes, cold
+    caches), and a fresh box's first server pays the most, so without them the first backend run
+    on a box reads slower than the same backend run later. Other seeds: the warm-up leaves no
+    measured prompt in the radix cache."""
+    n = args.warmup_requests
+    if n <= 0:
+        return []
+    makers = {
+        "shared": lambda: shared_prompt_workload(args.seed + 100, args.system_tokens, n, concurrency=n),
+        "random": lambda: random_workload(args.seed + 101, n, concurrency=n),
+        "long": lambda: long_context_workload(args.seed + 102, min(args.long_context, 8192), 1, output_tokens=32),
+    }
+    return [makers[w]() for w in args.workloads.split(",") if w in makers]
 
 
 def ratio_rows(results: Dict[str, Dict[str, Dict]], backends: List[str]) -> List[Dict]:
@@ -469,6 +488,8 @@ def main(argv=None) -> int:
         try:
             with Server(backend, args, log_dir) as server:
                 startup[backend] = server.startup_s
+                for w in warmup_workloads(args):
+                    asyncio.run(run_workload(server.url, w))
                 if args.check:
                     greedy[backend] = asyncio.run(greedy_outputs(server.url, prompts, args.check_new_tokens))
                     print(f"[{backend}] greedy ids for {len(prompts)} prompts", flush=True)

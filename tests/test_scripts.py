@@ -95,6 +95,21 @@ def test_serving_workloads_share_exactly_the_system_prompt():
     assert [len(p) for p in prompts[4:]] == [1, 2, 7]
 
 
+def test_serving_warmup_is_small_and_shares_no_prompt_with_the_measured_runs():
+    from bench_serving import build_workloads, parse_args, warmup_workloads
+
+    args = parse_args(["--workloads", "shared,long", "--system-tokens", "300", "--long-context", "20000",
+                       "--warmup-requests", "3"])
+    warm, measured = warmup_workloads(args), build_workloads(args)
+    assert [w.name for w in warm] == ["shared", "long"]
+    assert [len(w.requests) for w in warm] == [3, 1]
+    assert len(warm[1].requests[0].input_ids) == 8192  # long contexts warm up at 8K, not 20K
+    firsts = {tuple(r.input_ids[:64]) for w in measured for r in w.requests}
+    assert not firsts & {tuple(r.input_ids[:64]) for w in warm for r in w.requests}
+    args.warmup_requests = 0
+    assert warmup_workloads(args) == []
+
+
 def test_serving_summary_and_greedy_comparison():
     from bench_serving import RequestResult, compare_greedy, first_divergence, summarize
 
