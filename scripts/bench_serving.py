@@ -198,6 +198,10 @@ class Server:
     def __enter__(self) -> "Server":
         import urllib.request
 
+        if port_in_use(self.port):
+            # a server left running (by a run killed before it could stop its own) would answer
+            # /health at once and be measured under this backend's name
+            raise RuntimeError(f"[{self.backend}] port {self.port} already in use: stop that server first")
         print(f"[{self.backend}] starting: {' '.join(self.cmd)}", flush=True)
         self._log = open(self.log_path, "w")
         start = time.time()
@@ -235,6 +239,23 @@ class Server:
                 self.proc.wait(30)
         self._log.close()
         time.sleep(3)  # let the GPU memory go before the next server
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a job killer) unwinds like Ctrl-C, so that the running Server's
+    ``__exit__`` stops its server instead of leaving it on the port."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 # ------------------------------------------------------------------ clients
@@ -475,6 +496,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
     if args.merge:
         return merge_runs(args)
+    _stop_on_sigterm()
 
     backends = [b for b in args.backends.split(",") if b]
     workloads = build_workloads(args)

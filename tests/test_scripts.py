@@ -332,3 +332,23 @@ def test_ragged_batches_parse_and_count_visible_pairs():
     # the count agrees with a bottom-right causal mask: query i of 5 sees keys j <= i + 12 - 5
     i, j = torch.arange(5)[:, None], torch.arange(12)[None, :]
     assert int((j <= i + 7).sum()) == visible_pairs(5, 7, True)
+
+
+def test_serving_refuses_a_port_another_server_holds(tmp_path):
+    import socket
+
+    from bench_serving import Server, parse_args, port_in_use
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port_in_use(port)
+        server = Server("triton", parse_args(["--port", str(port)]), tmp_path)
+        try:
+            server.__enter__()
+        except RuntimeError as exc:
+            assert "already in use" in str(exc)
+        else:
+            raise AssertionError("a busy port was accepted")
+    assert not port_in_use(port)
