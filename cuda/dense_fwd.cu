@@ -34,6 +34,11 @@
 // so the long tiles start early and the short ones fill the end. Grid order 1: request
 // fastest, then the query heads of one KV head, then query block, then KV head (CTAs running
 // together read the same prefix pages when requests share them).
+// Ragged batches enumerate batch x ceil(max_seqlen_q / kBlockM) x Hq tiles, and most can lie
+// past a short request's rows (one 8K prompt beside 60 short ones: ~125K tiles, ~5K with rows).
+// Skipped one claim at a time, those cost each CTA hundreds of atomics per launch (1.4x on such
+// a batch); so when a quarter or more of the tiles may be empty, the launch first selects the
+// ones with rows, in claim order, and the CTAs claim list positions instead.
 #include <float.h>
 #include <limits.h>
 
