@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, and the
 # kernel benchmarks, with logs and results under $OUT (one device call).
-#   bash scripts/box_gpu_check.sh [tests|sanitize|bench|extend ...]   (default: all four)
+#   bash scripts/box_gpu_check.sh [tests|sanitize|bench|extend|ragged ...]   (default: all five)
 set -uo pipefail
 FINAL=${OUT:-/tmp/out}
 # everything goes to one folder, packed into $OUT/results.tgz at the end (the device tool returns
@@ -9,7 +9,7 @@ FINAL=${OUT:-/tmp/out}
 mkdir -p "$FINAL"
 OUT=$(mktemp -d)
 export FLASHCORE_CACHE=${FLASHCORE_CACHE:-/tmp/fc} PYTHONPATH=$PWD
-steps=${*:-tests sanitize bench extend}
+steps=${*:-tests sanitize bench extend ragged}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 start=$(date +%s)
 python3 -c "from sglang_flashcore import _jit; _jit.load()" 2>&1 | tail -3
@@ -37,6 +37,9 @@ for step in $steps; do
     extend)
       python3 scripts/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
       echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
+    ragged)
+      python3 scripts/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all --json "$OUT/ragged.json" > "$OUT/ragged.txt" 2>&1
+      echo "ragged rc=$?"; tail -7 "$OUT/ragged.txt" | cut -c1-200 ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done
