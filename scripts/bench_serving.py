@@ -390,11 +390,10 @@ def build_workloads(args) -> List[Workload]:
 
 
 def warmup_workloads(args, requests: Optional[int] = None) -> List[Workload]:
-    """Small, untimed versions of the chosen workloads, run on every server before it is measured.
-    A new server's first requests pay one-time costs (Triton kernels compiled for new shapes, cold
-    caches), and a fresh box's first server pays the most, so without them the first backend run
-    on a box reads slower than the same backend run later. Other seeds: the warm-up leaves no
-    measured prompt in the radix cache."""
+    """Small, untimed versions of the chosen workloads, run on every server before it is measured,
+    so that a server's first requests (new shapes, first captures) are not timed. They do not make
+    up for a fresh machine's first server, which stays slower (see ``--prime``). Other seeds: the
+    warm-up leaves no measured prompt in the radix cache."""
     n = args.warmup_requests if requests is None else requests
     if n <= 0:
         return []
