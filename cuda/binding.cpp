@@ -179,6 +179,9 @@ flashcore::TablePlanBuffers table_buffers(const at::Tensor& ints, const at::Tens
                                      (int)max_batch, (int)max_chunks);
 }
 
+// Partials a planner with max_chunks chunks may write: one per chunk, plus the tail split's.
+int64_t table_partials(int64_t max_chunks) { return max_chunks + flashcore::kDecodeSplitExtra; }
+
 bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
   check_cuda(t, like, name);
   FC_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, name, ": expected int32 or int64, got ",
@@ -190,7 +193,7 @@ bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
 void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices, const at::Tensor& seq_lens,
                        const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
                        int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
-                       int64_t target_items) {
+                       int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts) {
   flashcore::TablePlanArgs a{};
   a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
   a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
@@ -207,6 +210,9 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
            " query heads per KV head, got ", group);
   FC_CHECK(fixed_chunk >= 0 && min_chunk >= 1 && max_auto_chunk >= min_chunk && target_items >= 0,
            "chunk policy: expected fixed_chunk >= 0 and 1 <= min_chunk <= max_auto_chunk");
+  FC_CHECK(num_kv_heads >= 1 && grid_work >= 1 && split_parts >= 1 && split_parts <= flashcore::kDecodeSplitMaxParts,
+           "tail split: expected num_kv_heads >= 1, grid_work >= 1 and split_parts in 1..",
+           flashcore::kDecodeSplitMaxParts, ", got ", num_kv_heads, ", ", grid_work, ", ", split_parts);
   a.req_to_token = req_to_token.data_ptr();
   a.req_pool_indices = req_pool_indices.data_ptr();
   a.seq_lens = seq_lens.data_ptr();
@@ -223,6 +229,10 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
   const at::cuda::CUDAGuard guard(req_to_token.device());
   auto buf = table_buffers(ints, hash, req_to_token, max_batch, max_chunks);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  a.num_kv_heads = (int)num_kv_heads;
+  a.resident_ctas = flashcore::kDecodeCtasPerSm * sms;
+  a.grid_work = (int)std::min<int64_t>(grid_work, 1 << 30);
+  a.split_parts = (int)split_parts;
   cudaError_t err = flashcore::table_plan_launch(a, buf, sms, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "decode planner launch");
 }
@@ -233,6 +243,14 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   p.partial_o = partial_o;
   p.partial_lse = partial_lse;
+  // The merge runs a block per (request, query head): with few of them (few requests, each with
+  // many partials) 16 lane groups a block shorten each block's chain of loads; with many, 4 keep
+  // more blocks resident (H200: 16 groups read 3-4% faster at 2-4 requests, 1-2.5% slower at
+  // 32-64). FLASHCORE_DECODE_MERGE=4 / =16 force one, for A/B measurements.
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.merge_groups = q.size(0) * q.size(1) <= 4 * sms ? 16 : 4;
+  if (env_equals("FLASHCORE_DECODE_MERGE", "4")) p.merge_groups = 4;
+  if (env_equals("FLASHCORE_DECODE_MERGE", "16")) p.merge_groups = 16;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
@@ -270,7 +288,8 @@ std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tenso
           {"work_reader_offsets", view(buf.work_reader_offsets, P + 1)},
           {"work_readers", view(buf.work_readers, P)},
           {"work_partials", view(buf.work_partials, P)},
-          {"tasks", view(buf.tasks, 2 * flashcore::kDecodeTasksPerChunk * P)}};
+          {"tasks", view(buf.tasks, 2 * (flashcore::kDecodeTasksPerChunk * P + flashcore::kDecodeSplitExtra))},
+          {"chunk_partial", view(buf.chunk_partial, P + 1)}};
 }
 
 // Decode over a plan made by plan_decode_table: graph-capturable (counts stay on the device).
@@ -291,9 +310,10 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   auto buf = table_buffers(ints, hash, q, max_batch, max_chunks);
   FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
                partial_o.is_contiguous() && partial_lse.is_contiguous() &&
-               partial_o.numel() >= max_chunks * q.size(1) * q.size(2) && partial_lse.numel() >= max_chunks * q.size(1),
-           "partial_o/partial_lse: expected contiguous float32 workspaces for ", max_chunks, " partials of ",
-           q.size(1), " heads");
+               partial_o.numel() >= table_partials(max_chunks) * q.size(1) * q.size(2) &&
+               partial_lse.numel() >= table_partials(max_chunks) * q.size(1),
+           "partial_o/partial_lse: expected contiguous float32 workspaces for ", table_partials(max_chunks),
+           " partials of ", q.size(1), " heads");
   p.req_to_token = req_to_token.data_ptr<int>();
   p.r2t_stride = req_to_token.stride(0);
   p.work_reader_offsets = buf.work_reader_offsets;
@@ -303,6 +323,7 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   p.work_ntok = buf.work_ntok;
   p.work_partials = buf.work_partials;
   p.tasks = buf.tasks;
+  p.chunk_partial = buf.chunk_partial;
   p.num_tasks_dev = buf.meta + flashcore::kMetaTasks;
   p.merge_offsets = buf.chunk_base;
   p.merge_partials = nullptr;
@@ -465,6 +486,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("table_plan_views", &table_plan_views, "Named views of a planner workspace (for stats and tests)");
   m.def("table_plan_ints", [](int64_t b, int64_t c) { return flashcore::table_plan_ints((int)b, (int)c); });
   m.def("table_plan_hash_size", [](int64_t c) { return flashcore::table_plan_hash_size((int)c); });
+  m.def("table_plan_partials", &table_partials, "Partials a planner's workspace must hold (the tail split adds some)");
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
   m.def("attention_fwd_paged", &attention_fwd_paged, "Dense attention forward, keys: whole pool pages read in place, then packed rows");
 }

@@ -3,7 +3,8 @@
 //   1. chunks  (1 CTA): lengths -> C, chunk_base (a scan), cleared hash table
 //   2. keys    (grid) : chunk -> hash of (last slot, end position); the smallest chunk per key
 //   3. leaders (grid) : each chunk checks its candidate leader slot by slot (a warp per chunk)
-//   4. work    (1 CTA): scans over leaders -> work items, reader offsets, tasks
+//   4. work    (1 CTA): scans over leaders -> work items, reader offsets, tasks (the tail
+//                      split's last ones cut in parts) and each chunk's first partial
 //   5. place   (grid) : readers into their work item's list
 // Reader order inside a work item comes from atomics; it does not change any result bit: each
 // query row is computed independently, partial i is chunk i, and merging follows chunk order.
@@ -223,55 +224,134 @@ __global__ void plan_leaders_kernel(const TablePlanArgs a, const TablePlanBuffer
   }
 }
 
-struct Add3 {
-  __device__ __forceinline__ int3 operator()(const int3& x, const int3& y) const {
-    return make_int3(x.x + y.x, x.y + y.y, x.z + y.z);
+struct Add4 {
+  __device__ __forceinline__ int4 operator()(const int4& x, const int4& y) const {
+    return make_int4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+  }
+};
+struct Add2 {
+  __device__ __forceinline__ int2 operator()(const int2& x, const int2& y) const {
+    return make_int2(x.x + y.x, x.y + y.y);
   }
 };
 
+// What chunk i adds to the work list: a work item if it leads, its readers and tasks, and whether
+// the tail split may cut it (one reader, one task, at least two 64-token tiles).
+struct ChunkWork {
+  bool lead, splittable;
+  int readers, ntasks, tiles;
+  Chunk ch;
+};
+__device__ __forceinline__ ChunkWork chunk_work(const TablePlanArgs& a, const TablePlanBuffers& buf, int i, int P) {
+  ChunkWork c{};
+  c.lead = i < P && buf.chunk_leader[i] == i;
+  if (!c.lead) return c;
+  c.readers = buf.chunk_readers[i];
+  c.ntasks = (c.readers * a.group + a.rows_per_task - 1) / a.rows_per_task;
+  c.ch = load_chunk(a, buf, i, buf.chunk_request[i]);
+  c.tiles = (int)((c.ch.end - c.ch.pos0 + kDecodeTileTokens - 1) / kDecodeTileTokens);
+  c.splittable = c.readers == 1 && c.ntasks == 1 && c.tiles >= 2;
+  return c;
+}
+
+// How many one-reader items the tail split cuts (see TablePlanArgs): a wave of tasks, when there
+// is more than one wave and every task still gets a CTA of its own. Each part pays a task's
+// start-up (about 5 us of dependent loads before its first K/V tile lands, H200 trace): with 16 or
+// more KV heads a wave is at most 25 tasks and the split read 0.5-1.8% faster; with 8 (a wave of
+// 50, a quarter of a 32 x 8K batch) it read -2% to +4% depending on the machine, so it is not cut.
+__device__ __forceinline__ int split_items(const TablePlanArgs& a, long long tasks, long long splittable, int parts) {
+  if (parts <= 1 || a.num_kv_heads <= 0) return 0;
+  const long long wave = (a.resident_ctas + a.num_kv_heads - 1) / a.num_kv_heads;  // tasks running at once
+  if (wave > kDecodeSplitMaxItems || tasks <= wave || a.grid_work <= tasks) return 0;
+  return (int)min(min(splittable, wave), (a.grid_work - tasks) / (parts - 1));
+}
+
 __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
-  using Scan3 = cub::BlockScan<int3, kPlanThreads>;
-  __shared__ typename Scan3::TempStorage scan;
-  __shared__ typename LongReduce::TempStorage reduce;
-  __shared__ int3 s_carry;
+  using Scan4 = cub::BlockScan<int4, kPlanThreads>;
+  using Scan2 = cub::BlockScan<int2, kPlanThreads>;
+  __shared__ union {
+    typename Scan4::TempStorage scan4;
+    typename Scan2::TempStorage scan2;
+    typename LongReduce::TempStorage reduce;
+  } tmp;
+  __shared__ int4 s_carry;   // work items, readers, tasks before the split, splittable items
+  __shared__ int2 s_carry2;  // extra partials (parts - 1 of each split item), split items
+  __shared__ long long s_total;
   const int P = buf.meta[kMetaChunks];
-  if (threadIdx.x == 0) s_carry = make_int3(0, 0, 0);
+  const int parts = min(a.split_parts, kDecodeSplitMaxParts);
+
+  // pass 1: the totals the split policy needs
+  long long tasks = 0, splittable = 0;
+  for (int i = threadIdx.x; i < P; i += kPlanThreads) {
+    const ChunkWork c = chunk_work(a, buf, i, P);
+    tasks += c.ntasks;
+    splittable += c.splittable;
+  }
+  tasks = block_all_reduce(tasks, SumOp(), tmp.reduce, &s_total);
+  splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
+  const int m = split_items(a, tasks, splittable, parts);  // the last m splittable items are cut
+  const int unsplit_tasks = (int)tasks - m;                 // the split items' tasks follow these
+
+  // pass 2: work items, their readers' offsets, tasks and partial numbers
+  if (threadIdx.x == 0) {
+    s_carry = make_int4(0, 0, 0, 0);
+    s_carry2 = make_int2(0, 0);
+  }
   __syncthreads();
   long long unique = 0;
   for (int start = 0; start < P; start += kPlanThreads) {
     const int i = start + threadIdx.x;
-    const bool lead = i < P && buf.chunk_leader[i] == i;
-    const int readers = lead ? buf.chunk_readers[i] : 0;
-    const int ntasks = lead ? (readers * a.group + a.rows_per_task - 1) / a.rows_per_task : 0;
-    int3 mine = make_int3(lead, readers, ntasks), offset, total;
-    Scan3(scan).ExclusiveScan(mine, offset, make_int3(0, 0, 0), Add3(), total);
-    const int3 carry = s_carry;
-    if (lead) {
-      const int w = carry.x + offset.x;
-      const Chunk ch = load_chunk(a, buf, i, buf.chunk_request[i]);
+    const ChunkWork c = chunk_work(a, buf, i, P);
+    int4 off, total;
+    Scan4(tmp.scan4).ExclusiveScan(make_int4(c.lead, c.readers, c.ntasks, c.splittable), off, make_int4(0, 0, 0, 0),
+                                   Add4(), total);
+    const int4 carry = s_carry;
+    const bool split = c.splittable && carry.w + off.w >= (int)splittable - m;
+    const int nparts = split ? min(parts, c.tiles) : 1;
+    __syncthreads();  // tmp is reused
+    int2 off2, total2;
+    Scan2(tmp.scan2).ExclusiveScan(make_int2(nparts - 1, split), off2, make_int2(0, 0), Add2(), total2);
+    const int2 carry2 = s_carry2;
+    const int extra_before = carry2.x + off2.x, splits_before = carry2.y + off2.y;
+    if (i < P) buf.chunk_partial[i] = i + extra_before;
+    if (c.lead) {
+      const int w = carry.x + off.x;
       buf.chunk_work[i] = w;
-      buf.work_row[w] = (int)ch.row;
-      buf.work_pos0[w] = (int)ch.pos0;
-      buf.work_ntok[w] = (int)(ch.end - ch.pos0);
-      buf.work_reader_offsets[w] = carry.y + offset.y;
+      buf.work_row[w] = (int)c.ch.row;
+      buf.work_pos0[w] = (int)c.ch.pos0;
+      buf.work_ntok[w] = (int)(c.ch.end - c.ch.pos0);
+      buf.work_reader_offsets[w] = carry.y + off.y;
       buf.work_fill[w] = 0;
-      const int t0 = carry.z + offset.z;
-      for (int k = 0; k < ntasks; ++k) {
-        buf.tasks[2 * (t0 + k)] = w;
-        buf.tasks[2 * (t0 + k) + 1] = k * a.rows_per_task;
+      if (split) {  // after every unsplit task, in chunk order
+        const int t0 = unsplit_tasks + splits_before + extra_before;
+        for (int sp = 0; sp < nparts; ++sp) {
+          buf.tasks[2 * (t0 + sp)] = w;
+          buf.tasks[2 * (t0 + sp) + 1] = ~((sp << 8) | nparts);
+        }
+      } else {
+        const int t0 = carry.z + off.z - splits_before;
+        for (int k = 0; k < c.ntasks; ++k) {
+          buf.tasks[2 * (t0 + k)] = w;
+          buf.tasks[2 * (t0 + k) + 1] = k * a.rows_per_task;
+        }
       }
-      unique += ch.end - ch.pos0;
+      unique += c.ch.end - c.ch.pos0;
     }
     __syncthreads();
-    if (threadIdx.x == 0) s_carry = make_int3(carry.x + total.x, carry.y + total.y, carry.z + total.z);
+    if (threadIdx.x == 0) {
+      s_carry = make_int4(carry.x + total.x, carry.y + total.y, carry.z + total.z, carry.w + total.w);
+      s_carry2 = make_int2(carry2.x + total2.x, carry2.y + total2.y);
+    }
     __syncthreads();
   }
-  unique = LongReduce(reduce).Sum(unique);
+  unique = LongReduce(tmp.reduce).Sum(unique);
   if (threadIdx.x == 0) {
-    const int3 t = s_carry;
+    const int4 t = s_carry;
+    const int extra = s_carry2.x;
     buf.work_reader_offsets[t.x] = t.y;
+    buf.chunk_partial[P] = P + extra;
     buf.meta[kMetaWorkItems] = t.x;
-    buf.meta[kMetaTasks] = t.z;
+    buf.meta[kMetaTasks] = t.z + extra;
     buf.meta[kMetaUniqueTokens] = (int)min(unique, (long long)0x7fffffff);
   }
 }
@@ -297,7 +377,7 @@ int table_plan_hash_size(int max_chunks) {
 int64_t table_plan_ints(int max_batch, int max_chunks) {
   const int64_t P = max_chunks;
   return kMetaCount + (max_batch + 1) + 5 * P + table_plan_hash_size(max_chunks) + 3 * P + (P + 1) + 3 * P +
-         2 * kDecodeTasksPerChunk * P;
+         2 * (kDecodeTasksPerChunk * P + kDecodeSplitExtra) + (P + 1);
 }
 
 TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int max_batch, int max_chunks) {
@@ -327,7 +407,8 @@ TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int 
   b.work_fill = take(P);
   b.work_readers = take(P);
   b.work_partials = take(P);
-  b.tasks = take(2 * kDecodeTasksPerChunk * P);  // (work item, first row) of each task
+  b.tasks = take(2 * (kDecodeTasksPerChunk * P + kDecodeSplitExtra));  // (work item, first row) of each task
+  b.chunk_partial = take(P + 1);
   b.hash_keys = hash_keys;
   return b;
 }

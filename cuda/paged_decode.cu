@@ -22,7 +22,7 @@ namespace flashcore {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kTileN = 64;  // tokens per pipeline stage
+constexpr int kTileN = kDecodeTileTokens;  // tokens per pipeline stage
 constexpr int kStages = 2;
 constexpr int kRowTile = 16;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -197,7 +197,7 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
 // normalised partial per (work item, reader) and its natural-log LSE.
 template <int D, bool kTable>
 __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const RowSplit& s, int h, int row_base,
-                                            RowState<D>& st, float* scratch) {
+                                            int part_of_item, RowState<D>& st, float* scratch) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -254,7 +254,7 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   for (int r = 0; r < 2; ++r) {
     int row = row_base + s.my_rt * kRowTile + lane / 4 + 8 * r;
     if (row >= s.rows) continue;
-    int part = kTable ? p.work_partials[s.r0 + row / p.group] : s.r0 + row / p.group;
+    int part = kTable ? p.chunk_partial[p.work_partials[s.r0 + row / p.group]] + part_of_item : s.r0 + row / p.group;
     int qh = h * p.group + row % p.group;
     float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
     float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
@@ -268,10 +268,11 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   }
 }
 
-// One work item (or, in table mode, one task of kDecodeRowsPerCta rows of it) for KV head h.
+// One work item (or, in table mode, one task of it: kDecodeRowsPerCta rows, or one part of a
+// one-reader item that the tail split cut; see PagedDecodeParams::chunk_partial) for KV head h.
 template <typename T, int D, bool kTable>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
-                                                 const int row_base, unsigned char* smem_raw) {
+                                                 const int task_rows, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
   constexpr int kChunks = Tile::kChunks;
   // Each thread copies two 16-byte columns of a tile row, so a row's slot lookup and address
@@ -285,13 +286,22 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
   uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
+  const int row_base = max(task_rows, 0);
   const RowSplit s = row_split(p, w, row_base);
   if (row_base >= s.rows) return;
-  int e0 = 0, e1 = 0, tok_base = 0, ntok;
-  const int* slots = nullptr;  // table mode: the item's positions in its req_to_token row
+  int e0 = 0, e1 = 0, tok_base = 0, ntok, part_of_item = 0;
+  const int* slots = nullptr;  // table mode: the task's positions in its item's req_to_token row
   if constexpr (kTable) {
-    slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w];
     ntok = p.work_ntok[w];
+    int first = 0;
+    if (task_rows < 0) {  // part sp of n: a contiguous share of the item's 64-token tiles
+      const int sp = ~task_rows >> 8, n = ~task_rows & 0xff;
+      const int tiles = (ntok + kTileN - 1) / kTileN;
+      first = sp * tiles / n * kTileN;
+      ntok = min(ntok, (sp + 1) * tiles / n * kTileN) - first;
+      part_of_item = sp;
+    }
+    slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w] + first;
   } else {
     e0 = p.work_entry_offsets[w];
     e1 = p.work_entry_offsets[w + 1];
@@ -371,11 +381,11 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     __syncthreads();  // the stage is reloaded next iteration
   }
   // the K/V ring is free now: the split merge's scratch
-  finish_rows<D, kTable>(p, s, h, row_base, st, reinterpret_cast<float*>(smem_raw));
+  finish_rows<D, kTable>(p, s, h, row_base, part_of_item, st, reinterpret_cast<float*>(smem_raw));
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const PagedDecodeParams p) {
+__global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_partial_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   for (int w = blockIdx.x; w < p.num_work; w += gridDim.x) {
     decode_work_item<T, D, false>(p, w, blockIdx.y, blockIdx.z * kDecodeRowsPerCta, smem_raw);
@@ -388,7 +398,7 @@ __global__ void __launch_bounds__(kThreads, 3) paged_decode_partial_kernel(const
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 3) paged_decode_table_kernel(const PagedDecodeParams p) {
+__global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int num_tasks = *p.num_tasks_dev;
   const int h = p.head_fastest ? blockIdx.x : blockIdx.y;
@@ -400,21 +410,26 @@ __global__ void __launch_bounds__(kThreads, 3) paged_decode_table_kernel(const P
   }
 }
 
-// One block per (request, query head). The block's kSplit groups of D/4 lanes (4 columns per
-// lane) take every kSplit-th partial: pass 1 finds the largest LSE and the sum of weights, pass 2
-// sums weight * partial with independent loads; the groups' sums are then added in group order
-// through shared memory. Every reduction has a fixed shape, so results are deterministic, and a
-// request with many partials (128K tokens: 128 of them) streams through kSplit x 8 loads in flight.
-constexpr int kMergeSplit = 4;
-
-template <typename T, int D>
+// One block per (request, query head). The block's kMergeSplit groups of D/4 lanes (4 columns
+// per lane) take every kMergeSplit-th partial: pass 1 finds the largest LSE, pass 2 sums weight *
+// partial with independent loads; the groups' sums are then added in group order through shared
+// memory. Every reduction has a fixed shape, so results are deterministic. Few requests with many
+// partials (2 x 128K tokens: 64 chunks each, more after the tail split) leave few blocks, each a
+// chain of dependent load rounds: 16 groups keep that chain short (with 4, the merge of such a
+// batch took 12-22 us on the H200, against 5 for other batches); many blocks run better with 4.
+// The binding picks (PagedDecodeParams::merge_groups).
+template <typename T, int D, int kMergeSplit>
 __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(const PagedDecodeParams p) {
   constexpr int kLanes = D / 4;  // lanes per group: 32 (D=128) or 16 (D=64)
   __shared__ float s_m[kMergeSplit], s_l[kMergeSplit];
   __shared__ float4 s_acc[kMergeSplit][kLanes];
   const int b = blockIdx.x, head = blockIdx.y;
   const int x = threadIdx.x, g = threadIdx.y;
-  const int i0 = p.merge_offsets[b], i1 = p.merge_offsets[b + 1];
+  int i0 = p.merge_offsets[b], i1 = p.merge_offsets[b + 1];
+  if (p.chunk_partial) {  // table mode: chunks -> partials (a split chunk has several)
+    i0 = p.chunk_partial[i0];
+    i1 = p.chunk_partial[i1];
+  }
   const float* lse_col = p.partial_lse + head;
   const int* order = p.merge_partials;  // null: partials are already in merge order (table mode)
   auto part_at = [order](int i) -> int64_t { return order ? order[i] : i; };
@@ -487,7 +502,10 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  merge_partials_kernel<T, D><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, kMergeSplit), 0, stream>>>(p);
+  if (p.merge_groups == 16)
+    merge_partials_kernel<T, D, 16><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, 16), 0, stream>>>(p);
+  else
+    merge_partials_kernel<T, D, 4><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, 4), 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -10,6 +10,7 @@ stores each KV head's slots contiguously ([Hkv, slots, D] seen through strides) 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
-from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
+from sglang_flashcore.decode_plan import SPLIT_PARTS, DecodePlanner  # noqa: E402
 
 def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """A [slots, Hkv, D] pool: SGLang's token-major storage ("slots") or head-major storage
@@ -38,6 +39,8 @@ def main():
     parser = base_parser(__doc__, repeats=20)
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
     parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
+    parser.add_argument("--split", default=str(SPLIT_PARTS),
+                        help="the tail split's parts per item, comma-separated (1: off; '4,1' times both)")
     parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
     parser.add_argument("--pool", choices=["slots", "head_major"], default="slots", help="KV pool storage")
     parser.add_argument("--pages", choices=["shuffled", "ordered"], default="shuffled",
@@ -64,23 +67,27 @@ def main():
                                repeats=args.repeats)
         del kd, vd
         planner = DecodePlanner(batch, hq, d, q.device)
-        for chunk in args.chunks.split(","):
+        for chunk, split, mult in itertools.product(args.chunks.split(","), map(int, args.split.split(",")),
+                                                    map(int, args.multipliers.split(","))):
+            # the plan depends on grid_work and the split (the split only cuts while every task
+            # gets a CTA of its own), so each point is planned with its own
+            planner.grid_work, planner.split_parts = mult * sms, split
             planner.plan(r2t, idx, seq, hkv, hq // hkv, None if chunk == "auto" else int(chunk))
             meta = planner.meta()
-            for mult in map(int, args.multipliers.split(",")):
-                planner.grid_work = mult * sms
-                run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
-                ms = time_ms(run, repeats=args.repeats)
-                row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, chunk=meta["chunk_tokens"], tasks=meta["tasks"],
-                           grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms)
-                for variant in args.variant:
-                    row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)
-                    row[f"{variant}_vs_cudnn"] = cudnn_ms / row[f"{variant}_ms"]
-                rows.append(row)
-                print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} grid {mult}xSM: {ms:.3f} ms, "
-                      f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x"
-                      + "".join(f", {v} {row[v + '_vs_cudnn']:.3f}x" for v in args.variant), flush=True)
-    labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} g{r['grid_sms']}" for r in rows]
+            run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
+            ms = time_ms(run, repeats=args.repeats)
+            row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, chunk=meta["chunk_tokens"],
+                       split=split, tasks=meta["tasks"], grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms,
+                       vs_cudnn=cudnn_ms / ms)
+            for variant in args.variant:
+                row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)
+                row[f"{variant}_vs_cudnn"] = cudnn_ms / row[f"{variant}_ms"]
+            rows.append(row)
+            print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} split {split} ({meta['tasks']} tasks) "
+                  f"grid {mult}xSM: {ms:.3f} ms, "
+                  f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x"
+                  + "".join(f", {v} {row[v + '_vs_cudnn']:.3f}x" for v in args.variant), flush=True)
+    labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} s{r['split']} g{r['grid_sms']}" for r in rows]
     report(args, info, rows, list(rows[0]), "decode launch knobs (bf16, Hq 32, D 128, page 64, no sharing)", labels,
            {"ours / cuDNN speed": [r["vs_cudnn"] for r in rows]}, "cuDNN ms / ours ms")
 

@@ -30,6 +30,8 @@ def decode_cases():
     yield "identical", 128, (16, 16), 64, torch.float16, [257] * 3, 256
     # several hundred tasks: the table kernel's CTAs each loop over a few of them
     yield "tree", 16, (16, 4), 128, torch.bfloat16, [3000, 2000, 1000, 17], 16
+    # 57 tasks of 16 KV heads, over a wave (25): the tail split cuts the last 25 one-reader items
+    yield "none", 16, (32, 16), 128, torch.bfloat16, [3000, 3000, 1000, 17], 128
     # 64 query heads per KV head: each reader's rows span two 32-row tasks
     yield "prefix", 16, (64, 1), 64, torch.float16, [100, 50, 33], 16
 

@@ -9,8 +9,8 @@ position, then a slot-by-slot check), and writes the decode kernel's work list i
 fixed-capacity device buffers — five kernel launches, no host sync, the same buffers every
 step, so it also runs before each CUDA-graph replay. See ``cuda/include/flashcore/decode_plan.h``.
 
-* chunk i is partial result i; request b owns chunks ``chunk_base[b]:chunk_base[b+1]`` and
-  merges them in position order (deterministic);
+* chunk i is partial result i (or, when the tail split cut it, several in a row); request b owns
+  chunks ``chunk_base[b]:chunk_base[b+1]`` and merges them in position order (deterministic);
 * a work item = one chunk's K/V, loaded once per KV head and multiplied against all of its
   readers' query rows on tensor cores.
 
@@ -47,6 +47,13 @@ MAX_GROUP = 64  # kDecodeMaxGroup: query heads per KV head
 MAX_AUTO_CHUNK_TOKENS = 2 * MAX_CHUNK_TOKENS
 TABLE_WAVES_DIVISOR = 2  # aim for half the layout policy's CTAs: two waves instead of four
 DEFAULT_WORKSPACE_BYTES = 256 << 20
+# The tail split (cuda/include/flashcore/decode_plan.h): the last one-reader items, up to one wave
+# of tasks, cut into SPLIT_PARTS tasks each, so that short tasks fill the last wave (16 or more KV
+# heads only: see split_items in cuda/decode_plan.cu for the measurements).
+SPLIT_PARTS = 4  # kDecodeSplitMaxParts
+SPLIT_MAX_ITEMS = 32  # kDecodeSplitMaxItems: also the largest wave (in tasks) that is cut
+TILE_TOKENS = 64  # kDecodeTileTokens: the split cuts between 64-token tiles
+CTAS_PER_SM = 3  # kDecodeCtasPerSm
 
 
 def target_chunks(num_kv_heads: int, device: torch.device) -> int:
@@ -81,8 +88,10 @@ class TablePlan:
         work: one ``(req_to_token row, first position, tokens, partials)`` per work item, in
             order of their leading (smallest) chunk; ``partials`` ascending (they name the
             reader chunks; a reader's request owns that chunk).
-        tasks: kernel tasks (work items split into 32-row groups of readers x GQA group).
+        tasks: kernel tasks (work items split into 32-row groups of readers x GQA group, and the
+            tail split's parts).
         tokens: tokens requested; unique_tokens: tokens of all work items (loaded once each).
+        split: ``(chunk, parts)`` of each one-reader item the tail split cut, ascending.
     """
 
     chunk_tokens: int
@@ -92,6 +101,7 @@ class TablePlan:
     tokens: int
     unique_tokens: int
     clamped: int = 0
+    split: Tuple[Tuple[int, int], ...] = ()
 
     @property
     def num_chunks(self) -> int:
@@ -108,10 +118,26 @@ def _as_list(t: torch.Tensor) -> List[int]:
     return [int(x) for x in t.tolist()]
 
 
+def split_items(tasks: int, splittable: int, num_kv_heads: int, resident_ctas: int, grid_work: int,
+                parts: int) -> int:
+    """How many one-reader items the tail split cuts (the planner's rule, in Python): with more
+    than one wave of tasks (``resident_ctas / num_kv_heads`` run at once, at most
+    ``SPLIT_MAX_ITEMS``: 16 or more KV heads), up to a wave of them, while every task still gets
+    one of the ``grid_work`` CTAs a KV head."""
+    if parts <= 1 or num_kv_heads <= 0:
+        return 0
+    wave = -(-resident_ctas // num_kv_heads)
+    if wave > SPLIT_MAX_ITEMS or tasks <= wave or grid_work <= tasks:
+        return 0
+    return min(splittable, wave, (grid_work - tasks) // (parts - 1))
+
+
 def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
-                         chunk_tokens: int, group: int = 1) -> TablePlan:
+                         chunk_tokens: int, group: int = 1, num_kv_heads: int = 0, resident_ctas: int = 0,
+                         grid_work: int = 0, split_parts: int = 1) -> TablePlan:
     """The planner's plan in plain Python: chunks grouped by identical slots at identical
-    positions, each group's leader its smallest chunk index."""
+    positions, each group's leader its smallest chunk index; with ``split_parts`` > 1, the tail
+    split of ``split_items`` (the last one-reader, one-task items of two or more tiles)."""
     check_positive_int("chunk_tokens", chunk_tokens)
     r2t = req_to_token.cpu()
     rows, lens = _as_list(req_pool_indices), _as_list(seq_lens)
@@ -132,7 +158,12 @@ def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Ten
         row, pos0, ntok, parts = groups[key]
         work.append((row, pos0, ntok, tuple(sorted(parts))))
         tasks += -(-len(parts) * group // ROWS_PER_TASK)
-    return TablePlan(chunk_tokens, base, work, tasks, sum(lens), sum(w[2] for w in work))
+    splittable = [(w[3][0], -(-w[2] // TILE_TOKENS)) for w in work
+                  if len(w[3]) == 1 and group <= ROWS_PER_TASK and w[2] > TILE_TOKENS]
+    m = split_items(tasks, len(splittable), num_kv_heads, resident_ctas, grid_work, split_parts)
+    split = tuple(sorted((chunk, min(split_parts, tiles)) for chunk, tiles in splittable[len(splittable) - m:]))
+    tasks += sum(parts - 1 for _, parts in split)
+    return TablePlan(chunk_tokens, base, work, tasks, sum(lens), sum(w[2] for w in work), split=split)
 
 
 def execute_plan_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
@@ -192,9 +223,11 @@ class DecodePlanner:
         i32 = dict(dtype=torch.int32, device=self.device)
         self.ints = torch.zeros(self._mod.table_plan_ints(self.max_batch, self.max_chunks), **i32)
         self.hash = torch.zeros(self._mod.table_plan_hash_size(self.max_chunks), dtype=torch.int64, device=self.device)
-        self.partial_o = torch.empty(self.max_chunks * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
-        self.partial_lse = torch.empty(self.max_chunks * num_q_heads, dtype=torch.float32, device=self.device)
-        self.grid_work = 3 * _num_sms(self.device)  # three CTAs per SM loop over the tasks
+        partials = self._mod.table_plan_partials(self.max_chunks)  # the chunks' and the tail split's
+        self.partial_o = torch.empty(partials * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
+        self.partial_lse = torch.empty(partials * num_q_heads, dtype=torch.float32, device=self.device)
+        self.grid_work = CTAS_PER_SM * _num_sms(self.device)  # three CTAs per SM loop over the tasks
+        self.split_parts = SPLIT_PARTS  # the tail split's parts per item (1: no split)
         self._batch: Optional[int] = None
         self._group = 0
         self._req_to_token: Optional[torch.Tensor] = None
@@ -223,7 +256,7 @@ class DecodePlanner:
         self._mod.plan_decode_table(
             req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
             int(group), int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
-            target_chunks(num_kv_heads, self.device),
+            target_chunks(num_kv_heads, self.device), int(num_kv_heads), int(self.grid_work), int(self.split_parts),
         )
         self._batch, self._group, self._req_to_token = seq_lens.shape[0], int(group), req_to_token
 
@@ -263,8 +296,11 @@ class DecodePlanner:
             parts = tuple(sorted(_as_list(v["work_partials"][offs[w]:offs[w + 1]])))
             work.append((int(v["work_row"][w]), int(v["work_pos0"][w]), int(v["work_ntok"][w]), parts))
         work.sort(key=lambda item: item[3][0])
+        first_partial = _as_list(v["chunk_partial"][: meta["chunks"] + 1])
+        split = tuple((i, first_partial[i + 1] - first_partial[i]) for i in range(meta["chunks"])
+                      if first_partial[i + 1] - first_partial[i] > 1)
         return TablePlan(meta["chunk_tokens"], _as_list(v["chunk_base"][: self._batch + 1]), work, meta["tasks"],
-                         meta["tokens"], meta["unique_tokens"], meta["clamped"])
+                         meta["tokens"], meta["unique_tokens"], meta["clamped"], split)
 
 
 _PLANNERS: Dict[tuple, "DecodePlanner"] = {}

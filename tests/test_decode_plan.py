@@ -9,7 +9,8 @@ import torch
 
 import sglang_flashcore as fc
 from cases import PATTERNS, make_page_table, random_qkv
-from sglang_flashcore.decode_plan import MAX_AUTO_CHUNK_TOKENS, choose_chunk_tokens, execute_plan_ref, plan_table_reference
+from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_MAX_ITEMS, choose_chunk_tokens, execute_plan_ref,
+                                          plan_table_reference, split_items)
 from sglang_flashcore.reference import paged_decode_ref
 
 
@@ -119,3 +120,33 @@ def test_paged_decode_table_errors_name_the_argument():
         fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices + 100, pt.seq_lens)
     with pytest.raises(ValueError, match="req_to_token"):  # a slot past the pool
         fc.paged_decode_table(q, k[:3], v[:3], *args)
+
+
+def test_split_items_rule():
+    # Hkv 16 on 396 resident CTAs: a wave is 25 tasks
+    assert split_items(128, 128, 16, 396, 396, 4) == 25
+    assert split_items(380, 380, 16, 396, 396, 4) == 5   # room in 396 CTAs: (396 - 380) // 3
+    assert split_items(25, 25, 16, 396, 396, 4) == 0     # one wave: nothing to even out
+    assert split_items(512, 512, 16, 396, 396, 4) == 0   # more tasks than CTAs: they loop, no list order
+    assert split_items(128, 10, 16, 396, 396, 4) == 10   # only the splittable ones
+    assert split_items(128, 128, 16, 396, 396, 1) == 0   # switched off
+    assert split_items(128, 128, 8, 396, 396, 4) == 0    # a wave of 50 > SPLIT_MAX_ITEMS: 8 KV heads are not cut
+    assert split_items(128, 128, 32, 396, 396, 4) == 13
+
+
+def test_tail_split_cuts_the_last_one_reader_items():
+    # a shared prefix of 12 readers (rows 12 x 4 > 32: two tasks, never cut) and private suffixes
+    pt = make_page_table("prefix", [6000 + 37 * i for i in range(12)], 64, seed=3)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 256, group=4, num_kv_heads=16,
+                                resident_ctas=396, grid_work=396, split_parts=4)
+    whole = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 256, group=4)
+    assert whole.split == () and plan.work == whole.work
+    one_reader = [w[3][0] for w in plan.work if len(w[3]) == 1 and w[2] > 64]
+    m = split_items(whole.tasks, len(one_reader), 16, 396, 396, 4)
+    assert m == 25 <= SPLIT_MAX_ITEMS  # a wave of tasks
+    assert [c for c, _ in plan.split] == sorted(one_reader[-m:])
+    parts = dict(plan.split)
+    for row, pos0, ntok, readers in plan.work:
+        if readers[0] in parts:
+            assert parts[readers[0]] == min(4, -(-ntok // 64))
+    assert plan.tasks == whole.tasks + sum(p - 1 for p in parts.values())

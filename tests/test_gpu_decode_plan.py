@@ -9,7 +9,8 @@ import torch
 
 import sglang_flashcore as fc
 from cases import DECODE_HEADS, make_page_table, random_decode_case
-from sglang_flashcore.decode_plan import DecodePlanner, choose_chunk_tokens, plan_table_reference, target_chunks
+from sglang_flashcore.decode_plan import (CTAS_PER_SM, DecodePlanner, choose_chunk_tokens, plan_table_reference,
+                                          target_chunks)
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu
@@ -57,10 +58,47 @@ def test_table_decode_matches_reference_and_plan_matches_model(i):
     planner = _planned(pt, q, k, chunk)
     out, lse = planner.run(q, k, v, 0.1, page)
     _check(out, lse, q, k, v, pt, page, dtype)
+    _check_plan(planner, pt, hq, hkv)
+
+
+def _check_plan(planner, pt, hq, hkv):
+    """The device plan against its Python model, the tail split included."""
     got = planner.snapshot()
-    want = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, got.chunk_tokens, hq // hkv)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    want = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, got.chunk_tokens, hq // hkv,
+                                num_kv_heads=hkv, resident_ctas=CTAS_PER_SM * sms, grid_work=planner.grid_work,
+                                split_parts=planner.split_parts)
     assert got.work == want.work and got.chunk_base == want.chunk_base and got.tasks == want.tasks
+    assert got.split == want.split
     assert got.unique_tokens == want.unique_tokens and got.clamped == 0
+    return got
+
+
+@pytest.mark.parametrize("pattern,page,hq,hkv,dtype,lengths,chunk", [
+    ("none", 64, 64, 16, torch.bfloat16, [8192] * 16, 1024),        # 128 tasks: the last wave's 25 items cut
+    ("none", 16, 64, 16, torch.float16, [3001, 5000, 77, 4100], 100),  # ragged; 100-token chunks: 2 tiles, 2 parts
+    ("prefix", 64, 64, 16, torch.float16, [6000 + 37 * i for i in range(12)], 256),  # shared chunks stay whole
+    ("tree", 1, 64, 32, torch.bfloat16, [2500, 2600, 2700, 4000, 1], 128),  # MHA-like group 2, a wave of 13
+    ("none", 128, 32, 32, torch.bfloat16, [20000, 9000], 512),       # group 1
+])
+def test_tail_split_matches_reference_and_is_deterministic(pattern, page, hq, hkv, dtype, lengths, chunk):
+    d = 128
+    pt, q, k, v = _inputs(pattern, page, hq, hkv, d, dtype, lengths, seed=11)
+    planner = _planned(pt, q, k, chunk)
+    out, lse = planner.run(q, k, v, 0.1, page)
+    _check(out, lse, q, k, v, pt, page, dtype)
+    got = _check_plan(planner, pt, hq, hkv)
+    assert got.split, "this batch is meant to be cut by the tail split"
+    readers = {w[3][0]: len(w[3]) for w in got.work}
+    assert all(readers[chunk_index] == 1 for chunk_index, _ in got.split)  # only one-reader items
+    again, lse_again = planner.run(q, k, v, 0.1, page)
+    assert torch.equal(out, again) and torch.equal(lse, lse_again)
+    # without the split: the same plan less the cut, within the reference's tolerance of it
+    planner.split_parts = 1
+    planner.plan(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), hkv, hq // hkv, chunk)
+    assert not planner.snapshot().split
+    whole, whole_lse = planner.run(q, k, v, 0.1, page)
+    _check(whole, whole_lse, q, k, v, pt, page, dtype)
 
 
 @pytest.mark.parametrize("page", [16, 128])
@@ -145,3 +183,16 @@ def test_paged_decode_table_public_call():
     out, lse = fc.paged_decode_table(q, k, v, pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(),
                                      page_size=16, softmax_scale=0.1)
     _check(out, lse, q, k, v, pt, 16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("groups", ["4", "16"])
+def test_merge_lane_groups_match_reference(groups, monkeypatch):
+    # the binding picks 16 lane groups for few (request, head) blocks and 4 for many; each, forced,
+    # merges a request with hundreds of partials (and one of length 0) correctly and deterministically
+    monkeypatch.setenv("FLASHCORE_DECODE_MERGE", groups)
+    pt, q, k, v = _inputs("none", 64, 32, 8, 128, torch.bfloat16, [40000, 0, 9000], seed=12)
+    planner = _planned(pt, q, k, 128)
+    out, lse = planner.run(q, k, v, 0.1, 64)
+    _check(out, lse, q, k, v, pt, 64, torch.bfloat16)
+    again, lse_again = planner.run(q, k, v, 0.1, 64)
+    assert torch.equal(out, again) and torch.equal(lse, lse_again)

@@ -352,3 +352,21 @@ def test_serving_refuses_a_port_another_server_holds(tmp_path):
         else:
             raise AssertionError("a busy port was accepted")
     assert not port_in_use(port)
+
+
+def test_trace_decode_finds_every_insertion_point_and_summarizes_a_timeline():
+    """scripts/trace_decode.py patches a copy of the decode kernel at exact source lines: they must
+    all still be there, and its timeline arithmetic must read a synthetic launch."""
+    import trace_decode
+
+    with open(os.path.join(HERE, "..", "cuda", "paged_decode.cu")) as f:
+        traced = trace_decode.instrument(f.read())
+    assert "trace_now()" in traced and 'getenv("FC_TRACE")' in traced and "atomicMax(&g_trace_n[2]" in traced
+    # two SMs with two slots each; four tasks of 10 us in a full first wave, then one of 10 us alone
+    us = 1000
+    tasks = [(0, 10 * us, sm, t, 0) for t, sm in enumerate((0, 0, 1, 1))] + [(10 * us, 20 * us, 0, 4, 0)]
+    s = trace_decode.summarize({"tasks": tasks, "dropped": 0, "merge": (21 * us, 23 * us)}, token_bytes=1e6)
+    assert s["span_us"] == 20 and s["peak_running"] == 4 and s["max_resident_per_sm"] == 2 and s["sms_used"] == 2
+    assert s["below_90pct_us"] == 10 and s["below_50pct_us"] == 10  # one task of four for the last 10 us
+    assert s["gap_to_merge_us"] == 1 and s["merge_us"] == 2
+    assert s["task_first_wave"]["n"] == 4 and s["task_tail"]["n"] == 1

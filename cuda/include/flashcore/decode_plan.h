@@ -13,7 +13,10 @@
 //   its K/V is loaded once and multiplied against every reader's query rows. The radix
 //   cache guarantees that the same slot at the same position holds the same token.
 // * a task = (work item, 32-row group of readers x GQA group): the decode kernel's grid loops
-//   over tasks, whose count stays in device memory.
+//   over tasks, whose count stays in device memory. The tail split (TablePlanArgs) cuts some
+//   one-reader items into several tasks, each with a partial of its own: partials are then
+//   numbered by chunk_partial (chunk i owns chunk_partial[i] .. chunk_partial[i + 1]), still in
+//   request, position order.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -52,7 +55,8 @@ struct TablePlanBuffers {
   int* work_fill;            // [max_chunks] placement cursor
   int* work_readers;         // [max_chunks] request of each reader
   int* work_partials;        // [max_chunks] partial (= chunk) of each reader
-  int* tasks;                // [2 * kDecodeTasksPerChunk * max_chunks] (work item, first row) pairs
+  int* tasks;                // [2 * (kDecodeTasksPerChunk * max_chunks + kDecodeSplitExtra)] (work item, first row)
+  int* chunk_partial;        // [max_chunks + 1] first partial of chunk i (a split chunk has several)
   unsigned long long* hash_keys;  // [hash_size]
 };
 
@@ -73,6 +77,13 @@ struct TablePlanArgs {
   int fixed_chunk;   // > 0: use this C; 0: choose from the lengths
   int min_chunk, max_auto_chunk;  // bounds of the automatic choice
   int64_t target_items;           // work items x KV heads the automatic choice aims for
+  // Tail split: with more than one wave of tasks (resident_ctas / num_kv_heads of them run at
+  // once, at most kDecodeSplitMaxItems), the last one-reader items, up to a wave of them, are cut
+  // into split_parts tasks at the end of the task list, as long as all tasks fit grid_work CTAs a
+  // KV head (one task each, so the hardware starts them in list order and the short ones fill
+  // the last wave).
+  int num_kv_heads, resident_ctas, grid_work;
+  int split_parts;  // 1: no split; at most kDecodeSplitMaxParts
 };
 
 cudaError_t table_plan_launch(const TablePlanArgs& a, const TablePlanBuffers& buf, int num_sms,

@@ -8,13 +8,22 @@ namespace flashcore {
 
 // Limits the launcher relies on; the Python side checks them before calling.
 constexpr int kDecodeMaxChunkTokens = 1024;  // tokens of one work item
+constexpr int kDecodeTileTokens = 64;        // tokens per pipeline stage of the decode kernel
 // Query rows (readers x GQA group) per CTA. 32, not 64: query tiles for 64 rows (16 KB, sized at
 // launch from B x group) left room for two CTAs per SM instead of three once B x group > 32.
 constexpr int kDecodeRowsPerCta = 32;
+constexpr int kDecodeCtasPerSm = 3;  // table-mode CTAs resident per SM (launch bounds, shared memory)
 constexpr int kDecodeMaxGroup = 64;  // query heads per KV head (a reader's rows may span tasks)
 // A plan's tasks, sum over work items of ceil(readers x group / 32), are at most
 // chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= 64).
 constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;
+// Tail split (table mode): the planner may cut up to kDecodeSplitMaxItems one-reader work items
+// into up to kDecodeSplitMaxParts tasks each, with a partial of their own, so that the last wave
+// is made of short tasks; only when a wave holds at most kDecodeSplitMaxItems tasks (16 or more
+// KV heads on 132 SMs). The workspaces hold that many extra tasks and partials.
+constexpr int kDecodeSplitMaxItems = 32;
+constexpr int kDecodeSplitMaxParts = 4;
+constexpr int kDecodeSplitExtra = kDecodeSplitMaxItems * (kDecodeSplitMaxParts - 1);
 
 struct PagedDecodeParams {
   // q [B, Hq, D]; k/v pools addressed as base + page*kv_stride_page + head*kv_stride_head
@@ -43,8 +52,9 @@ struct PagedDecodeParams {
 
   // Table mode (the page-table planner of decode_plan.h) when tasks is set: work item w reads
   // positions work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; reader r writes
-  // partial work_partials[r]; the grid loops over *num_tasks_dev (work item, first row) tasks.
-  // The entry arrays and merge_partials (identity) are unused; merge_offsets = chunk_base.
+  // partial chunk_partial[work_partials[r]] (work_partials: the reader's chunk); the grid loops
+  // over *num_tasks_dev (work item, first row) tasks. The entry arrays and merge_partials
+  // (identity) are unused; merge_offsets = chunk_base.
   const int* req_to_token;  // int32 slots
   int64_t r2t_stride;
   const int* work_row;
@@ -53,11 +63,17 @@ struct PagedDecodeParams {
   const int* work_partials;
   const int* tasks;  // [2T]
   const int* num_tasks_dev;
+  // chunk i's first partial (its parts are chunk_partial[i] .. chunk_partial[i + 1]); request b
+  // merges partials chunk_partial[merge_offsets[b]] .. chunk_partial[merge_offsets[b + 1]].
+  // A task (w, first row) with first row < 0 is part s of n of one-reader item w: ~first row
+  // = s << 8 | n, tiles [s * tiles / n, (s + 1) * tiles / n) of the item's 64-token tiles.
+  const int* chunk_partial;
   int64_t num_slots;  // slots are clamped into the pool: a corrupt table cannot read out of bounds
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
   bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
 
+  int merge_groups;  // the merge kernel's lane groups a block: 16 (few requests) or 4 (many)
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log
   void* out;           // [B, Hq, D]
