@@ -33,6 +33,25 @@ def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str)
 
 
 CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
+NO_SHARING_PAGE = 64
+
+
+def no_sharing_batch(batch: int, hkv: int, ctx: int, repeats: int, pool: str = "slots", shuffled: bool = True):
+    """A decode batch without sharing (bf16, Hq 32, D 128, page 64): ``(req_to_token, k, v, q,
+    req_pool_indices, seq_lens, cuDNN SDPA ms on the same requests' gathered K/V)``."""
+    hq, d, dt = 32, 128, torch.bfloat16
+    r2t, num_slots = shared_page_table(batch, ctx, NO_SHARING_PAGE, 0.0, "cuda", shuffled=shuffled)
+    k = make_pool(num_slots, hkv, d, dt, pool)
+    v = make_pool(num_slots, hkv, d, dt, pool)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
+    idx = torch.arange(batch, device="cuda")
+    seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+    kd = k[r2t.long()].permute(0, 2, 1, 3).contiguous()
+    vd = v[r2t.long()].permute(0, 2, 1, 3).contiguous()
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        cudnn_ms = time_ms(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True),
+                           repeats=repeats)
+    return r2t, k, v, q, idx, seq, cudnn_ms
 
 
 def main():
@@ -53,19 +72,9 @@ def main():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for batch, hkv, ctx in configs:
-        hq, d, page, dt = 32, 128, 64, torch.bfloat16
-        r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda", shuffled=args.pages == "shuffled")
-        k = make_pool(num_slots, hkv, d, dt, args.pool)
-        v = make_pool(num_slots, hkv, d, dt, args.pool)
-        q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
-        idx = torch.arange(batch, device="cuda")
-        seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
-        kd = k[r2t.long()].permute(0, 2, 1, 3).contiguous()
-        vd = v[r2t.long()].permute(0, 2, 1, 3).contiguous()
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-            cudnn_ms = time_ms(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True),
-                               repeats=args.repeats)
-        del kd, vd
+        r2t, k, v, q, idx, seq, cudnn_ms = no_sharing_batch(batch, hkv, ctx, args.repeats, args.pool,
+                                                             shuffled=args.pages == "shuffled")
+        hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
         planner = DecodePlanner(batch, hq, d, q.device)
         for chunk, split, mult in itertools.product(args.chunks.split(","), map(int, args.split.split(",")),
                                                     map(int, args.multipliers.split(","))):

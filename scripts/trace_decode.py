@@ -31,13 +31,12 @@ import argparse
 import array
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import trace_util  # noqa: E402
 
 MAX_RECORDS = 1 << 16  # tasks x KV heads recorded per launch
 # A record: start ns, first K/V tile landed ns, middle tile landed ns, end ns,
@@ -124,11 +123,7 @@ INSERTIONS = [
 def instrument(src: str) -> str:
     """``paged_decode.cu`` with a record per task, the merge kernel's span and a host-side dump of
     both to the file $FC_TRACE names after each launch (when it is set)."""
-    for old, new in INSERTIONS:
-        if src.count(old) != 1:
-            raise SystemExit(f"trace_decode: cuda/paged_decode.cu no longer has exactly one of:\n{old}")
-        src = src.replace(old, new)
-    return src
+    return trace_util.patch(src, INSERTIONS, "paged_decode.cu", "trace_decode")
 
 
 def read_trace(path: str) -> dict:
@@ -221,25 +216,13 @@ def summarize(trace: dict, token_bytes: float) -> dict:
 
 def run(batch: int, hkv: int, ctx: int, chunk, scratch: str, repeats: int, raw: bool) -> dict:
     import torch
-    import torch.nn.functional as F
 
-    from bench_decode import shared_page_table
+    from bench_decode_grid import NO_SHARING_PAGE, no_sharing_batch
     from bench_util import time_ms
     from sglang_flashcore.decode_plan import DecodePlanner
 
-    hq, d, page, dt = 32, 128, 64, torch.bfloat16
-    r2t, num_slots = shared_page_table(batch, ctx, page, 0.0, "cuda")
-    k = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
-    v = torch.randn(num_slots, hkv, d, device="cuda", dtype=dt)
-    q = torch.randn(batch, hq, d, device="cuda", dtype=dt)
-    idx = torch.arange(batch, device="cuda")
-    seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
-    kd = k[r2t.long()].permute(0, 2, 1, 3).contiguous()
-    vd = v[r2t.long()].permute(0, 2, 1, 3).contiguous()
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = time_ms(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True),
-                           repeats=repeats)
-    del kd, vd
+    r2t, k, v, q, idx, seq, cudnn_ms = no_sharing_batch(batch, hkv, ctx, repeats)
+    hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
     planner = DecodePlanner(batch, hq, d, q.device)
     planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)
     meta = planner.meta()
@@ -314,16 +297,7 @@ def main() -> None:
         if len(values) not in (3, 4) or (env and "=" not in env):
             sys.exit("trace_decode: --config takes B,Hkv,context[,chunk][@NAME=VALUE]")
         configs.append((values, env))
-    scratch = tempfile.mkdtemp(prefix="fc_trace_decode_")
-    for name in ("sglang_flashcore", "cuda"):
-        shutil.copytree(os.path.join(ROOT, name), os.path.join(scratch, name))
-    kernel = os.path.join(scratch, "cuda", "paged_decode.cu")
-    with open(kernel) as f:
-        traced = instrument(f.read())
-    with open(kernel, "w") as f:
-        f.write(traced)
-    os.environ["FLASHCORE_CACHE"] = os.path.join(scratch, "cache")  # its own build
-    sys.path.insert(0, scratch)
+    scratch = trace_util.traced_tree("paged_decode.cu", instrument, "fc_trace_decode_")
     import torch
 
     import sglang_flashcore  # noqa: F401  (the traced copy, before bench_decode puts the tree's first)

@@ -20,11 +20,11 @@ import argparse
 import array
 import collections
 import os
-import shutil
 import sys
-import tempfile
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import trace_util  # noqa: E402
 
 
 # The trace buffer: CTAS CTAs x ROLES roles (producer, consumers 1..3) x RECORDS records of
@@ -104,11 +104,7 @@ INSERTIONS = [
 def instrument(src: str) -> str:
     """``dense_fwd.cu`` with the trace points and a host-side dump of the trace buffer to the
     file $FC_TRACE names after each launch (when it is set)."""
-    for old, new in INSERTIONS:
-        if src.count(old) != 1:
-            raise SystemExit(f"trace_dense: cuda/dense_fwd.cu no longer has exactly one of:\n{old}")
-        src = src.replace(old, new)
-    return src
+    return trace_util.patch(src, INSERTIONS, "dense_fwd.cu", "trace_dense")
 
 
 def read_trace(path: str) -> list:
@@ -207,16 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else \
         [(32, 512, 16, 16, 128), (32, 512, 32, 32, 64)]
-    scratch = tempfile.mkdtemp(prefix="fc_trace_")
-    for name in ("sglang_flashcore", "cuda"):
-        shutil.copytree(os.path.join(ROOT, name), os.path.join(scratch, name))
-    kernel = os.path.join(scratch, "cuda", "dense_fwd.cu")
-    with open(kernel) as f:
-        traced = instrument(f.read())
-    with open(kernel, "w") as f:
-        f.write(traced)
-    os.environ["FLASHCORE_CACHE"] = os.path.join(scratch, "cache")  # its own build
-    sys.path.insert(0, scratch)
+    scratch = trace_util.traced_tree("dense_fwd.cu", instrument, "fc_trace_")
     for shape in shapes:
         run(shape, args.causal, scratch)
 
