@@ -400,8 +400,10 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.pingpong = !env_equals("FLASHCORE_DENSE_PINGPONG", "off");
   // FLASHCORE_DENSE_RESCALE=eager: every new row max rescales O (no lazy base)
   a.lazy_rescale = !env_equals("FLASHCORE_DENSE_RESCALE", "eager");
-  // FLASHCORE_DENSE_STORE=direct: the epilogue writes O from registers
+  // FLASHCORE_DENSE_STORE=direct: the epilogue writes O from registers; =staged: through shared
+  // memory in 16-byte rows, all by the consumers (no TMA store)
   a.direct_store = env_equals("FLASHCORE_DENSE_STORE", "direct");
+  a.tma_store = !env_equals("FLASHCORE_DENSE_STORE", "staged");
   // FLASHCORE_DENSE_WARPGROUPS=2 or 3: head dim 64 runs that many consumer warpgroups (128- or
   // 192-row tiles) whatever the shape
   a.consumer_warpgroups = env_equals("FLASHCORE_DENSE_WARPGROUPS", "2")   ? 2

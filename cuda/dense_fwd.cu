@@ -20,7 +20,9 @@
 //     warpgroups, a round robin of named barriers makes them take turns issuing, so one's
 //     softmax overlaps the others' GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
-// key tiles past the diagonal are never loaded. The LSE (natural log) is written per row.
+// key tiles past the diagonal are never loaded. The LSE (natural log) is written per row. O is
+// staged in shared memory and leaves by TMA tensor store while the warp starts its next tile
+// (rows at a request's end, which a box would overrun, by the warp's own 16-byte stores).
 //
 // Paged prefix (extend over SGLang's KV pool): a request's keys may start with whole pages of
 // the pool [slots, Hkv, D], TMA-loaded in place through its page list, one box per page piece
@@ -89,8 +91,11 @@ struct DenseSmem {
   static constexpr int kTileSlotBytes = 64;                           // one decoded WorkTile
   // O staging for the epilogue: each consumer warp's 16 rows, padded by 16 bytes a row so that
   // the accumulator layout's 4-byte writes hit 32 distinct banks
+  // (the TMA store instead stages each warp's 16 rows as D / 64 boxes of 16 x 128 bytes in the
+  // 128-byte swizzle, whose pattern repeats every 1024 bytes: the staging area starts on one)
   static constexpr int kStageRow = D * 2 + 16;
-  static constexpr int kStage = kTileSlots + 2 * kTileSlotBytes;
+  static constexpr int kStageSwizzledWarp = 16 * D * 2;
+  static constexpr int kStage = (kTileSlots + 2 * kTileSlotBytes + 1023) / 1024 * 1024;
   static constexpr int kBytes = kStage + (kBlockM / 16) * 16 * kStageRow + 1024;  // + alignment slack
 };
 
@@ -109,6 +114,9 @@ struct DenseFwdParams {
   // kRescaleLog2 (then P <= 2^8 and O, l stay exact in fp32); 0: every new max rescales
   int lazy_rescale;
   int staged_store;  // the epilogue writes O through shared memory in 16-byte rows (0: from registers)
+  // with staged_store: a warp whose 16 rows all lie inside the request hands them to one TMA
+  // store per 64 columns (tensor map ``to``) and goes on; the others write 16-byte rows
+  int tma_store;
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
@@ -204,7 +212,8 @@ template <typename T, int D, int W>
 __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                      const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tk_pool,
-                     const __grid_constant__ CUtensorMap tv_pool, const DenseFwdParams p) {
+                     const __grid_constant__ CUtensorMap tv_pool, const __grid_constant__ CUtensorMap to,
+                     const DenseFwdParams p) {
   using Shape = DenseShape<W>;
   constexpr int kBlockM = Shape::kBlockM;
   constexpr int kConsumerThreads = 128 * W;
@@ -495,18 +504,58 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     // each for 1 / l and log2 l, and no branch but the stores' predicates: with IEEE division and
     // logf (slow-path branches, divergent under lane % 4 == 0) this part took a third of the
     // epilogue, which short sequences pay at every work tile.
-    float inv[2];
+    float inv[2], lse[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
       const bool seen = l[r] > 0.f;
       inv[r] = seen ? rcp_approx(l[r]) : 0.f;
-      const float lse = seen ? (m[r] * p.scale_log2 + log2_approx(l[r])) * kLn2 : -INFINITY;
-      if (rows[r] < t.sq && lane % 4 == 0) p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] = lse;
+      lse[r] = seen ? (m[r] * p.scale_log2 + log2_approx(l[r])) * kLn2 : -INFINITY;
     }
     T* out_rows = reinterpret_cast<T*>(p.out) + (int64_t)t.q0 * p.out_stride_row + (int64_t)t.hq * p.out_stride_head;
-    if (p.staged_store) {
+    const int warp_row0 = t.m_block * kBlockM + c * 64 + warp * 16;  // this warp's first row
+    if (p.staged_store && p.tma_store) {
+      // The warp's 16 rows as D / 64 boxes of 16 x 128 bytes in the 128-byte swizzle (16-byte
+      // piece k of row r at piece k ^ (r % 8): the accumulator layout's 4-byte writes hit 32
+      // banks). Rows all inside the request: one TMA store a box, and the warp goes on to its
+      // next tile while the copy engine writes them; a request's last rows are written here
+      // (a box clips only at the tensor's end, and the rows past a request are the next one's).
+      constexpr int kBox = 16 * 128;
+      const uint32_t stage = smem_addr(smem + S::kStage) + (c * 4 + warp) * S::kStageSwizzledWarp;
+      if (lane == 0) tma_store_wait_read();  // the warp's previous tile has left the slice
+      __syncwarp();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = lane / 4 + 8 * r;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+          st_shared_u32(stage + (j / 8) * kBox + row * 128 + (((j % 8) ^ (row % 8)) * 16) + (lane % 4) * 4,
+                        Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]));
+      }
+      if (warp_row0 + 16 <= t.sq) {
+        fence_async_shared();
+        __syncwarp();
+        if (lane == 0) {
+#pragma unroll
+          for (int box = 0; box < D / 64; ++box) tma_store_3d(&to, smem + S::kStage + (c * 4 + warp) * S::kStageSwizzledWarp + box * kBox, box * 64, t.hq, t.q0 + warp_row0);
+          tma_store_commit();
+        }
+      } else {
+        __syncwarp();
+        constexpr int kPieces = D * 2 / 16;  // 16-byte pieces of a row
+        constexpr int kRowsPerStore = 32 / kPieces;
+        const int row = lane / kPieces, piece = lane % kPieces;
+        T* dst = out_rows + (int64_t)(warp_row0 + row) * p.out_stride_row + piece * 8;
+#pragma unroll
+        for (int it = 0; it < 16 / kRowsPerStore; ++it) {
+          const int rr = row + it * kRowsPerStore;
+          const uint4 v = ld_shared_v4(stage + (piece / 8) * kBox + rr * 128 + (((piece % 8) ^ (rr % 8)) * 16));
+          if (warp_row0 + rr < t.sq) *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v;
+        }
+        __syncwarp();
+      }
+    } else if (p.staged_store) {
       // Each thread holds two 4-byte columns every 16 bytes of its two rows: written straight to
       // global memory, one store instruction touches 8 rows. Staged through this warp's slice of
       // shared memory instead, the warp writes whole 16-byte pieces, 32 / kPieces rows per
@@ -523,7 +572,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
       constexpr int kPieces = D * 2 / 16;       // 16-byte pieces of a row
       constexpr int kRowsPerStore = 32 / kPieces;
       const int row = lane / kPieces, piece = lane % kPieces;
-      const int row0 = t.m_block * kBlockM + c * 64 + warp * 16 + row;  // this lane's first row
+      const int row0 = warp_row0 + row;  // this lane's first row
       const uint32_t src = stage + row * S::kStageRow + piece * 16;
       T* dst = out_rows + (int64_t)row0 * p.out_stride_row + piece * 8;
       constexpr int kStores = 16 / kRowsPerStore;
@@ -547,7 +596,12 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         }
       }
     }
+    // the LSE after O: a global store before the async-proxy fence would make it wait
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (rows[r] < t.sq && lane % 4 == 0) p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] = lse[r];
   }
+  if (p.staged_store && p.tma_store && lane == 0) tma_store_wait_read();  // shared memory outlives the stores' reads
   if (p.pingpong && c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
 }
 
@@ -569,8 +623,8 @@ EncodeTiled encode_fn() {
   return fn;
 }
 
-// [rows, heads, D] -> boxes of box_rows rows x 1 head x 64 columns, 128-byte swizzle, zero fill
-// past the end
+// [rows, heads, D] <-> boxes of box_rows rows x 1 head x 64 columns, 128-byte swizzle, zero fill
+// past the end (loads; stores clip there)
 bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int64_t rows, int heads, int d,
               int64_t stride_row, int64_t stride_head, int box_rows) {
   EncodeTiled encode = encode_fn();
@@ -603,13 +657,14 @@ template <typename T, int D, int W>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
   constexpr int kBlockM = DenseShape<W>::kBlockM;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
-  CUtensorMap tq, tk, tv, tk_pool, tv_pool;
+  CUtensorMap tq, tk, tv, tk_pool, tv_pool, to;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
   const bool paged = a.key_pages != nullptr;
   const int box_rows = paged ? dense_page_box_rows(a.page_size) : kBlockN;
   if (box_rows == 0 || rows_k >= INT32_MAX || (paged && (a.pool_rows < 1 || a.pool_rows >= INT32_MAX)))
     return cudaErrorInvalidValue;
   if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head, kBlockM) ||
+      !make_map(&to, a.out, dtype, a.total_q, a.num_q_heads, D, a.out_stride_row, a.out_stride_head, 16) ||
       !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, D, a.k_stride_row, a.k_stride_head, box_rows) ||
       !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, D, a.v_stride_row, a.v_stride_head, box_rows))
     return cudaErrorInvalidValue;
@@ -629,7 +684,8 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.batch, m_blocks, (int)work, section_pairs, nullptr,
+                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.tma_store ? 1 : 0, a.batch,
+                   m_blocks, (int)work, section_pairs, nullptr,
                    nullptr, nullptr, a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
@@ -658,7 +714,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   constexpr int smem = DenseSmem<D, kBlockM>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);
+  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, to, p);
   return cudaGetLastError();
 }
 

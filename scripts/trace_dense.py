@@ -42,7 +42,7 @@ __device__ __forceinline__ void trace_rec(int role, int& cnt, int id, int w) {
 }
 namespace {
 """)
-LAUNCH = "  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, p);\n"
+LAUNCH = "  kernel<<<(unsigned)ctas, DenseShape<W>::kThreads, smem, stream>>>(tq, tk, tv, tk_pool, tv_pool, to, p);\n"
 DUMP = """  const char* trace_path = getenv("FC_TRACE");
   if (trace_path) {
     void* addr;
@@ -94,9 +94,10 @@ INSERTIONS = [
     ("      wgmma_wait<0>();\n      fence_regs(o);\n      mbar_arrive(&empty_v[last % kStages]);\n",
      "      wgmma_wait<0>();\n      TR(23);\n      fence_regs(o);\n      mbar_arrive(&empty_v[last % kStages]);\n"),
     ("    T* out_rows = reinterpret_cast<T*>(p.out)", "    TR(25);\n    T* out_rows = reinterpret_cast<T*>(p.out)"),
+    # 26: O staged (the TMA store path or the consumers' 16-byte rows)
+    ("      if (warp_row0 + 16 <= t.sq) {\n", "      TR(26);\n      if (warp_row0 + 16 <= t.sq) {\n"),
     ("      __syncwarp();\n      constexpr int kPieces", "      TR(26);\n      __syncwarp();\n      constexpr int kPieces"),
-    ("      }\n    }\n  }\n  if (p.pingpong && c == 0) named_bar_sync(1, 256);",
-     "      }\n    }\n    TR(24);\n  }\n#undef TR\n  if (p.pingpong && c == 0) named_bar_sync(1, 256);"),
+    ("p.num_q_heads + t.hq] = lse[r];\n  }\n", "p.num_q_heads + t.hq] = lse[r];\n    TR(24);\n  }\n#undef TR\n"),
     (LAUNCH, DUMP),
 ]
 

@@ -34,6 +34,7 @@ struct DenseFwdArgs {
   // the epilogue writes O from registers, 4 bytes a thread per row, instead of through shared
   // memory in 16-byte pieces (A/B runs)
   bool direct_store = false;
+  bool tma_store = true;  // staged O rows of a warp inside its request leave by TMA (see the kernel)
   // consumer warpgroups of 64 query rows: 0 picks per head dim and shape (dense_fwd_launch); 2
   // or 3 forces 128- or 192-row tiles at D 64 (A/B runs); D 128 always runs two
   int consumer_warpgroups = 0;
