@@ -288,7 +288,7 @@ std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tenso
           {"work_reader_offsets", view(buf.work_reader_offsets, P + 1)},
           {"work_readers", view(buf.work_readers, P)},
           {"work_partials", view(buf.work_partials, P)},
-          {"tasks", view(buf.tasks, 2 * (flashcore::kDecodeTasksPerChunk * P + flashcore::kDecodeSplitExtra))},
+          {"tasks", view(buf.tasks, 2 * (int64_t)flashcore::table_plan_task_capacity((int)max_chunks))},
           {"chunk_partial", view(buf.chunk_partial, P + 1)}};
 }
 

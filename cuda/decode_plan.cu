@@ -368,6 +368,8 @@ __global__ void plan_place_kernel(const TablePlanBuffers buf) {
 
 }  // namespace
 
+int table_plan_task_capacity(int max_chunks) { return kDecodeTasksPerChunk * max_chunks + kDecodeSplitExtra; }
+
 int table_plan_hash_size(int max_chunks) {
   int h = 64;
   while (h < 2 * max_chunks) h <<= 1;
@@ -377,7 +379,7 @@ int table_plan_hash_size(int max_chunks) {
 int64_t table_plan_ints(int max_batch, int max_chunks) {
   const int64_t P = max_chunks;
   return kMetaCount + (max_batch + 1) + 5 * P + table_plan_hash_size(max_chunks) + 3 * P + (P + 1) + 3 * P +
-         2 * (kDecodeTasksPerChunk * P + kDecodeSplitExtra) + (P + 1);
+         2 * (int64_t)table_plan_task_capacity(max_chunks) + (P + 1);
 }
 
 TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int max_batch, int max_chunks) {
@@ -407,7 +409,7 @@ TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int 
   b.work_fill = take(P);
   b.work_readers = take(P);
   b.work_partials = take(P);
-  b.tasks = take(2 * (kDecodeTasksPerChunk * P + kDecodeSplitExtra));  // (work item, first row) of each task
+  b.tasks = take(2 * (int64_t)table_plan_task_capacity(max_chunks));  // (work item, first row) of each task
   b.chunk_partial = take(P + 1);
   b.hash_keys = hash_keys;
   return b;

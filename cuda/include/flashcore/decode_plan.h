@@ -55,7 +55,7 @@ struct TablePlanBuffers {
   int* work_fill;            // [max_chunks] placement cursor
   int* work_readers;         // [max_chunks] request of each reader
   int* work_partials;        // [max_chunks] partial (= chunk) of each reader
-  int* tasks;                // [2 * (kDecodeTasksPerChunk * max_chunks + kDecodeSplitExtra)] (work item, first row)
+  int* tasks;                // [2 * table_plan_task_capacity] (work item, first row)
   int* chunk_partial;        // [max_chunks + 1] first partial of chunk i (a split chunk has several)
   unsigned long long* hash_keys;  // [hash_size]
 };
@@ -63,6 +63,7 @@ struct TablePlanBuffers {
 // Ints a workspace for these capacities needs (carve_table_plan lays them out).
 int64_t table_plan_ints(int max_batch, int max_chunks);
 int table_plan_hash_size(int max_chunks);
+int table_plan_task_capacity(int max_chunks);  // kDecodeTasksPerChunk x chunks + the tail split's
 TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int max_batch, int max_chunks);
 
 struct TablePlanArgs {
