@@ -1,8 +1,9 @@
 """CI's compile check: every translation unit under cuda/ through nvcc for sm_90a, no GPU needed.
 
 ``binding.cpp`` is compiled with torch's headers (host code); each ``.cu`` with nvcc's
-device compiler. A kernel that does not compile fails this script (exit 1). ``--sass``
-also prints whether the device code contains Hopper's HGMMA (wgmma) and HMMA instructions.
+device compiler. A kernel that does not compile fails this script (exit 1). So does a kernel
+whose wgmmas ptxas serialized (a wait after every HGMMA: see ``serialized_wgmma_kernels``), when
+a cuobjdump is at hand to read the SASS. ``--sass`` also prints the HGMMA and HMMA counts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,6 +41,38 @@ def find_cuobjdump():
         return str(path) if path.is_file() else None
     except ImportError:
         return None
+
+
+def sass_functions(sass: str) -> Dict[str, List[str]]:
+    """``cuobjdump --dump-sass`` output split into each function's instruction lines."""
+    functions: Dict[str, List[str]] = {}
+    current: Optional[List[str]] = None
+    for line in sass.splitlines():
+        if "Function : " in line:
+            current = functions.setdefault(line.split("Function : ", 1)[1].strip(), [])
+        elif current is not None and "/*" in line:
+            current.append(line)
+    return functions
+
+
+def serialized_wgmma_kernels(sass: str) -> List[str]:
+    """Kernels whose HGMMAs never run back to back: a ``WARPGROUP.DEPBAR`` (a wait for wgmma
+    results) stands between every two of them. ptxas does that when it cannot follow the
+    accumulators through the kernel's control flow (C7519/C7520 in its output, though not
+    always); our attention tiles chain 4 to 8 k-steps per wait, and the kernel runs 30-40%
+    slower when they are serialized (benchmarks/results/h200/dense_ab/README.md, session 14)."""
+    found = []
+    for name, lines in sass_functions(sass).items():
+        run, longest, count = 0, 0, 0
+        for line in lines:
+            if "HGMMA" in line:
+                run, count = run + 1, count + 1
+                longest = max(longest, run)
+            elif "WARPGROUP.DEPBAR" in line:
+                run = 0
+        if count > 1 and longest < 2:
+            found.append(name)
+    return found
 
 
 def main() -> int:
@@ -71,10 +105,15 @@ def main() -> int:
             spills = [line for line in res.stderr.splitlines() if "spill" in line and " 0 bytes spill" not in line]
             for line in spills:
                 print("  ", line.strip())
-            cuobjdump = find_cuobjdump() if args.sass else None
-            if cuobjdump and src.suffix == ".cu":
+            cuobjdump = find_cuobjdump() if src.suffix == ".cu" else None
+            if cuobjdump:
                 sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True).stdout
-                print(f"   SASS: {sass.count('HGMMA')} HGMMA, {sass.count('HMMA')} HMMA instructions")
+                if args.sass:
+                    print(f"   SASS: {sass.count('HGMMA')} HGMMA, {sass.count('HMMA')} HMMA instructions")
+                for name in serialized_wgmma_kernels(sass):
+                    failed += 1
+                    print(f"compile_cuda: {src.name}: ptxas serialized the wgmmas of {name} "
+                          "(a WARPGROUP.DEPBAR after every HGMMA)", file=sys.stderr)
             for line in res.stderr.splitlines():
                 if "registers" in line:
                     print("  ", line.strip())

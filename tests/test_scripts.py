@@ -370,3 +370,26 @@ def test_trace_decode_finds_every_insertion_point_and_summarizes_a_timeline():
     assert s["below_90pct_us"] == 10 and s["below_50pct_us"] == 10  # one task of four for the last 10 us
     assert s["gap_to_merge_us"] == 1 and s["merge_us"] == 2
     assert s["task_first_wave"]["n"] == 4 and s["task_tail"]["n"] == 1
+
+
+def test_compile_check_flags_kernels_whose_wgmmas_ptxas_serialized():
+    """compile_cuda.py fails a kernel whose HGMMAs each wait for the one before (a WARPGROUP.DEPBAR
+    between every two), and passes chained ones, reading cuobjdump's SASS listing."""
+    import compile_cuda
+
+    def function(name, body):
+        lines = [f"\t\tFunction : {name}"]
+        lines += [f"        /*{i * 16:04x}*/                   {op} ;   /* 0x0 */" for i, op in enumerate(body)]
+        return "\n".join(lines)
+
+    chained = ["WARPGROUP.ARRIVE", "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT",
+               "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "FMUL R1, R2, R3"]
+    serialized = ["WARPGROUP.ARRIVE", "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT",
+                  "WARPGROUP.DEPBAR.LE gsb0, 0x0", "WARPGROUP.ARRIVE", "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24",
+                  "WARPGROUP.DEPBAR.LE gsb0, 0x0"]
+    sass = "\n".join(["Fatbin elf code:", function("good_kernel", chained), function("bad_kernel", serialized),
+                      function("no_wgmma", ["FADD R1, R2, R3", "EXIT"])])
+    functions = compile_cuda.sass_functions(sass)
+    assert list(functions) == ["good_kernel", "bad_kernel", "no_wgmma"]
+    assert len(functions["bad_kernel"]) == len(serialized)
+    assert compile_cuda.serialized_wgmma_kernels(sass) == ["bad_kernel"]
