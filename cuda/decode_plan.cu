@@ -259,10 +259,17 @@ __device__ __forceinline__ ChunkWork chunk_work(const TablePlanArgs& a, const Ta
 // start-up (about 5 us of dependent loads before its first K/V tile lands, H200 trace): with 16 or
 // more KV heads a wave is at most 25 tasks and the split read 0.5-1.8% faster; with 8 (a wave of
 // 50, a quarter of a 32 x 8K batch) it read -2% to +4% depending on the machine, so it is not cut.
-__device__ __forceinline__ int split_items(const TablePlanArgs& a, long long tasks, long long splittable, int parts) {
+// split_wave: the wave of tasks running at once, or 0 where the split never cuts (then the
+// planner skips the pass that counts the batch's tasks).
+__device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int parts) {
   if (parts <= 1 || a.num_kv_heads <= 0) return 0;
-  const long long wave = (a.resident_ctas + a.num_kv_heads - 1) / a.num_kv_heads;  // tasks running at once
-  if (wave > kDecodeSplitMaxItems || tasks <= wave || a.grid_work <= tasks) return 0;
+  const long long wave = (a.resident_ctas + a.num_kv_heads - 1) / a.num_kv_heads;
+  return wave <= kDecodeSplitMaxItems ? wave : 0;
+}
+
+__device__ __forceinline__ int split_items(const TablePlanArgs& a, long long tasks, long long splittable, int parts) {
+  const long long wave = split_wave(a, parts);
+  if (wave == 0 || tasks <= wave || a.grid_work <= tasks) return 0;
   return (int)min(min(splittable, wave), (a.grid_work - tasks) / (parts - 1));
 }
 
@@ -280,15 +287,18 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
   const int P = buf.meta[kMetaChunks];
   const int parts = min(a.split_parts, kDecodeSplitMaxParts);
 
-  // pass 1: the totals the split policy needs
+  // pass 1: the totals the split policy needs (none where it never cuts: the same branch for
+  // every thread, as the reductions' barriers require)
   long long tasks = 0, splittable = 0;
-  for (int i = threadIdx.x; i < P; i += kPlanThreads) {
-    const ChunkWork c = chunk_work(a, buf, i, P);
-    tasks += c.ntasks;
-    splittable += c.splittable;
+  if (split_wave(a, parts) > 0) {
+    for (int i = threadIdx.x; i < P; i += kPlanThreads) {
+      const ChunkWork c = chunk_work(a, buf, i, P);
+      tasks += c.ntasks;
+      splittable += c.splittable;
+    }
+    tasks = block_all_reduce(tasks, SumOp(), tmp.reduce, &s_total);
+    splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
   }
-  tasks = block_all_reduce(tasks, SumOp(), tmp.reduce, &s_total);
-  splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
   const int m = split_items(a, tasks, splittable, parts);  // the last m splittable items are cut
   const int unsplit_tasks = (int)tasks - m;                 // the split items' tasks follow these
 
@@ -306,7 +316,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
     Scan4(tmp.scan4).ExclusiveScan(make_int4(c.lead, c.readers, c.ntasks, c.splittable), off, make_int4(0, 0, 0, 0),
                                    Add4(), total);
     const int4 carry = s_carry;
-    const bool split = c.splittable && carry.w + off.w >= (int)splittable - m;
+    const bool split = m > 0 && c.splittable && carry.w + off.w >= (int)splittable - m;
     const int nparts = split ? min(parts, c.tiles) : 1;
     __syncthreads();  // tmp is reused
     int2 off2, total2;
