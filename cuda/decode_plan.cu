@@ -267,8 +267,8 @@ __device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int part
   return wave <= kDecodeSplitMaxItems ? wave : 0;
 }
 
-__device__ __forceinline__ int split_items(const TablePlanArgs& a, long long tasks, long long splittable, int parts) {
-  const long long wave = split_wave(a, parts);
+__device__ __forceinline__ int split_items(const TablePlanArgs& a, long long wave, long long tasks, long long splittable,
+                                           int parts) {
   if (wave == 0 || tasks <= wave || a.grid_work <= tasks) return 0;
   return (int)min(min(splittable, wave), (a.grid_work - tasks) / (parts - 1));
 }
@@ -289,8 +289,9 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
 
   // pass 1: the totals the split policy needs (none where it never cuts: the same branch for
   // every thread, as the reductions' barriers require)
+  const long long wave = split_wave(a, parts);
   long long tasks = 0, splittable = 0;
-  if (split_wave(a, parts) > 0) {
+  if (wave > 0) {
     for (int i = threadIdx.x; i < P; i += kPlanThreads) {
       const ChunkWork c = chunk_work(a, buf, i, P);
       tasks += c.ntasks;
@@ -299,7 +300,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
     tasks = block_all_reduce(tasks, SumOp(), tmp.reduce, &s_total);
     splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
   }
-  const int m = split_items(a, tasks, splittable, parts);  // the last m splittable items are cut
+  const int m = split_items(a, wave, tasks, splittable, parts);  // the last m splittable items are cut
   const int unsplit_tasks = (int)tasks - m;                 // the split items' tasks follow these
 
   // pass 2: work items, their readers' offsets, tasks and partial numbers
