@@ -254,11 +254,6 @@ __device__ __forceinline__ ChunkWork chunk_work(const TablePlanArgs& a, const Ta
   return c;
 }
 
-// How many one-reader items the tail split cuts (see TablePlanArgs): a wave of tasks, when there
-// is more than one wave and every task still gets a CTA of its own. Each part pays a task's
-// start-up (about 5 us of dependent loads before its first K/V tile lands, H200 trace): with 16 or
-// more KV heads a wave is at most 25 tasks and the split read 0.5-1.8% faster; with 8 (a wave of
-// 50, a quarter of a 32 x 8K batch) it read -2% to +4% depending on the machine, so it is not cut.
 // split_wave: the wave of tasks running at once, or 0 where the split never cuts (then the
 // planner skips the pass that counts the batch's tasks).
 __device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int parts) {
@@ -267,6 +262,11 @@ __device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int part
   return wave <= kDecodeSplitMaxItems ? wave : 0;
 }
 
+// How many one-reader items the tail split cuts (see TablePlanArgs): a wave of tasks, when there
+// is more than one wave and every task still gets a CTA of its own. Each part pays a task's
+// start-up (about 5 us of dependent loads before its first K/V tile lands, H200 trace): with 16 or
+// more KV heads a wave is at most 25 tasks and the split read 0.5-1.8% faster; with 8 (a wave of
+// 50, a quarter of a 32 x 8K batch) it read -2% to +4% depending on the machine, so it is not cut.
 __device__ __forceinline__ int split_items(const TablePlanArgs& a, long long wave, long long tasks, long long splittable,
                                            int parts) {
   if (wave == 0 || tasks <= wave || a.grid_work <= tasks) return 0;
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
     splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
   }
   const int m = split_items(a, wave, tasks, splittable, parts);  // the last m splittable items are cut
-  const int unsplit_tasks = (int)tasks - m;                 // the split items' tasks follow these
+  const int unsplit_tasks = (int)tasks - m;  // the split items' tasks follow these
 
   // pass 2: work items, their readers' offsets, tasks and partial numbers
   if (threadIdx.x == 0) {

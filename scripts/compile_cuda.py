@@ -84,6 +84,7 @@ def main() -> int:
         print("compile_cuda: nvcc not found", file=sys.stderr)
         return 1
     includes = [f"-I{cuda_dir() / 'include'}"] + [f"-I{p}" for p in torch_includes() + wheel_cuda_includes()]
+    cuobjdump = find_cuobjdump()  # reads the SASS for the serialization check (skipped without one)
     failed = 0
     with tempfile.TemporaryDirectory() as out:
         for src in sources():
@@ -105,8 +106,7 @@ def main() -> int:
             spills = [line for line in res.stderr.splitlines() if "spill" in line and " 0 bytes spill" not in line]
             for line in spills:
                 print("  ", line.strip())
-            cuobjdump = find_cuobjdump() if src.suffix == ".cu" else None
-            if cuobjdump:
+            if cuobjdump and src.suffix == ".cu":
                 sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True).stdout
                 if args.sass:
                     print(f"   SASS: {sass.count('HGMMA')} HGMMA, {sass.count('HMMA')} HMMA instructions")
