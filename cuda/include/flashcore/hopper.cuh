@@ -107,6 +107,14 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void* smem, uint32_t l
   return ((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
          ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
+// The descriptor of the matrix ``bytes`` further on in shared memory. Bits 0..13 of the low word
+// hold address >> 4 and bits 14..15 are clear, so while the address stays in shared memory's
+// 256 KB window one add on the low word moves it without reaching the leading-byte offset above.
+// Rebuilt from the address instead (smem_desc_sw128's mask, shift and or) it costs about five
+// instructions a wgmma, in loops whose softmax phase is issue-bound.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xFFFFFFFF00000000ull) | (uint32_t)((uint32_t)desc + (bytes >> 4));
+}
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
