@@ -63,8 +63,6 @@ constexpr int kStages = 2;
 constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kRescaleLog2 = 8.f;  // lazy rescale threshold, log2 units (P <= 256)
-// k-step k of a K-major operand starts 32 bytes (16 columns) further into its 64-column block
-__host__ __device__ constexpr int within_block(int k) { return (k % 4) * 32; }
 
 // W consumer warpgroups of 64 query rows each: the CTA's threads and its work tile's rows
 template <int W>
@@ -342,8 +340,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
-      const int q_off = (k / 4) * S::kQBlockBytes + within_block(k);
-      const int k_off = (k / 4) * S::kBlockBytes + within_block(k);
+      const int within = (k % 4) * 32;
+      const int q_off = (k / 4) * S::kQBlockBytes + within, k_off = (k / 4) * S::kBlockBytes + within;
       const uint64_t da = kDescAdvance ? desc_advance(q_desc, q_off)
                                        : smem_desc_sw128(smem + S::kQ + c * 64 * kRowBytes + q_off, 16, 1024);
       const uint64_t db = kDescAdvance ? desc_advance(dk, k_off)
