@@ -333,6 +333,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   const uint64_t q_desc = smem_desc_sw128(smem + S::kQ + c * 64 * kRowBytes, 16, 1024);
   const uint64_t k_desc = smem_desc_sw128(smem + S::kK, 16, 1024);
   const uint64_t v_desc = smem_desc_sw128(smem + S::kV, S::kBlockBytes, 1024);
+  // the operand ``offset`` bytes past a base whose descriptor is ``desc`` and which starts
+  // ``base`` bytes into shared memory: moved, or rebuilt from its address
+  auto operand = [&](uint64_t desc, int base, int offset, uint32_t lbo) {
+    return kDescAdvance ? desc_advance(desc, offset) : smem_desc_sw128(smem + base + offset, lbo, 1024);
+  };
   // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits)
   auto issue_qk = [&](float (&sc)[kBlockN / 2], int g) {
     const int stage_bytes = (g % kStages) * S::kTileBytes;
@@ -342,11 +347,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     for (int k = 0; k < D / 16; ++k) {
       const int within = (k % 4) * 32;
       const int q_off = (k / 4) * S::kQBlockBytes + within, k_off = (k / 4) * S::kBlockBytes + within;
-      const uint64_t da = kDescAdvance ? desc_advance(q_desc, q_off)
-                                       : smem_desc_sw128(smem + S::kQ + c * 64 * kRowBytes + q_off, 16, 1024);
-      const uint64_t db = kDescAdvance ? desc_advance(dk, k_off)
-                                       : smem_desc_sw128(smem + S::kK + stage_bytes + k_off, 16, 1024);
-      Wgmma<T, kBlockN, 0>::ss(sc, da, db, k > 0);
+      Wgmma<T, kBlockN, 0>::ss(sc, operand(q_desc, S::kQ + c * 64 * kRowBytes, q_off, 16),
+                               operand(dk, S::kK + stage_bytes, k_off, 16), k > 0);
     }
     wgmma_commit();
   };
@@ -356,11 +358,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     const uint64_t dv = desc_advance(v_desc, stage_bytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const int v_off = kk * 16 * kRowBytes;
-      Wgmma<T, D, 1>::rs(o, pa[kk], kDescAdvance ? desc_advance(dv, v_off)
-                                                 : smem_desc_sw128(smem + S::kV + stage_bytes + v_off, S::kBlockBytes, 1024), 1);
-    }
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      Wgmma<T, D, 1>::rs(o, pa[kk], operand(dv, S::kV + stage_bytes, kk * 16 * kRowBytes, S::kBlockBytes), 1);
     wgmma_commit();
   };
   auto pack_p = [&](const float (&sc)[kBlockN / 2], uint32_t (&pa)[kBlockN / 16][4]) {
