@@ -251,6 +251,9 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   p.merge_groups = q.size(0) * q.size(1) <= 4 * sms ? 16 : 4;
   if (env_equals("FLASHCORE_DECODE_MERGE", "4")) p.merge_groups = 4;
   if (env_equals("FLASHCORE_DECODE_MERGE", "16")) p.merge_groups = 16;
+  // The merge kernel's blocks wait in the decode tail's free SM slots (programmatic dependent
+  // launch) rather than being launched after it. FLASHCORE_DECODE_PDL=0: a plain launch, for A/B runs.
+  p.merge_pdl = !env_equals("FLASHCORE_DECODE_PDL", "0");
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);

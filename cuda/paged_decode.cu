@@ -384,9 +384,17 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   finish_rows<D, kTable>(p, s, h, row_base, part_of_item, st, reinterpret_cast<float*>(smem_raw));
 }
 
+// Programmatic dependent launch of the merge kernel (PagedDecodeParams::merge_pdl): each decode CTA
+// signals at its start, so once the last one has started, the merge blocks are launched into the SM
+// slots the decode tail leaves free and wait there (merge_wait) for the whole decode grid to finish
+// and flush, instead of being launched after it. Both are no-ops for a plain launch.
+__device__ __forceinline__ void allow_merge_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_partial_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  allow_merge_launch();
   for (int w = blockIdx.x; w < p.num_work; w += gridDim.x) {
     decode_work_item<T, D, false>(p, w, blockIdx.y, blockIdx.z * kDecodeRowsPerCta, smem_raw);
     __syncthreads();  // the next item reuses shared memory
@@ -400,6 +408,7 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_parti
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  allow_merge_launch();
   const int num_tasks = *p.num_tasks_dev;
   const int h = p.head_fastest ? blockIdx.x : blockIdx.y;
   const int first = p.head_fastest ? blockIdx.y : blockIdx.x;
@@ -425,11 +434,13 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
   __shared__ float4 s_acc[kMergeSplit][kLanes];
   const int b = blockIdx.x, head = blockIdx.y;
   const int x = threadIdx.x, g = threadIdx.y;
+  // the plan was complete before the decode kernel started: read it while the decode finishes
   int i0 = p.merge_offsets[b], i1 = p.merge_offsets[b + 1];
   if (p.chunk_partial) {  // table mode: chunks -> partials (a split chunk has several)
     i0 = p.chunk_partial[i0];
     i1 = p.chunk_partial[i1];
   }
+  merge_wait();  // the partials
   const float* lse_col = p.partial_lse + head;
   const int* order = p.merge_partials;  // null: partials are already in merge order (table mode)
   auto part_at = [order](int i) -> int64_t { return order ? order[i] : i; };
@@ -502,11 +513,18 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  if (p.merge_groups == 16)
-    merge_partials_kernel<T, D, 16><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, 16), 0, stream>>>(p);
-  else
-    merge_partials_kernel<T, D, 4><<<dim3(p.batch, p.num_q_heads), dim3(D / 4, 4), 0, stream>>>(p);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.batch, p.num_q_heads);
+  config.blockDim = dim3(D / 4, p.merge_groups == 16 ? 16 : 4);
+  config.stream = stream;
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &pdl;
+  config.numAttrs = p.merge_pdl && (table || p.num_work > 0) ? 1 : 0;
+  const cudaError_t merged = p.merge_groups == 16 ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 16>, p)
+                                                   : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 4>, p);
+  return merged;
 }
 
 }  // namespace

@@ -86,11 +86,11 @@ TILE_WAIT = "    cp_async_wait<1>();\n    __syncthreads();\n    const T* ks = kv
 TILE_WAIT_TRACED = ("    cp_async_wait<1>();\n    __syncthreads();\n"
                     "    if (threadIdx.x == 0 && (tile == 0 || tile == ntiles / 2)) s_trace_mark[tile != 0] = trace_now();\n"
                     "    const T* ks = kv_smem")
-MERGE_START = "  const int b = blockIdx.x, head = blockIdx.y;\n  const int x = threadIdx.x, g = threadIdx.y;\n"
+MERGE_START = "  merge_wait();  // the partials\n"  # a block's start: when its wait for the decode grid ends
 MERGE_START_TRACED = MERGE_START + ("  if (x == 0 && g == 0) atomicMin(&g_trace_n[1], trace_now());\n")
 MERGE_END = "  if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;\n}\n"
 MERGE_END_TRACED = MERGE_END[:-2] + "  if (x == 0) atomicMax(&g_trace_n[2], trace_now());\n}\n"
-LAUNCH_END = "  return cudaGetLastError();\n}\n\n}  // namespace\n"  # after the merge kernel's launch
+LAUNCH_END = "  return merged;\n}\n\n}  // namespace\n"  # after the merge kernel's launch
 DUMP = """  const char* trace_path = getenv("FC_TRACE");
   if (trace_path) {
     const unsigned long long init[3] = {0ull, ~0ull, 0ull};

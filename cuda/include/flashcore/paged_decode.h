@@ -74,6 +74,7 @@ struct PagedDecodeParams {
   bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
 
   int merge_groups;  // the merge kernel's lane groups a block: 16 (few requests) or 4 (many)
+  bool merge_pdl;    // launch the merge kernel as a programmatic dependent of the decode kernel
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log
   void* out;           // [B, Hq, D]
