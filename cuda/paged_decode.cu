@@ -501,7 +501,8 @@ template <typename T, int D>
 cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const bool table = p.tasks != nullptr;
-  if (table || p.num_work > 0) {
+  const bool decodes = table || p.num_work > 0;  // else every request is empty: only the merge runs
+  if (decodes) {
     const size_t smem = DecodeSmem<D>::bytes(p.max_rows, table);
     auto kernel = table ? paged_decode_table_kernel<T, D> : paged_decode_partial_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -521,7 +522,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
-  config.numAttrs = p.merge_pdl && (table || p.num_work > 0) ? 1 : 0;
+  config.numAttrs = p.merge_pdl && decodes ? 1 : 0;  // a dependent of the decode kernel launched above
   const cudaError_t merged = p.merge_groups == 16 ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 16>, p)
                                                    : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 4>, p);
   return merged;

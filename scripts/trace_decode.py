@@ -96,7 +96,7 @@ DUMP = """  const char* trace_path = getenv("FC_TRACE");
     const unsigned long long init[3] = {0ull, ~0ull, 0ull};
     cudaMemcpyToSymbolAsync(g_trace_n, init, sizeof(init), 0, cudaMemcpyHostToDevice, stream);
   }
-  if (table || p.num_work > 0) {
+  if (decodes) {
 """
 
 # (source text, its replacement): each source text must occur exactly once in paged_decode.cu
@@ -106,7 +106,7 @@ INSERTIONS = [
     (TILE_WAIT, TILE_WAIT_TRACED),
     (MERGE_START, MERGE_START_TRACED),
     (MERGE_END, MERGE_END_TRACED),
-    ("  if (table || p.num_work > 0) {\n", DUMP),
+    ("  if (decodes) {\n", DUMP),
     (LAUNCH_END, """  if (trace_path) {
     static unsigned long long host[kTraceRecords * 5 + 3];
     cudaStreamSynchronize(stream);
