@@ -193,7 +193,8 @@ bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
 void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices, const at::Tensor& seq_lens,
                        const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
                        int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
-                       int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts) {
+                       int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts,
+                       int64_t wave_max_chunk) {
   flashcore::TablePlanArgs a{};
   a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
   a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
@@ -210,6 +211,8 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
            " query heads per KV head, got ", group);
   FC_CHECK(fixed_chunk >= 0 && min_chunk >= 1 && max_auto_chunk >= min_chunk && target_items >= 0,
            "chunk policy: expected fixed_chunk >= 0 and 1 <= min_chunk <= max_auto_chunk");
+  FC_CHECK(wave_max_chunk >= 0 && wave_max_chunk < (1LL << 31), "wave_max_chunk: expected 0 (off) or a token count, got ",
+           wave_max_chunk);
   FC_CHECK(num_kv_heads >= 1 && grid_work >= 1 && split_parts >= 1 && split_parts <= flashcore::kDecodeSplitMaxParts,
            "tail split: expected num_kv_heads >= 1, grid_work >= 1 and split_parts in 1..",
            flashcore::kDecodeSplitMaxParts, ", got ", num_kv_heads, ", ", grid_work, ", ", split_parts);
@@ -233,6 +236,7 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
   a.resident_ctas = flashcore::kDecodeCtasPerSm * sms;
   a.grid_work = (int)std::min<int64_t>(grid_work, 1 << 30);
   a.split_parts = (int)split_parts;
+  a.wave_max_chunk = (int)wave_max_chunk;
   cudaError_t err = flashcore::table_plan_launch(a, buf, sms, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "decode planner launch");
 }

@@ -84,6 +84,72 @@ __device__ long long count_chunks(const TablePlanArgs& a, long long C, typename 
   return block_all_reduce(n, SumOp(), tmp, shared_out);
 }
 
+// Whether two non-empty requests start at the same KV slot: the radix cache's sign of a shared
+// prefix (a set of first slots in shared memory; the caller syncs before reusing it).
+constexpr int kFirstSlotSetSize = 2 * kWaveMaxBatch;  // a power of two
+__device__ bool any_shared_first_slot(const TablePlanArgs& a, unsigned* set, int* s_found) {
+  constexpr unsigned kEmpty = ~0u;
+  for (int i = threadIdx.x; i < kFirstSlotSetSize; i += kPlanThreads) set[i] = kEmpty;
+  if (threadIdx.x == 0) *s_found = 0;
+  __syncthreads();
+  for (int b = threadIdx.x; b < a.batch; b += kPlanThreads) {
+    const Request r = load_request(a, b);
+    if (r.len == 0) continue;
+    unsigned key = (unsigned)slot_at(a, r.row, 0);
+    if (key == kEmpty) key = kEmpty - 1;  // (a corrupt slot: at worst a missed chunk change)
+    for (unsigned h = (key * 2654435761u) >> 20;; h = (h + 1) & (kFirstSlotSetSize - 1)) {
+      const unsigned prev = atomicCAS(&set[h], kEmpty, key);
+      if (prev == kEmpty) break;
+      if (prev == key) {
+        *s_found = 1;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return *s_found != 0;
+}
+
+// The wave-filling chunk (TablePlanArgs::wave_max_chunk), or C0 where it does not apply; every
+// thread gets the same answer. A warp per candidate n, 32 candidates a pass, the first that
+// fills its last wave wins (candidates in increasing n, so the longest chunk).
+__device__ long long wave_filling_chunk(const TablePlanArgs& a, long long C0, long long longest, long long chunks0,
+                                        unsigned* set, int* s_found, long long* s_pick) {
+  const long long S = a.resident_ctas;
+  const long long per_chunk = (long long)a.num_kv_heads * ((a.group + a.rows_per_task - 1) / a.rows_per_task);
+  // (with 16 or more KV heads a wave is short, the tail split evens it out: the move measured 0-0.5% slower there)
+  if (a.wave_max_chunk <= 0 || a.batch > kWaveMaxBatch || longest <= 0 || S <= 0 || per_chunk <= 0 ||
+      (S + a.num_kv_heads - 1) / a.num_kv_heads <= kDecodeSplitMaxItems || chunks0 * per_chunk > kWaveMaxWaves * S)
+    return C0;
+  if (any_shared_first_slot(a, set, s_found)) return C0;  // shared chunks want the shorter C0
+  const long long lowest = max((long long)a.min_chunk, C0 / 2);
+  const long long n0 = (longest + a.wave_max_chunk - 1) / a.wave_max_chunk;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int first = 0; first < kWaveCandidates; first += kPlanThreads / 32) {
+    const long long n = n0 + first + warp;
+    const long long C = (longest + n - 1) / n;
+    long long pick = 0;
+    if (C >= lowest) {  // warp-uniform
+      long long chunks = 0;
+      for (int b = lane; b < a.batch; b += 32) chunks += (load_request(a, b).len + C - 1) / C;
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) chunks += __shfl_xor_sync(0xffffffff, chunks, off);
+      const long long X = chunks * per_chunk;
+      const long long k = (X + S - 1) / S;
+      if (kWaveFillDen * (X - (k - 1) * S) >= kWaveFillNum * S) pick = C;
+    }
+    if (lane == 0) s_pick[warp] = pick;
+    __syncthreads();
+    long long found = 0;
+    for (int w = 0; w < kPlanThreads / 32 && !found; ++w) found = s_pick[w];
+    __syncthreads();  // s_pick is rewritten by the next pass
+    if (found) return found;
+    const long long last = n0 + first + kPlanThreads / 32 - 1;
+    if ((longest + last - 1) / last < lowest) break;
+  }
+  return C0;
+}
+
 __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
   __shared__ union {
     typename IntScan::TempStorage scan;
@@ -91,6 +157,9 @@ __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePl
   } tmp;
   __shared__ long long s_total;
   __shared__ int s_carry;
+  __shared__ unsigned s_first_slots[kFirstSlotSetSize];
+  __shared__ int s_shared_prefix;
+  __shared__ long long s_pick[kPlanThreads / 32];
 
   long long tokens = 0, clamped = 0, longest = 0;
   for (int b = threadIdx.x; b < a.batch; b += kPlanThreads) {
@@ -103,12 +172,14 @@ __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePl
   clamped = block_all_reduce(clamped, SumOp(), tmp.reduce, &s_total);
   longest = block_all_reduce(longest, MaxOp(), tmp.reduce, &s_total);
 
-  // C: the largest power of two (within bounds) that still gives about target_items chunks,
-  // then doubled until the chunks fit the workspace (it always fits once C >= longest).
+  // C: the largest power of two (within bounds) that still gives about target_items chunks, moved
+  // to fill whole waves where that applies, then doubled until the chunks fit the workspace (it
+  // always fits once C >= longest).
   long long C = a.fixed_chunk;
   if (C <= 0) {
     C = a.max_auto_chunk;
     while (C > a.min_chunk && tokens < a.target_items * C) C >>= 1;
+    C = wave_filling_chunk(a, C, longest, count_chunks(a, C, tmp.reduce, &s_total), s_first_slots, &s_shared_prefix, s_pick);
   }
   long long chunks = count_chunks(a, C, tmp.reduce, &s_total);
   while (chunks > buf.max_chunks && C < longest) {

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
-from sglang_flashcore.decode_plan import SPLIT_PARTS, DecodePlanner  # noqa: E402
+from sglang_flashcore.decode_plan import ROWS_PER_TASK, SPLIT_PARTS, WAVE_MAX_CHUNK_TOKENS, DecodePlanner  # noqa: E402
 
 def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """A [slots, Hkv, D] pool: SGLang's token-major storage ("slots") or head-major storage
@@ -30,6 +30,18 @@ def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str)
     if layout == "head_major":
         return torch.randn(hkv, num_slots, d, device="cuda", dtype=dtype).permute(1, 0, 2)
     return torch.randn(num_slots, hkv, d, device="cuda", dtype=dtype)
+
+
+def wave_chunk(lengths, num_kv_heads: int, tasks_per_chunk: int, slots: int, waves: int) -> int:
+    """The smallest chunk whose (chunk, KV head) tasks fit ``waves`` waves of ``slots`` CTAs
+    (``--chunks wK``): how the wave-filling chunks of the sweeps are named."""
+    def ctas(chunk):
+        return sum(-(-n // chunk) for n in lengths) * num_kv_heads * tasks_per_chunk
+    lo, hi = 1, max(lengths)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ctas(mid) <= waves * slots else (mid + 1, hi)
+    return lo
 
 
 CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
@@ -57,7 +69,9 @@ def no_sharing_batch(batch: int, hkv: int, ctx: int, repeats: int, pool: str = "
 def main():
     parser = base_parser(__doc__, repeats=20)
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
-    parser.add_argument("--chunks", default="auto,512,1024", help="chunk tokens (auto: the planner's choice)")
+    parser.add_argument("--chunks", default="auto,512,1024",
+                        help="chunk tokens (auto: the planner's choice; pow2: the same without the wave-filling "
+                             "move; wK: the smallest chunk that fits K waves)")
     parser.add_argument("--split", default=str(SPLIT_PARTS),
                         help="the tail split's parts per item, comma-separated (1: off; '4,1' times both)")
     parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
@@ -76,16 +90,23 @@ def main():
                                                              shuffled=args.pages == "shuffled")
         hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
         planner = DecodePlanner(batch, hq, d, q.device)
+        timed = set()  # wK specs may name the same chunk twice
         for chunk, split, mult in itertools.product(args.chunks.split(","), map(int, args.split.split(",")),
                                                     map(int, args.multipliers.split(","))):
             # the plan depends on grid_work and the split (the split only cuts while every task
             # gets a CTA of its own), so each point is planned with its own
             planner.grid_work, planner.split_parts = mult * sms, split
-            planner.plan(r2t, idx, seq, hkv, hq // hkv, None if chunk == "auto" else int(chunk))
+            planner.wave_max_chunk = 0 if chunk == "pow2" else WAVE_MAX_CHUNK_TOKENS
+            fixed = None if chunk in ("auto", "pow2") else int(chunk) if not chunk.startswith("w") else wave_chunk(
+                [ctx] * batch, hkv, -(-(hq // hkv) // ROWS_PER_TASK), mult * sms, int(chunk[1:]))
+            planner.plan(r2t, idx, seq, hkv, hq // hkv, fixed)
             meta = planner.meta()
+            if (meta["chunk_tokens"], split, mult) in timed:
+                continue
+            timed.add((meta["chunk_tokens"], split, mult))
             run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
             ms = time_ms(run, repeats=args.repeats)
-            row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, chunk=meta["chunk_tokens"],
+            row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, spec=chunk, chunk=meta["chunk_tokens"],
                        split=split, tasks=meta["tasks"], grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms,
                        vs_cudnn=cudnn_ms / ms)
             for variant in args.variant:

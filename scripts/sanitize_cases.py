@@ -34,6 +34,8 @@ def decode_cases():
     yield "none", 16, (32, 16), 128, torch.bfloat16, [3000, 3000, 1000, 17], 128
     # 64 query heads per KV head: each reader's rows span two 32-row tasks
     yield "prefix", 16, (64, 1), 64, torch.float16, [100, 50, 33], 16
+    # the automatic chunk, moved to fill a wave of 8-KV-head tasks (not a multiple of a tile)
+    yield "none", 16, (32, 8), 128, torch.bfloat16, [3000, 2500, 0, 4000], None
 
 
 def dense_cases():

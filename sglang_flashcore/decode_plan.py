@@ -35,6 +35,7 @@ __all__ = [
     "plan_table_reference",
     "execute_plan_ref",
     "choose_chunk_tokens",
+    "wave_filling_chunk",
 ]
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
@@ -54,6 +55,16 @@ SPLIT_PARTS = 4  # kDecodeSplitMaxParts
 SPLIT_MAX_ITEMS = 32  # kDecodeSplitMaxItems: also the largest wave (in tasks) that is cut
 TILE_TOKENS = 64  # kDecodeTileTokens: the split cuts between 64-token tiles
 CTAS_PER_SM = 3  # kDecodeCtasPerSm
+# The wave-filling chunk (cuda/include/flashcore/decode_plan.h, TablePlanArgs::wave_max_chunk):
+# without sharing, the automatic chunk becomes the longest of at most WAVE_MAX_CHUNK_TOKENS whose
+# tasks fill the last wave of resident CTAs at least WAVE_FILL full (12 or fewer KV heads: with more, the
+# tail split evens the last wave out). With 8 KV heads on the H200 it read up to 10% more of cuDNN's
+# speed than the power-of-two chunk (benchmarks/results/h200/decode_waves_s17).
+WAVE_MAX_CHUNK_TOKENS = 4608
+WAVE_MAX_BATCH = 2048  # kWaveMaxBatch
+WAVE_MAX_WAVES = 12  # kWaveMaxWaves
+WAVE_FILL = (17, 20)  # kWaveFillNum / kWaveFillDen
+WAVE_CANDIDATES = 256  # kWaveCandidates
 
 
 def target_chunks(num_kv_heads: int, device: torch.device) -> int:
@@ -62,17 +73,58 @@ def target_chunks(num_kv_heads: int, device: torch.device) -> int:
     return -(-target_work_items(device) // (TABLE_WAVES_DIVISOR * max(num_kv_heads, 1)))
 
 
+def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk: int, num_kv_heads: int,
+                       tasks_per_chunk: int, slots: int, max_chunk: int = WAVE_MAX_CHUNK_TOKENS,
+                       min_chunk: int = MIN_CHUNK_TOKENS) -> int:
+    """The planner's wave-filling move of the automatic ``chunk`` (in Python): unless two
+    non-empty requests share a first slot, the tail split evens out the last wave instead (a wave
+    of at most ``SPLIT_MAX_ITEMS`` tasks: 16 or more KV heads on 132 SMs), or the batch holds more
+    than ``WAVE_MAX_WAVES`` waves of ``slots`` (chunk, KV head) tasks at ``chunk``, the first
+    ``ceil(longest / n)``, n = 1, 2, ...,
+    of at most ``max_chunk`` tokens and at least ``max(min_chunk, chunk // 2)`` whose tasks fill
+    the last wave at least ``WAVE_FILL`` full; else ``chunk``."""
+    longest = max(lengths, default=0)
+    per_chunk = num_kv_heads * tasks_per_chunk
+
+    def tasks(c: int) -> int:
+        return per_chunk * sum(-(-n // c) for n in lengths)
+
+    if (max_chunk <= 0 or len(lengths) > WAVE_MAX_BATCH or longest <= 0 or slots <= 0 or per_chunk <= 0
+            or -(-slots // num_kv_heads) <= SPLIT_MAX_ITEMS or tasks(chunk) > WAVE_MAX_WAVES * slots):
+        return chunk
+    firsts = [s for s, n in zip(first_slots, lengths) if n > 0]
+    if len(set(firsts)) < len(firsts):
+        return chunk
+    lowest = max(min_chunk, chunk // 2)
+    n0 = -(-longest // max_chunk)
+    for n in range(n0, n0 + WAVE_CANDIDATES):
+        c = -(-longest // n)
+        if c < lowest:
+            break
+        x = tasks(c)
+        waves = -(-x // slots)
+        if WAVE_FILL[1] * (x - (waves - 1) * slots) >= WAVE_FILL[0] * slots:
+            return c
+    return chunk
+
+
 def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0, target: int = 0,
-                        min_chunk: int = MIN_CHUNK_TOKENS, max_auto: int = MAX_AUTO_CHUNK_TOKENS) -> int:
+                        min_chunk: int = MIN_CHUNK_TOKENS, max_auto: int = MAX_AUTO_CHUNK_TOKENS,
+                        first_slots: Optional[Sequence[int]] = None, num_kv_heads: int = 0,
+                        tasks_per_chunk: int = 1, slots: int = 0, wave_max_chunk: int = WAVE_MAX_CHUNK_TOKENS) -> int:
     """The planner's chunk size C (what the device computes, in Python): ``fixed`` if given, else
     the largest power of two in [min_chunk, max_auto] that still gives ``target`` chunks of the
-    requested tokens; then doubled until the chunks fit ``max_chunks``."""
+    requested tokens, moved by ``wave_filling_chunk`` when ``first_slots`` (each request's first
+    KV slot) is given; then doubled until the chunks fit ``max_chunks``."""
     tokens, longest = sum(lengths), max(lengths, default=0)
     chunk = fixed
     if chunk <= 0:
         chunk = max_auto
         while chunk > min_chunk and tokens < target * chunk:
             chunk //= 2
+        if first_slots is not None:
+            chunk = wave_filling_chunk(lengths, first_slots, chunk, num_kv_heads, tasks_per_chunk, slots,
+                                       wave_max_chunk, min_chunk)
     while sum(-(-n // chunk) for n in lengths) > max_chunks and chunk < longest:
         chunk *= 2
     return chunk
@@ -228,6 +280,7 @@ class DecodePlanner:
         self.partial_lse = torch.empty(partials * num_q_heads, dtype=torch.float32, device=self.device)
         self.grid_work = CTAS_PER_SM * _num_sms(self.device)  # three CTAs per SM loop over the tasks
         self.split_parts = SPLIT_PARTS  # the tail split's parts per item (1: no split)
+        self.wave_max_chunk = WAVE_MAX_CHUNK_TOKENS  # the wave-filling chunk's bound (0: off)
         self._batch: Optional[int] = None
         self._group = 0
         self._req_to_token: Optional[torch.Tensor] = None
@@ -257,6 +310,7 @@ class DecodePlanner:
             req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
             int(group), int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
             target_chunks(num_kv_heads, self.device), int(num_kv_heads), int(self.grid_work), int(self.split_parts),
+            int(self.wave_max_chunk),
         )
         self._batch, self._group, self._req_to_token = seq_lens.shape[0], int(group), req_to_token
 

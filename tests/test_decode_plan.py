@@ -9,8 +9,9 @@ import torch
 
 import sglang_flashcore as fc
 from cases import PATTERNS, make_page_table, random_qkv
-from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_MAX_ITEMS, choose_chunk_tokens, execute_plan_ref,
-                                          plan_table_reference, split_items)
+from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_MAX_ITEMS, WAVE_FILL, WAVE_MAX_CHUNK_TOKENS,
+                                          choose_chunk_tokens, execute_plan_ref, plan_table_reference, split_items,
+                                          wave_filling_chunk)
 from sglang_flashcore.reference import paged_decode_ref
 
 
@@ -94,6 +95,60 @@ def test_chunk_policy():
     # a workspace of 10 partials: chunks grow until 8 x 5000 tokens fit in 10 chunks, or C covers a request
     assert choose_chunk_tokens([5000] * 8, max_chunks=10, fixed=64) == 8192
     assert choose_chunk_tokens([], max_chunks=1, target=100) == 64
+
+
+def _distinct_firsts(lengths, stride=1 << 20):
+    return [b * stride for b in range(len(lengths))]
+
+
+def test_wave_filling_chunk_fills_the_last_wave():
+    # 16 x 32K with 8 KV heads on 396 CTAs: 2048-token chunks make 2048 tasks, 5.17 waves; 3641
+    # tokens (9 chunks a request) make 1152, the last of three waves 91% full
+    lengths = [32768] * 16
+    assert wave_filling_chunk(lengths, _distinct_firsts(lengths), 2048, 8, 1, 396) == 3641
+    # 32 x 8K: 3 chunks of 2731 -> 768 tasks (two waves, the second 94% full)
+    assert wave_filling_chunk([8192] * 32, _distinct_firsts([0] * 32), 2048, 8, 1, 396) == 2731
+    # 64 x 4K: one or two chunks a request leave a last wave 29% / 59% full; three fill it (88%)
+    assert wave_filling_chunk([4096] * 64, _distinct_firsts([0] * 64), 2048, 8, 1, 396) == 1366
+    # a group of 64 rows: two tasks a chunk, as if twice the KV heads
+    assert wave_filling_chunk(lengths, _distinct_firsts(lengths), 2048, 4, 2, 396) == 3641
+
+
+def test_wave_filling_chunk_keeps_the_power_of_two_where_it_should():
+    lengths = [32768] * 16
+    firsts = _distinct_firsts(lengths)
+    shared = [0] * 16  # a common prefix: every request starts at slot 0
+    assert wave_filling_chunk(lengths, shared, 2048, 8, 1, 396) == 2048
+    # an empty request's first slot does not count as shared
+    assert wave_filling_chunk(lengths + [0], firsts + [0], 2048, 8, 1, 396) == 3641
+    assert wave_filling_chunk(lengths, firsts, 2048, 16, 1, 396) == 2048  # a wave of 25 tasks: the tail split's
+    assert wave_filling_chunk([32768] * 64, _distinct_firsts([0] * 64), 2048, 8, 1, 396) == 2048  # 20.7 waves
+    assert wave_filling_chunk([2048] * 128, _distinct_firsts([0] * 128), 2048, 8, 1, 396) == 2048  # no fill found
+    assert wave_filling_chunk(lengths, firsts, 2048, 8, 1, 396, max_chunk=0) == 2048  # switched off
+    assert wave_filling_chunk([], [], 64, 8, 1, 396) == 64
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_wave_filling_chunk_bounds(seed):
+    rng = random.Random(seed)
+    lengths = [rng.choice([0, 1, rng.randint(1, 5000), rng.randint(1, 140000)]) for _ in range(rng.randint(1, 40))]
+    hkv, chunk = rng.choice([1, 2, 8, 16]), rng.choice([256, 1024, 2048])
+    got = wave_filling_chunk(lengths, _distinct_firsts(lengths), chunk, hkv, 1, 396)
+    if got != chunk:
+        tasks = hkv * sum(-(-n // got) for n in lengths)
+        waves = -(-tasks // 396)
+        assert max(64, chunk // 2) <= got <= WAVE_MAX_CHUNK_TOKENS
+        assert WAVE_FILL[1] * (tasks - (waves - 1) * 396) >= WAVE_FILL[0] * 396
+        assert got == -(-max(lengths) // -(-max(lengths) // got))  # ceil(longest / n) for some n
+
+
+def test_chunk_policy_applies_the_wave_move_only_when_asked():
+    lengths = [32768] * 16
+    kw = dict(max_chunks=10**6, target=66)
+    assert choose_chunk_tokens(lengths, **kw) == 2048
+    assert choose_chunk_tokens(lengths, **kw, first_slots=_distinct_firsts(lengths), num_kv_heads=8, slots=396) == 3641
+    assert choose_chunk_tokens(lengths, **kw, first_slots=_distinct_firsts(lengths), num_kv_heads=8, slots=396,
+                               fixed=512) == 512
 
 
 def test_paged_decode_table_on_cpu_runs_the_reference():

@@ -121,13 +121,33 @@ def test_deterministic_with_many_readers_per_chunk():
     _check(a, la, q, k, v, pt, 16, torch.bfloat16)
 
 
-def test_automatic_chunk_matches_the_python_policy():
-    for lengths in ([131072], [100] * 4, [4096] * 64, [1] * 3):
-        pt, q, k, v = _inputs("none", 128 if lengths[0] > 4096 else 16, 32, 8, 128, torch.float16, lengths, seed=3)
-        planner = _planned(pt, q, k, None)
-        meta = planner.meta()
-        assert meta["chunk_tokens"] == choose_chunk_tokens(lengths, planner.max_chunks, target=target_chunks(8, q.device))
-    assert meta["tasks"] >= 1
+@pytest.mark.parametrize("pattern,lengths", [
+    ("none", [131072]), ("none", [100] * 4), ("none", [4096] * 64), ("none", [1] * 3),
+    ("none", [8192] * 32),                          # the wave-filling move: 2731-token chunks
+    ("none", [9000, 8192, 0, 7000, 12000] * 6),     # ragged, with empty requests
+    ("prefix", [8192] * 32), ("identical", [5000] * 4),  # shared first slots: the power of two
+])
+def test_automatic_chunk_matches_the_python_policy(pattern, lengths):
+    pt, q, k, v = _inputs(pattern, 128 if max(lengths) > 4096 else 16, 32, 8, 128, torch.float16, lengths, seed=3)
+    planner = _planned(pt, q, k, None)
+    meta = planner.meta()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    firsts = pt.req_to_token[pt.req_pool_indices.long(), 0].tolist()
+    want = choose_chunk_tokens(lengths, planner.max_chunks, target=target_chunks(8, q.device), first_slots=firsts,
+                               num_kv_heads=8, tasks_per_chunk=1, slots=CTAS_PER_SM * sms)
+    assert meta["chunk_tokens"] == want and meta["tasks"] >= 1
+    if lengths == [8192] * 32 and pattern == "none" and sms == 132:
+        assert want == 2731
+    out, lse = planner.run(q, k, v, 0.1, 128 if max(lengths) > 4096 else 16)
+    _check(out, lse, q, k, v, pt, 128 if max(lengths) > 4096 else 16, torch.float16)
+    if pattern == "none" and max(lengths) > 100:
+        planner.wave_max_chunk = 0
+        planner.plan(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), 8, 4, None)
+        assert planner.meta()["chunk_tokens"] == choose_chunk_tokens(lengths, planner.max_chunks,
+                                                                     target=target_chunks(8, q.device))
+
+
+def test_automatic_chunk_on_one_long_request():
     # one request of 128K tokens is split into enough work for every SM
     pt, q, k, v = _inputs("none", 128, 32, 8, 128, torch.float16, [131072], seed=4)
     planner = _planned(pt, q, k, None)

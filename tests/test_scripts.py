@@ -13,7 +13,9 @@ sys.path.insert(0, SCRIPTS)
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
+from bench_decode_grid import wave_chunk  # noqa: E402
 from bench_util import print_table  # noqa: E402
+from trace_per_sm import per_sm_task_us, summarize  # noqa: E402
 
 
 def test_shared_page_table_shares_exactly_the_prefix_pages():
@@ -393,3 +395,19 @@ def test_compile_check_flags_kernels_whose_wgmmas_ptxas_serialized():
     assert list(functions) == ["good_kernel", "bad_kernel", "no_wgmma"]
     assert len(functions["bad_kernel"]) == len(serialized)
     assert compile_cuda.serialized_wgmma_kernels(sass) == ["bad_kernel"]
+
+
+def test_wave_chunk_is_the_smallest_that_fits_the_waves():
+    # 16 x 32K, 8 KV heads, 396 CTAs: K waves hold 396 K tasks = 49.5 K chunks a head
+    assert wave_chunk([32768] * 16, 8, 1, 396, 1) == 10923  # 3 chunks a request: 384 tasks
+    assert wave_chunk([32768] * 16, 8, 1, 396, 3) == 3641   # 9: 1152 <= 1188
+    assert wave_chunk([100] * 2, 8, 2, 396, 1) == 9         # 12 chunks x 2 requests x 16 = 384; 8 tokens: 416
+
+
+def test_per_sm_summary_groups_tasks_by_sm():
+    result = {"B": 1, "Hkv": 8, "chunk": 64,
+              "raw_marks": [[0, 1, 2, 10_000], [0, 1, 2, 20_000], [5, 6, 7, 30_005]],
+              "raw_sm": [[0, 3], [0, 3], [5, 7]]}
+    assert per_sm_task_us(result) == {3: [10.0, 20.0], 7: [30.0]}
+    lines = summarize(result)
+    assert lines[0] == "B1 Hkv8 chunk 64: 3 tasks on 2 SMs" and "3:15 7:30" in lines[-1]

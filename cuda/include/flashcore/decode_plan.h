@@ -85,7 +85,22 @@ struct TablePlanArgs {
   // the last wave).
   int num_kv_heads, resident_ctas, grid_work;
   int split_parts;  // 1: no split; at most kDecodeSplitMaxParts
+  // Wave-filling chunk (automatic choice only; 0: off). Without sharing (no two requests with one
+  // first slot) and where the tail split never cuts (a wave of more than kDecodeSplitMaxItems
+  // tasks: 12 or fewer KV heads), a batch of at most kWaveMaxWaves waves of (chunk, KV head) tasks takes the
+  // longest chunk of at most wave_max_chunk tokens, ceil(longest / n) for n = 1, 2, ..., whose
+  // tasks leave the last wave of resident_ctas at least kWaveFillNum / kWaveFillDen full, and
+  // no shorter than half the power-of-two choice. Why: a last wave on a part of the GPU costs up
+  // to 10% with 8 KV heads, and a task's start-up argues against simply shorter chunks
+  // (benchmarks/results/h200/decode_waves_s17).
+  int wave_max_chunk;
 };
+
+// Limits of the wave-filling chunk (decode_plan.py mirrors them).
+constexpr int kWaveMaxBatch = 2048;    // requests the no-sharing check holds (a shared-memory set)
+constexpr int kWaveMaxWaves = 12;      // batches with more waves at the power-of-two chunk keep it
+constexpr int kWaveFillNum = 17, kWaveFillDen = 20;  // the last wave at least 85% full
+constexpr int kWaveCandidates = 256;   // chunk counts n tried
 
 cudaError_t table_plan_launch(const TablePlanArgs& a, const TablePlanBuffers& buf, int num_sms,
                               cudaStream_t stream);
