@@ -86,7 +86,9 @@ __device__ long long count_chunks(const TablePlanArgs& a, long long C, typename 
 
 // Whether two non-empty requests start at the same KV slot: the radix cache's sign of a shared
 // prefix (a set of first slots in shared memory; the caller syncs before reusing it).
-constexpr int kFirstSlotSetSize = 2 * kWaveMaxBatch;  // a power of two
+constexpr int kFirstSlotSetSize = 2 * kWaveMaxBatch;
+constexpr int kFirstSlotHashShift = 20;  // a 32-bit multiplicative hash's top 12 bits index the set
+static_assert(kFirstSlotSetSize == 1 << (32 - kFirstSlotHashShift), "the set's size is the hash's range");
 __device__ bool any_shared_first_slot(const TablePlanArgs& a, unsigned* set, int* s_found) {
   constexpr unsigned kEmpty = ~0u;
   for (int i = threadIdx.x; i < kFirstSlotSetSize; i += kPlanThreads) set[i] = kEmpty;
@@ -97,7 +99,7 @@ __device__ bool any_shared_first_slot(const TablePlanArgs& a, unsigned* set, int
     if (r.len == 0) continue;
     unsigned key = (unsigned)slot_at(a, r.row, 0);
     if (key == kEmpty) key = kEmpty - 1;  // (a corrupt slot: at worst a missed chunk change)
-    for (unsigned h = (key * 2654435761u) >> 20;; h = (h + 1) & (kFirstSlotSetSize - 1)) {
+    for (unsigned h = (key * 2654435761u) >> kFirstSlotHashShift;; h = (h + 1) & (kFirstSlotSetSize - 1)) {
       const unsigned prev = atomicCAS(&set[h], kEmpty, key);
       if (prev == kEmpty) break;
       if (prev == key) {
