@@ -181,9 +181,15 @@ __global__ void __launch_bounds__(kPlanThreads) plan_chunks_kernel(const TablePl
   if (C <= 0) {
     C = a.max_auto_chunk;
     while (C > a.min_chunk && tokens < a.target_items * C) C >>= 1;
-    C = wave_filling_chunk(a, C, longest, count_chunks(a, C, tmp.reduce, &s_total), s_first_slots, &s_shared_prefix, s_pick);
   }
   long long chunks = count_chunks(a, C, tmp.reduce, &s_total);
+  if (a.fixed_chunk <= 0) {
+    const long long moved = wave_filling_chunk(a, C, longest, chunks, s_first_slots, &s_shared_prefix, s_pick);
+    if (moved != C) {  // (block-uniform)
+      C = moved;
+      chunks = count_chunks(a, C, tmp.reduce, &s_total);
+    }
+  }
   while (chunks > buf.max_chunks && C < longest) {
     C <<= 1;
     chunks = count_chunks(a, C, tmp.reduce, &s_total);

@@ -76,13 +76,14 @@ def target_chunks(num_kv_heads: int, device: torch.device) -> int:
 def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk: int, num_kv_heads: int,
                        tasks_per_chunk: int, slots: int, max_chunk: int = WAVE_MAX_CHUNK_TOKENS,
                        min_chunk: int = MIN_CHUNK_TOKENS) -> int:
-    """The planner's wave-filling move of the automatic ``chunk`` (in Python): unless two
-    non-empty requests share a first slot, the tail split evens out the last wave instead (a wave
-    of at most ``SPLIT_MAX_ITEMS`` tasks: 16 or more KV heads on 132 SMs), or the batch holds more
-    than ``WAVE_MAX_WAVES`` waves of ``slots`` (chunk, KV head) tasks at ``chunk``, the first
-    ``ceil(longest / n)``, n = 1, 2, ...,
-    of at most ``max_chunk`` tokens and at least ``max(min_chunk, chunk // 2)`` whose tasks fill
-    the last wave at least ``WAVE_FILL`` full; else ``chunk``."""
+    """The planner's wave-filling move of the automatic ``chunk`` (in Python).
+
+    It returns ``chunk`` when two non-empty requests share a first slot, when the tail split evens
+    out the last wave instead (a wave of at most ``SPLIT_MAX_ITEMS`` tasks: 16 or more KV heads on
+    132 SMs), or when the batch holds more than ``WAVE_MAX_WAVES`` waves of ``slots`` (chunk, KV
+    head) tasks at ``chunk``. Otherwise: the first ``ceil(longest / n)``, n = 1, 2, ..., of at most
+    ``max_chunk`` and at least ``max(min_chunk, chunk // 2)`` tokens whose tasks fill the last wave
+    at least ``WAVE_FILL`` full (``chunk`` if none does)."""
     longest = max(lengths, default=0)
     per_chunk = num_kv_heads * tasks_per_chunk
 
