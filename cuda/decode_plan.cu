@@ -112,6 +112,11 @@ __device__ bool any_shared_first_slot(const TablePlanArgs& a, unsigned* set, int
   return *s_found != 0;
 }
 
+// Tasks of one KV head that run at once (a wave): the resident CTAs over the KV heads (> 0).
+__device__ __forceinline__ long long wave_tasks(const TablePlanArgs& a) {
+  return (a.resident_ctas + a.num_kv_heads - 1) / a.num_kv_heads;
+}
+
 // The wave-filling chunk (TablePlanArgs::wave_max_chunk), or C0 where it does not apply; every
 // thread gets the same answer. A warp per candidate n, 32 candidates a pass, the first that
 // fills its last wave wins (candidates in increasing n, so the longest chunk).
@@ -121,7 +126,7 @@ __device__ long long wave_filling_chunk(const TablePlanArgs& a, long long C0, lo
   const long long per_chunk = (long long)a.num_kv_heads * ((a.group + a.rows_per_task - 1) / a.rows_per_task);
   // (with 16 or more KV heads a wave is short, the tail split evens it out: the move measured 0-0.5% slower there)
   if (a.wave_max_chunk <= 0 || a.batch > kWaveMaxBatch || longest <= 0 || S <= 0 || per_chunk <= 0 ||
-      (S + a.num_kv_heads - 1) / a.num_kv_heads <= kDecodeSplitMaxItems || chunks0 * per_chunk > kWaveMaxWaves * S)
+      wave_tasks(a) <= kDecodeSplitMaxItems || chunks0 * per_chunk > kWaveMaxWaves * S)
     return C0;
   if (any_shared_first_slot(a, set, s_found)) return C0;  // shared chunks want the shorter C0
   const long long lowest = max((long long)a.min_chunk, C0 / 2);
@@ -337,7 +342,7 @@ __device__ __forceinline__ ChunkWork chunk_work(const TablePlanArgs& a, const Ta
 // planner skips the pass that counts the batch's tasks).
 __device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int parts) {
   if (parts <= 1 || a.num_kv_heads <= 0) return 0;
-  const long long wave = (a.resident_ctas + a.num_kv_heads - 1) / a.num_kv_heads;
+  const long long wave = wave_tasks(a);
   return wave <= kDecodeSplitMaxItems ? wave : 0;
 }
 

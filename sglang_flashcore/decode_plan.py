@@ -73,6 +73,11 @@ def target_chunks(num_kv_heads: int, device: torch.device) -> int:
     return -(-target_work_items(device) // (TABLE_WAVES_DIVISOR * max(num_kv_heads, 1)))
 
 
+def wave_tasks(resident_ctas: int, num_kv_heads: int) -> int:
+    """Tasks of one KV head that run at once (a wave): the resident CTAs over the KV heads."""
+    return -(-resident_ctas // num_kv_heads)
+
+
 def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk: int, num_kv_heads: int,
                        tasks_per_chunk: int, slots: int, max_chunk: int = WAVE_MAX_CHUNK_TOKENS,
                        min_chunk: int = MIN_CHUNK_TOKENS) -> int:
@@ -91,7 +96,7 @@ def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk
         return per_chunk * sum(-(-n // c) for n in lengths)
 
     if (max_chunk <= 0 or len(lengths) > WAVE_MAX_BATCH or longest <= 0 or slots <= 0 or per_chunk <= 0
-            or -(-slots // num_kv_heads) <= SPLIT_MAX_ITEMS or tasks(chunk) > WAVE_MAX_WAVES * slots):
+            or wave_tasks(slots, num_kv_heads) <= SPLIT_MAX_ITEMS or tasks(chunk) > WAVE_MAX_WAVES * slots):
         return chunk
     firsts = [s for s, n in zip(first_slots, lengths) if n > 0]
     if len(set(firsts)) < len(firsts):
@@ -179,7 +184,7 @@ def split_items(tasks: int, splittable: int, num_kv_heads: int, resident_ctas: i
     one of the ``grid_work`` CTAs a KV head."""
     if parts <= 1 or num_kv_heads <= 0:
         return 0
-    wave = -(-resident_ctas // num_kv_heads)
+    wave = wave_tasks(resident_ctas, num_kv_heads)
     if wave > SPLIT_MAX_ITEMS or tasks <= wave or grid_work <= tasks:
         return 0
     return min(splittable, wave, (grid_work - tasks) // (parts - 1))
