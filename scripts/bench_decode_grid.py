@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
-from sglang_flashcore.decode_plan import ROWS_PER_TASK, SPLIT_PARTS, WAVE_MAX_CHUNK_TOKENS, DecodePlanner  # noqa: E402
+from sglang_flashcore.decode_plan import (ROWS_PER_TASK, SPLIT_PARTS, WAVE_MAX_CHUNK_TOKENS, DecodePlanner,  # noqa: E402
+                                          chunk_tasks)
 
 def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """A [slots, Hkv, D] pool: SGLang's token-major storage ("slots") or head-major storage
@@ -35,12 +36,11 @@ def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str)
 def wave_chunk(lengths, num_kv_heads: int, tasks_per_chunk: int, slots: int, waves: int) -> int:
     """The smallest chunk whose (chunk, KV head) tasks fit ``waves`` waves of ``slots`` CTAs
     (``--chunks wK``): how the wave-filling chunks of the sweeps are named."""
-    def ctas(chunk):
-        return sum(-(-n // chunk) for n in lengths) * num_kv_heads * tasks_per_chunk
     lo, hi = 1, max(lengths)
     while lo < hi:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ctas(mid) <= waves * slots else (mid + 1, hi)
+        fits = chunk_tasks(lengths, mid, num_kv_heads * tasks_per_chunk) <= waves * slots
+        lo, hi = (lo, mid) if fits else (mid + 1, hi)
     return lo
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "execute_plan_ref",
     "choose_chunk_tokens",
     "wave_filling_chunk",
+    "chunk_tasks",
 ]
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
@@ -78,6 +79,12 @@ def wave_tasks(resident_ctas: int, num_kv_heads: int) -> int:
     return -(-resident_ctas // num_kv_heads)
 
 
+def chunk_tasks(lengths: Sequence[int], chunk: int, tasks_per_chunk: int = 1) -> int:
+    """(chunk, KV head) tasks of a batch cut into ``chunk``-token chunks: its chunks times
+    ``tasks_per_chunk`` (with the default 1, the chunk count)."""
+    return tasks_per_chunk * sum(-(-n // chunk) for n in lengths)
+
+
 def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk: int, num_kv_heads: int,
                        tasks_per_chunk: int, slots: int, max_chunk: int = WAVE_MAX_CHUNK_TOKENS,
                        min_chunk: int = MIN_CHUNK_TOKENS) -> int:
@@ -93,7 +100,7 @@ def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk
     per_chunk = num_kv_heads * tasks_per_chunk
 
     def tasks(c: int) -> int:
-        return per_chunk * sum(-(-n // c) for n in lengths)
+        return chunk_tasks(lengths, c, per_chunk)
 
     if (max_chunk <= 0 or len(lengths) > WAVE_MAX_BATCH or longest <= 0 or slots <= 0 or per_chunk <= 0
             or wave_tasks(slots, num_kv_heads) <= SPLIT_MAX_ITEMS or tasks(chunk) > WAVE_MAX_WAVES * slots):
@@ -131,7 +138,7 @@ def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0,
         if first_slots is not None:
             chunk = wave_filling_chunk(lengths, first_slots, chunk, num_kv_heads, tasks_per_chunk, slots,
                                        wave_max_chunk, min_chunk)
-    while sum(-(-n // chunk) for n in lengths) > max_chunks and chunk < longest:
+    while chunk_tasks(lengths, chunk) > max_chunks and chunk < longest:
         chunk *= 2
     return chunk
 
