@@ -258,6 +258,9 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   // The merge kernel's blocks wait in the decode tail's free SM slots (programmatic dependent
   // launch) rather than being launched after it. FLASHCORE_DECODE_PDL=0: a plain launch, for A/B runs.
   p.merge_pdl = !env_equals("FLASHCORE_DECODE_PDL", "0");
+  // Tasks of at most 8 query rows multiply token-major (paged_decode.cu, attend_tile_narrow).
+  // FLASHCORE_DECODE_MMA=rows keeps them on the 16-row path, for A/B measurements.
+  p.narrow_rows = env_equals("FLASHCORE_DECODE_MMA", "rows") ? 0 : flashcore::kDecodeNarrowRows;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);

@@ -126,7 +126,7 @@ __device__ long long wave_filling_chunk(const TablePlanArgs& a, long long C0, lo
   const long long per_chunk = (long long)a.num_kv_heads * ((a.group + a.rows_per_task - 1) / a.rows_per_task);
   // (with 16 or more KV heads a wave is short, the tail split evens it out: the move measured 0-0.5% slower there)
   if (a.wave_max_chunk <= 0 || a.batch > kWaveMaxBatch || longest <= 0 || S <= 0 || per_chunk <= 0 ||
-      wave_tasks(a) <= kDecodeSplitMaxItems || chunks0 * per_chunk > kWaveMaxWaves * S)
+      wave_tasks(a) <= kDecodeSplitEvenWave || chunks0 * per_chunk > kWaveMaxWaves * S)
     return C0;
   if (any_shared_first_slot(a, set, s_found)) return C0;  // shared chunks want the shorter C0
   const long long lowest = max((long long)a.min_chunk, C0 / 2);
@@ -342,19 +342,28 @@ __device__ __forceinline__ ChunkWork chunk_work(const TablePlanArgs& a, const Ta
 // planner skips the pass that counts the batch's tasks).
 __device__ __forceinline__ long long split_wave(const TablePlanArgs& a, int parts) {
   if (parts <= 1 || a.num_kv_heads <= 0) return 0;
-  const long long wave = wave_tasks(a);
-  return wave <= kDecodeSplitMaxItems ? wave : 0;
+  return wave_tasks(a);
 }
 
-// How many one-reader items the tail split cuts (see TablePlanArgs): a wave of tasks, when there
-// is more than one wave and every task still gets a CTA of its own. Each part pays a task's
-// start-up (about 5 us of dependent loads before its first K/V tile lands, H200 trace): with 16 or
-// more KV heads a wave is at most 25 tasks and the split read 0.5-1.8% faster; with 8 (a wave of
-// 50, a quarter of a 32 x 8K batch) it read -2% to +4% depending on the machine, so it is not cut.
+// A guided split (a wave longer than kDecodeSplitEvenWave) keeps an item's first three quarters
+// as one task in place and makes its last quarter one more (kDecodeSplitGuidedParts).
+__device__ __forceinline__ bool split_guided(long long wave) { return wave > kDecodeSplitEvenWave; }
+__device__ __forceinline__ int split_part_count(bool guided, int parts, int tiles) {
+  return guided ? min(parts, kDecodeSplitGuidedParts) : min(parts, tiles);
+}
+
+// How many one-reader items the tail split cuts (see TablePlanArgs): a wave of tasks (at most
+// kDecodeSplitMaxItems), when there is more than one wave and every task still gets a CTA of its
+// own. Each part pays a task's start-up (about 5 us of dependent loads before its first K/V tile
+// lands, H200 trace): with 16 or more KV heads a wave is at most 25 tasks and the even split read
+// 0.5-1.8% faster; with 8 (a wave of 50, a quarter of a 32 x 8K batch) the even split read -2% to
+// +4% depending on the machine, and the guided one +0.3% to +3.3% over the wave-filling chunks
+// (within one wave it lost 1.6%, hence the same more-than-a-wave rule; H200,
+// benchmarks/results/h200/decode_s19).
 __device__ __forceinline__ int split_items(const TablePlanArgs& a, long long wave, long long tasks, long long splittable,
                                            int parts) {
   if (wave == 0 || tasks <= wave || a.grid_work <= tasks) return 0;
-  return (int)min(min(splittable, wave), (a.grid_work - tasks) / (parts - 1));
+  return (int)min(min(min(splittable, wave), (long long)kDecodeSplitMaxItems), (a.grid_work - tasks) / (parts - 1));
 }
 
 __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlanArgs a, const TablePlanBuffers buf) {
@@ -385,7 +394,9 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
     splittable = block_all_reduce(splittable, SumOp(), tmp.reduce, &s_total);
   }
   const int m = split_items(a, wave, tasks, splittable, parts);  // the last m splittable items are cut
-  const int unsplit_tasks = (int)tasks - m;  // the split items' tasks follow these
+  const bool guided = split_guided(wave);
+  // the split items' tasks (even), or their last quarters' parts (guided), follow these
+  const int unsplit_tasks = guided ? (int)tasks : (int)tasks - m;
 
   // pass 2: work items, their readers' offsets, tasks and partial numbers
   if (threadIdx.x == 0) {
@@ -402,7 +413,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
                                    Add4(), total);
     const int4 carry = s_carry;
     const bool split = m > 0 && c.splittable && carry.w + off.w >= (int)splittable - m;
-    const int nparts = split ? min(parts, c.tiles) : 1;
+    const int nparts = split ? split_part_count(guided, parts, c.tiles) : 1;
     __syncthreads();  // tmp is reused
     int2 off2, total2;
     Scan2(tmp.scan2).ExclusiveScan(make_int2(nparts - 1, split), off2, make_int2(0, 0), Add2(), total2);
@@ -417,14 +428,21 @@ __global__ void __launch_bounds__(kPlanThreads) plan_work_kernel(const TablePlan
       buf.work_ntok[w] = (int)(c.ch.end - c.ch.pos0);
       buf.work_reader_offsets[w] = carry.y + off.y;
       buf.work_fill[w] = 0;
-      if (split) {  // after every unsplit task, in chunk order
+      if (split && guided) {  // the head in place, the last quarter's parts after every other task
+        const int head = carry.z + off.z, t0 = unsplit_tasks + extra_before - 1;
+        for (int sp = 0; sp < nparts; ++sp) {
+          const int t = sp == 0 ? head : t0 + sp;
+          buf.tasks[2 * t] = w;
+          buf.tasks[2 * t + 1] = ~(kDecodeSplitGuidedBit | (sp << 8) | nparts);
+        }
+      } else if (split) {  // after every unsplit task, in chunk order
         const int t0 = unsplit_tasks + splits_before + extra_before;
         for (int sp = 0; sp < nparts; ++sp) {
           buf.tasks[2 * (t0 + sp)] = w;
           buf.tasks[2 * (t0 + sp) + 1] = ~((sp << 8) | nparts);
         }
       } else {
-        const int t0 = carry.z + off.z - splits_before;
+        const int t0 = carry.z + off.z - (guided ? 0 : splits_before);
         for (int k = 0; k < c.ntasks; ++k) {
           buf.tasks[2 * (t0 + k)] = w;
           buf.tasks[2 * (t0 + k) + 1] = k * a.rows_per_task;

@@ -5,9 +5,10 @@
 // of 64-token tiles, and multiplies it on tensor cores against every query row that reads
 // it: rows = readers x GQA group (up to 32 per CTA, 16 per warp tile; more readers take more
 // CTAs). The four warps split the tokens of each tile (four ways for one row tile, two ways for
-// two) and merge at the end. Each (w, reader) pair writes a normalised partial
-// output and its LSE; a second kernel merges each request's partials in the plan's fixed
-// order, so results are bit-identical run to run.
+// two) and merge at the end. Tasks of at most 8 rows (no sharing with a GQA group of up to 8)
+// multiply token-major instead (attend_tile_narrow): S^T = K Q^T, O^T = V^T P^T. Each
+// (w, reader) pair writes a normalised partial output and its LSE; a second kernel merges each
+// request's partials in the plan's fixed order, so results are bit-identical run to run.
 //
 // Two ways to name a work item's tokens: the SharingPlan's page runs (entries: any layout,
 // planned in torch), or table mode — a stretch of one request's req_to_token row, planned on
@@ -192,6 +193,169 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
   }
 }
 
+// Token-major multiplication for tasks of at most 8 query rows (one reader of a GQA group of up
+// to 8, or up to 8 readers at group 1): S^T = K Q^T and O^T = V^T P^T put a 16-token step on the
+// mma's 16-row side and the queries on its 8-column side. On the 16-row path such a task pads
+// its rows to 16; here half the MMAs and ldmatrix loads of K and V do the same work, the query
+// fragments stay in registers for the whole task, and the O^T accumulator is half the size.
+// Lane l holds queries 2*(l%4) and +1 of tokens l/4 and l/4 + 8 of each step.
+template <int D>
+struct NarrowState {
+  float m[2], l[2];    // running max (log2 domain) and sum of the lane's two queries
+  float o[D / 16][4];  // O^T: rows d = 16 i + l/4 (+8), columns the lane's two queries
+  __device__ __forceinline__ void reset() {
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  }
+};
+
+// The B fragments of Q^T (16 head-dim values x 8 queries) for every 16-column step of D, from
+// the query tile in shared memory (rows past the task's end are zero).
+template <typename T, int D>
+__device__ __forceinline__ void load_query_frags(const T* q_tile, uint32_t (&qf)[D / 16][2]) {
+  using Tile = SwizzledTile<D>;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk += 2) {
+    uint32_t r[4];
+    ldmatrix_x4(r, q_tile + Tile::offset(lane % 8, kk * 16 + 8 * (lane / 8)));
+    qf[kk][0] = r[0];
+    qf[kk][1] = r[1];
+    qf[kk + 1][0] = r[2];
+    qf[kk + 1][1] = r[3];
+  }
+}
+
+// One 64-token K/V tile against a narrow task's queries: warp w takes the tile's 16-token step w.
+template <typename T, int D>
+__device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, const uint32_t (&qf)[D / 16][2],
+                                                   const T* ks, const T* vs, int tile, int ntok, NarrowState<D>& st) {
+  static_assert(kTileN == 16 * (kThreads / 32), "a 16-token step per warp");
+  using Tile = SwizzledTile<D>;
+  const int lane = threadIdx.x % 32;
+  const int step = threadIdx.x / 32;
+  const int tok0 = tile * kTileN + step * 16;
+  if (tok0 >= ntok) return;
+  // S^T, two accumulators so that the D / 16 dependent MMAs form two chains
+  float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, ks + Tile::offset(step * 16 + (lane % 8) + 8 * ((lane / 8) % 2), kk * 16 + 8 * (lane / 16)));
+    mma_16816<T>(kk % 2 ? sb : sa, a, qf[kk][0], qf[kk][1]);
+  }
+  // element e: token lane/4 + 8 (e / 2), query 2 (lane % 4) + e % 2
+  float sc[4], mx[2] = {st.m[0], st.m[1]};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int tok = tok0 + lane / 4 + 8 * (e / 2);
+    sc[e] = tok < ntok ? (sa[e] + sb[e]) * p.scale_log2 : -INFINITY;
+    mx[e % 2] = fmaxf(mx[e % 2], sc[e]);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 4));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 8));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 16));
+  }
+  float alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    alpha[r] = st.m[r] == -INFINITY ? 0.f : exp2_ftz(st.m[r] - mx[r]);
+    st.m[r] = mx[r];
+    st.l[r] *= alpha[r];
+  }
+  const float e0 = exp2_ftz(sc[0] - st.m[0]), e1 = exp2_ftz(sc[1] - st.m[1]);
+  const float e2 = exp2_ftz(sc[2] - st.m[0]), e3 = exp2_ftz(sc[3] - st.m[1]);
+  st.l[0] += e0 + e2;
+  st.l[1] += e1 + e3;
+  // P^T as the B operand (tokens x queries): each 8-token half is the transpose of what the lane holds
+  const uint32_t pb0 = movmatrix_trans(Pack2<T>::from_floats(e0, e1));
+  const uint32_t pb1 = movmatrix_trans(Pack2<T>::from_floats(e2, e3));
+  if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) {
+      st.o[i][0] *= alpha[0]; st.o[i][1] *= alpha[1];
+      st.o[i][2] *= alpha[0]; st.o[i][3] *= alpha[1];
+    }
+  }
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) {
+    uint32_t a[4];  // V^T: 16 head-dim rows x 16 tokens
+    ldmatrix_x4_trans(a, vs + Tile::offset(step * 16 + (lane % 8) + 8 * (lane / 16), dn * 16 + 8 * ((lane / 8) % 2)));
+    mma_16816<T>(st.o[dn], a, pb0, pb1);
+  }
+}
+
+// Where a (work item, reader) pair's partial goes: row `row` of the item is reader row / G's
+// query head h * G + row % G.
+template <bool kTable>
+__device__ __forceinline__ int partial_index(const PagedDecodeParams& p, int r0, int row, int part_of_item) {
+  return kTable ? p.chunk_partial[p.work_partials[r0 + row / p.group]] + part_of_item : r0 + row / p.group;
+}
+
+// The end of a narrow task: every warp leaves its (O^T, m, l) in ``scratch`` (the free K/V
+// ring), then the CTA merges the four token splits in warp order and writes each row's
+// normalised partial and natural-log LSE with whole-row stores.
+template <int D, bool kTable>
+__device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const RowSplit& s, int h, int part_of_item,
+                                              NarrowState<D>& st, float* scratch) {
+  constexpr int kStride = D + 4;  // a query's O row, m, l, padding to 16 bytes
+  constexpr int kWarps = kThreads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    st.l[r] += __shfl_xor_sync(0xffffffff, st.l[r], 4);
+    st.l[r] += __shfl_xor_sync(0xffffffff, st.l[r], 8);
+    st.l[r] += __shfl_xor_sync(0xffffffff, st.l[r], 16);
+  }
+  float* mine = scratch + warp * kDecodeNarrowRows * kStride;
+  const int q0 = 2 * (lane % 4);
+#pragma unroll
+  for (int i = 0; i < D / 16; ++i) {
+    const int d = 16 * i + lane / 4;
+    mine[q0 * kStride + d] = st.o[i][0];
+    mine[(q0 + 1) * kStride + d] = st.o[i][1];
+    mine[q0 * kStride + d + 8] = st.o[i][2];
+    mine[(q0 + 1) * kStride + d + 8] = st.o[i][3];
+  }
+  if (lane < 4) {
+    mine[q0 * kStride + D] = st.m[0];
+    mine[q0 * kStride + D + 1] = st.l[0];
+    mine[(q0 + 1) * kStride + D] = st.m[1];
+    mine[(q0 + 1) * kStride + D + 1] = st.l[1];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < s.rows * (D / 4); i += kThreads) {
+    const int row = i / (D / 4), d0 = (i % (D / 4)) * 4;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[(w * kDecodeNarrowRows + row) * kStride + D]);
+    float l = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {  // warp order: deterministic
+      const float* src = scratch + (w * kDecodeNarrowRows + row) * kStride;
+      const float mw = src[D];
+      const float wt = mw == -INFINITY ? 0.f : exp2f(mw - m);
+      const float4 v = *reinterpret_cast<const float4*>(src + d0);
+      l += src[D + 1] * wt;
+      acc.x += v.x * wt;
+      acc.y += v.y * wt;
+      acc.z += v.z * wt;
+      acc.w += v.w * wt;
+    }
+    const int part = partial_index<kTable>(p, s.r0, row, part_of_item);
+    const int qh = h * p.group + row % p.group;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    *reinterpret_cast<float4*>(p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D + d0) =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (d0 == 0) p.partial_lse[(int64_t)part * p.num_q_heads + qh] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
+  }
+}
+
 // The end of a work item (or task): warps that split one row tile's tokens merge through
 // ``scratch`` (shared memory no load is writing; the caller syncs before reusing it), then one
 // normalised partial per (work item, reader) and its natural-log LSE.
@@ -254,7 +418,7 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   for (int r = 0; r < 2; ++r) {
     int row = row_base + s.my_rt * kRowTile + lane / 4 + 8 * r;
     if (row >= s.rows) continue;
-    int part = kTable ? p.chunk_partial[p.work_partials[s.r0 + row / p.group]] + part_of_item : s.r0 + row / p.group;
+    int part = partial_index<kTable>(p, s.r0, row, part_of_item);
     int qh = h * p.group + row % p.group;
     float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
     float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
@@ -295,10 +459,17 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     ntok = p.work_ntok[w];
     int first = 0;
     if (task_rows < 0) {  // part sp of n: a contiguous share of the item's 64-token tiles
-      const int sp = ~task_rows >> 8, n = ~task_rows & 0xff;
+      const int code = ~task_rows;
+      const int sp = (code >> 8) & 0xff, n = code & 0xff;
       const int tiles = (ntok + kTileN - 1) / kTileN;
-      first = sp * tiles / n * kTileN;
-      ntok = min(ntok, (sp + 1) * tiles / n * kTileN) - first;
+      int t0 = sp * tiles / n, t1 = (sp + 1) * tiles / n;
+      if (code & kDecodeSplitGuidedBit) {  // the first three quarters, then the last quarter (cut evenly)
+        const int q = (tiles + 3) / 4, head = tiles - q;
+        t0 = sp == 0 ? 0 : head + (sp - 1) * q / (n - 1);
+        t1 = sp == 0 ? head : head + sp * q / (n - 1);
+      }
+      first = t0 * kTileN;
+      ntok = min(ntok, t1 * kTileN) - first;
       part_of_item = sp;
     }
     slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w] + first;
@@ -360,28 +531,43 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       }
     }
   };
-  fetch_slots(0);
-  load_tile(0);
-  cp_async_commit();
-  fetch_slots(1);
-
-  RowState<D> st;
-  st.reset();
-  const T* q_tile = q_smem + s.my_rt * kRowTile * D;
-  for (int tile = 0; tile < ntiles; ++tile) {
-    if (tile + 1 < ntiles) {
-      load_tile(tile + 1);
-      fetch_slots(tile + 2);
-    }
+  // The K/V stream: tile n + 1's copies fly while tile n is multiplied by attend(n, ks, vs).
+  auto stream_tiles = [&](auto&& attend) {
+    fetch_slots(0);
+    load_tile(0);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
-    attend_tile<T, D>(p, s, q_tile, ks, ks + kTileN * D, tile, ntok, st);
-    __syncthreads();  // the stage is reloaded next iteration
+    fetch_slots(1);
+    for (int tile = 0; tile < ntiles; ++tile) {
+      if (tile + 1 < ntiles) {
+        load_tile(tile + 1);
+        fetch_slots(tile + 2);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      const T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
+      attend(tile, ks, ks + kTileN * D);
+      __syncthreads();  // the stage is reloaded next iteration
+    }
+  };
+  // (after the stream the K/V ring is free: the finishing merge's scratch)
+  float* scratch = reinterpret_cast<float*>(smem_raw);
+  if (s.rows <= p.narrow_rows) {  // one task holds the item's rows: row_base is 0
+    NarrowState<D> st;
+    st.reset();
+    uint32_t qf[D / 16][2];
+    stream_tiles([&](int tile, const T* ks, const T* vs) {
+      if (tile == 0) load_query_frags<T, D>(q_smem, qf);  // landed with tile 0
+      attend_tile_narrow<T, D>(p, qf, ks, vs, tile, ntok, st);
+    });
+    finish_narrow<D, kTable>(p, s, h, part_of_item, st, scratch);
+  } else {
+    RowState<D> st;
+    st.reset();
+    const T* q_tile = q_smem + s.my_rt * kRowTile * D;
+    stream_tiles([&](int tile, const T* ks, const T* vs) { attend_tile<T, D>(p, s, q_tile, ks, vs, tile, ntok, st); });
+    finish_rows<D, kTable>(p, s, h, row_base, part_of_item, st, scratch);
   }
-  // the K/V ring is free now: the split merge's scratch
-  finish_rows<D, kTable>(p, s, h, row_base, part_of_item, st, reinterpret_cast<float*>(smem_raw));
 }
 
 // Programmatic dependent launch of the merge kernel (PagedDecodeParams::merge_pdl): each decode CTA

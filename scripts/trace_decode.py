@@ -82,10 +82,10 @@ TASK_LOOP_TRACED = """  for (int t = first; t < num_tasks; t += stride) {
     }
   }
 """
-TILE_WAIT = "    cp_async_wait<1>();\n    __syncthreads();\n    const T* ks = kv_smem"
-TILE_WAIT_TRACED = ("    cp_async_wait<1>();\n    __syncthreads();\n"
-                    "    if (threadIdx.x == 0 && (tile == 0 || tile == ntiles / 2)) s_trace_mark[tile != 0] = trace_now();\n"
-                    "    const T* ks = kv_smem")
+TILE_WAIT = "      cp_async_wait<1>();\n      __syncthreads();\n      const T* ks = kv_smem"
+TILE_WAIT_TRACED = ("      cp_async_wait<1>();\n      __syncthreads();\n"
+                    "      if (threadIdx.x == 0 && (tile == 0 || tile == ntiles / 2)) s_trace_mark[tile != 0] = trace_now();\n"
+                    "      const T* ks = kv_smem")
 MERGE_START = "  merge_wait();  // the partials\n"  # a block's start: when its wait for the decode grid ends
 MERGE_START_TRACED = MERGE_START + ("  if (x == 0 && g == 0) atomicMin(&g_trace_n[1], trace_now());\n")
 MERGE_END = "  if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;\n}\n"

@@ -49,11 +49,15 @@ MAX_GROUP = 64  # kDecodeMaxGroup: query heads per KV head
 MAX_AUTO_CHUNK_TOKENS = 2 * MAX_CHUNK_TOKENS
 TABLE_WAVES_DIVISOR = 2  # aim for half the layout policy's CTAs: two waves instead of four
 DEFAULT_WORKSPACE_BYTES = 256 << 20
-# The tail split (cuda/include/flashcore/decode_plan.h): the last one-reader items, up to one wave
-# of tasks, cut into SPLIT_PARTS tasks each, so that short tasks fill the last wave (16 or more KV
-# heads only: see split_items in cuda/decode_plan.cu for the measurements).
+# The tail split (cuda/include/flashcore/paged_decode.h): the last one-reader items, up to one wave
+# of tasks, cut so that short tasks fill the last wave. With a wave of at most SPLIT_EVEN_WAVE
+# tasks (16 or more KV heads) an item is cut evenly into SPLIT_PARTS tasks; with a longer wave the
+# cut is guided: the first three quarters stay one task in place and the last quarter is a second
+# task after all the others (see split_items in cuda/decode_plan.cu for the measurements).
 SPLIT_PARTS = 4  # kDecodeSplitMaxParts
-SPLIT_MAX_ITEMS = 32  # kDecodeSplitMaxItems: also the largest wave (in tasks) that is cut
+SPLIT_MAX_ITEMS = 64  # kDecodeSplitMaxItems: items a plan may cut
+SPLIT_EVEN_WAVE = 32  # kDecodeSplitEvenWave: the longest wave (in tasks) that is cut evenly
+SPLIT_GUIDED_PARTS = 2  # kDecodeSplitGuidedParts
 TILE_TOKENS = 64  # kDecodeTileTokens: the split cuts between 64-token tiles
 CTAS_PER_SM = 3  # kDecodeCtasPerSm
 # The wave-filling chunk (cuda/include/flashcore/decode_plan.h, TablePlanArgs::wave_max_chunk):
@@ -91,7 +95,7 @@ def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk
     """The planner's wave-filling move of the automatic ``chunk`` (in Python).
 
     It returns ``chunk`` when two non-empty requests share a first slot, when the tail split evens
-    out the last wave instead (a wave of at most ``SPLIT_MAX_ITEMS`` tasks: 16 or more KV heads on
+    out the last wave instead (a wave of at most ``SPLIT_EVEN_WAVE`` tasks: 16 or more KV heads on
     132 SMs), or when the batch holds more than ``WAVE_MAX_WAVES`` waves of ``slots`` (chunk, KV
     head) tasks at ``chunk``. Otherwise: the first ``ceil(longest / n)``, n = 1, 2, ..., of at most
     ``max_chunk`` and at least ``max(min_chunk, chunk // 2)`` tokens whose tasks fill the last wave
@@ -103,7 +107,7 @@ def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk
         return chunk_tasks(lengths, c, per_chunk)
 
     if (max_chunk <= 0 or len(lengths) > WAVE_MAX_BATCH or longest <= 0 or slots <= 0 or per_chunk <= 0
-            or wave_tasks(slots, num_kv_heads) <= SPLIT_MAX_ITEMS or tasks(chunk) > WAVE_MAX_WAVES * slots):
+            or wave_tasks(slots, num_kv_heads) <= SPLIT_EVEN_WAVE or tasks(chunk) > WAVE_MAX_WAVES * slots):
         return chunk
     firsts = [s for s, n in zip(first_slots, lengths) if n > 0]
     if len(set(firsts)) < len(firsts):
@@ -183,18 +187,28 @@ def _as_list(t: torch.Tensor) -> List[int]:
     return [int(x) for x in t.tolist()]
 
 
+def split_guided(num_kv_heads: int, resident_ctas: int) -> bool:
+    """Whether the tail split is guided (a wave of more than ``SPLIT_EVEN_WAVE`` tasks)."""
+    return wave_tasks(resident_ctas, max(num_kv_heads, 1)) > SPLIT_EVEN_WAVE
+
+
+def split_part_count(guided: bool, parts: int, tiles: int) -> int:
+    """Parts of a cut item of ``tiles`` (>= 2) 64-token tiles: even, at most one a tile; guided,
+    the head and the last quarter."""
+    return min(parts, SPLIT_GUIDED_PARTS) if guided else min(parts, tiles)
+
+
 def split_items(tasks: int, splittable: int, num_kv_heads: int, resident_ctas: int, grid_work: int,
                 parts: int) -> int:
     """How many one-reader items the tail split cuts (the planner's rule, in Python): with more
-    than one wave of tasks (``resident_ctas / num_kv_heads`` run at once, at most
-    ``SPLIT_MAX_ITEMS``: 16 or more KV heads), up to a wave of them, while every task still gets
-    one of the ``grid_work`` CTAs a KV head."""
-    if parts <= 1 or num_kv_heads <= 0:
+    than one wave of tasks (``resident_ctas / num_kv_heads`` run at once), up to a wave of them
+    and ``SPLIT_MAX_ITEMS``, while every task still gets one of the ``grid_work`` CTAs a KV head."""
+    if parts <= 1 or num_kv_heads <= 0 or grid_work <= tasks:
         return 0
     wave = wave_tasks(resident_ctas, num_kv_heads)
-    if wave > SPLIT_MAX_ITEMS or tasks <= wave or grid_work <= tasks:
+    if tasks <= wave:
         return 0
-    return min(splittable, wave, (grid_work - tasks) // (parts - 1))
+    return min(splittable, wave, SPLIT_MAX_ITEMS, (grid_work - tasks) // (parts - 1))
 
 
 def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
@@ -202,7 +216,8 @@ def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Ten
                          grid_work: int = 0, split_parts: int = 1) -> TablePlan:
     """The planner's plan in plain Python: chunks grouped by identical slots at identical
     positions, each group's leader its smallest chunk index; with ``split_parts`` > 1, the tail
-    split of ``split_items`` (the last one-reader, one-task items of two or more tiles)."""
+    split of ``split_items`` (the last one-reader, one-task items of two or more tiles; the order
+    of the tasks is not modelled)."""
     check_positive_int("chunk_tokens", chunk_tokens)
     r2t = req_to_token.cpu()
     rows, lens = _as_list(req_pool_indices), _as_list(seq_lens)
@@ -226,7 +241,9 @@ def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Ten
     splittable = [(w[3][0], -(-w[2] // TILE_TOKENS)) for w in work
                   if len(w[3]) == 1 and group <= ROWS_PER_TASK and w[2] > TILE_TOKENS]
     m = split_items(tasks, len(splittable), num_kv_heads, resident_ctas, grid_work, split_parts)
-    split = tuple(sorted((chunk, min(split_parts, tiles)) for chunk, tiles in splittable[len(splittable) - m:]))
+    guided = split_guided(num_kv_heads, resident_ctas)
+    split = tuple(sorted((chunk, split_part_count(guided, split_parts, tiles))
+                         for chunk, tiles in splittable[len(splittable) - m:]))
     tasks += sum(parts - 1 for _, parts in split)
     return TablePlan(chunk_tokens, base, work, tasks, sum(lens), sum(w[2] for w in work), split=split)
 

@@ -9,8 +9,8 @@ import torch
 
 import sglang_flashcore as fc
 from cases import PATTERNS, make_page_table, random_qkv
-from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_MAX_ITEMS, WAVE_FILL, WAVE_MAX_CHUNK_TOKENS,
-                                          choose_chunk_tokens, execute_plan_ref, plan_table_reference, split_items,
+from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_GUIDED_PARTS, SPLIT_MAX_ITEMS, WAVE_FILL,
+                                          WAVE_MAX_CHUNK_TOKENS, choose_chunk_tokens, execute_plan_ref, plan_table_reference, split_items,
                                           wave_filling_chunk)
 from sglang_flashcore.reference import paged_decode_ref
 
@@ -185,8 +185,25 @@ def test_split_items_rule():
     assert split_items(512, 512, 16, 396, 396, 4) == 0   # more tasks than CTAs: they loop, no list order
     assert split_items(128, 10, 16, 396, 396, 4) == 10   # only the splittable ones
     assert split_items(128, 128, 16, 396, 396, 1) == 0   # switched off
-    assert split_items(128, 128, 8, 396, 396, 4) == 0    # a wave of 50 > SPLIT_MAX_ITEMS: 8 KV heads are not cut
     assert split_items(128, 128, 32, 396, 396, 4) == 13
+    # 8 KV heads: a wave of 50 > SPLIT_EVEN_WAVE, a guided split
+    assert split_items(128, 128, 8, 396, 396, 4) == 50
+    assert split_items(49, 49, 8, 396, 396, 4) == 0     # one wave (the guided split lost 1.6% there)
+    assert split_items(380, 380, 8, 396, 396, 2) == 16
+    # one KV head: a wave of 396, at most SPLIT_MAX_ITEMS
+    assert split_items(500, 500, 1, 396, 1000, 4) == SPLIT_MAX_ITEMS
+
+
+def test_guided_split_parts():
+    # 8 KV heads: 60 chunks of 256 tokens (4 tiles) and one of 100 tokens (2 tiles), over a wave of 50
+    pt = make_page_table("none", [60 * 256, 100], 16, seed=5)
+    whole = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 256, group=4)
+    plan = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 256, group=4, num_kv_heads=8,
+                                resident_ctas=396, grid_work=396, split_parts=4)
+    assert plan.work == whole.work and len(plan.work) == 61
+    # the last 50 items, each into its first three quarters and its last quarter
+    assert plan.split == tuple((c, SPLIT_GUIDED_PARTS) for c in range(11, 61))
+    assert plan.tasks == 61 + 50
 
 
 def test_tail_split_cuts_the_last_one_reader_items():

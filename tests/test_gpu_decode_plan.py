@@ -80,6 +80,8 @@ def _check_plan(planner, pt, hq, hkv):
     ("prefix", 64, 64, 16, torch.float16, [6000 + 37 * i for i in range(12)], 256),  # shared chunks stay whole
     ("tree", 1, 64, 32, torch.bfloat16, [2500, 2600, 2700, 4000, 1], 128),  # MHA-like group 2, a wave of 13
     ("none", 128, 32, 32, torch.bfloat16, [20000, 9000], 512),       # group 1
+    ("none", 64, 32, 8, torch.bfloat16, [8192] * 16, 1024),  # a wave of 50: the last 50 items' guided split
+    ("none", 16, 32, 8, torch.float16, [131072, 40000], 2675),  # 64 tasks: 50 items' last quarters
 ])
 def test_tail_split_matches_reference_and_is_deterministic(pattern, page, hq, hkv, dtype, lengths, chunk):
     d = 128

@@ -13,15 +13,23 @@ constexpr int kDecodeTileTokens = 64;        // tokens per pipeline stage of the
 // launch from B x group) left room for two CTAs per SM instead of three once B x group > 32.
 constexpr int kDecodeRowsPerCta = 32;
 constexpr int kDecodeCtasPerSm = 3;  // table-mode CTAs resident per SM (launch bounds, shared memory)
+// Query rows of a task that the token-major path takes: the n = 8 side of one mma.m16n8k16.
+constexpr int kDecodeNarrowRows = 8;
 constexpr int kDecodeMaxGroup = 64;  // query heads per KV head (a reader's rows may span tasks)
 // A plan's tasks, sum over work items of ceil(readers x group / 32), are at most
 // chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= 64).
 constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;
 // Tail split (table mode): the planner may cut up to kDecodeSplitMaxItems one-reader work items
 // into up to kDecodeSplitMaxParts tasks each, with a partial of their own, so that the last wave
-// is made of short tasks; only when a wave holds at most kDecodeSplitMaxItems tasks (16 or more
-// KV heads on 132 SMs). The workspaces hold that many extra tasks and partials.
-constexpr int kDecodeSplitMaxItems = 32;
+// is made of short tasks. Where a wave holds at most kDecodeSplitEvenWave tasks (16 or more KV
+// heads on 132 SMs) an item is cut into equal parts, all after the other tasks; with longer waves
+// the cut is guided: the item's first three quarters stay in place as one task and its last
+// quarter becomes a second task after all the others, so the SMs that finish first take the
+// short ones. The workspaces hold the extra tasks and partials.
+constexpr int kDecodeSplitMaxItems = 64;
+constexpr int kDecodeSplitEvenWave = 32;
+constexpr int kDecodeSplitGuidedParts = 2;
+constexpr int kDecodeSplitGuidedBit = 1 << 16;  // in a split task's ~(first row): a guided part
 constexpr int kDecodeSplitMaxParts = 4;
 constexpr int kDecodeSplitExtra = kDecodeSplitMaxItems * (kDecodeSplitMaxParts - 1);
 
@@ -66,13 +74,18 @@ struct PagedDecodeParams {
   // chunk i's first partial (its parts are chunk_partial[i] .. chunk_partial[i + 1]); request b
   // merges partials chunk_partial[merge_offsets[b]] .. chunk_partial[merge_offsets[b + 1]].
   // A task (w, first row) with first row < 0 is part s of n of one-reader item w: ~first row
-  // = s << 8 | n, tiles [s * tiles / n, (s + 1) * tiles / n) of the item's 64-token tiles.
+  // = s << 8 | n, tiles [s * tiles / n, (s + 1) * tiles / n) of the item's 64-token tiles; with
+  // kDecodeSplitGuidedBit set, part 0 is the first tiles - q tiles (q = ceil(tiles / 4)) and
+  // parts 1..n-1 cut the last q evenly (n = 2: part 1 is the last q tiles).
   const int* chunk_partial;
   int64_t num_slots;  // slots are clamped into the pool: a corrupt table cannot read out of bounds
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
   bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
 
+  // Tasks of at most narrow_rows query rows (<= kDecodeNarrowRows) multiply token-major (see
+  // attend_tile_narrow); 0 keeps every task on the 16-row path.
+  int narrow_rows;
   int merge_groups;  // the merge kernel's lane groups a block: 16 (few requests) or 4 (many)
   bool merge_pdl;    // launch the merge kernel as a programmatic dependent of the decode kernel
   float* partial_o;    // [P, Hq, D]
