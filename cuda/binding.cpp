@@ -414,6 +414,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   // memory in 16-byte rows, all by the consumers (no TMA store)
   a.direct_store = env_equals("FLASHCORE_DENSE_STORE", "direct");
   a.tma_store = !env_equals("FLASHCORE_DENSE_STORE", "staged");
+  // FLASHCORE_DENSE_HALF=off: every key tile is multiplied over all its 128 keys
+  a.half_last_tile = !env_equals("FLASHCORE_DENSE_HALF", "off");
   // FLASHCORE_DENSE_WARPGROUPS=2 or 3: head dim 64 runs that many consumer warpgroups (128- or
   // 192-row tiles) whatever the shape
   a.consumer_warpgroups = env_equals("FLASHCORE_DENSE_WARPGROUPS", "2")   ? 2

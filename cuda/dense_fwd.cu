@@ -20,7 +20,9 @@
 //     warpgroups, a round robin of named barriers makes them take turns issuing, so one's
 //     softmax overlaps the others' GEMMs.
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
-// key tiles past the diagonal are never loaded. The LSE (natural log) is written per row. O is
+// key tiles past the diagonal are never loaded; a warpgroup none of whose rows sees the second
+// half of its last key tile multiplies that tile's P V (and, when it is the only tile, its S)
+// over the first 64 keys only. The LSE (natural log) is written per row. O is
 // staged in shared memory and leaves by TMA tensor store while the warp starts its next tile
 // (rows at a request's end, which a box would overrun, by the warp's own 16-byte stores).
 //
@@ -45,6 +47,7 @@
 #include <limits.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
@@ -117,6 +120,9 @@ struct DenseFwdParams {
   // with staged_store: a warp whose 16 rows all lie inside the request hands them to one TMA
   // store per 64 columns (tensor map ``to``) and goes on; the others write 16-byte rows
   int tma_store;
+  // a consumer's last key tile, when its rows mask the tile's second half, is multiplied over
+  // the first 64 keys only (0: always all 128, for A/B runs)
+  int half_last_tile;
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
@@ -338,8 +344,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   auto operand = [&](uint64_t desc, int base, int offset, uint32_t lbo) {
     return kDescAdvance ? desc_advance(desc, offset) : smem_desc_sw128(smem + base + offset, lbo, 1024);
   };
-  // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits)
-  auto issue_qk = [&](float (&sc)[kBlockN / 2], int g) {
+  // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits): into float[64], all
+  // 128 keys; into float[32], the tile's first 64 keys (the first half of the 128-key
+  // accumulator layout), for a last tile whose other half every row of this warpgroup masks.
+  auto issue_qk = [&](auto& acc, int g) {
+    constexpr int kKeys = 2 * (int)(sizeof(acc) / sizeof(float));
     const int stage_bytes = (g % kStages) * S::kTileBytes;
     const uint64_t dk = desc_advance(k_desc, stage_bytes);
     wgmma_fence();
@@ -347,21 +356,25 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     for (int k = 0; k < D / 16; ++k) {
       const int within = (k % 4) * 32;
       const int q_off = (k / 4) * S::kQBlockBytes + within, k_off = (k / 4) * S::kBlockBytes + within;
-      Wgmma<T, kBlockN, 0>::ss(sc, operand(q_desc, S::kQ + c * 64 * kRowBytes, q_off, 16),
-                               operand(dk, S::kK + stage_bytes, k_off, 16), k > 0);
+      Wgmma<T, kKeys, 0>::ss(acc, operand(q_desc, S::kQ + c * 64 * kRowBytes, q_off, 16),
+                             operand(dk, S::kK + stage_bytes, k_off, 16), k > 0);
     }
     wgmma_commit();
   };
   // O += P V of ring tile g, issued asynchronously; V is [keys][D], read as an MN-major B operand
-  auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockN / 16][4], int g) {
+  // (kKeys = 64: the first 64 keys only, P being zero past them)
+  auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockN / 16][4], int g, auto keys) {
+    constexpr int kKeys = decltype(keys)::value;
     const int stage_bytes = (g % kStages) * S::kTileBytes;
     const uint64_t dv = desc_advance(v_desc, stage_bytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
+    for (int kk = 0; kk < kKeys / 16; ++kk)
       Wgmma<T, D, 1>::rs(o, pa[kk], operand(dv, S::kV + stage_bytes, kk * 16 * kRowBytes, S::kBlockBytes), 1);
     wgmma_commit();
   };
+  using AllKeys = std::integral_constant<int, kBlockN>;
+  using HalfKeys = std::integral_constant<int, kBlockN / 2>;
   auto pack_p = [&](const float (&sc)[kBlockN / 2], uint32_t (&pa)[kBlockN / 16][4]) {
 #pragma unroll
     for (int j = 0; j < kBlockN / 8; ++j) {
@@ -459,6 +472,15 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     };
 
     const int n_tiles = t.n_tiles;
+    // The last key tile of a causal diagonal (or of a sequence ending in its first half): when no
+    // row of this warpgroup sees past its 64th key, S and P V run over those 64 keys only.
+    // Bit-identical: the other half's exponentials are exact zeros.
+    const int key_limit = p.causal ? min(t.sk, t.m_block * kBlockM + c * 64 + 64 + t.diag) : t.sk;
+    const bool half_last = p.half_last_tile && n_tiles > 0 && key_limit <= (n_tiles - 1) * kBlockN + kBlockN / 2;
+    // (its S runs half-width only when it is the work tile's only key tile, and its P V as the
+    // last: a half-width wgmma inside the loop, beside the P V in flight, makes ptxas serialize
+    // the loop's wgmmas)
+    const bool half_first = half_last && n_tiles == 1;
     if (n_tiles == 0) mbar_arrive(q_empty);
     if (n_tiles > 0) {
       float sc[kBlockN / 2];
@@ -466,10 +488,20 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
       float alpha[2];
       turn_begin();
       mbar_wait(&full_k[g % kStages], (g / kStages) & 1);
-      issue_qk(sc, g);
-      turn_end();
-      wgmma_wait<0>();
-      fence_regs(sc);
+      if (half_first) {  // (its own accumulator: ptxas serializes the wgmmas otherwise)
+        float sh[kBlockN / 4];
+        issue_qk(sh, g);
+        turn_end();
+        wgmma_wait<0>();
+        fence_regs(sh);
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) sc[i] = i < kBlockN / 4 ? sh[i] : -INFINITY;
+      } else {
+        issue_qk(sc, g);
+        turn_end();
+        wgmma_wait<0>();
+        fence_regs(sc);
+      }
       mbar_arrive(&empty_k[g % kStages]);
       if (n_tiles == 1) mbar_arrive(q_empty);
       softmax(sc, 0, alpha);
@@ -481,7 +513,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         issue_qk(sc, gk);
         mbar_wait(&full_v[gv % kStages], (gv / kStages) & 1);
         fence_regs(o);
-        issue_pv(o, pa, gv);
+        issue_pv(o, pa, gv, AllKeys{});
         turn_end();
         wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
         fence_regs(sc);
@@ -505,7 +537,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
       turn_begin();
       mbar_wait(&full_v[last % kStages], (last / kStages) & 1);
       fence_regs(o);
-      issue_pv(o, pa, last);
+      if (half_last) issue_pv(o, pa, last, HalfKeys{});
+      else issue_pv(o, pa, last, AllKeys{});
       turn_end();
       wgmma_wait<0>();
       fence_regs(o);
@@ -697,7 +730,8 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
                    a.num_q_heads, a.num_q_heads / a.num_kv_heads,
                    a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.tma_store ? 1 : 0, a.batch,
+                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.tma_store ? 1 : 0,
+                   a.half_last_tile ? 1 : 0, a.batch,
                    m_blocks, (int)work, section_pairs, nullptr,
                    nullptr, nullptr, a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};

@@ -96,7 +96,8 @@ def test_dense_kernel_errors_name_the_argument():
 def test_launch_switches_give_identical_results(monkeypatch, causal):
     """The persistent schedule (CTAs claiming work tiles), the warpgroup ping-pong, the causal
     L2 sections, the work tile's height (two or three consumer warpgroups at head dim 64), the
-    epilogue's store path and the list of non-empty work tiles (ragged batches) only reorder work:
+    epilogue's store path, the list of non-empty work tiles (ragged batches) and the half-width
+    last key tile (whose skipped keys carry exact zeros) only reorder or drop zero work:
     switching them one after another changes no bit of the output, over a ragged batch of many
     more work tiles than SMs, with rows that see no key."""
     lq, lk = [300, 129, 0, 1, 200, 640], [300, 500, 7, 1, 50, 700]
@@ -112,7 +113,8 @@ def test_launch_switches_give_identical_results(monkeypatch, causal):
     for name, value in (("FLASHCORE_DENSE_SCHEDULE", "grid"), ("FLASHCORE_DENSE_PINGPONG", "off"),
                         ("FLASHCORE_DENSE_SECTIONS", "off"), ("FLASHCORE_DENSE_ORDER", "forward"),
                         ("FLASHCORE_DENSE_WARPGROUPS", "2"), ("FLASHCORE_DENSE_WARPGROUPS", "3"),
-                        ("FLASHCORE_DENSE_STORE", "direct"), ("FLASHCORE_DENSE_TILES", "all")):
+                        ("FLASHCORE_DENSE_STORE", "direct"), ("FLASHCORE_DENSE_TILES", "all"),
+                        ("FLASHCORE_DENSE_HALF", "off")):
         monkeypatch.setenv(name, value)
         other, other_lse = run()
         assert torch.equal(other, out), name

@@ -35,6 +35,9 @@ struct DenseFwdArgs {
   // memory in 16-byte pieces (A/B runs)
   bool direct_store = false;
   bool tma_store = true;  // staged O rows of a warp inside its request leave by TMA (see the kernel)
+  // a consumer's last key tile, where its rows mask the tile's second half (a causal diagonal),
+  // is multiplied over its first 64 keys only (on by default, off for A/B runs)
+  bool half_last_tile = true;
   // consumer warpgroups of 64 query rows: 0 picks per head dim and shape (dense_fwd_launch); 2
   // or 3 forces 128- or 192-row tiles at D 64 (A/B runs); D 128 always runs two
   int consumer_warpgroups = 0;
