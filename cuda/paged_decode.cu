@@ -109,19 +109,32 @@ __device__ __forceinline__ void load_query_rows(const PagedDecodeParams& p, cons
   }
 }
 
-// The running softmax state of a thread's two query rows (lane/4 and lane/4 + 8 of its warp's
-// row tile), over the tokens it has seen so far.
-template <int D>
-struct RowState {
+// The running softmax state of a thread's two queries over the tokens it has seen so far: their
+// max (log2 domain) and sum, and kFrags mma accumulator fragments of their outputs.
+template <int kFrags>
+struct SoftmaxState {
   float m[2], l[2];
-  float o[D / 8][4];
+  float o[kFrags][4];
   __device__ __forceinline__ void reset() {
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    for (int j = 0; j < kFrags; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  }
+  // moves both maxima to mx; alpha: the factor the sums (done here) and outputs (the caller's) take
+  __device__ __forceinline__ void rebase(const float (&mx)[2], float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      alpha[r] = m[r] == -INFINITY ? 0.f : exp2_ftz(m[r] - mx[r]);
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
   }
 };
+// The 16-row path: a thread's rows lane/4 and lane/4 + 8 of its warp's row tile; o[j] holds
+// their columns 8 j + 2 (lane % 4) + {0, 1}.
+template <int D>
+using RowState = SoftmaxState<D / 8>;
 
 // One 64-token K/V tile in shared memory (ks, vs) against this warp's 16 query rows: its token
 // split's 16-token steps, each S = Q K^T, online softmax (log2 domain), O += P V.
@@ -158,12 +171,7 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
     }
     float alpha[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      alpha[r] = st.m[r] == -INFINITY ? 0.f : exp2_ftz(st.m[r] - mx[r]);
-      st.m[r] = mx[r];
-      st.l[r] *= alpha[r];
-    }
+    st.rebase(mx, alpha);
     uint32_t pa[4];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -199,17 +207,9 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
 // its rows to 16; here half the MMAs and ldmatrix loads of K and V do the same work, the query
 // fragments stay in registers for the whole task, and the O^T accumulator is half the size.
 // Lane l holds queries 2*(l%4) and +1 of tokens l/4 and l/4 + 8 of each step.
+// The token-major state: o[i] holds O^T rows d = 16 i + l/4 (+8), the lane's two query columns.
 template <int D>
-struct NarrowState {
-  float m[2], l[2];    // running max (log2 domain) and sum of the lane's two queries
-  float o[D / 16][4];  // O^T: rows d = 16 i + l/4 (+8), columns the lane's two queries
-  __device__ __forceinline__ void reset() {
-    m[0] = m[1] = -INFINITY;
-    l[0] = l[1] = 0.f;
-#pragma unroll
-    for (int i = 0; i < D / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  }
-};
+using NarrowState = SoftmaxState<D / 16>;
 
 // The B fragments of Q^T (16 head-dim values x 8 queries) for every 16-column step of D, from
 // the query tile in shared memory (rows past the task's end are zero).
@@ -261,12 +261,7 @@ __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, c
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 16));
   }
   float alpha[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    alpha[r] = st.m[r] == -INFINITY ? 0.f : exp2_ftz(st.m[r] - mx[r]);
-    st.m[r] = mx[r];
-    st.l[r] *= alpha[r];
-  }
+  st.rebase(mx, alpha);
   const float e0 = exp2_ftz(sc[0] - st.m[0]), e1 = exp2_ftz(sc[1] - st.m[1]);
   const float e2 = exp2_ftz(sc[2] - st.m[0]), e3 = exp2_ftz(sc[3] - st.m[1]);
   st.l[0] += e0 + e2;
