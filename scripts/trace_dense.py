@@ -77,8 +77,8 @@ INSERTIONS = [
     ("  int g = 0;  // K/V tiles consumed so far\n  for (int w = 0;; ++w) {\n    mbar_wait(q_full, w & 1);\n",
      "  int g = 0;  // K/V tiles consumed so far\n" + TR_MACRO +
      "  for (int w = 0;; ++w) {\n    TR(10);\n    mbar_wait(q_full, w & 1);\n    TR(11);\n"),
-    ("      mbar_wait(&full_k[g % kStages], (g / kStages) & 1);\n      issue_qk(sc, g);\n",
-     "      TR(12);\n      mbar_wait(&full_k[g % kStages], (g / kStages) & 1);\n      TR(13);\n      issue_qk(sc, g);\n"),
+    ("      mbar_wait(&full_k[g % kStages], (g / kStages) & 1);\n      if (half_first) {",
+     "      TR(12);\n      mbar_wait(&full_k[g % kStages], (g / kStages) & 1);\n      TR(13);\n      if (half_first) {"),
     ("      softmax(sc, 0, alpha);\n      pack_p(sc, pa);\n", "      softmax(sc, 0, alpha);\n      pack_p(sc, pa);\n      TR(14);\n"),
     # main loop: 15/16 around the turn, 17/18 around the wait for S, 19/20 around the wait for P V
     ("        turn_begin();\n        mbar_wait(&full_k[gk % kStages], (gk / kStages) & 1);\n",
