@@ -261,6 +261,10 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   // Tasks of at most 8 query rows multiply token-major (paged_decode.cu, attend_tile_narrow).
   // FLASHCORE_DECODE_MMA=rows keeps them on the 16-row path, for A/B measurements.
   p.narrow_rows = env_equals("FLASHCORE_DECODE_MMA", "rows") ? 0 : flashcore::kDecodeNarrowRows;
+  // SGLang's pool: the copy loop's short address path. FLASHCORE_DECODE_ADDR=general keeps the
+  // general one, for A/B runs.
+  p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)q.element_size() <= INT32_MAX &&
+                  !env_equals("FLASHCORE_DECODE_ADDR", "general");
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);

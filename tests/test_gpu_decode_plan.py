@@ -218,3 +218,20 @@ def test_merge_lane_groups_match_reference(groups, monkeypatch):
     _check(out, lse, q, k, v, pt, 64, torch.bfloat16)
     again, lse_again = planner.run(q, k, v, 0.1, 64)
     assert torch.equal(out, again) and torch.equal(lse, lse_again)
+
+
+# SGLang's pool takes the copy loop's short address path (paged_decode.cu, load_tile: linear_rows);
+# the general slot -> (page, offset) path (FLASHCORE_DECODE_ADDR=general) loads the same bytes.
+@pytest.mark.parametrize("pattern,page,hq,hkv,d,dtype,lengths,chunk", [
+    ("none", 1, 32, 8, 128, torch.bfloat16, [1000, 17, 1, 0, 333], 64),
+    ("tree", 16, 64, 4, 64, torch.float16, [3000, 2900, 2800, 17], None),
+    ("prefix", 64, 32, 32, 128, torch.float16, [700, 650, 900], 256),
+])
+def test_short_address_path_is_bit_equal(pattern, page, hq, hkv, d, dtype, lengths, chunk, monkeypatch):
+    pt, q, k, v = _inputs(pattern, page, hq, hkv, d, dtype, lengths, seed=41)
+    planner = _planned(pt, q, k, chunk)
+    out, lse = planner.run(q, k, v, 0.1, page)
+    _check(out, lse, q, k, v, pt, page, dtype)
+    monkeypatch.setenv("FLASHCORE_DECODE_ADDR", "general")
+    general, general_lse = planner.run(q, k, v, 0.1, page)
+    assert torch.equal(out, general) and torch.equal(lse, general_lse)

@@ -82,6 +82,9 @@ struct PagedDecodeParams {
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
   bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
+  // Table mode over SGLang's pool: the copy loop's short address path (paged_decode.cu,
+  // load_tile); false keeps the general slot -> (page, offset) path (head-major pools; A/B runs).
+  bool linear_rows;
 
   // Tasks of at most narrow_rows query rows (<= kDecodeNarrowRows) multiply token-major (see
   // attend_tile_narrow); 0 keeps every task on the 16-row path.
