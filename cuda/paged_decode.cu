@@ -525,26 +525,22 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       const int r = my_r + k * kRowsPerPass;
       const int t = tile * kTileN + r;
       const int bytes = t < ntok ? 16 : 0;  // zero-fill past the end: 0 * garbage could be NaN
+      int64_t off = 0;  // the row's byte offset from the head's base
       if (linear_rows) {
-        const uint32_t slot = (uint32_t)min(max(next_slot[k], 0), last_slot);  // (32 x 32-bit wide multiplies)
-        const char* k_row = k_col + (uint64_t)slot * (uint32_t)row_bytes;
-        const char* v_row = v_col + (uint64_t)slot * (uint32_t)row_bytes;
-#pragma unroll
-        for (int j = 0; j < kChunksPerThread; ++j) {
-          const int col = (my_c + j * kThreadsPerRow) * 8;
-          cp_async_16(ks + Tile::offset(r, col), k_row + j * kThreadsPerRow * 16, bytes);
-          cp_async_16(vs + Tile::offset(r, col), v_row + j * kThreadsPerRow * 16, bytes);
-        }
-        continue;
+        const uint32_t slot = (uint32_t)min(max(next_slot[k], 0), last_slot);  // (a 32 x 32-bit wide multiply)
+        off = (int64_t)((uint64_t)slot * (uint32_t)row_bytes);
+      } else if constexpr (kTable) {
+        off = t < ntok ? slot_offset(p, next_slot[k]) * (int64_t)sizeof(T) : 0;
+      } else {
+        off = t < ntok ? ((int64_t)tok_off[t] << 4) : 0;  // (16-byte units)
       }
-      int64_t off = 0;
-      if constexpr (kTable) off = t < ntok ? slot_offset(p, next_slot[k]) : 0;
-      else off = t < ntok ? ((int64_t)tok_off[t] << 3) : 0;
+      const char* k_row = k_col + off;
+      const char* v_row = v_col + off;
 #pragma unroll
       for (int j = 0; j < kChunksPerThread; ++j) {
         const int col = (my_c + j * kThreadsPerRow) * 8;
-        cp_async_16(ks + Tile::offset(r, col), kg + off + col, bytes);
-        cp_async_16(vs + Tile::offset(r, col), vg + off + col, bytes);
+        cp_async_16(ks + Tile::offset(r, col), k_row + j * kThreadsPerRow * 16, bytes);
+        cp_async_16(vs + Tile::offset(r, col), v_row + j * kThreadsPerRow * 16, bytes);
       }
     }
   };
