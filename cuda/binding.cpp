@@ -6,6 +6,8 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -351,6 +353,20 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
 
+// The dense kernel's claim counter for the current stream (int[2], zeroed once): each launch
+// leaves it zero, so the call needs no memset before the kernel.
+int* stream_claim_counter(const at::Tensor& like) {
+  static std::mutex mutex;
+  // (device, stream id) -> counter; never destroyed: freeing device memory from a static
+  // destructor at exit would outlive the caching allocator
+  static auto* counters = new std::map<std::pair<int, int64_t>, at::Tensor>();
+  const at::cuda::CUDAStream stream = at::cuda::getCurrentCUDAStream();
+  std::lock_guard<std::mutex> lock(mutex);
+  at::Tensor& counter = (*counters)[{(int)like.get_device(), (int64_t)stream.id()}];
+  if (!counter.defined()) counter = at::zeros({2}, like.options().dtype(at::kInt));
+  return counter.data_ptr<int>();
+}
+
 // Shared by the packed and the paged entry points: checks q/k/v and launches.
 std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
@@ -428,11 +444,21 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
   a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};
-  at::Tensor tile_counter;  // the persistent schedule's work-tile counter
+  at::Tensor tile_counter;  // the persistent schedule's work-tile counter, when a fresh one
   at::Tensor tile_list, select_temp;  // ragged batches: the tiles that hold rows (dense_fwd.h)
   if (!grid_schedule) {
-    tile_counter = at::empty({1}, q.options().dtype(at::kInt));
-    a.tile_counter = tile_counter.data_ptr<int>();
+    // one counter per stream, which every launch leaves zero; a fresh, zeroed one while a CUDA
+    // graph is being captured (its memory belongs to the graph) or with FLASHCORE_DENSE_COUNTER=memset (A/B runs)
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    FC_CHECK_CUDA(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture), "dense attention: capture status");
+    const bool fresh = env_equals("FLASHCORE_DENSE_COUNTER", "memset") || capture != cudaStreamCaptureStatusNone;
+    if (fresh) {
+      tile_counter = at::empty({2}, q.options().dtype(at::kInt));
+      a.tile_counter = tile_counter.data_ptr<int>();
+      a.zero_counter = true;
+    } else {
+      a.tile_counter = stream_claim_counter(q);
+    }
     a.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
     // FLASHCORE_DENSE_TILES=all: the CTAs skip empty tiles themselves (A/B runs)
     const int64_t capacity = env_equals("FLASHCORE_DENSE_TILES", "all") ? 0 : flashcore::dense_tile_list_capacity(a);

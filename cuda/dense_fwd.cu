@@ -77,7 +77,10 @@ struct DenseShape {
   static constexpr int kProducerRegs = W == 2 ? 40 : 32;
   static constexpr int kConsumerRegs = W == 2 ? 232 : 160;
   static_assert(W == 2 || W == 3, "two or three consumer warpgroups");
-  static_assert(128 * kProducerRegs + 128 * W * kConsumerRegs <= 65536, "register file");
+  // the pool setmaxnreg redistributes is what the launch gave the CTA: 65536 / kThreads rounded
+  // down to 8, times kThreads (64,512 at 384 threads); a consumer's setmaxnreg.inc past it waits
+  // forever (benchmarks/results/h200/dense_s21)
+  static_assert(128 * kProducerRegs + 128 * W * kConsumerRegs <= 65536 / kThreads / 8 * 8 * kThreads, "register file");
 };
 
 template <int D, int kBlockM>
@@ -305,6 +308,15 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
           if (g >= kStages) mbar_wait(&empty_v[s], parity);
           mbar_expect_tx(&full_v[s], S::kTileBytes);
           load_tile(smem + S::kV + s * S::kTileBytes, &tv, &tv_pool, &full_v[s], n);
+        }
+      }
+      // Every CTA has made its last claim (the one past the end) once all have counted
+      // themselves done: the last to do so zeroes the counter for the next launch on its stream.
+      if (p.tile_counter != nullptr) {
+        __threadfence();
+        if (atomicAdd(p.tile_counter + 1, 1) == (int)gridDim.x - 1) {
+          atomicExch(p.tile_counter, 0);
+          atomicExch(p.tile_counter + 1, 0);
         }
       }
     }
@@ -736,15 +748,17 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
                    nullptr, nullptr, a.grid_order,
                    a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
-  // wave from a counter zeroed here
+  // wave from a counter that is zero here (and that the kernel leaves zero)
   int ctas = (int)work;
   if (a.tile_counter != nullptr) {
     if (a.num_sms <= 0) return cudaErrorInvalidValue;
     if (work > a.num_sms) {
       ctas = a.num_sms;
       p.tile_counter = a.tile_counter;
-      cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, sizeof(int), stream);
-      if (err != cudaSuccess) return err;
+      if (a.zero_counter) {
+        cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, 2 * sizeof(int), stream);
+        if (err != cudaSuccess) return err;
+      }
     }
   }
   if (p.tile_counter != nullptr && a.tile_list != nullptr) {

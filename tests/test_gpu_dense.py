@@ -119,3 +119,35 @@ def test_launch_switches_give_identical_results(monkeypatch, causal):
         other, other_lse = run()
         assert torch.equal(other, out), name
         assert torch.equal(other_lse, lse), name
+
+
+def test_claim_counter_is_left_zero_for_the_next_launch(monkeypatch):
+    """The persistent schedule claims work tiles from a counter kept per stream, which each
+    launch's last CTA zeroes again (no memset before the kernel). Back-to-back launches on two
+    streams and replays of a CUDA graph (captured with a fresh, zeroed counter) give the bits of
+    a launch with a counter zeroed first (FLASHCORE_DENSE_COUNTER=memset); a counter left dirty
+    would skip work tiles."""
+    g = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v = (torch.randn(4, 700, 16, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    run = lambda: fc.attention(q, k, v, causal=True)  # noqa: E731  (4 x 6 x 16 work tiles: persistent)
+    out, lse = run()
+    ref_o, _ = attention_ref(q, k, v, causal=True)
+    torch.testing.assert_close(out.float(), ref_o, **TOL[torch.bfloat16])
+    results = [run() for _ in range(3)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        results += [run() for _ in range(2)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = run()
+    torch.cuda.current_stream().wait_stream(side)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        results.append(tuple(t.clone() for t in captured))
+    results.append(run())
+    monkeypatch.setenv("FLASHCORE_DENSE_COUNTER", "memset")
+    results.append(run())
+    for other, other_lse in results:
+        assert torch.equal(other, out) and torch.equal(other_lse, lse)

@@ -43,8 +43,11 @@ struct DenseFwdArgs {
   int consumer_warpgroups = 0;
   bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
   // Persistent schedule: one CTA per SM looping over the work tiles, claiming them from this
-  // device int (the launch zeroes it); nullptr: one CTA per work tile.
+  // device int[2] (claims, CTAs done), zero when the launch starts; the kernel's last CTA zeroes
+  // both again as it ends, so a counter kept per stream needs no reset between launches (one GPU
+  // operation fewer a call). nullptr: one CTA per work tile.
   int* tile_counter = nullptr;
+  bool zero_counter = false;  // the launch zeroes tile_counter first (a fresh one)
   int num_sms = 0;  // SMs of the device (the persistent grid size)
   // Ragged batches (see dense_tile_list_capacity): a device workspace of that many ints, where
   // the launch writes the count and the list of work tiles that hold query rows, in the claim
