@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
-from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_ms, wall_ms  # noqa: E402
+from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_interleaved, time_ms, wall_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -97,7 +97,7 @@ def graph_replay_ms(planner, q, k_cache, v_cache, page, repeats):
     return ms
 
 
-def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None, graph=False):
+def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, chunk=None, graph=False, rounds=4):
     dev = "cuda"
     r2t, num_slots = shared_page_table(batch, context, page, frac, dev)
     k_cache = torch.randn(num_slots, hkv, d, device=dev, dtype=dtype)
@@ -119,7 +119,6 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     build_ms = wall_ms(build, repeats=5, warmup=1)
     stats = layout.plan(layout_chunk).stats(hkv, d, hq, q.element_size())
     layout_api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=layout_chunk, check_bounds=False)  # noqa: E731
-    layout_api_ms = time_ms(layout_api, repeats=repeats)
 
     planner = DecodePlanner(batch, hq, d, q.device)
     plan = lambda: planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)  # noqa: E731
@@ -127,17 +126,33 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     meta = planner.meta()
     scale = d ** -0.5
     ours = lambda: planner.run(q, k_cache, v_cache, scale, page)  # noqa: E731
-    ours_ms = time_ms(ours, repeats=repeats)
     out = ours()[0]
     unique_bytes = fc.decode_bytes(meta["unique_tokens"], batch, hkv, hq, d, q.element_size())
 
-    # cuDNN SDPA on the gathered, contiguous K/V of the same requests
+    # cuDNN SDPA (and FA2) on the gathered, contiguous K/V of the same requests, timed in rounds
+    # that alternate with ours
     kd = k_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()  # [B, Hkv, S, D]
     vd = v_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()
     qd = q.unsqueeze(2)
+    fns = {"ours": ours, "layout_api": layout_api}
+    row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac)
+    for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
+                          ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
+        def sdpa(backend=backend):
+            with torch.nn.attention.sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=hq != hkv)
+        try:
+            ref = sdpa()
+        except RuntimeError as exc:
+            row[f"{name}_ms"] = None
+            print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
+            continue
+        fns[name] = sdpa
+        row[f"maxdiff_{name}"] = (ref.squeeze(2).float() - out.float()).abs().max().item()
+    ms = time_interleaved(fns, repeats=repeats, rounds=rounds)
+    ours_ms, layout_api_ms = ms["ours"], ms["layout_api"]
     # the bound: every unique token once (the layout's runs, finer than the planner's chunks)
-    row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac,
-               unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
+    row.update(unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
                planned_GB=unique_bytes / 1e9,
                ours_ms=ours_ms, ours_TBs=stats["bytes_shared"] / ours_ms / 1e9,
                bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, plan_ms=plan_ms,
@@ -149,20 +164,11 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
         row["graph_ms"] = graph_replay_ms(planner, q, k_cache, v_cache, page, repeats)
     row["plan_pct_of_step"] = 100 * plan_ms / (plan_ms + LAYERS * ours_ms)
     row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * layout_api_ms)
-    for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
-                          ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
-        try:
-            with torch.nn.attention.sdpa_kernel(backend):
-                fn = lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=hq != hkv)  # noqa: E731
-                ref = fn()
-                ms = time_ms(fn, repeats=repeats)
-            row[f"{name}_ms"] = ms
-            row[f"{name}_TBs"] = stats["bytes_dense"] / ms / 1e9
-            row[f"speedup_vs_{name}"] = ms / ours_ms
-            row[f"maxdiff_{name}"] = (ref.squeeze(2).float() - out.float()).abs().max().item()
-        except RuntimeError as exc:
-            row[f"{name}_ms"] = None
-            print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
+    for name in ("cudnn", "fa2"):
+        if name in ms:
+            row[f"{name}_ms"] = ms[name]
+            row[f"{name}_TBs"] = stats["bytes_dense"] / ms[name] / 1e9
+            row[f"speedup_vs_{name}"] = ms[name] / ours_ms
     del kd, vd
     fi_kv = flashinfer_pool(k_cache, v_cache, page)
     for name, tensor_cores in (("flashinfer", False), ("flashinfer_tc", True)):
@@ -204,7 +210,8 @@ def main():
         for hkv in args.hkv or [32, 8]:
             for f in [frac] if args.shared_only else sorted({frac, 0.0}, reverse=True):
                 for chunk in args.chunk or [None]:
-                    rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk, args.graph))
+                    rows.append(run_point(b, hq, hkv, ctx, d, page, f, copy_tbs, dtype, args.repeats, chunk, args.graph,
+                                           args.rounds))
                     r = rows[-1]
                     print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f} chunk {r['chunk']}: ours {r['ours_ms']:.3f} ms "
                           f"({r['ours_TBs']:.2f} TB/s, plan {r['plan_ms']:.3f} ms), layout API {r['layout_api_ms']:.3f} ms, "
@@ -222,6 +229,7 @@ def main():
         series["FlashInfer paged"] = [r.get("flashinfer_ms") for r in rows]
         series["FlashInfer paged, tensor cores"] = [r.get("flashinfer_tc_ms") for r in rows]
     report(args, info, rows, cols, "paged decode, " + args.dtype, labels, series, "ms per decode step (one layer)")
+
 
 if __name__ == "__main__":
     main()

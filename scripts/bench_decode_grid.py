@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
 from sglang_flashcore.decode_plan import (ROWS_PER_TASK, SPLIT_PARTS, WAVE_MAX_CHUNK_TOKENS, DecodePlanner,  # noqa: E402
                                           chunk_tasks)
 
@@ -48,9 +48,9 @@ CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B
 NO_SHARING_PAGE = 64
 
 
-def no_sharing_batch(batch: int, hkv: int, ctx: int, repeats: int, pool: str = "slots", shuffled: bool = True):
+def no_sharing_batch(batch: int, hkv: int, ctx: int, pool: str = "slots", shuffled: bool = True):
     """A decode batch without sharing (bf16, Hq 32, D 128, page 64): ``(req_to_token, k, v, q,
-    req_pool_indices, seq_lens, cuDNN SDPA ms on the same requests' gathered K/V)``."""
+    req_pool_indices, seq_lens, a call of cuDNN SDPA on the same requests' gathered K/V)``."""
     hq, d, dt = 32, 128, torch.bfloat16
     r2t, num_slots = shared_page_table(batch, ctx, NO_SHARING_PAGE, 0.0, "cuda", shuffled=shuffled)
     k = make_pool(num_slots, hkv, d, dt, pool)
@@ -60,10 +60,12 @@ def no_sharing_batch(batch: int, hkv: int, ctx: int, repeats: int, pool: str = "
     seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
     kd = k[r2t.long()].permute(0, 2, 1, 3).contiguous()
     vd = v[r2t.long()].permute(0, 2, 1, 3).contiguous()
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = time_ms(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True),
-                           repeats=repeats)
-    return r2t, k, v, q, idx, seq, cudnn_ms
+
+    def cudnn():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, enable_gqa=True)
+
+    return r2t, k, v, q, idx, seq, cudnn
 
 
 def main():
@@ -86,8 +88,7 @@ def main():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for batch, hkv, ctx in configs:
-        r2t, k, v, q, idx, seq, cudnn_ms = no_sharing_batch(batch, hkv, ctx, args.repeats, args.pool,
-                                                             shuffled=args.pages == "shuffled")
+        r2t, k, v, q, idx, seq, cudnn = no_sharing_batch(batch, hkv, ctx, args.pool, shuffled=args.pages == "shuffled")
         hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
         planner = DecodePlanner(batch, hq, d, q.device)
         timed = set()  # wK specs may name the same chunk twice
@@ -105,12 +106,15 @@ def main():
                 continue
             timed.add((meta["chunk_tokens"], split, mult))
             run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
-            ms = time_ms(run, repeats=args.repeats)
+            # ours, its variants and cuDNN in alternating rounds (cuDNN is timed again at every point)
+            fns = {"ours": run, **{variant: with_env(run, variant) for variant in args.variant}, "cudnn": cudnn}
+            times = time_interleaved(fns, repeats=args.repeats, rounds=args.rounds)
+            ms, cudnn_ms = times["ours"], times["cudnn"]
             row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, spec=chunk, chunk=meta["chunk_tokens"],
                        split=split, tasks=meta["tasks"], grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms,
                        vs_cudnn=cudnn_ms / ms)
             for variant in args.variant:
-                row[f"{variant}_ms"] = time_variant(run, variant, args.repeats)
+                row[f"{variant}_ms"] = times[variant]
                 row[f"{variant}_vs_cudnn"] = cudnn_ms / row[f"{variant}_ms"]
             rows.append(row)
             print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} split {split} ({meta['tasks']} tasks) "

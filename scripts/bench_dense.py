@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
 
 
 def grid():
@@ -35,32 +35,38 @@ def grid():
     return shapes
 
 
-def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=()):
+def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=(), rounds=4):
     q = torch.randn(b, s, hq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
     v = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
     flops = 4 * b * hq * s * s * d / (2 if causal else 1)
-    ours_ms = time_ms(lambda: fc.attention(q, k, v, causal=causal), repeats=repeats, flush=False)
-    out = fc.attention(q, k, v, causal=causal)[0]
-    row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1],
-               ours_ms=ours_ms, ours_TF=flops / ours_ms / 1e9)
+    ours = lambda: fc.attention(q, k, v, causal=causal)  # noqa: E731
+    out = ours()[0]
+    fns = {"ours": ours}
     for variant in variants:
-        ms = time_variant(lambda: fc.attention(q, k, v, causal=causal), variant, repeats, flush=False)
-        row[f"{variant}_TF"] = flops / ms / 1e9
-        row[f"ours_over_{variant}"] = ms / ours_ms
+        fns[variant] = with_env(ours, variant)
+    row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1])
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
-        try:
+        def sdpa(backend=backend):
             with torch.nn.attention.sdpa_kernel(backend):
-                fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=hq != hkv)  # noqa: E731
-                ref = fn()
-                ms = time_ms(fn, repeats=repeats, flush=False)
-            row[f"{name}_TF"] = flops / ms / 1e9
-            row[f"ours_over_{name}"] = row["ours_TF"] / row[f"{name}_TF"]
-            row[f"maxdiff_{name}"] = (ref.transpose(1, 2).float() - out.float()).abs().max().item()
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=hq != hkv)
+        try:
+            ref = sdpa()
         except RuntimeError as exc:
             print(f"  {name} unavailable for {b},{s},{hq},{hkv},{d}: {str(exc).splitlines()[0][:100]}")
+            continue
+        fns[name] = sdpa
+        row[f"maxdiff_{name}"] = (ref.transpose(1, 2).float() - out.float()).abs().max().item()
+    ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)
+    row.update(ours_ms=ms["ours"], ours_TF=flops / ms["ours"] / 1e9)
+    for name in fns:
+        if name == "ours":
+            continue
+        row[f"{name}_TF"] = flops / ms[name] / 1e9
+        # ours over the baseline as a speed ratio; over a variant as the variant's time over ours
+        row[f"ours_over_{name}"] = ms[name] / ms["ours"]
     return row
 
 
@@ -80,7 +86,7 @@ def main():
     for dtype in dtypes:
         for shape in shapes:
             for causal in causals:
-                rows.append(run(*shape, causal, dtype, args.repeats, args.variant))
+                rows.append(run(*shape, causal, dtype, args.repeats, args.variant, args.rounds))
                 r = rows[-1]
                 print(f"  {r['dtype']} B{r['B']} S{r['S']} Hq{r['Hq']} Hkv{r['Hkv']} D{r['D']} causal {r['causal']}: "
                       f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF"
@@ -93,6 +99,7 @@ def main():
     report(args, info, rows, cols, "dense attention forward (TFLOPS)", labels,
            {"ours": [r["ours_TF"] for r in rows], "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],
             "FA2 SDPA": [r.get("fa2_TF") for r in rows]}, "TFLOPS")
+
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,10 @@
 """Shared by the benchmark scripts: GPU timing, ceilings, tables, JSON and plots.
 
 Timing follows ../shared/BENCHMARKS.md: CUDA events around each call after warm-up (queued
-behind a sleep kernel, so that they time the GPU and not the host), the median of the repeats, and (for memory-bound work) a 256 MB buffer written between calls so
-that no call finds its inputs in L2.
+behind a sleep kernel, so that they time the GPU and not the host), the median of the repeats,
+and (for memory-bound work) a 256 MB buffer written between calls so that no call finds its
+inputs in L2. ``time_interleaved`` times ours and the baselines of one point in alternating
+rounds, so that a clock drift during the point is shared between them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ _flush_buf: Optional[torch.Tensor] = None
 
 
 def base_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
-    """The options every benchmark has: --repeats, --json, --plot."""
+    """The options every benchmark has: --repeats, --rounds, --json, --plot."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per point (median reported)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="where ours and the baselines are timed side by side: alternating rounds the "
+                             "repeats are spread over (1: each timed in one block, as before)")
     parser.add_argument("--json", help="save every figure and the run's device and command here")
     parser.add_argument("--plot", help="save a PNG plot here")
     return parser
@@ -46,14 +51,12 @@ def flush_l2() -> None:
     _flush_buf.zero_()
 
 
-def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush: bool = True) -> float:
-    """Median milliseconds of ``fn`` on the current stream: GPU time only.
+def _event_times(fn: Callable[[], object], calls: int, flush: bool) -> List[float]:
+    """GPU milliseconds of ``calls`` calls of ``fn``, one CUDA-event pair around each.
 
-    The timed calls are queued behind a sleep kernel long enough for the host to enqueue them
-    all, so each pair of events brackets the GPU work of one call and none of the host's
-    (Python, checks, launch) time, for us and for the baselines alike."""
-    for _ in range(warmup):
-        fn()
+    The calls are queued behind a sleep kernel long enough for the host to enqueue them all,
+    so each pair of events brackets the GPU work of one call and none of the host's (Python,
+    checks, launch) time, for us and for the baselines alike."""
     torch.cuda.synchronize()
     host = time.perf_counter()
     fn()
@@ -61,10 +64,10 @@ def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush:
     per_call_s = time.perf_counter() - host
     if flush:
         flush_l2()
-    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
     torch.cuda.synchronize()
     # ~1.5 GHz: cycles for twice the host time of every call (capped at 0.5 s)
-    torch.cuda._sleep(int(min(2.0 * repeats * per_call_s, 0.5) * 1.5e9))
+    torch.cuda._sleep(int(min(2.0 * calls * per_call_s, 0.5) * 1.5e9))
     for start, end in pairs:
         if flush:
             flush_l2()
@@ -72,22 +75,56 @@ def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush:
         fn()
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in pairs)
+    return [start.elapsed_time(end) for start, end in pairs]
+
+
+def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush: bool = True) -> float:
+    """Median milliseconds of ``fn`` on the current stream: GPU time only (see ``_event_times``)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_event_times(fn, repeats, flush))
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 20, rounds: int = 4, warmup: int = 3,
+                     flush: bool = True) -> Dict[str, float]:
+    """Median milliseconds of each function, timed in ``rounds`` alternating rounds.
+
+    Each round times every function for ``ceil(repeats / rounds)`` calls in turn, so that a
+    drift of the GPU's clocks over a point (a long kernel at the power limit slows down as it
+    heats) falls on ours and on the baselines alike, instead of on whichever ran last."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    calls = -(-repeats // max(rounds, 1))
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(max(rounds, 1)):
+        for name, fn in fns.items():
+            samples[name] += _event_times(fn, calls, flush)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def with_env(fn: Callable[[], object], variant: str) -> Callable[[], object]:
+    """``fn`` with the environment switch ``variant`` (NAME=VALUE) set during each call: a launch
+    switch that the kernels' binding reads per call, for A/B columns."""
+    name, value = variant.split("=", 1)
+
+    def call():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+
+    return call
 
 
 def time_variant(fn: Callable[[], object], variant: str, repeats: int, flush: bool = True) -> float:
-    """``time_ms`` of ``fn`` with the environment switch ``variant`` (NAME=VALUE) set meanwhile:
-    the A/B of a launch switch that the kernels' binding reads per call."""
-    name, value = variant.split("=", 1)
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return time_ms(fn, repeats=repeats, flush=flush)
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
+    """``time_ms`` of ``fn`` with the environment switch ``variant`` (NAME=VALUE) set meanwhile."""
+    return time_ms(with_env(fn, variant), repeats=repeats, flush=flush)
 
 
 def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:

@@ -221,7 +221,8 @@ def run(batch: int, hkv: int, ctx: int, chunk, scratch: str, repeats: int, raw: 
     from bench_util import time_ms
     from sglang_flashcore.decode_plan import DecodePlanner
 
-    r2t, k, v, q, idx, seq, cudnn_ms = no_sharing_batch(batch, hkv, ctx, repeats)
+    r2t, k, v, q, idx, seq, cudnn = no_sharing_batch(batch, hkv, ctx)
+    cudnn_ms = time_ms(cudnn, repeats=repeats)
     hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
     planner = DecodePlanner(batch, hq, d, q.device)
     planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)

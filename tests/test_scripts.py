@@ -42,6 +42,45 @@ def test_print_table_aligns_columns(capsys):
     assert out[0] == "t" and len({len(line) for line in out[1:]}) == 1
 
 
+def test_interleaved_timing_alternates_rounds_and_takes_each_median(monkeypatch):
+    """ours and its baselines are timed in alternating rounds, each reported as the median of all
+    its own rounds' calls (a GPU whose clocks drift mid-point slows them alike)."""
+    import bench_util
+
+    order, clock = [], iter(range(1000))
+
+    def fake_event_times(fn, calls, flush):
+        order.append((fn.__name__, calls, flush))
+        return [float(next(clock)) for _ in range(calls)]  # every call later than the one before
+
+    monkeypatch.setattr(bench_util, "_event_times", fake_event_times)
+
+    def ours():
+        pass
+
+    def cudnn():
+        pass
+
+    ms = bench_util.time_interleaved({"ours": ours, "cudnn": cudnn}, repeats=6, rounds=3, warmup=0, flush=False)
+    assert order == [("ours", 2, False), ("cudnn", 2, False)] * 3
+    # ours took calls 0,1 / 4,5 / 8,9 and cuDNN 2,3 / 6,7 / 10,11: neither got all the early ones
+    assert ms == {"ours": 4.5, "cudnn": 6.5}
+
+
+def test_with_env_sets_the_switch_only_during_the_call(monkeypatch):
+    import bench_util
+
+    monkeypatch.delenv("FLASHCORE_TEST_SWITCH", raising=False)
+    seen = []
+    call = bench_util.with_env(lambda: seen.append(os.environ.get("FLASHCORE_TEST_SWITCH")) or 7,
+                               "FLASHCORE_TEST_SWITCH=off")
+    assert call() == 7 and seen == ["off"]
+    assert "FLASHCORE_TEST_SWITCH" not in os.environ
+    monkeypatch.setenv("FLASHCORE_TEST_SWITCH", "on")
+    call()
+    assert seen == ["off", "off"] and os.environ["FLASHCORE_TEST_SWITCH"] == "on"
+
+
 def test_summary_is_generated_from_the_json(tmp_path):
     info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 scripts/bench_dense.py"}
     row = {"dtype": "bfloat16", "S": 2048, "B": 8, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
