@@ -187,7 +187,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
 
 
 def main():
-    parser = base_parser(__doc__, repeats=20)
+    parser = base_parser(__doc__, repeats=20, rounds=True)
     parser.add_argument("--config", action="append", help="B,Hq,context,D,page,shared (repeatable)")
     parser.add_argument("--hkv", type=int, action="append", help="KV heads (default 32 and 8)")
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")

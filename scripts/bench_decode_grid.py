@@ -69,7 +69,7 @@ def no_sharing_batch(batch: int, hkv: int, ctx: int, pool: str = "slots", shuffl
 
 
 def main():
-    parser = base_parser(__doc__, repeats=20)
+    parser = base_parser(__doc__, repeats=20, rounds=True)
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
     parser.add_argument("--chunks", default="auto,512,1024",
                         help="chunk tokens (auto: the planner's choice; pow2: the same without the wave-filling "

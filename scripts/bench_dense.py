@@ -71,7 +71,7 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=(), rounds=4):
 
 
 def main():
-    parser = base_parser(__doc__, repeats=20)
+    parser = base_parser(__doc__, repeats=20, rounds=True)
     parser.add_argument("--shape", action="append", help="B,S,Hq,Hkv,D (repeatable; default: the grid)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "both"], default="both")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")

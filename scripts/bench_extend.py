@@ -33,12 +33,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms, wall_ms  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved, time_ms, wall_ms  # noqa: E402
 from sglang_flashcore import ops  # noqa: E402
 from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
 
 
-def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
+def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
     dev = "cuda"
     prefix = (int(frac * length) // page) * page
     new = length - prefix
@@ -64,59 +64,67 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats):
     row["paged"] = plan.paged
     scale = d ** -0.5
 
-    def backend_ms(p, kc=k_cache, vc=v_cache):
-        return time_ms(lambda: extend_attention(q, k_new, v_new, kc, vc, p, scale), repeats=repeats, flush=False)
+    def backend(p, kc=k_cache, vc=v_cache):
+        return lambda: extend_attention(q, k_new, v_new, kc, vc, p, scale)
 
-    row["backend_ms"] = backend_ms(plan)
-    row["backend_TF"] = flops / row["backend_ms"] / 1e9
-    if plan.paged:
-        row["backend_gather_ms"] = backend_ms(make_plan(paged=False))
-        row["paged_over_gather"] = row["backend_gather_ms"] / row["backend_ms"]
-        if batch > 1:
-            row["grid_order"] = int(plan.grid_order.item())
-            for order in (0, 1):
-                plan.grid_order.fill_(order)
-                row[f"order{order}_ms"] = backend_ms(plan)
-            distinct, _ = shared_page_table(batch, length, page, 0.0, dev)
-            row["distinct_ms"] = backend_ms(make_plan(distinct))  # same pool, no page shared
-            row["shared_speedup"] = row["distinct_ms"] / row["backend_ms"]
-    row["ours_ms"] = time_ms(ours, repeats=repeats, flush=False)
-    row["ours_TF"] = flops / row["ours_ms"] / 1e9
     # gathered, contiguous K/V of every request: [B, L, Hkv, D]
     gather = lambda: (k_cache[r2t.long()], v_cache[r2t.long()])  # noqa: E731
-    row["gather_ms"] = time_ms(gather, repeats=repeats, flush=False)
     kg, vg = gather()
     qb = q.view(batch, new, hq, d)
     cu_k = torch.arange(batch + 1, device=dev, dtype=torch.int32) * length
     # the op itself (the kernel), without the public API's argument checks (their syncs would count)
     dense = lambda: ops.attention_op(q, kg.view(-1, hkv, d), vg.view(-1, hkv, d), cu_q, cu_k,  # noqa: E731
                                      new, length, True, d ** -0.5)
-    row["dense_ms"] = time_ms(dense, repeats=repeats, flush=False)
-    row["dense_TF"] = flops / row["dense_ms"] / 1e9
-    row["ours_over_dense"] = row["ours_TF"] / row["dense_TF"]
-    row["backend_over_dense"] = row["backend_TF"] / row["dense_TF"]
+    # the backend, the public op, our kernel on pre-gathered K/V, the gather and SDPA in alternating rounds
+    fns = {"backend": backend(plan), "ours": ours, "dense": dense, "gather": gather}
+    if plan.paged:
+        fns["backend_gather"] = backend(make_plan(paged=False))
+        if batch > 1:
+            distinct, _ = shared_page_table(batch, length, page, 0.0, dev)
+            fns["distinct"] = backend(make_plan(distinct))  # same pool, no page shared
     try:
         from torch.nn.attention.bias import causal_lower_right
 
         mask = causal_lower_right(new, length)
         qt, kt, vt = qb.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2)
-        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.CUDNN_ATTENTION,
-                                             torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
-            fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=hq != hkv)  # noqa: E731
-            fn()
-            row["sdpa_ms"] = time_ms(fn, repeats=repeats, flush=False)
+
+        def sdpa():
+            with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.CUDNN_ATTENTION,
+                                                 torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=hq != hkv)
+
+        sdpa()
+        fns["sdpa"] = sdpa
+    except (RuntimeError, ImportError) as exc:
+        print(f"  SDPA unavailable: {str(exc).splitlines()[0][:120]}")
+    ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)
+    row.update({f"{name}_ms": t for name, t in ms.items()})
+    row["backend_TF"] = flops / row["backend_ms"] / 1e9
+    if "backend_gather" in ms:
+        row["paged_over_gather"] = row["backend_gather_ms"] / row["backend_ms"]
+    if "distinct" in ms:
+        row["shared_speedup"] = row["distinct_ms"] / row["backend_ms"]
+        # the CTA order: the launch's choice, then each order forced (this mutates the plan, so it
+        # is timed on its own)
+        row["grid_order"] = int(plan.grid_order.item())
+        for order in (0, 1):
+            plan.grid_order.fill_(order)
+            row[f"order{order}_ms"] = time_ms(backend(plan), repeats=repeats, flush=False)
+    row["ours_TF"] = flops / row["ours_ms"] / 1e9
+    row["dense_TF"] = flops / row["dense_ms"] / 1e9
+    row["ours_over_dense"] = row["ours_TF"] / row["dense_TF"]
+    row["backend_over_dense"] = row["backend_TF"] / row["dense_TF"]
+    if "sdpa" in ms:
         row["sdpa_TF"] = flops / row["sdpa_ms"] / 1e9
         row["ours_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["ours_ms"]
         row["backend_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["backend_ms"]
-    except (RuntimeError, ImportError) as exc:
-        print(f"  SDPA unavailable: {str(exc).splitlines()[0][:120]}")
     del kg, vg
     torch.cuda.empty_cache()
     return row
 
 
 def main():
-    parser = base_parser(__doc__, repeats=10)
+    parser = base_parser(__doc__, repeats=10, rounds=True)
     parser.add_argument("--lengths", default="4096,16384")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--fractions", default="0,0.5,0.9")
@@ -130,7 +138,7 @@ def main():
                 if batch * length > 131072 or (page == 1 and batch * length > 32768):
                     continue  # keep one call within memory and time
                 for frac in map(float, args.fractions.split(",")):
-                    rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats))
+                    rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats, args.rounds))
                     r = rows[-1]
                     extra = "".join(f", {k} {r[k]:.2f}" for k in ("paged_over_gather", "shared_speedup") if k in r)
                     print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: backend {r['backend_TF']:.0f} TF "

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_ms, time_variant  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
 
 DEFAULT_BATCHES = ["1x8192+60x200", "1x8192+60x200:8192", "64x200:8192", "8x2048+56x64", "32x1000"]
 
@@ -54,7 +54,7 @@ def _fa2_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
     return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False)[0]
 
 
-def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int, variants=()):
+def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int, variants=(), rounds: int = 4):
     requests = parse_batch(spec)
     new = torch.tensor([n for n, _ in requests], dtype=torch.int32)
     keys = torch.tensor([n + p for n, p in requests], dtype=torch.int32)
@@ -70,26 +70,28 @@ def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int,
         return fc.attention(q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                             max_seqlen_q=max_q, max_seqlen_k=max_k)
 
-    ours_ms = time_ms(ours, repeats=repeats, flush=False)
     out = ours()[0]
+    fns = {"ours": ours, **{variant: with_env(ours, variant) for variant in variants}}
     row = dict(batch=spec, requests=len(requests), q_tokens=int(new.sum()), Hq=hq, Hkv=hkv, D=d,
-               causal=int(causal), dtype=str(dtype).split(".")[-1], ours_ms=ours_ms, ours_TF=flops / ours_ms / 1e9)
-    for variant in variants:
-        ms = time_variant(ours, variant, repeats, flush=False)
-        row[f"{variant}_ms"] = ms
-        row[f"ours_over_{variant}"] = ms / ours_ms
+               causal=int(causal), dtype=str(dtype).split(".")[-1])
     try:
         ref = _fa2_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal)
-        ms = time_ms(lambda: _fa2_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal), repeats=repeats, flush=False)
-        row.update(fa2_ms=ms, fa2_TF=flops / ms / 1e9, ours_over_fa2=ms / ours_ms,
-                   maxdiff_fa2=(ref.float() - out.float()).abs().max().item())
+        fns["fa2"] = lambda: _fa2_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal)
+        row["maxdiff_fa2"] = (ref.float() - out.float()).abs().max().item()
     except (RuntimeError, AttributeError) as exc:
         print(f"  FA2 varlen unavailable for {spec}: {str(exc).splitlines()[0][:100]}")
+    ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)  # ours, variants, FA2 in turns
+    row.update(ours_ms=ms["ours"], ours_TF=flops / ms["ours"] / 1e9)
+    for variant in variants:
+        row[f"{variant}_ms"] = ms[variant]
+        row[f"ours_over_{variant}"] = ms[variant] / ms["ours"]
+    if "fa2" in ms:
+        row.update(fa2_ms=ms["fa2"], fa2_TF=flops / ms["fa2"] / 1e9, ours_over_fa2=ms["fa2"] / ms["ours"])
     return row
 
 
 def main():
-    parser = base_parser(__doc__, repeats=20)
+    parser = base_parser(__doc__, repeats=20, rounds=True)
     parser.add_argument("--batch", action="append", help="COUNTxNEW[:PREFIX] terms joined by '+' (repeatable)")
     parser.add_argument("--heads", default="32,8", help="Hq,Hkv")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -104,7 +106,7 @@ def main():
     hq, hkv = (int(x) for x in args.heads.split(","))
     info = require_cuda("bench_ragged.py")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    rows = [run(spec, hq, hkv, args.head_dim, args.causal == "yes", dtype, args.repeats, args.variant)
+    rows = [run(spec, hq, hkv, args.head_dim, args.causal == "yes", dtype, args.repeats, args.variant, args.rounds)
             for spec in batches]
     columns = ["batch", "requests", "q_tokens", "ours_ms", "ours_TF"]
     for variant in args.variant:

@@ -23,13 +23,15 @@ import torch
 _flush_buf: Optional[torch.Tensor] = None
 
 
-def base_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
-    """The options every benchmark has: --repeats, --rounds, --json, --plot."""
+def base_parser(doc: str, repeats: int, rounds: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark has: --repeats, --json, --plot; and --rounds for those that
+    time ours and the baselines side by side (``time_interleaved``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per point (median reported)")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="where ours and the baselines are timed side by side: alternating rounds the "
-                             "repeats are spread over (1: each timed in one block, as before)")
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=4,
+                            help="alternating rounds of ours and the baselines that the repeats are spread "
+                                 "over (1: each timed in one block)")
     parser.add_argument("--json", help="save every figure and the run's device and command here")
     parser.add_argument("--plot", help="save a PNG plot here")
     return parser
@@ -120,11 +122,6 @@ def with_env(fn: Callable[[], object], variant: str) -> Callable[[], object]:
                 os.environ[name] = old
 
     return call
-
-
-def time_variant(fn: Callable[[], object], variant: str, repeats: int, flush: bool = True) -> float:
-    """``time_ms`` of ``fn`` with the environment switch ``variant`` (NAME=VALUE) set meanwhile."""
-    return time_ms(with_env(fn, variant), repeats=repeats, flush=flush)
 
 
 def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
