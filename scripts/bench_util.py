@@ -82,9 +82,7 @@ def _event_times(fn: Callable[[], object], calls: int, flush: bool) -> List[floa
 
 def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, flush: bool = True) -> float:
     """Median milliseconds of ``fn`` on the current stream: GPU time only (see ``_event_times``)."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(_event_times(fn, repeats, flush))
+    return time_interleaved({"fn": fn}, repeats=repeats, rounds=1, warmup=warmup, flush=flush)["fn"]
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 20, rounds: int = 4, warmup: int = 3,

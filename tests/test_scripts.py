@@ -65,6 +65,9 @@ def test_interleaved_timing_alternates_rounds_and_takes_each_median(monkeypatch)
     assert order == [("ours", 2, False), ("cudnn", 2, False)] * 3
     # ours took calls 0,1 / 4,5 / 8,9 and cuDNN 2,3 / 6,7 / 10,11: neither got all the early ones
     assert ms == {"ours": 4.5, "cudnn": 6.5}
+    order.clear()
+    assert bench_util.time_ms(ours, repeats=5, warmup=0, flush=True) == 14.0  # calls 12..16 in one block
+    assert order == [("ours", 5, True)]
 
 
 def test_with_env_sets_the_switch_only_during_the_call(monkeypatch):
