@@ -12,6 +12,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "flashcore/decode_plan.h"
+#include "flashcore/page_table.cuh"
 #include "flashcore/paged_decode.h"
 
 namespace flashcore {
@@ -19,32 +20,6 @@ namespace {
 
 constexpr int kPlanThreads = 1024;
 constexpr unsigned long long kEmptyKey = ~0ull;
-
-__device__ __forceinline__ int64_t load_index(const void* p, bool is64, int64_t i) {
-  return is64 ? reinterpret_cast<const int64_t*>(p)[i] : (int64_t) reinterpret_cast<const int*>(p)[i];
-}
-
-// The request's req_to_token row and length, clamped so that a bad entry reads nothing out of
-// range: a pool row out of range or a negative length gives an empty request (and is counted).
-struct Request {
-  int64_t row;
-  int64_t len;
-  bool clamped;
-};
-__device__ __forceinline__ Request load_request(const TablePlanArgs& a, int b) {
-  Request r;
-  r.row = load_index(a.req_pool_indices, a.idx_64, b);
-  int64_t len = load_index(a.seq_lens, a.lens_64, b);
-  const bool bad_row = r.row < 0 || r.row >= a.r2t_rows;
-  r.clamped = bad_row || len < 0 || len > a.max_context;
-  r.len = bad_row ? 0 : min(max(len, (int64_t)0), a.max_context);
-  if (bad_row) r.row = 0;
-  return r;
-}
-
-__device__ __forceinline__ int64_t slot_at(const TablePlanArgs& a, int64_t row, int64_t pos) {
-  return load_index(a.req_to_token, a.r2t_64, row * a.r2t_stride + pos);
-}
 
 __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {  // splitmix64's finaliser
   x ^= x >> 30;

@@ -116,7 +116,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
         return layout
 
     layout = build()
-    build_ms = wall_ms(build, repeats=5, warmup=1)
+    build_ms = wall_ms(build, repeats=20, warmup=3)
     stats = layout.plan(layout_chunk).stats(hkv, d, hq, q.element_size())
     layout_api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=layout_chunk, check_bounds=False)  # noqa: E731
 

@@ -7,7 +7,8 @@ For such batches this times, as the scheduler thread sees it (host wall clock, G
 * ``plan``: ``DecodePlanner.plan`` — what ``FlashCoreBackend`` does once per decode step, eager
   or before a CUDA-graph replay (five kernels, no host sync);
 * ``layout_build``: ``from_sglang`` + ``plan_sharing`` — the general layout API's per-step work
-  (what the backend did before the planner);
+  (what the backend did before the planner), built by the CUDA kernels of ``cuda/layout_build.cu``;
+  ``layout_build_torch``: the same in torch ops (``FLASHCORE_LAYOUT_BUILD=torch``), as before them;
 * ``attn``: the decode kernel for one layer over each (Hq 32, Hkv 8, D 128, bf16), and
   ``step`` = 32 layers of the planner's path;
 
@@ -21,7 +22,7 @@ import random
 
 import torch
 
-from bench_util import base_parser, report, require_cuda, time_ms, wall_ms
+from bench_util import base_parser, report, require_cuda, time_ms, wall_ms, with_env
 
 import sglang_flashcore as fc
 from sglang_flashcore.decode_plan import DecodePlanner
@@ -77,14 +78,17 @@ def main():
         attn = time_ms(lambda: planner.run(q, k, v, D ** -0.5), repeats=args.repeats)
         attn_layout = time_ms(lambda: fc.paged_decode(q, k, v, layout, check_bounds=False), repeats=args.repeats)
         plan_ms, build_ms = wall_ms(plan, args.repeats), wall_ms(layout_build, args.repeats)
+        build_torch_ms = wall_ms(with_env(layout_build, "FLASHCORE_LAYOUT_BUILD=torch"), args.repeats)
         rows.append(dict(batch=batch, tokens=total, runs=layout.nnz, chunk=meta["chunk_tokens"],
                          work_items=meta["work_items"], plan_ms=plan_ms, layout_build_ms=build_ms,
+                         layout_build_torch_ms=build_torch_ms,
                          attn_layer_ms=attn, attn_layer_layout_ms=attn_layout, attn_step_ms=LAYERS * attn,
                          plan_pct_of_attn_step=100 * plan_ms / (LAYERS * attn),
                          layout_pct_of_attn_step=100 * build_ms / (LAYERS * attn_layout)))
         print(rows[-1], flush=True)
         del planner
     report(args, info, rows, ["batch", "tokens", "runs", "chunk", "work_items", "plan_ms", "layout_build_ms",
+                              "layout_build_torch_ms",
                               "attn_layer_ms", "attn_layer_layout_ms", "attn_step_ms", "plan_pct_of_attn_step",
                               "layout_pct_of_attn_step"],
            "Decode metadata per step vs attention (page 1, no sharing, Hq32 Hkv8 D128 bf16)",

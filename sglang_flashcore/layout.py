@@ -16,7 +16,9 @@ Two levels:
   request's partials in token order, so merging them is deterministic.
 
 Everything here is vectorized torch code: it runs on CPU and CUDA tensors alike,
-with no Python loop over tokens, pages or requests.
+with no Python loop over tokens, pages or requests. On a Hopper GPU, ``from_sglang``
+and ``plan_sharing`` run as CUDA kernels instead (``layout_cuda.py``), with the same
+results.
 """
 
 from __future__ import annotations
@@ -313,6 +315,30 @@ def from_sglang(
     if validate:
         check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
         check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
+    if _on_gpu(device) and req_to_token.stride(1) == 1 and seq_lens.shape[0] <= _GPU_MAX_BATCH:
+        from .layout_cuda import from_sglang_cuda
+
+        return from_sglang_cuda(req_to_token, req_pool_indices.contiguous(), seq_lens.contiguous(), page_size,
+                                num_slots, validate)
+    return _from_sglang_torch(req_to_token, req_pool_indices, seq_lens, page_size, num_slots, validate, total_tokens)
+
+
+_GPU_MAX_BATCH = 65535  # requests of one GPU layout build (a grid dimension)
+
+
+def _on_gpu(device: torch.device) -> bool:
+    """Whether the layout builders run as CUDA kernels (``layout_cuda.py``) for this device."""
+    if device.type != "cuda":
+        return False
+    from .layout_cuda import enabled
+
+    return enabled(device)
+
+
+def _from_sglang_torch(req_to_token, req_pool_indices, seq_lens, page_size, num_slots, validate,
+                       total_tokens) -> PagedLayout:
+    """``from_sglang`` in torch ops (CPU tensors; the GPU's reference)."""
+    max_ctx = req_to_token.shape[1]
     rows, pos = _segment_arange(seq_lens, total_tokens)
     slots = req_to_token[req_pool_indices.to(torch.int64)[rows], pos].to(torch.int64)
     if num_slots is None:
@@ -339,7 +365,8 @@ class SharingPlan:
         entry_pages, entry_offsets, entry_counts: [U] the unique runs, in work order.
         entry_token_offsets: [U+1] exclusive prefix sum of ``entry_counts`` (where each run's
             tokens start in the work order; a work item's tokens are one contiguous range).
-        reader_offsets: [U+1], readers: [nnz] the transpose, run -> requests (ascending).
+        reader_offsets: [U+1], readers: [nnz] the transpose, run -> requests (ascending), runs in
+            work order like ``entry_*``.
         work_entry_offsets: [W+1] each work item's runs in the ``entry_*`` arrays.
         work_reader_offsets: [W+1] each work item's readers in ``work_readers``.
         work_readers: [P] requests of each work item; P partial results in all.
@@ -419,15 +446,26 @@ def decode_bytes(kv_tokens: int, batch: int, num_kv_heads: int, num_q_heads: int
 _POS_BITS, _COUNT_BITS = 21, 11
 
 
+def _key_fits(layout: PagedLayout) -> bool:
+    """Whether every run's key packs into 64 bits (see ``_POS_BITS``)."""
+    return layout.page_size < (1 << _COUNT_BITS) and layout.max_position < (1 << _POS_BITS) \
+        and layout.num_pages * layout.page_size < (1 << 31)
+
+
+def _key_end_bit(layout: PagedLayout) -> int:
+    """Bits a packed key can have set: fewer radix passes for the GPU's sort."""
+    if layout.num_pages <= 0:
+        return 64  # pool size unknown
+    return _POS_BITS + _COUNT_BITS + max(1, (layout.num_pages * layout.page_size - 1).bit_length())
+
+
 def _unique_runs(layout: PagedLayout):
     """(keys [U, 4] as page, offset, count, position; inverse [nnz]) of the layout's runs."""
     i64 = torch.int64
     cols, offs = layout.cols.to(i64), layout.page_offsets.to(i64)
     counts, pos = layout.counts.to(i64), layout.positions.to(i64)
     slot = cols * layout.page_size + offs
-    fits = layout.page_size < (1 << _COUNT_BITS) and layout.max_position < (1 << _POS_BITS) \
-        and layout.num_pages * layout.page_size < (1 << 31)
-    if fits:  # one 64-bit key: a 1-D unique is much faster than a row-wise one
+    if _key_fits(layout):  # one 64-bit key: a 1-D unique is much faster than a row-wise one
         key = (slot << (_POS_BITS + _COUNT_BITS)) | (pos << _COUNT_BITS) | counts
         ukey, inverse = torch.unique(key, return_inverse=True)
         uslot = ukey >> (_POS_BITS + _COUNT_BITS)
@@ -450,6 +488,10 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     check_positive_int("chunk_tokens", chunk_tokens)
     device = layout.device
     nnz, batch = layout.nnz, layout.batch_size
+    if nnz and _key_fits(layout) and _on_gpu(device):
+        from .layout_cuda import plan_sharing_cuda
+
+        return plan_sharing_cuda(layout, chunk_tokens, _key_end_bit(layout))
     i64 = torch.int64
     rows = layout.entry_rows()
     if nnz:
@@ -490,18 +532,22 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     num_w = item_start.shape[0]
     work_entry_offsets = torch.cat([item_start, torch.tensor([num_u], device=device)])
 
-    # Transpose: for each unique run, its readers in row order (entries are row-major).
+    # Each unique run's readers in row order (entries are row-major), runs in key order.
     by_u = torch.sort(u, stable=True).indices
-    reader_offsets = _exclusive_cumsum(n_readers)
-    readers = rows[by_u]
+    key_offsets = _exclusive_cumsum(n_readers)
+    # The transpose, runs in work order like the entry_* arrays.
+    readers_at = n_readers[order]
+    reader_offsets = _exclusive_cumsum(readers_at)
+    k_of, j_of = _segment_arange(readers_at, nnz)
+    readers = rows[by_u[key_offsets[order][k_of] + j_of]]
 
     # Work item w inherits the readers of its first run; one partial per (item, reader).
     first_u = order[item_start]
     w_n = n_readers[first_u]
     work_reader_offsets = _exclusive_cumsum(w_n)
     w_of_p, j = _segment_arange(w_n)
-    src = reader_offsets[first_u][w_of_p] + j
-    work_readers = readers[src]
+    src = key_offsets[first_u][w_of_p] + j
+    work_readers = rows[by_u[src]]
     # Merge order: by request, then by position (entry indices are row-major, position-ordered).
     merge_partials = torch.argsort(by_u[src])
     merge_offsets = _exclusive_cumsum(_count(work_readers, batch))

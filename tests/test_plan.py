@@ -133,3 +133,27 @@ def test_transpose_lists_readers_in_order():
     groups = [rd[ro[u]:ro[u + 1]] for u in range(len(ro) - 1)]
     assert sorted(map(tuple, groups)) == sorted([(0, 1, 2)] * 2 + [(0,)] * 2 + [(1,)] * 2 + [(2,)] * 2)
     assert all(g == sorted(g) for g in groups)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("page_size", (1, 16))
+def test_transpose_is_indexed_like_the_entries(pattern, page_size):
+    # run k's readers are exactly the requests whose layout rows hold run k (entry_* order)
+    pt, layout = _layout(pattern, [70, 33, 150, 1, 96], page_size, seed=4)
+    plan = plan_sharing(layout, 32)
+    runs_of = Counter()
+    ro, cols = layout.row_offsets.tolist(), layout.cols.tolist()
+    offs, counts, pos = layout.page_offsets.tolist(), layout.counts.tolist(), layout.positions.tolist()
+    for b in range(layout.batch_size):
+        for e in range(ro[b], ro[b + 1]):
+            runs_of[(cols[e], offs[e], counts[e], pos[e])] += 1
+    readers_at, rd = plan.reader_offsets.tolist(), plan.readers.tolist()
+    assert readers_at[-1] == layout.nnz and len(readers_at) == plan.entry_pages.numel() + 1
+    for k in range(plan.entry_pages.numel()):
+        key = (int(plan.entry_pages[k]), int(plan.entry_offsets[k]), int(plan.entry_counts[k]))
+        readers = rd[readers_at[k]:readers_at[k + 1]]
+        assert readers == sorted(readers)
+        for r in readers:
+            assert any((cols[e], offs[e], counts[e]) == key for e in range(ro[r], ro[r + 1]))
+        matching = [n for (c, o, n_, p), n in runs_of.items() if (c, o, n_) == key]
+        assert len(readers) == sum(matching)
