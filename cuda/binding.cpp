@@ -192,13 +192,11 @@ bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
   return t.scalar_type() == at::kLong;
 }
 
-// Plans one decode step from SGLang's page table into the planner's workspaces (no host sync).
-void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices, const at::Tensor& seq_lens,
-                       const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
-                       int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
-                       int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts,
-                       int64_t wave_max_chunk) {
-  flashcore::TablePlanArgs a{};
+// Checks SGLang's page table and fills the page-table fields that the planner's and the CSR
+// builder's arguments share (see flashcore/page_table.cuh).
+template <typename Args>
+void fill_page_table(Args& a, const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
+                     const at::Tensor& seq_lens) {
   a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
   a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
   a.lens_64 = index_64(seq_lens, req_to_token, "seq_lens");
@@ -208,8 +206,25 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
                seq_lens.is_contiguous() && seq_lens.numel() == req_pool_indices.numel(),
            "req_pool_indices/seq_lens: expected contiguous 1-D tensors of one length, got ", req_pool_indices.sizes(),
            " and ", seq_lens.sizes());
-  FC_CHECK(seq_lens.numel() <= max_batch, "seq_lens: ", seq_lens.numel(), " requests, the planner holds ", max_batch);
   FC_CHECK(req_to_token.size(1) < (1LL << 31) - 1, "req_to_token: rows over 2^31 positions are not supported");
+  a.req_to_token = req_to_token.data_ptr();
+  a.req_pool_indices = req_pool_indices.data_ptr();
+  a.seq_lens = seq_lens.data_ptr();
+  a.r2t_rows = req_to_token.size(0);
+  a.r2t_stride = req_to_token.stride(0);
+  a.max_context = req_to_token.size(1);
+  a.batch = (int)seq_lens.numel();
+}
+
+// Plans one decode step from SGLang's page table into the planner's workspaces (no host sync).
+void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices, const at::Tensor& seq_lens,
+                       const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
+                       int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
+                       int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts,
+                       int64_t wave_max_chunk) {
+  flashcore::TablePlanArgs a{};
+  fill_page_table(a, req_to_token, req_pool_indices, seq_lens);
+  FC_CHECK(seq_lens.numel() <= max_batch, "seq_lens: ", seq_lens.numel(), " requests, the planner holds ", max_batch);
   FC_CHECK(group >= 1 && group <= flashcore::kDecodeMaxGroup, "group: expected 1..", flashcore::kDecodeMaxGroup,
            " query heads per KV head, got ", group);
   FC_CHECK(fixed_chunk >= 0 && min_chunk >= 1 && max_auto_chunk >= min_chunk && target_items >= 0,
@@ -219,13 +234,6 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
   FC_CHECK(num_kv_heads >= 1 && grid_work >= 1 && split_parts >= 1 && split_parts <= flashcore::kDecodeSplitMaxParts,
            "tail split: expected num_kv_heads >= 1, grid_work >= 1 and split_parts in 1..",
            flashcore::kDecodeSplitMaxParts, ", got ", num_kv_heads, ", ", grid_work, ", ", split_parts);
-  a.req_to_token = req_to_token.data_ptr();
-  a.req_pool_indices = req_pool_indices.data_ptr();
-  a.seq_lens = seq_lens.data_ptr();
-  a.r2t_rows = req_to_token.size(0);
-  a.r2t_stride = req_to_token.stride(0);
-  a.max_context = req_to_token.size(1);
-  a.batch = (int)seq_lens.numel();
   a.group = (int)group;
   a.rows_per_task = flashcore::kDecodeRowsPerCta;
   a.fixed_chunk = (int)fixed_chunk;
@@ -315,26 +323,10 @@ std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tenso
 std::vector<at::Tensor> csr_from_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
                                        const at::Tensor& seq_lens, int64_t page_size, bool want_range) {
   flashcore::CsrFromTableArgs a{};
-  a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
-  a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
-  a.lens_64 = index_64(seq_lens, req_to_token, "seq_lens");
-  FC_CHECK(req_to_token.dim() == 2 && req_to_token.stride(1) == 1,
-           "req_to_token: expected a 2-D tensor with contiguous rows, got ", req_to_token.sizes());
-  FC_CHECK(req_pool_indices.dim() == 1 && req_pool_indices.is_contiguous() && seq_lens.dim() == 1 &&
-               seq_lens.is_contiguous() && seq_lens.numel() == req_pool_indices.numel(),
-           "req_pool_indices/seq_lens: expected contiguous 1-D tensors of one length, got ", req_pool_indices.sizes(),
-           " and ", seq_lens.sizes());
+  fill_page_table(a, req_to_token, req_pool_indices, seq_lens);
   FC_CHECK(page_size >= 1 && page_size < INT32_MAX, "page_size: expected a positive int32, got ", page_size);
-  FC_CHECK(req_to_token.size(1) < INT32_MAX, "req_to_token: rows over 2^31 positions are not supported");
   FC_CHECK(seq_lens.numel() <= 65535, "seq_lens: the GPU layout build takes up to 65535 requests, got ",
            seq_lens.numel());
-  a.req_to_token = req_to_token.data_ptr();
-  a.req_pool_indices = req_pool_indices.data_ptr();
-  a.seq_lens = seq_lens.data_ptr();
-  a.r2t_rows = req_to_token.size(0);
-  a.r2t_stride = req_to_token.stride(0);
-  a.max_context = req_to_token.size(1);
-  a.batch = (int)seq_lens.numel();
   a.page_size = (int)page_size;
   a.want_range = want_range;
   a.tiles_per_row = (int)std::max<int64_t>(1, (a.max_context + flashcore::kCsrTileTokens - 1) / flashcore::kCsrTileTokens);
