@@ -6,7 +6,7 @@
 // host reads the run count | write (runs a tile), finalize (counts = end - start, row offsets).
 // plan_sharing: keys -> sort -> unique ids -> per-run readers, chains and work order -> chain
 // starts (max scan) -> work items -> reader and partial lists -> merge order. Up to kFusedRuns
-// runs, one CTA does it all in one launch (a block radix sort, block scans); above, 8 grid
+// runs, one CTA does it all in one launch (a block radix sort, block scans); above, 9 grid
 // kernels, a device radix sort and 6 device scans. The sizes stay on the device until the host
 // reads scalars.
 #include <cub/block/block_radix_sort.cuh>

@@ -1,7 +1,8 @@
 // Host-side interface of the GPU layout builders (no torch headers): ``from_sglang`` and
 // ``plan_sharing`` of sglang_flashcore/layout.py, computed on the device with the same results,
 // bit for bit. The torch versions take about a hundred small ops and several host syncs a step;
-// these take a dozen launches (cub sorts and scans) and one sync each, for the output sizes.
+// these take a few launches (one for a plan of up to 2048 runs) and one sync each, for the
+// output sizes.
 #pragma once
 
 #include <cuda_runtime.h>
