@@ -303,6 +303,8 @@ def from_sglang(
         page_size: the server's page size; page id = slot // page_size.
         num_slots: size of the KV pool, to check slots against (optional).
         validate: check ranges (one device sync each); the backend turns it off on hot paths.
+            Without it, the GPU build (``layout_cuda.py``) reads a request whose pool row is out
+            of range as empty and clamps its length into [0, max_context_len].
         total_tokens: ``seq_lens.sum()`` if known on the host (SGLang's ``seq_lens_sum``): saves a sync.
     """
     check_positive_int("page_size", page_size)

@@ -191,3 +191,17 @@ def test_one_cta_and_grid_plans_agree_at_the_boundary(runs):
     _assert_same_layout(gpu, fc.from_sglang(r2t, idx, lens, 1, num_slots=2 * runs))
     for chunk in (1, 16, 512):
         _assert_same_plan(gpu, chunk)
+
+
+def test_unvalidated_bad_rows_read_as_empty():
+    # validate=False skips the range checks (no sync): a pool row out of range reads as an empty
+    # request, a length past the table is clamped to it, and nothing is read out of bounds
+    pt = make_page_table("none", [40, 50, 30], 16, seed=3)
+    rows, width = pt.req_to_token.shape
+    idx, lens = pt.req_pool_indices.clone(), pt.seq_lens.clone()
+    idx[1], lens[2] = rows + 5, width + 100
+    gpu = fc.from_sglang(pt.req_to_token.cuda(), idx.cuda(), lens.cuda(), 16, num_slots=pt.num_slots, validate=False)
+    assert gpu.seq_lens.tolist() == [40, 0, width]
+    offsets = gpu.row_offsets.tolist()
+    assert offsets[1] == offsets[2]
+    assert int(gpu.counts[offsets[2]:].sum()) == width
