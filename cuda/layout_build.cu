@@ -42,6 +42,25 @@ __device__ __forceinline__ bool starts_run(int64_t t, int64_t s, int64_t prev, i
 
 // ------------------------------------------------------------------ from_sglang
 // (with want_range: init before the count, finish after the scan)
+
+// A thread's kCsrTokensPerThread tokens from t0 (t0 < r.len), and the token after them: their
+// slots and whether each starts a run (false past the request). Returns the runs its own tokens
+// start. The count and the write pass both cut runs here, so they cannot disagree.
+__device__ __forceinline__ int thread_runs(const CsrFromTableArgs& a, const Request& r, int64_t t0,
+                                           int64_t (&slot)[kCsrTokensPerThread + 1],
+                                           bool (&start)[kCsrTokensPerThread + 1]) {
+  int starts = 0;
+  int64_t prev = t0 > 0 ? slot_at(a, r.row, t0 - 1) : 0;
+#pragma unroll
+  for (int k = 0; k <= kCsrTokensPerThread; ++k) {
+    const bool in = t0 + k < r.len;
+    slot[k] = in ? slot_at(a, r.row, t0 + k) : 0;
+    start[k] = in && starts_run(t0 + k, slot[k], prev, a.page_size);
+    if (k < kCsrTokensPerThread) starts += start[k];
+    prev = slot[k];
+  }
+  return starts;
+}
 __global__ void csr_init_kernel(CsrCountBuffers buf) {
   buf.scalars[1] = LLONG_MAX;
   buf.scalars[2] = LLONG_MIN;
@@ -62,13 +81,15 @@ __global__ void __launch_bounds__(kCsrThreads) csr_count_kernel(CsrFromTableArgs
   int starts = 0;
   long long lo = LLONG_MAX, hi = LLONG_MIN;
   if (t0 < r.len) {
-    int64_t prev = t0 > 0 ? slot_at(a, r.row, t0 - 1) : 0;
-    for (int k = 0; k < kCsrTokensPerThread && t0 + k < r.len; ++k) {
-      const int64_t s = slot_at(a, r.row, t0 + k);
-      starts += starts_run(t0 + k, s, prev, a.page_size);
-      lo = min(lo, (long long)s);
-      hi = max(hi, (long long)s);
-      prev = s;
+    int64_t slot[kCsrTokensPerThread + 1];
+    bool start[kCsrTokensPerThread + 1];
+    starts = thread_runs(a, r, t0, slot, start);
+#pragma unroll
+    for (int k = 0; k < kCsrTokensPerThread; ++k) {
+      if (t0 + k < r.len) {
+        lo = min(lo, (long long)slot[k]);
+        hi = max(hi, (long long)slot[k]);
+      }
     }
   }
   using Reduce = cub::BlockReduce<long long, kCsrThreads>;
@@ -97,18 +118,7 @@ __global__ void __launch_bounds__(kCsrThreads) csr_write_kernel(CsrFromTableArgs
   const int64_t t0 = tile_start + threadIdx.x * kCsrTokensPerThread;
   int64_t slot[kCsrTokensPerThread + 1];  // this thread's tokens and the next one
   bool start[kCsrTokensPerThread + 1];
-  int starts = 0;
-  if (t0 < r.len) {
-    int64_t prev = t0 > 0 ? slot_at(a, r.row, t0 - 1) : 0;
-#pragma unroll
-    for (int k = 0; k <= kCsrTokensPerThread; ++k) {
-      const bool in = t0 + k < r.len;
-      slot[k] = in ? slot_at(a, r.row, t0 + k) : 0;
-      start[k] = in && starts_run(t0 + k, slot[k], prev, a.page_size);
-      if (k < kCsrTokensPerThread) starts += start[k];
-      prev = slot[k];
-    }
-  }
+  const int starts = t0 < r.len ? thread_runs(a, r, t0, slot, start) : 0;
   using Scan = cub::BlockScan<int, kCsrThreads>;
   __shared__ typename Scan::TempStorage storage;
   int before;
