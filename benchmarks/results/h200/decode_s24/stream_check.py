@@ -1,8 +1,18 @@
-"""EXPERIMENT (untracked): the streamed narrow kernel against the reference on no-sharing cases."""
-import os, sys, random, torch
+"""The streamed narrow kernel (not kept) against the reference and the ring kernel, on the
+no-sharing cases of tests/test_gpu_decode_plan.py, plus four of its own; two runs must be bit-equal.
+
+Run from the repository root with one of this folder's patches applied, on a GPU:
+    STAGES=5 python3 benchmarks/results/h200/decode_s24/stream_check.py
+STAGES is the FLASHCORE_DECODE_STREAM value that selects the streamed kernel: the ring depth
+(4, 5 or 6) with stream_not_kept.patch, the consumer groups (2 or 3) with
+stream_groups_not_kept.patch. A value the patch does not know runs the ring kernel, and the check
+then compares it with itself.
+"""
+import os, sys, torch
 sys.path.insert(0, "tests")
 import test_gpu_decode_plan as T
-os.environ["FLASHCORE_DECODE_STREAM"] = os.environ.get("STAGES", "6")
+STREAM = os.environ["STAGES"]  # no default: the check must name the kernel it checks
+os.environ["FLASHCORE_DECODE_STREAM"] = STREAM
 n = bad = 0
 cases = [T._random_case(i) for i in range(320)]
 cases += [("none", 64, 32, 8, 128, torch.bfloat16, [8192] * 16, 1024), ("none", 16, 32, 8, 128, torch.float16, [131072, 40000], 2675),
@@ -19,7 +29,7 @@ for i, (pattern, page, hq, hkv, d, dtype, lengths, chunk) in enumerate(cases):
         assert torch.equal(out, o2) and torch.equal(lse, l2), "not deterministic"
         os.environ["FLASHCORE_DECODE_STREAM"] = "0"
         o3, l3 = planner.run(q, k, v, 0.1, page)
-        os.environ["FLASHCORE_DECODE_STREAM"] = os.environ.get("STAGES", "6")
+        os.environ["FLASHCORE_DECODE_STREAM"] = STREAM
         torch.testing.assert_close(out.float(), o3.float(), **T.TOL[dtype])
     except Exception as e:
         bad += 1
