@@ -11,8 +11,8 @@ FlashInfer's paged decode when it is installed, and the per-step planning time o
 (``plan_ms``: the GPU planner, host wall clock until its kernels finish; ``layout_ms``:
 from_sglang + plan_sharing).
 
-    python scripts/bench_decode.py [--quick] [--json out.json] [--plot out.png]
-    python scripts/bench_decode.py --config 8,32,131072,128,128,0.7 --hkv 8
+    python benchmarks/bench_decode.py [--quick] [--json out.json] [--plot out.png]
+    python benchmarks/bench_decode.py --config 8,32,131072,128,128,0.7 --hkv 8
 """
 
 from __future__ import annotations

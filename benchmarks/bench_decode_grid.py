@@ -5,7 +5,7 @@ on decode batches without sharing, against cuDNN SDPA on the gathered K/V. ``--p
 stores each KV head's slots contiguously ([Hkv, slots, D] seen through strides) instead of SGLang's
 [slots, Hkv, D]: what the pool layout alone costs the kernel.
 
-    python scripts/bench_decode_grid.py [--json out.json] [--plot out.png]
+    python benchmarks/bench_decode_grid.py [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ Grid of ../shared/BENCHMARKS.md: B*S = 16K tokens, S in {512 .. 16K}, D 64 (H 32
 causal and not, plus GQA (Hq 32, Hkv 8, D 128) and the seed point B16 H16 S2048 D64.
 FLOPs = 4 * B * Hq * S * S * D, halved when causal.
 
-    python scripts/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
-    python scripts/bench_dense.py --shape 16,2048,16,16,64     # B,S,Hq,Hkv,D
-    python scripts/bench_dense.py --variant FLASHCORE_DENSE_SCHEDULE=grid   # A/B of a launch switch
+    python benchmarks/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
+    python benchmarks/bench_dense.py --shape 16,2048,16,16,64     # B,S,Hq,Hkv,D
+    python benchmarks/bench_dense.py --variant FLASHCORE_DENSE_SCHEDULE=grid   # A/B of a launch switch
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@
 B requests of L tokens; the first f*L tokens of every request are one cached prefix (the same pages
 for all B), the rest are new. FLOPs = 4 * Hq * D * sum_b (Sq*P + Sq*(Sq+1)/2).
 
-    python scripts/bench_extend.py [--json out.json] [--plot out.png]
+    python benchmarks/bench_extend.py [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations

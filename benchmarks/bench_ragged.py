@@ -7,8 +7,8 @@ tokens over long cached prefixes. A batch is written COUNTxNEW[:PREFIX] terms jo
 requests of 200 new tokens, each after an 8192-token prefix (keys = prefix + new, causal masks
 bottom-right aligned). FLOPs count the visible (query, key) pairs only.
 
-    python scripts/bench_ragged.py --batch 1x8192+60x200 --batch 64x200:8192
-    python scripts/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all   # A/B of a launch switch
+    python benchmarks/bench_ragged.py --batch 1x8192+60x200 --batch 64x200:8192
+    python benchmarks/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all   # A/B of a launch switch
 """
 
 from __future__ import annotations

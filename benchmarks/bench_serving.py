@@ -17,9 +17,9 @@ shared workload than the same server started again (H200, session 12: 4710 vs 55
 625 vs 374 ms), even after the per-server warm-up (``--warmup-requests``). ``--prime`` first starts
 the first backend's server once, unmeasured, so that every measured server finds a warm box.
 
-Usage (on the GPU box; see scripts/box_serving.sh)::
+Usage (on the GPU box; see tools/box_serving.sh)::
 
-    python3 scripts/bench_serving.py --backends flashcore_sparse,triton --check \\
+    python3 benchmarks/bench_serving.py --backends flashcore_sparse,triton --check \\
         --workloads shared,random,long --json out.json --plot out.png
 """
 
@@ -499,7 +499,7 @@ def merge_runs(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     if args.merge:
         return merge_runs(args)
     _stop_on_sigterm()

@@ -32,14 +32,14 @@ def main(folder: str) -> None:
     lines += [f"Device: {info['device']}, torch {info['torch']} (CUDA {info['cuda']}), Python {info['python']}.",
               "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.",
               "Times are GPU time (CUDA events around calls queued behind a sleep kernel, median of the "
-              "repeats; `scripts/bench_util.py`), ours and the baselines alike.", ""]
+              "repeats; `benchmarks/bench_util.py`), ours and the baselines alike.", ""]
     for decode_name, decode in (("seed configurations", decode), ("page sizes", load(folder, "decode_pages.json"))):
         if not decode:
             continue
         i = decode["info"]
         i = decode["info"]
         planner = "plan_ms" in decode["rows"][0]  # runs since the GPU page-table planner
-        lines += [f"## Paged decode, {decode_name} (`scripts/bench_decode.py`)", "",
+        lines += [f"## Paged decode, {decode_name} (`benchmarks/bench_decode.py`)", "",
                   f"`{i['command']}`; bf16, D 128, L2 flushed between calls, copy bandwidth "
                   f"{i['copy_TBs_read_plus_write']:.2f} TB/s (read + write). Bytes are the unique K/V bytes the step "
                   "must read (+ Q and O); the bound is those bytes at the copy bandwidth. "
@@ -67,7 +67,7 @@ def main(folder: str) -> None:
         lines.append("")
     plan_build = load(folder, "plan_build.json")
     if plan_build and "plan_ms" in plan_build["rows"][0]:
-        lines += ["## Decode metadata per step (`scripts/bench_plan_build.py`)", "",
+        lines += ["## Decode metadata per step (`benchmarks/bench_plan_build.py`)", "",
                   f"`{plan_build['info']['command']}`; serving-shaped decode batches (page 1, a prompt run plus "
                   "scattered decode slots per request, no sharing), Hq 32, Hkv 8, D 128, bf16. Host wall clock until "
                   "the GPU is done; attention = the decode kernel for 32 layers.", ""]
@@ -79,7 +79,7 @@ def main(folder: str) -> None:
                         "layout build % of attention"])
         lines.append("")
     if dense:
-        lines += ["## Dense forward (`scripts/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "
+        lines += ["## Dense forward (`benchmarks/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "
                   "4·B·H·S²·D (halved when causal).", ""]
         lines += table([r for r in dense["rows"] if r["dtype"] == "bfloat16"],
                        ["S", "B", "Hq", "Hkv", "D", "causal", "ours_TF", "cudnn_TF", "ours_over_cudnn", "fa2_TF",
@@ -91,7 +91,7 @@ def main(folder: str) -> None:
     if extend:
         paged = "backend_gather_ms" in extend["rows"][0] or any("paged" in r for r in extend["rows"])
         backend = "backend_TF" in extend["rows"][0]  # runs since the backend's ExtendPlan path
-        lines += ["## Extend (`scripts/bench_extend.py`)", "", f"`{extend['info']['command']}`; bf16, Hq 32, Hkv 8, "
+        lines += ["## Extend (`benchmarks/bench_extend.py`)", "", f"`{extend['info']['command']}`; bf16, Hq 32, Hkv 8, "
                   "D 128; one cached prefix shared by all B requests. "
                   + ("`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`; "
                      "page 64: the dense kernel reads the prefix pages in place, page 1: one gather of the keys, no "
@@ -132,7 +132,7 @@ def main(folder: str) -> None:
         lines.append("")
     ncu_extend = folder / "ncu_extend_sharing.txt"
     if ncu_extend.exists():
-        lines += ["## Nsight Compute, paged extend over a shared prefix (`scripts/ncu_extend.py`)", "",
+        lines += ["## Nsight Compute, paged extend over a shared prefix (`tools/ncu_extend.py`)", "",
                   "HBM bytes read by the dense kernel in each CTA order; see the file's header for the command.", "",
                   "```", ncu_extend.read_text().rstrip(), "```", ""]
     for name, title in (("ncu_dense_seed_point.txt", "dense kernel at the seed point"),

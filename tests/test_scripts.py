@@ -8,7 +8,7 @@ import sys
 import torch
 
 HERE = os.path.dirname(__file__)
-SCRIPTS = os.path.join(HERE, "..", "scripts")
+SCRIPTS = os.path.join(HERE, "..", "benchmarks")
 sys.path.insert(0, SCRIPTS)
 
 import sglang_flashcore as fc  # noqa: E402
@@ -85,7 +85,7 @@ def test_with_env_sets_the_switch_only_during_the_call(monkeypatch):
 
 
 def test_summary_is_generated_from_the_json(tmp_path):
-    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 scripts/bench_dense.py"}
+    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 benchmarks/bench_dense.py"}
     row = {"dtype": "bfloat16", "S": 2048, "B": 8, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
            "ours_TF": 400.0, "cudnn_TF": 600.0, "ours_over_cudnn": 0.667, "fa2_TF": 330.0, "ours_over_fa2": 1.21}
     (tmp_path / "dense_grid.json").write_text(json.dumps({"info": info, "rows": [row]}))
@@ -273,7 +273,7 @@ def test_trace_dense_finds_every_insertion_point_and_reads_phases():
 def _bench_json(path, tf, cudnn_tf):
     row = {"dtype": "bfloat16", "B": 32, "S": 512, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
            "ours_TF": tf, "cudnn_TF": cudnn_tf, "ours_over_cudnn": tf / cudnn_tf}
-    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 scripts/bench_dense.py"}
+    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 benchmarks/bench_dense.py"}
     path.write_text(json.dumps({"info": info, "rows": [row]}))
 
 
@@ -302,7 +302,7 @@ def test_ab_dense_packs_a_revision_with_its_commit(tmp_path):
     with tarfile.open(packed) as tgz:
         assert tgz.extractfile("AB_BASE").read().decode().startswith(commit)
         names = tgz.getnames()
-    assert {"cuda/dense_fwd.cu", "scripts/bench_dense.py", "scripts/bench_util.py", "sglang_flashcore/api.py"} <= set(names)
+    assert {"cuda/dense_fwd.cu", "benchmarks/bench_dense.py", "benchmarks/bench_util.py", "sglang_flashcore/api.py"} <= set(names)
 
 
 # a stand-in for bench_dense.py: it reports which tree's package it imported, and its JIT cache

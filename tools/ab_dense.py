@@ -5,11 +5,11 @@ kernel built beside this one (its own JIT cache) and both timed back to back, ea
 cuDNN baseline, so that the ratio between them is not a comparison across machines or days.
 
     # here, with git: pack the revision's kernel sources and bench_dense into .carry/
-    python scripts/ab_dense.py pack --base HEAD
+    python tools/ab_dense.py pack --base HEAD
     # on the GPU machine (carry .carry/ab_base.tgz): the runs alternate, this tree first
-    python3 scripts/ab_dense.py run --runs 2 --json ab.json -- --dtype bf16 --shape 32,512,16,16,128
+    python3 tools/ab_dense.py run --runs 2 --json ab.json -- --dtype bf16 --shape 32,512,16,16,128
     # two saved bench_dense JSONs (or lists of them), without a GPU
-    python scripts/ab_dense.py compare --this new_1.json new_2.json --base old_1.json old_2.json
+    python tools/ab_dense.py compare --this new_1.json new_2.json --base old_1.json old_2.json
 
 Each bench_dense.py runs as its own process with its own tree's directory first on sys.path:
 started with ``python -c`` or ``-m`` from the checkout, Python would import this checkout's
@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACK = ROOT / ".carry" / "ab_base.tgz"
-PACKED = ["sglang_flashcore", "cuda", "scripts/bench_dense.py", "scripts/bench_util.py"]
+PACKED = ["sglang_flashcore", "cuda", "benchmarks/bench_dense.py", "benchmarks/bench_util.py"]
 KEY = ("dtype", "B", "S", "Hq", "Hkv", "D", "causal")
 
 
@@ -93,7 +93,7 @@ def _print(rows: List[dict]) -> None:
 
 
 def run(pack_path: Path, runs: int, bench_args: List[str], json_out: str, this_root: Path = ROOT,
-        script: str = "scripts/bench_dense.py") -> List[dict]:
+        script: str = "benchmarks/bench_dense.py") -> List[dict]:
     """Extracts the packed revision beside this tree and runs ``script`` of each tree, alternating,
     each with its own JIT cache; returns ``compare``'s rows (and saves them with both sides' runs)."""
     cache = os.environ.get("FLASHCORE_CACHE", os.path.join(tempfile.gettempdir(), "flashcore_ab"))
@@ -118,7 +118,7 @@ def run(pack_path: Path, runs: int, bench_args: List[str], json_out: str, this_r
     rows = compare(_rows(outputs["this"]), _rows(outputs["base"]))
     if json_out:
         info = json.loads(Path(outputs["this"][0]).read_text())["info"]
-        info["command"] = " ".join(["python3", "scripts/ab_dense.py", "run", "--runs", str(runs), "--"] + bench_args)
+        info["command"] = " ".join(["python3", "tools/ab_dense.py", "run", "--runs", str(runs), "--"] + bench_args)
         info["base"] = base_name
         runs_json = {side: [json.loads(Path(p).read_text()) for p in paths] for side, paths in outputs.items()}
         Path(json_out).write_text(json.dumps({"info": info, "rows": rows, "runs": runs_json}, indent=1))

@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU box: JIT build, the dense-kernel GPU tests, the dense grid (both dtypes) and ncu's
 # SM throughput at the seed point, packed into $OUT/dense.tgz. VARIANTS="--variant NAME=VALUE ..." adds A/B columns of launch switches.
-#   bash scripts/box_dense.sh [--quick]     (--quick: bf16 grid only)
+#   bash tools/box_dense.sh [--quick]     (--quick: bf16 grid only)
 set -uo pipefail
 FINAL=${OUT:-/tmp/out}
 mkdir -p "$FINAL"
@@ -16,12 +16,12 @@ echo "build: $(( $(date +%s) - start )) s"
 python3 -m pytest tests/test_gpu_dense.py tests/test_gpu_extend.py tests/test_gpu_extend_plan.py -q -x \
   -p no:cacheprovider > "$OUT/dense_tests.txt" 2>&1
 echo "dense tests rc=$?"; tail -3 "$OUT/dense_tests.txt"
-python3 scripts/bench_dense.py --dtype $dtype ${VARIANTS:-} --json "$OUT/dense_grid.json" --plot "$OUT/dense_grid.png" \
+python3 benchmarks/bench_dense.py --dtype $dtype ${VARIANTS:-} --json "$OUT/dense_grid.json" --plot "$OUT/dense_grid.png" \
   > "$OUT/dense_grid.txt" 2>&1
 echo "grid rc=$? at $(( $(date +%s) - start )) s"; grep "ours " "$OUT/dense_grid.txt" | cut -c1-220
 ncu --clock-control none --kernel-name regex:dense_fwd \
   --metrics sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum \
-  python3 scripts/ncu_dense.py > "$OUT/ncu_dense_seed_point.txt" 2>&1
+  python3 tools/ncu_dense.py > "$OUT/ncu_dense_seed_point.txt" 2>&1
 echo "ncu rc=$?"; grep -E "dense_fwd|duration|throughput" "$OUT/ncu_dense_seed_point.txt"
 echo "[done at $(( $(date +%s) - start )) s]"
 tar -czf "$FINAL/dense.tgz" -C "$OUT" .

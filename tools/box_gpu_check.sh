@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, and the
 # kernel benchmarks, with logs and results under $OUT (one device call).
-#   bash scripts/box_gpu_check.sh [tests|sanitize|bench|extend|ragged ...]   (default: all five)
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|extend|ragged ...]   (default: all five)
 set -uo pipefail
 FINAL=${OUT:-/tmp/out}
 # everything goes to one folder, packed into $OUT/results.tgz at the end (the device tool returns
@@ -22,23 +22,23 @@ for step in $steps; do
       echo "gpu tests rc=$?"; tail -3 "$OUT/gpu_tests.txt" ;;
     sanitize)
       for tool in memcheck racecheck; do
-        compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/sanitize_cases.py > "$OUT/sanitize_$tool.txt" 2>&1
+        compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_cases.py > "$OUT/sanitize_$tool.txt" 2>&1
         echo "sanitizer $tool rc=$?"; tail -2 "$OUT/sanitize_$tool.txt"
       done ;;
     bench)
-      python3 scripts/bench_plan_build.py --json "$OUT/plan_build.json" --plot "$OUT/plan_build.png" > "$OUT/plan_build.txt" 2>&1
+      python3 benchmarks/bench_plan_build.py --json "$OUT/plan_build.json" --plot "$OUT/plan_build.png" > "$OUT/plan_build.txt" 2>&1
       echo "plan_build rc=$?"; tail -8 "$OUT/plan_build.txt"
-      python3 scripts/bench_decode.py --graph --json "$OUT/decode_seed.json" --plot "$OUT/decode_seed.png" > "$OUT/decode_seed.txt" 2>&1
+      python3 benchmarks/bench_decode.py --graph --json "$OUT/decode_seed.json" --plot "$OUT/decode_seed.png" > "$OUT/decode_seed.txt" 2>&1
       echo "decode rc=$?"; tail -14 "$OUT/decode_seed.txt"
-      python3 scripts/bench_decode.py --config 8,32,32768,128,1,0.5 --config 8,32,32768,128,16,0.5 \
+      python3 benchmarks/bench_decode.py --config 8,32,32768,128,1,0.5 --config 8,32,32768,128,16,0.5 \
         --config 8,32,32768,128,128,0.5 --json "$OUT/decode_pages.json" --plot "$OUT/decode_pages.png" \
         > "$OUT/decode_pages.txt" 2>&1
       echo "decode pages rc=$?"; tail -13 "$OUT/decode_pages.txt" | cut -c1-140 ;;
     extend)
-      python3 scripts/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
+      python3 benchmarks/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
       echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
     ragged)
-      python3 scripts/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all --json "$OUT/ragged.json" > "$OUT/ragged.txt" 2>&1
+      python3 benchmarks/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all --json "$OUT/ragged.json" > "$OUT/ragged.txt" 2>&1
       echo "ragged rc=$?"; tail -7 "$OUT/ragged.txt" | cut -c1-200 ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"

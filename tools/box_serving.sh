@@ -1,8 +1,8 @@
 #!/bin/bash
-# On the GPU box (no network): unpack the SGLang site that scripts/pack_box_site.py packed into
+# On the GPU box (no network): unpack the SGLang site that tools/pack_box_site.py packed into
 # .carry/boxsite.tar.xz, install this checkout into it (for the sglang.srt.plugins entry point),
 # then run the given command with it on PYTHONPATH. Idempotent on a warm box.
-#   bash scripts/box_serving.sh python3 scripts/bench_serving.py --check
+#   bash tools/box_serving.sh python3 benchmarks/bench_serving.py --check
 set -euo pipefail
 SITE=${FLASHCORE_BOX_SITE:-/tmp/site}
 if [ ! -f "$SITE/.flashcore_ready" ]; then

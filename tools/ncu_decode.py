@@ -4,7 +4,7 @@ decode calls; ``--cudnn`` also calls torch SDPA with cuDNN on the same requests'
 
     ncu --clock-control none --kernel-name regex:"paged_decode|sdpa|cudnn" --launch-skip 0 \\
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,sm__cycles_active.max,sm__cycles_active.avg \\
-        python scripts/ncu_decode.py --config 16,8,32768 [--pool head_major] [--chunk 4096] [--cudnn]
+        python tools/ncu_decode.py --config 16,8,32768 [--pool head_major] [--chunk 4096] [--cudnn]
 """
 
 import argparse
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_decode_grid import make_pool  # noqa: E402

@@ -3,7 +3,7 @@ fp16), non-causal then causal; ``--shape B,S,H,D`` (repeatable) for other points
 
     ncu --clock-control none --kernel-name regex:dense_fwd \\
         --metrics sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum \\
-        python scripts/ncu_dense.py [--shape 1,16384,16,128] [--causal no] [--cudnn]
+        python tools/ncu_dense.py [--shape 1,16384,16,128] [--causal no] [--cudnn]
 
 ``--cudnn`` also calls torch SDPA with cuDNN on the same tensors (match its kernel with
 ``--kernel-name regex:"dense_fwd|sdpa"``), for a side-by-side reading.

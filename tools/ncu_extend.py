@@ -4,7 +4,7 @@ one prefix shared by every request), then order 0 on a table where no page is sh
 
     ncu --clock-control none --kernel-name regex:dense_fwd \\
         --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum \\
-        python scripts/ncu_extend.py [--batch 32 --length 4096 --fraction 0.9]
+        python tools/ncu_extend.py [--batch 32 --length 4096 --fraction 0.9]
 """
 
 import argparse
@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from bench_decode import shared_page_table  # noqa: E402
 from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
 

@@ -27,7 +27,7 @@ Nothing here is committed: ``.carry/`` is git-ignored. On the box::
     mkdir -p /tmp/site && tar -xJf .carry/boxsite.tar.xz -C /tmp/site
     export PYTHONPATH=/tmp/site:$PWD
 
-Usage: ``python scripts/pack_box_site.py --aot-python /path/to/python3.12 [--out .carry]``.
+Usage: ``python tools/pack_box_site.py --aot-python /path/to/python3.12 [--out .carry]``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A small grid of kernel calls checked against the reference, sized for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck python scripts/sanitize_cases.py
-    compute-sanitizer --tool racecheck python scripts/sanitize_cases.py
+    compute-sanitizer --tool memcheck python tools/sanitize_cases.py
+    compute-sanitizer --tool racecheck python tools/sanitize_cases.py
 
 Exits 1 if any output differs from the reference.
 """
