@@ -1,153 +1,349 @@
-"""Writes benchmarks/results/<device>/README.md from the JSON files a benchmark run saved there,
-so the committed summary always matches the committed measurements."""
+"""Regenerates the measured-results pages from the committed result JSONs.
+
+    python benchmarks/summarize.py          # write every generated file
+    python benchmarks/summarize.py --check  # exit 1 if a generated file is out of date
+
+Results live in ``benchmarks/results/<gpu>/<operation>/``: one result JSON per folder (what a
+``benchmarks/bench_*.py --json`` run saved: ``{"info": {device, torch, command, ...}, "rows": [...]}``),
+the run's PNG and text table where they exist, and a ``README.md`` written here.
+``benchmarks/results/index.json`` says, per folder, at which commit the figures were measured
+and what a reader should know about them. This script writes:
+
+* ``benchmarks/results/<gpu>/<operation>/README.md`` for every folder,
+* ``benchmarks/results/README.md``, the index of the folders,
+* the performance table of the top-level ``README.md``, between ``<!-- performance:begin -->``
+  and ``<!-- performance:end -->``.
+
+Standard library only; the output depends on the committed files alone, so it is deterministic.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
+
+# what each operation's timing includes (the benchmarks' own definitions, bench_util.py)
+GPU_TIME = ("GPU time: CUDA events around each call, the calls queued behind a sleep kernel so that no "
+            "host work (Python, checks, launches) is inside the events, for ours and the baselines alike; "
+            "median of the repeats.")
+TIMING = {
+    "dense": GPU_TIME + " No L2 flush. TFLOPS = 4·B·Hq·S²·D, halved when causal. cuDNN and FlashAttention-2 "
+             "are torch's SDPA backends on the same tensors.",
+    "decode": GPU_TIME + " A 256 MB L2 flush before every call. `ours` is what the SGLang backend runs per layer "
+              "(`DecodePlanner.run` over the pool, pages shuffled); the per-step plan is timed apart "
+              "(`plan ms`, host wall clock until its kernels end) and is not in `ours ms`. cuDNN and FA2 "
+              "(SDPA) read the same requests' K/V gathered into contiguous tensors beforehand; the gather is "
+              "not timed. `bound` is the unique K/V bytes (+ Q and O) at the run's measured copy bandwidth "
+              "(read + write).",
+    "extend": GPU_TIME + " No L2 flush. One cached prefix shared by all B requests, then `new` tokens each. "
+              "`backend` is what the SGLang backend runs per layer (`extend_attention` over an `ExtendPlan`); "
+              "the per-batch plan is timed apart (`plan ms`, host wall clock). The dense reference is our "
+              "kernel on K/V gathered beforehand; SDPA is cuDNN, and `(SDPA+gather)/backend` adds the gather "
+              "SDPA would need.",
+    "ragged": GPU_TIME + " No L2 flush. A batch `COUNTxNEW[:PREFIX]` is COUNT requests of NEW query tokens "
+              "after PREFIX cached keys; causal (bottom-right). FLOPs count the visible (query, key) pairs. "
+              "FA2 is torch's varlen FlashAttention-2 op on the same tensors.",
+    "serving": "End to end: output tokens per second of whole workloads (wall clock), inter-token latency "
+               "(ITL) per request, from SGLang servers started one after the other on the same machine with "
+               "dummy weights and token-id requests (`benchmarks/bench_serving.py`).",
+}
+TITLES = {"dense": "Dense forward (prefill)", "decode": "Paged decode, seed configurations",
+          "decode_pages": "Paged decode, page sizes", "extend": "Extend (prefill over a cached prefix)",
+          "ragged": "Ragged prefill batches", "serving": "SGLang serving"}
+SCRIPTS = {"dense": "bench_dense.py", "decode": "bench_decode.py", "decode_pages": "bench_decode.py",
+           "extend": "bench_extend.py", "ragged": "bench_ragged.py", "serving": "bench_serving.py"}
+GPU_NAMES = {"h100": "H100", "h200": "H200"}
 
 
-def load(folder: Path, name: str):
-    path = folder / name
-    return json.loads(path.read_text()) if path.exists() else None
+# ----------------------------------------------------------------------------- helpers
+def fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
 
 
-def fmt(v, digits=2):
-    return "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
-
-
-def table(rows, cols, heads):
-    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+def table(rows: Sequence[Dict], cols: Sequence[Tuple[str, object]]) -> List[str]:
+    """``cols``: (heading, key or function of the row)."""
+    out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(c)) if not callable(c) else c(r) for c in cols) + " |")
+        cells = [c(r) if callable(c) else fmt(r.get(c)) for _, c in cols]
+        out.append("| " + " | ".join(cells) + " |")
     return out
 
 
-def main(folder: str) -> None:
-    folder = Path(folder)
-    lines = [f"# Measured on {folder.name}", ""]
-    dense, decode, extend = load(folder, "dense_grid.json"), load(folder, "decode_seed.json"), load(folder, "extend.json")
-    info = (dense or decode or extend)["info"]
-    lines += [f"Device: {info['device']}, torch {info['torch']} (CUDA {info['cuda']}), Python {info['python']}.",
-              "Each JSON file holds every figure of its run and the exact command; the PNGs plot them.",
-              "Times are GPU time (CUDA events around calls queued behind a sleep kernel, median of the "
-              "repeats; `benchmarks/bench_util.py`), ours and the baselines alike.", ""]
-    for decode_name, decode in (("seed configurations", decode), ("page sizes", load(folder, "decode_pages.json"))):
-        if not decode:
+def span(values: Sequence[float], digits: int = 2, unit: str = "x") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}{unit}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}–{hi:.{digits}f}{unit}"
+
+
+def ctx(r: Dict) -> str:
+    return f"{r['ctx'] // 1024}K" if r.get("ctx", 0) >= 1024 else str(r.get("ctx"))
+
+
+def result_json(folder: Path) -> Path:
+    found = sorted(folder.glob("*.json"))
+    if len(found) != 1:
+        raise SystemExit(f"{folder}: expected one result JSON, found {[p.name for p in found]}")
+    return found[0]
+
+
+def load_index(results: Path) -> Dict[str, Dict]:
+    path = results / "index.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ------------------------------------------------------------------ per-operation pages
+def dense_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    summary = [f"- ours/cuDNN {span([r['ours_over_cudnn'] for r in rows], 3)} over {len(rows)} points "
+               f"({sum(r['ours_over_cudnn'] >= 1.0 for r in rows)} at 1.0x or above), median "
+               f"{statistics.median(r['ours_over_cudnn'] for r in rows):.3f}x;",
+               f"- ours/FA2 {span([r['ours_over_fa2'] for r in rows])}; ours {span([r['ours_TF'] for r in rows], 0, ' TFLOPS')}."]
+    cols = [("dtype", lambda r: r["dtype"].replace("bfloat16", "bf16").replace("float16", "fp16")),
+            ("S", "S"), ("B", "B"), ("Hq/Hkv", lambda r: f"{r['Hq']}/{r['Hkv']}"), ("D", "D"),
+            ("causal", lambda r: "yes" if r["causal"] else "no"), ("ours ms", lambda r: fmt(r["ours_ms"], 3)),
+            ("ours TF", lambda r: fmt(r["ours_TF"], 0)), ("cuDNN TF", lambda r: fmt(r["cudnn_TF"], 0)),
+            ("ours/cuDNN", lambda r: fmt(r["ours_over_cudnn"], 3)), ("FA2 TF", lambda r: fmt(r["fa2_TF"], 0)),
+            ("ours/FA2", lambda r: fmt(r["ours_over_fa2"]))]
+    return summary, table(rows, cols)
+
+
+def decode_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    plain = [r for r in rows if not r["shared"]]
+    shared = [r for r in rows if r["shared"]]
+    summary = []
+    if plain:
+        summary.append(f"- without sharing: {span([r['speedup_vs_cudnn'] for r in plain], 3)} cuDNN's speed "
+                       f"(ours {span([r['ours_TBs'] for r in plain], 2, ' TB/s')}, cuDNN "
+                       f"{span([r['cudnn_TBs'] for r in plain], 2, ' TB/s')});")
+    if shared:
+        best = max(shared, key=lambda r: r["speedup_vs_cudnn"])
+        summary.append(f"- with a shared prefix: {span([r['speedup_vs_cudnn'] for r in shared])} cuDNN's speed; "
+                       f"B{best['B']} x {ctx(best)}, Hkv {best['Hkv']}, {best['shared']:.0%} shared: "
+                       f"{best['speedup_vs_cudnn']:.2f}x, {best['ours_over_bound']:.2f}x the unique-bytes bound;")
+    if any("plan_ms" in r for r in rows):
+        summary.append(f"- the per-step plan: {span([r['plan_ms'] for r in rows], 3, ' ms')} "
+                       f"({span([r['plan_pct_of_step'] for r in rows], 2, '%')} of a "
+                       f"{data['info'].get('layers_per_step', 32)}-layer step).")
+    graph = any("graph_ms" in r for r in rows)
+    cols = [("B", "B"), ("Hq/Hkv", lambda r: f"{r['Hq']}/{r['Hkv']}"), ("ctx", ctx), ("page", "page"),
+            ("shared", lambda r: fmt(r["shared"])), ("ours ms", lambda r: fmt(r["ours_ms"], 3))]
+    if graph:
+        cols.append(("CUDA-graph replay ms", lambda r: fmt(r.get("graph_ms"), 3)))
+    cols += [("ours TB/s", "ours_TBs"), ("bound ms", lambda r: fmt(r["bound_ms"], 3)),
+             ("ours/bound", "ours_over_bound"), ("cuDNN ms", lambda r: fmt(r["cudnn_ms"], 3)),
+             ("cuDNN TB/s", "cudnn_TBs"), ("vs cuDNN", lambda r: fmt(r["speedup_vs_cudnn"], 3)),
+             ("vs FA2", "speedup_vs_fa2"), ("plan ms", lambda r: fmt(r.get("plan_ms"), 3))]
+    return summary, table(rows, cols)
+
+
+def extend_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    prefix = [r for r in rows if r["prefix"]]
+    summary = []
+    for page in sorted({r["page"] for r in prefix}):
+        at = [r for r in prefix if r["page"] == page]
+        summary.append(f"- page {page}, with a cached prefix: backend/our dense on pre-gathered K/V "
+                       f"{span([r['backend_over_dense'] for r in at])}, (SDPA + gather)/backend "
+                       f"{span([r['backend_over_sdpa_plus_gather'] for r in at])};")
+    none = [r for r in rows if not r["prefix"]]
+    if none:
+        summary.append(f"- no prefix: backend/our dense {span([r['backend_over_dense'] for r in none])}.")
+    cols = [("page", "page"), ("B", "B"), ("L", "L"), ("prefix", "prefix"), ("new", "new"),
+            ("backend ms", lambda r: fmt(r["backend_ms"], 3)), ("backend TF", lambda r: fmt(r["backend_TF"], 0)),
+            ("plan ms", lambda r: fmt(r["plan_ms"], 3)), ("our dense TF", lambda r: fmt(r["dense_TF"], 0)),
+            ("backend/dense", "backend_over_dense"), ("SDPA TF", lambda r: fmt(r["sdpa_TF"], 0)),
+            ("(SDPA+gather)/backend", "backend_over_sdpa_plus_gather")]
+    return summary, table(rows, cols)
+
+
+def ragged_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    old = next((k[: -len("_ms")] for k in rows[0] if k.startswith("FLASHCORE_") and k.endswith("_ms")), None)
+    summary = [f"- ours/FA2 varlen {span([r['ours_over_fa2'] for r in rows])} over {len(rows)} batches."]
+    cols = [("batch", "batch"), ("requests", "requests"), ("query tokens", "q_tokens"),
+            ("ours ms", lambda r: fmt(r["ours_ms"], 3)), ("ours TF", lambda r: fmt(r["ours_TF"], 0)),
+            ("FA2 ms", lambda r: fmt(r["fa2_ms"], 3)), ("ours/FA2", "ours_over_fa2")]
+    if old:
+        summary.append(f"- against the launch that skipped empty tiles one claim at a time (`{old}`): "
+                       f"{span([r['ours_over_' + old] for r in rows])}.")
+        cols += [("empty tiles skipped ms", lambda r: fmt(r[old + "_ms"], 3)),
+                 ("speed-up of the tile list", lambda r: fmt(r["ours_over_" + old]))]
+    return summary, table(rows, cols)
+
+
+def serving_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows, info = data["rows"], data["info"]
+    workloads = info.get("workloads", {})
+    summary = [f"- `{r['workload']}` ({workloads.get(r['workload'], '')}): {r['ours_over_triton']:.2f}x "
+               f"triton's output tokens/s;" for r in rows]
+    cols = [("workload", "workload"), ("ours tok/s", lambda r: fmt(r["flashcore_sparse_tok_s"], 0)),
+            ("triton tok/s", lambda r: fmt(r["triton_tok_s"], 0)), ("ours/triton", "ours_over_triton"),
+            ("ours ITL ms", lambda r: fmt(r["flashcore_sparse_itl_ms"], 1)),
+            ("triton ITL ms", lambda r: fmt(r["triton_itl_ms"], 1))]
+    return summary, table(rows, cols)
+
+
+PAGES: Dict[str, Callable[[Dict], Tuple[List[str], List[str]]]] = {
+    "dense": dense_page, "decode": decode_page, "decode_pages": decode_page, "extend": extend_page,
+    "ragged": ragged_page, "serving": serving_page}
+
+
+def generic_page(data: Dict) -> Tuple[List[str], List[str]]:
+    keys = sorted(set().union(*[r.keys() for r in data["rows"]])) if data["rows"] else []
+    return [], table(data["rows"], [(k, k) for k in keys])
+
+
+def folder_readme(folder: Path, data: Dict, meta: Dict) -> str:
+    gpu, op = folder.parent.name, folder.name
+    info = data["info"]
+    summary, rows = PAGES.get(op, generic_page)(data)
+    versions = ", ".join(f"{name} {info[key]}" for name, key in
+                         (("torch", "torch"), ("CUDA", "cuda"), ("Python", "python"), ("SGLang", "sglang"))
+                         if key in info)
+    lines = [f"# {TITLES.get(op, op)} on the {GPU_NAMES.get(gpu, gpu)}", "",
+             "Generated by `benchmarks/summarize.py` from the JSON in this folder; do not edit.", "",
+             f"- Device: {info['device']}; {versions}.",
+             f"- Measured at commit {meta['measured_at']}." if meta.get("measured_at") else "- Commit: not recorded.",
+             f"- Command (`benchmarks/{SCRIPTS.get(op, '...')}`"
+             + ("; the script lived in `scripts/` at the time" if "scripts/" in info["command"] else "") + "):", "",
+             "```", *info.get("merged_runs", []), info["command"], "```", ""]
+    lines += ["## What the timing includes", "", TIMING.get(op.split("_")[0], GPU_TIME)
+              + (" Ours and the baselines of a point were timed in alternating rounds." if meta.get("interleaved")
+                 else " Each point timed ours and then the baselines, each in one block of repeats."
+                 if op != "serving" else ""), ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
+    lines += ["## Reading", ""] + summary + ["", "## Figures", ""] + rows + [""]
+    others = sorted(p.name for p in folder.iterdir() if p.name not in ("README.md",) and p.suffix != ".json")
+    lines += ["Files: `" + "`, `".join([result_json(folder).name] + others) + "`.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the README's table
+def headline(op: str, data: Dict) -> Optional[Tuple[str, str, str]]:
+    """(what, baseline, ours vs baseline) for the top-level table."""
+    rows = data["rows"]
+    if op == "dense":
+        return (f"{len(rows)} shapes, S 512–16K, D 64/128, causal or not, bf16/fp16", "cuDNN (SDPA)",
+                f"{span([r['ours_over_cudnn'] for r in rows])} (median "
+                f"{statistics.median(r['ours_over_cudnn'] for r in rows):.2f}x); FA2 "
+                f"{span([r['ours_over_fa2'] for r in rows])}")
+    if op == "decode":
+        plain = [r for r in rows if not r["shared"]]
+        top = max(rows, key=lambda r: r["speedup_vs_cudnn"])
+        return ("seed grid B8×128K, B16×32K, B32×8K, Hkv 8/32, page 128", "cuDNN on gathered K/V",
+                f"no sharing {span([r['speedup_vs_cudnn'] for r in plain])}; {top['shared']:.0%} shared "
+                f"B{top['B']}×{ctx(top)} Hkv {top['Hkv']}: {top['speedup_vs_cudnn']:.2f}x")
+    if op == "decode_pages":
+        pages = sorted({r["page"] for r in rows})
+        plain = [r for r in rows if not r["shared"]]
+        return (f"B8×32K, pages {'/'.join(map(str, pages))}, no sharing", "cuDNN on gathered K/V",
+                span([r["speedup_vs_cudnn"] for r in plain]))
+    if op == "extend":
+        at = [r for r in rows if r["prefix"] and r["page"] > 1] or [r for r in rows if r["prefix"]]
+        return (f"shared cached prefix, page {at[0]['page']}, Hq 32 / Hkv 8", "cuDNN + the gather it needs",
+                span([r["backend_over_sdpa_plus_gather"] for r in at]))
+    if op == "ragged":
+        return ("mixed-length prefill batches", "FA2 varlen", span([r["ours_over_fa2"] for r in rows]))
+    if op == "serving":
+        by = {r["workload"]: r["ours_over_triton"] for r in rows}
+        return ("Llama-3-8B shape, SGLang " + data["info"].get("sglang", ""), "SGLang `triton` backend",
+                ", ".join(f"{name} {v:.2f}x" for name, v in by.items()))
+    return None
+
+
+def performance_table(results: Path, index: Dict[str, Dict]) -> str:
+    lines = ["| operation | GPU | workload | baseline | ours vs baseline | measured at | details |",
+             "|---|---|---|---|---|---|---|"]
+    order = list(TITLES)
+    folders = sorted(folders_of(results), key=lambda f: (order.index(f.name) if f.name in order else len(order),
+                                                          f.name, f.parent.name))
+    for folder in folders:
+        data = json.loads(result_json(folder).read_text())
+        row = headline(folder.name, data)
+        if row is None:
             continue
-        i = decode["info"]
-        i = decode["info"]
-        planner = "plan_ms" in decode["rows"][0]  # runs since the GPU page-table planner
-        lines += [f"## Paged decode, {decode_name} (`benchmarks/bench_decode.py`)", "",
-                  f"`{i['command']}`; bf16, D 128, L2 flushed between calls, copy bandwidth "
-                  f"{i['copy_TBs_read_plus_write']:.2f} TB/s (read + write). Bytes are the unique K/V bytes the step "
-                  "must read (+ Q and O); the bound is those bytes at the copy bandwidth. "
-                  + ("`ours` is the path the SGLang backend runs (the GPU page-table planner + the decode kernel's "
-                     "table mode); plan % is its per-step planning (host wall clock until the planner's kernels end) "
-                     f"over a step of {i['layers_per_step']} layers; `layout API` is the same kernel over a "
-                     "`PagedLayout` + `SharingPlan`, whose build (`layout ms`) the backend no longer pays per decode step."
-                     if planner else f"layout % is the layout + plan build over a step of {i['layers_per_step']} layers."),
-                  ""]
-        extra = (["plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms"] if planner
-                 else ["layout_ms", "layout_pct_of_step"])
-        extra_heads = (["plan ms", "plan % of step", "layout API ms", "layout ms"] if planner
-                       else ["layout ms", "layout % of step"])
-        # FlashInfer's paged decode, where its wheel was carried to the GPU (CUDA cores / tensor cores)
-        flashinfer = any("flashinfer_ms" in r for r in decode["rows"])
-        fi_cols = ["flashinfer_ms", "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc"]
-        fi_heads = ["FlashInfer ms", "vs FlashInfer", "FlashInfer TC ms", "vs FlashInfer TC"]
-        lines += table(decode["rows"],
-                       ["B", "Hkv", lambda r: f"{r['ctx'] // 1024}K", "page", "shared", "ours_ms", "graph_ms", "ours_TBs",
-                        "bound_ms", "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "speedup_vs_fa2"]
-                       + (fi_cols if flashinfer else []) + extra,
-                       ["B", "Hkv", "ctx", "page", "shared", "ours ms", "ours, CUDA-graph replay ms", "ours TB/s",
-                        "bound ms", "ours/bound", "cuDNN ms", "cuDNN TB/s", "vs cuDNN", "vs FA2"]
-                       + (fi_heads if flashinfer else []) + extra_heads)
-        lines.append("")
-    plan_build = load(folder, "plan_build.json")
-    if plan_build and "plan_ms" in plan_build["rows"][0]:
-        lines += ["## Decode metadata per step (`benchmarks/bench_plan_build.py`)", "",
-                  f"`{plan_build['info']['command']}`; serving-shaped decode batches (page 1, a prompt run plus "
-                  "scattered decode slots per request, no sharing), Hq 32, Hkv 8, D 128, bf16. Host wall clock until "
-                  "the GPU is done; attention = the decode kernel for 32 layers.", ""]
-        lines += table(plan_build["rows"],
-                       ["batch", "tokens", "chunk", "work_items", "plan_ms", "layout_build_ms", "attn_layer_ms",
-                        "attn_step_ms", "plan_pct_of_attn_step", "layout_pct_of_attn_step"],
-                       ["B", "tokens", "chunk", "work items", "GPU planner ms", "layout + sharing plan ms",
-                        "attention ms / layer", "attention ms / step", "planner % of attention",
-                        "layout build % of attention"])
-        lines.append("")
-    if dense:
-        lines += ["## Dense forward (`benchmarks/bench_dense.py`)", "", f"`{dense['info']['command']}`; TFLOPS = "
-                  "4·B·H·S²·D (halved when causal).", ""]
-        lines += table([r for r in dense["rows"] if r["dtype"] == "bfloat16"],
-                       ["S", "B", "Hq", "Hkv", "D", "causal", "ours_TF", "cudnn_TF", "ours_over_cudnn", "fa2_TF",
-                        "ours_over_fa2"],
-                       ["S", "B", "Hq", "Hkv", "D", "causal", "ours TF", "cuDNN TF", "ours/cuDNN", "FA2 TF", "ours/FA2"])
-        notes = folder / "dense_notes.md"  # what a reader of this device's run should know
-        lines += ["", "fp16 rows are in `dense_grid.json` / `dense_grid.txt`."
-                  + (" " + notes.read_text().strip() if notes.exists() else ""), ""]
-    if extend:
-        paged = "backend_gather_ms" in extend["rows"][0] or any("paged" in r for r in extend["rows"])
-        backend = "backend_TF" in extend["rows"][0]  # runs since the backend's ExtendPlan path
-        lines += ["## Extend (`benchmarks/bench_extend.py`)", "", f"`{extend['info']['command']}`; bf16, Hq 32, Hkv 8, "
-                  "D 128; one cached prefix shared by all B requests. "
-                  + ("`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`; "
-                     "page 64: the dense kernel reads the prefix pages in place, page 1: one gather of the keys, no "
-                     "prefix: the new K/V as they are; `plan ms` is the per-batch plan, host wall clock). "
-                     "`gather ms` (backend) is the same call on a gathered plan, what page 64 ran before; "
-                     "`order 0/1 ms` time the paged kernel's two CTA orders (1: requests side by side, the plan's "
-                     "choice when they share pages); `distinct ms` is the same shapes on a table where no page is "
-                     "shared. `paged_extend` is the public layout API. The dense reference is the op itself on K/V "
-                     "gathered beforehand."
-                     if paged else
-                     "`backend` is what `FlashCoreBackend` runs per layer (`extend_attention` over an `ExtendPlan`: one "
-                     "gather of the keys, none without a prefix, then the dense kernel; `plan ms` is the per-batch "
-                     "plan, host wall clock); `paged_extend` is the public layout API. The dense "
-                     "reference is the op itself on K/V gathered beforehand, so backend/dense is what the gather "
-                     "costs."
-                     if backend else ""), ""]
-        if paged:
-            lines += table(extend["rows"],
-                           ["page", "B", "L", "prefix", "new", "backend_TF", "plan_ms", "backend_gather_ms",
-                            "paged_over_gather", "order0_ms", "order1_ms", "distinct_ms", "ours_TF", "dense_TF",
-                            "backend_over_dense", "sdpa_TF", "backend_over_sdpa_plus_gather"],
-                           ["page", "B", "L", "prefix", "new", "backend TF", "plan ms", "backend, gathered ms",
-                            "gathered/paged", "order 0 ms", "order 1 ms", "distinct ms", "paged_extend TF",
-                            "our dense, pre-gathered TF", "backend/dense", "SDPA TF", "(SDPA+gather)/backend"])
-        elif backend:
-            lines += table(extend["rows"],
-                           ["page", "B", "L", "prefix", "new", "backend_TF", "plan_ms", "ours_TF", "dense_TF",
-                            "backend_over_dense", "gather_ms", "sdpa_TF", "backend_over_sdpa_plus_gather"],
-                           ["page", "B", "L", "prefix", "new", "backend TF", "plan ms", "paged_extend TF",
-                            "our dense, pre-gathered TF", "backend/dense", "gather ms", "SDPA TF",
-                            "(SDPA+gather)/backend"])
+        rel = folder.relative_to(results).as_posix()
+        lines.append(f"| {TITLES.get(folder.name, folder.name)} | {GPU_NAMES.get(folder.parent.name, folder.parent.name)} "
+                     f"| {row[0]} | {row[1]} | {row[2]} | {index.get(rel, {}).get('measured_at', '')} "
+                     f"| [`{rel}/`](benchmarks/results/{rel}/) |")
+    return "\n".join(lines)
+
+
+def results_index(results: Path, index: Dict[str, Dict]) -> str:
+    lines = ["# Measured results", "",
+             "Generated by `benchmarks/summarize.py`; do not edit. One folder per GPU and operation, each with",
+             "the latest result JSON (device, versions and command in its `info`), its plot and table where the",
+             "run made them, and a README. Earlier runs and A/B experiments are in git history; "
+             "`docs/experiments.md` cites their commits.", "",
+             "| folder | device | measured at | command |", "|---|---|---|---|"]
+    for folder in sorted(folders_of(results)):
+        rel = folder.relative_to(results).as_posix()
+        info = json.loads(result_json(folder).read_text())["info"]
+        lines.append(f"| [`{rel}/`]({rel}/) | {info['device']} | {index.get(rel, {}).get('measured_at', '')} "
+                     f"| `{info['command'].split(' --json')[0]}` |")
+    return "\n".join(lines) + "\n"
+
+
+def folders_of(results: Path) -> List[Path]:
+    return [f for gpu in sorted(results.iterdir()) if gpu.is_dir()
+            for f in sorted(gpu.iterdir()) if f.is_dir() and any(f.glob("*.json"))]
+
+
+# ------------------------------------------------------------------------------ main
+def generate(results: Path, readme: Path) -> Dict[Path, str]:
+    """Every generated file's path and wanted contents."""
+    index = load_index(results)
+    out: Dict[Path, str] = {}
+    for folder in folders_of(results):
+        data = json.loads(result_json(folder).read_text())
+        out[folder / "README.md"] = folder_readme(folder, data, index.get(folder.relative_to(results).as_posix(), {}))
+    out[results / "README.md"] = results_index(results, index)
+    if readme.exists():
+        text = readme.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            out[readme] = head + BEGIN + "\n" + performance_table(results, index) + "\n" + END + tail
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is out of date")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="the results folder")
+    parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md",
+                        help="the README whose performance table is regenerated")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in generate(args.results, args.readme).items():
+        if path.exists() and path.read_text() == text:
+            continue
+        if args.check:
+            stale.append(path)
         else:
-            lines += table(extend["rows"],
-                           ["page", "B", "L", "prefix", "new", "ours_TF", "dense_TF", "ours_over_dense", "gather_ms",
-                            "sdpa_TF", "ours_over_sdpa_plus_gather"],
-                           ["page", "B", "L", "prefix", "new", "ours TF", "our dense, pre-gathered TF", "ours/dense",
-                            "gather ms", "SDPA TF", "(SDPA+gather)/ours"])
-        lines.append("")
-    ncu_extend = folder / "ncu_extend_sharing.txt"
-    if ncu_extend.exists():
-        lines += ["## Nsight Compute, paged extend over a shared prefix (`tools/ncu_extend.py`)", "",
-                  "HBM bytes read by the dense kernel in each CTA order; see the file's header for the command.", "",
-                  "```", ncu_extend.read_text().rstrip(), "```", ""]
-    for name, title in (("ncu_dense_seed_point.txt", "dense kernel at the seed point"),
-                        ("ncu_dense_vs_cudnn.txt", "dense kernel next to cuDNN SDPA")):
-        ncu = folder / name
-        if ncu.exists():
-            lines += [f"## Nsight Compute, {title}", "", "```", ncu.read_text().rstrip(), "```", ""]
-    subfolders = [(d.name, d / "README.md") for d in sorted(folder.iterdir()) if (d / "README.md").exists()]
-    if subfolders:
-        lines += ["## Other runs", "", "Each folder has its own README with the command and the reading:", ""]
-        lines += [f"- `{name}/`: {readme.read_text().splitlines()[0].lstrip('# ')}" for name, readme in subfolders]
-        lines.append("")
-    (folder / "README.md").write_text("\n".join(lines))
-    print("wrote", folder / "README.md")
+            path.write_text(text)
+            print("wrote", path)
+    for path in stale:
+        print("out of date:", path, "(run python benchmarks/summarize.py)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/h100")
+    sys.exit(main())
