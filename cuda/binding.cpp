@@ -16,7 +16,6 @@
 
 #include "flashcore/decode_plan.h"
 #include "flashcore/dense_fwd.h"
-#include "flashcore/layout_build.h"
 #include "flashcore/paged_decode.h"
 
 namespace {
@@ -140,30 +139,6 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   return p;
 }
 
-// Checks the decode inputs and fills the launch parameters (outputs and workspaces are set by the caller).
-flashcore::PagedDecodeParams decode_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                           int64_t max_readers, int* dtype) {
-  FC_CHECK(plan.size() == 8, "plan: expected 8 tensors (kernels.plan_tensors), got ", plan.size());
-  auto p = pool_params(q, k, v, page_size, scale, dtype);
-  const char* names[8] = {"work_entry_offsets", "work_reader_offsets", "work_readers", "entry_pages",
-                          "entry_offsets", "entry_token_offsets", "merge_offsets", "merge_partials"};
-  const int* ptrs[8];
-  for (int i = 0; i < 8; ++i) ptrs[i] = index_ptr(plan[i], q, names[i]);
-  p.work_entry_offsets = ptrs[0];
-  p.work_reader_offsets = ptrs[1];
-  p.work_readers = ptrs[2];
-  p.entry_pages = ptrs[3];
-  p.entry_offsets = ptrs[4];
-  p.entry_token_offsets = ptrs[5];
-  p.merge_offsets = ptrs[6];
-  p.merge_partials = ptrs[7];
-  FC_CHECK(plan[6].numel() >= q.size(0) + 1, "merge_offsets: expected ", q.size(0) + 1, " offsets, got ", plan[6].numel());
-  p.num_work = (int)(plan[0].numel() - 1);
-  p.max_rows = (int)std::max<int64_t>(max_readers * p.group, 1);
-  return p;
-}
-
 // The planner's buffers inside its two workspaces (allocated by sglang_flashcore/decode_plan.py).
 flashcore::TablePlanBuffers table_buffers(const at::Tensor& ints, const at::Tensor& hash, const at::Tensor& like,
                                           int64_t max_batch, int64_t max_chunks) {
@@ -192,10 +167,8 @@ bool index_64(const at::Tensor& t, const at::Tensor& like, const char* name) {
   return t.scalar_type() == at::kLong;
 }
 
-// Checks SGLang's page table and fills the page-table fields that the planner's and the CSR
-// builder's arguments share (see flashcore/page_table.cuh).
-template <typename Args>
-void fill_page_table(Args& a, const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
+// Checks SGLang's page table and fills the planner's page-table fields (see flashcore/page_table.cuh).
+void fill_page_table(flashcore::TablePlanArgs& a, const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
                      const at::Tensor& seq_lens) {
   a.r2t_64 = index_64(req_to_token, req_to_token, "req_to_token");
   a.idx_64 = index_64(req_pool_indices, req_to_token, "req_pool_indices");
@@ -285,18 +258,6 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   return {out, lse};
 }
 
-std::vector<at::Tensor> paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                     const std::vector<at::Tensor>& plan, int64_t page_size, double scale,
-                                     int64_t max_readers) {
-  int dtype;
-  auto p = decode_params(q, k, v, plan, page_size, scale, max_readers, &dtype);
-  const at::cuda::CUDAGuard guard(q.device());
-  const int64_t num_partials = plan[2].numel();
-  auto partial_o = at::empty({num_partials, q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  auto partial_lse = at::empty({num_partials, q.size(1)}, q.options().dtype(at::kFloat));
-  return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
-}
-
 // Named int32 views of a planner workspace, for reports and tests (reading them syncs).
 std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tensor& ints, const at::Tensor& hash,
                                                                  int64_t max_batch, int64_t max_chunks) {
@@ -315,99 +276,6 @@ std::vector<std::pair<std::string, at::Tensor>> table_plan_views(const at::Tenso
           {"work_partials", view(buf.work_partials, P)},
           {"tasks", view(buf.tasks, 2 * (int64_t)flashcore::table_plan_task_capacity((int)max_chunks))},
           {"chunk_partial", view(buf.chunk_partial, P + 1)}};
-}
-
-// from_sglang on the GPU (layout_build.h). Returns the CSR arrays (int32 on the device: row_offsets,
-// cols, page_offsets, counts, positions, staging_ids, seq_lens) and, on the host, int64 [runs] or,
-// with want_range, [runs, smallest slot, largest slot]: the caller validates without another sync.
-std::vector<at::Tensor> csr_from_table(const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
-                                       const at::Tensor& seq_lens, int64_t page_size, bool want_range) {
-  flashcore::CsrFromTableArgs a{};
-  fill_page_table(a, req_to_token, req_pool_indices, seq_lens);
-  FC_CHECK(page_size >= 1 && page_size < INT32_MAX, "page_size: expected a positive int32, got ", page_size);
-  FC_CHECK(seq_lens.numel() <= 65535, "seq_lens: the GPU layout build takes up to 65535 requests, got ",
-           seq_lens.numel());
-  a.page_size = (int)page_size;
-  a.want_range = want_range;
-  a.tiles_per_row = (int)std::max<int64_t>(1, (a.max_context + flashcore::kCsrTileTokens - 1) / flashcore::kCsrTileTokens);
-  const at::cuda::CUDAGuard guard(req_to_token.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t tiles = (int64_t)a.batch * a.tiles_per_row;
-  FC_CHECK(tiles < INT32_MAX, "req_to_token/seq_lens: too many (request, tile) pairs for the GPU layout build");
-  const auto ints = req_to_token.options().dtype(at::kInt);
-  auto tile_ints = at::empty({2 * (tiles + 1)}, ints);
-  auto scalars = at::empty({3}, ints.dtype(at::kLong));
-  const size_t temp_bytes = flashcore::csr_count_temp_bytes(tiles);
-  auto temp = at::empty({(int64_t)temp_bytes}, ints.dtype(at::kByte));
-  flashcore::CsrCountBuffers buf{tile_ints.data_ptr<int>(), tile_ints.data_ptr<int>() + tiles + 1,
-                                 reinterpret_cast<long long*>(scalars.data_ptr<int64_t>()), temp.data_ptr(), temp_bytes};
-  FC_CHECK_CUDA(flashcore::csr_count_launch(a, buf, stream), "layout build (count)");
-  // the one sync: the number of runs sizes the outputs
-  auto host = want_range ? scalars.cpu() : tile_ints.narrow(0, 2 * tiles + 1, 1).cpu().to(at::kLong);
-  const int64_t nnz = host.data_ptr<int64_t>()[0];
-  FC_CHECK(nnz < INT32_MAX, "req_to_token: over 2^31 page runs are not supported");
-  auto row_offsets = at::empty({a.batch + 1}, ints);
-  auto fields = at::empty({5, nnz}, ints);
-  auto lens = at::empty({a.batch}, ints);
-  flashcore::CsrOutputs out{row_offsets.data_ptr<int>(), fields[0].data_ptr<int>(), fields[1].data_ptr<int>(),
-                            fields[2].data_ptr<int>(), fields[3].data_ptr<int>(), lens.data_ptr<int>(),
-                            fields[4].data_ptr<int>()};
-  FC_CHECK_CUDA(flashcore::csr_write_launch(a, buf.tile_offsets, nnz, out, stream), "layout build (write)");
-  return {row_offsets, fields[0], fields[1], fields[2], fields[3], fields[4], lens, host};
-}
-
-// plan_sharing on the GPU (layout_build.h) for a layout of nnz > 0 runs whose keys fit 64 bits
-// (the caller checks). Returns entry_pages, entry_offsets, entry_counts, entry_token_offsets,
-// reader_offsets, readers, work_entry_offsets, work_reader_offsets, work_readers, merge_offsets,
-// merge_partials (int32 on the device) and, on the host, int64 [U, W, P, max readers].
-std::vector<at::Tensor> sharing_plan_cuda(const at::Tensor& row_offsets, const at::Tensor& cols,
-                                          const at::Tensor& page_offsets, const at::Tensor& counts,
-                                          const at::Tensor& positions, int64_t page_size, int64_t runs_per_item,
-                                          int64_t key_end_bit) {
-  flashcore::SharingPlanArgs a{};
-  a.row_offsets = index_ptr(row_offsets, cols, "row_offsets");
-  a.cols = index_ptr(cols, cols, "cols");
-  a.page_offsets = index_ptr(page_offsets, cols, "page_offsets");
-  a.counts = index_ptr(counts, cols, "counts");
-  a.positions = index_ptr(positions, cols, "positions");
-  const int64_t n = cols.numel();
-  FC_CHECK(n > 0 && n < INT32_MAX / 2, "cols: expected 1 to 2^30 page runs, got ", n);
-  FC_CHECK(page_offsets.numel() == n && counts.numel() == n && positions.numel() == n,
-           "page_offsets/counts/positions: expected one value per run (", n, ")");
-  FC_CHECK(row_offsets.numel() >= 1, "row_offsets: expected B+1 offsets");
-  FC_CHECK(page_size >= 1 && runs_per_item >= 1 && key_end_bit >= 1 && key_end_bit <= 64,
-           "page_size/runs_per_item/key_end_bit: expected positive values and at most 64 key bits");
-  a.batch = (int)(row_offsets.numel() - 1);
-  a.nnz = (int)n;
-  a.page_size = (int)page_size;
-  a.runs_per_item = (int)runs_per_item;
-  a.key_end_bit = (int)key_end_bit;
-  const at::cuda::CUDAGuard guard(cols.device());
-  const auto ints = cols.options();
-  const size_t workspace_bytes = flashcore::sharing_plan_workspace_bytes(a.nnz, a.key_end_bit);
-  auto workspace = at::empty({(int64_t)workspace_bytes}, ints.dtype(at::kByte));
-  // per run (n): entry pages, offsets, counts; readers; work readers. Offsets (n + 1): entry tokens,
-  // readers, work entries, work readers. Slices of two buffers: fewer allocations and views a call.
-  auto per_run = at::empty({5 * n}, ints);
-  auto offsets = at::empty({4 * (n + 1)}, ints);
-  auto merge_partials = at::empty({n}, ints);
-  auto merge_offsets = at::empty({a.batch + 1}, ints);
-  auto scalars = at::empty({4}, ints.dtype(at::kLong));
-  int* r = per_run.data_ptr<int>();
-  int* o = offsets.data_ptr<int>();
-  flashcore::SharingPlanOutputs out{r, r + n, r + 2 * n, o, o + (n + 1), r + 3 * n, o + 2 * (n + 1), o + 3 * (n + 1),
-                                    r + 4 * n, merge_offsets.data_ptr<int>(), merge_partials.data_ptr<int>(),
-                                    reinterpret_cast<long long*>(scalars.data_ptr<int64_t>())};
-  FC_CHECK_CUDA(flashcore::sharing_plan_launch(a, workspace.data_ptr(), workspace_bytes, out,
-                                                            at::cuda::getCurrentCUDAStream()),
-                "sharing plan build");
-  auto host = scalars.cpu();  // the one sync: U, W and P size the outputs
-  const int64_t* h = host.data_ptr<int64_t>();
-  const int64_t U = h[0], W = h[1], P = h[2];
-  return {per_run.narrow(0, 0, U), per_run.narrow(0, n, U), per_run.narrow(0, 2 * n, U),
-          offsets.narrow(0, 0, U + 1), offsets.narrow(0, n + 1, U + 1), per_run.narrow(0, 3 * n, n),
-          offsets.narrow(0, 2 * (n + 1), W + 1), offsets.narrow(0, 3 * (n + 1), W + 1), per_run.narrow(0, 4 * n, P),
-          merge_offsets, merge_partials.narrow(0, 0, P), host};
 }
 
 // Decode over a plan made by plan_decode_table: graph-capturable (counts stay on the device).
@@ -444,7 +312,6 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   p.chunk_partial = buf.chunk_partial;
   p.num_tasks_dev = buf.meta + flashcore::kMetaTasks;
   p.merge_offsets = buf.chunk_base;
-  p.merge_partials = nullptr;
   // every reader set of a step has at most B requests: a small batch needs fewer query tiles
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
@@ -626,15 +493,12 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
-  m.def("paged_decode", &paged_decode, "Paged CSR decode over a SharingPlan");
   m.def("plan_decode_table", &plan_decode_table, "Plans a decode step from SGLang's page table on the GPU");
   m.def("paged_decode_table", &paged_decode_table, "Decode over a page-table plan (CUDA-graph capturable)");
   m.def("table_plan_views", &table_plan_views, "Named views of a planner workspace (for stats and tests)");
   m.def("table_plan_ints", [](int64_t b, int64_t c) { return flashcore::table_plan_ints((int)b, (int)c); });
   m.def("table_plan_hash_size", [](int64_t c) { return flashcore::table_plan_hash_size((int)c); });
   m.def("table_plan_partials", &table_partials, "Partials a planner's workspace must hold (the tail split adds some)");
-  m.def("csr_from_table", &csr_from_table, "from_sglang on the GPU: SGLang's page table -> CSR page runs");
-  m.def("sharing_plan", &sharing_plan_cuda, "plan_sharing on the GPU: unique runs, readers, work items, merge order");
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
   m.def("attention_fwd_paged", &attention_fwd_paged, "Dense attention forward, keys: whole pool pages read in place, then packed rows");
 }

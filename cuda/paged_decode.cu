@@ -1,19 +1,17 @@
-// Paged CSR decode: one query token per request, K/V read through a SharingPlan.
+// Paged decode: one query token per request, K/V read through SGLang's page table, over the
+// plan that decode_plan.cu builds on the GPU.
 //
-// Work item w = a chunk of page runs read by the same set of requests (its "readers").
-// CTA (w, kv_head, row_group) loads the chunk's K/V once, through a 2-stage cp.async ring
-// of 64-token tiles, and multiplies it on tensor cores against every query row that reads
-// it: rows = readers x GQA group (up to 32 per CTA, 16 per warp tile; more readers take more
-// CTAs). The four warps split the tokens of each tile (four ways for one row tile, two ways for
-// two) and merge at the end. Tasks of at most 8 rows (no sharing with a GQA group of up to 8)
-// multiply token-major instead (attend_tile_narrow): S^T = K Q^T, O^T = V^T P^T. Each
-// (w, reader) pair writes a normalised partial output and its LSE; a second kernel merges each
+// Work item w = a stretch of one request's req_to_token row read by the same set of requests
+// (its "readers"). A task (work item, up to 32 query rows) loads the item's K/V once per KV
+// head, through a 2-stage cp.async ring of 64-token tiles, and multiplies it on tensor cores
+// against every query row that reads it: rows = readers x GQA group (16 per warp tile). The
+// four warps split the tokens of each tile (four ways for one row tile, two ways for two) and
+// merge at the end. Tasks of at most 8 rows (no sharing with a GQA group of up to 8) multiply
+// token-major instead (attend_tile_narrow): S^T = K Q^T, O^T = V^T P^T. Each (work item,
+// reader) pair writes a normalised partial output and its LSE; a second kernel merges each
 // request's partials in the plan's fixed order, so results are bit-identical run to run.
-//
-// Two ways to name a work item's tokens: the SharingPlan's page runs (entries: any layout,
-// planned in torch), or table mode — a stretch of one request's req_to_token row, planned on
-// the GPU by decode_plan.cu; there a fixed grid loops over the planner's tasks, whose count
-// stays in device memory, so the launch can be captured in a CUDA graph.
+// A fixed grid loops over the planner's tasks, whose count stays in device memory, so the
+// launch can be captured in a CUDA graph.
 #include <float.h>
 #include <limits.h>
 
@@ -30,35 +28,19 @@ constexpr int kRowTile = 16;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Shared memory: the K/V ring, then one 16-row Q tile per row tile the launch can need (so a
-// launch without sharing fits three CTAs per SM), then the token offsets of the work item.
+// launch without sharing fits three CTAs per SM).
 template <int D>
 struct DecodeSmem {
   static constexpr int kKvElems = kStages * 2 * kTileN * D;
   static __host__ __device__ int q_tiles(int max_rows) {
     return min(kDecodeRowsPerCta / kRowTile, (max_rows + kRowTile - 1) / kRowTile);
   }
-  static __host__ __device__ size_t tok_offset(int max_rows) {  // bytes
+  static __host__ __device__ size_t bytes(int max_rows) {
     return (size_t)(kKvElems + q_tiles(max_rows) * kRowTile * D) * 2;
-  }
-  static __host__ __device__ size_t bytes(int max_rows, bool table) {
-    return tok_offset(max_rows) + (table ? 0 : kDecodeMaxChunkTokens * sizeof(uint32_t));
   }
 };
 
-// Where token t of this work item sits in the pool (head 0), in 16-byte units: every row
-// starts on a 16-byte boundary (checked by the binding), so 32 bits cover a 64 GiB pool.
-__device__ __forceinline__ uint32_t token_offset(const PagedDecodeParams& p, int e0, int e1, int tok) {
-  int lo = e0, hi = e1 - 1;  // last entry whose first token <= tok
-  while (lo < hi) {
-    int mid = (lo + hi + 1) >> 1;
-    if (p.entry_token_offsets[mid] <= tok) lo = mid; else hi = mid - 1;
-  }
-  int in_run = tok - p.entry_token_offsets[lo];
-  return (uint32_t)(((int64_t)p.entry_pages[lo] * p.kv_stride_page +
-                     (int64_t)(p.entry_offsets[lo] + in_run) * p.kv_stride_tok) >> 3);
-}
-
-// Element offset of a KV slot in the pool (head 0), table mode.
+// Element offset of a KV slot in the pool (head 0).
 __device__ __forceinline__ int64_t slot_offset(const PagedDecodeParams& p, int slot) {
   const int64_t s = min(max((int64_t)slot, (int64_t)0), p.num_slots - 1);
   if (p.slots_linear) return s * p.kv_stride_tok;
@@ -286,16 +268,16 @@ __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, c
 }
 
 // Where a (work item, reader) pair's partial goes: row `row` of the item is reader row / G's
-// query head h * G + row % G.
-template <bool kTable>
+// query head h * G + row % G, and the reader's chunk owns partials chunk_partial[chunk] ...
+// (part_of_item: the task's part of an item the tail split cut).
 __device__ __forceinline__ int partial_index(const PagedDecodeParams& p, int r0, int row, int part_of_item) {
-  return kTable ? p.chunk_partial[p.work_partials[r0 + row / p.group]] + part_of_item : r0 + row / p.group;
+  return p.chunk_partial[p.work_partials[r0 + row / p.group]] + part_of_item;
 }
 
 // The end of a narrow task: every warp leaves its (O^T, m, l) in ``scratch`` (the free K/V
 // ring), then the CTA merges the four token splits in warp order and writes each row's
 // normalised partial and natural-log LSE with whole-row stores.
-template <int D, bool kTable>
+template <int D>
 __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const RowSplit& s, int h, int part_of_item,
                                               NarrowState<D>& st, float* scratch) {
   constexpr int kStride = D + 4;  // a query's O row, m, l, padding to 16 bytes
@@ -343,7 +325,7 @@ __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const 
       acc.z += v.z * wt;
       acc.w += v.w * wt;
     }
-    const int part = partial_index<kTable>(p, s.r0, row, part_of_item);
+    const int part = partial_index(p, s.r0, row, part_of_item);
     const int qh = h * p.group + row % p.group;
     const float inv = l > 0.f ? 1.f / l : 0.f;
     *reinterpret_cast<float4*>(p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D + d0) =
@@ -355,7 +337,7 @@ __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const 
 // The end of a work item (or task): warps that split one row tile's tokens merge through
 // ``scratch`` (shared memory no load is writing; the caller syncs before reusing it), then one
 // normalised partial per (work item, reader) and its natural-log LSE.
-template <int D, bool kTable>
+template <int D>
 __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const RowSplit& s, int h, int row_base,
                                             int part_of_item, RowState<D>& st, float* scratch) {
   const int lane = threadIdx.x % 32;
@@ -414,7 +396,7 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   for (int r = 0; r < 2; ++r) {
     int row = row_base + s.my_rt * kRowTile + lane / 4 + 8 * r;
     if (row >= s.rows) continue;
-    int part = partial_index<kTable>(p, s.r0, row, part_of_item);
+    int part = partial_index(p, s.r0, row, part_of_item);
     int qh = h * p.group + row % p.group;
     float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
     float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
@@ -428,9 +410,9 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   }
 }
 
-// One work item (or, in table mode, one task of it: kDecodeRowsPerCta rows, or one part of a
-// one-reader item that the tail split cut; see PagedDecodeParams::chunk_partial) for KV head h.
-template <typename T, int D, bool kTable>
+// One task of a work item (kDecodeRowsPerCta rows, or one part of a one-reader item that the
+// tail split cut; see PagedDecodeParams::chunk_partial) for KV head h.
+template <typename T, int D>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
                                                  const int task_rows, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
@@ -444,52 +426,29 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   constexpr int kRowsPerThread = kTileN / kRowsPerPass;  // tile rows each thread copies
   T* kv_smem = reinterpret_cast<T*>(smem_raw);
   T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
-  uint32_t* tok_off = reinterpret_cast<uint32_t*>(smem_raw + DecodeSmem<D>::tok_offset(p.max_rows));
 
   const int row_base = max(task_rows, 0);
   const RowSplit s = row_split(p, w, row_base);
   if (row_base >= s.rows) return;
-  int e0 = 0, e1 = 0, tok_base = 0, ntok, part_of_item = 0;
-  const int* slots = nullptr;  // table mode: the task's positions in its item's req_to_token row
-  if constexpr (kTable) {
-    ntok = p.work_ntok[w];
-    int first = 0;
-    if (task_rows < 0) {  // part sp of n: a contiguous share of the item's 64-token tiles
-      const int code = ~task_rows;
-      const int sp = (code >> 8) & 0xff, n = code & 0xff;
-      const int tiles = (ntok + kTileN - 1) / kTileN;
-      int t0 = sp * tiles / n, t1 = (sp + 1) * tiles / n;
-      if (code & kDecodeSplitGuidedBit) {  // the first three quarters, then the last quarter (cut evenly)
-        const int q = (tiles + 3) / 4, head = tiles - q;
-        t0 = sp == 0 ? 0 : head + (sp - 1) * q / (n - 1);
-        t1 = sp == 0 ? head : head + sp * q / (n - 1);
-      }
-      first = t0 * kTileN;
-      ntok = min(ntok, t1 * kTileN) - first;
-      part_of_item = sp;
+  int ntok = p.work_ntok[w], part_of_item = 0;
+  int first = 0;
+  if (task_rows < 0) {  // part sp of n: a contiguous share of the item's 64-token tiles
+    const int code = ~task_rows;
+    const int sp = (code >> 8) & 0xff, n = code & 0xff;
+    const int tiles = (ntok + kTileN - 1) / kTileN;
+    int t0 = sp * tiles / n, t1 = (sp + 1) * tiles / n;
+    if (code & kDecodeSplitGuidedBit) {  // the first three quarters, then the last quarter (cut evenly)
+      const int q = (tiles + 3) / 4, head = tiles - q;
+      t0 = sp == 0 ? 0 : head + (sp - 1) * q / (n - 1);
+      t1 = sp == 0 ? head : head + sp * q / (n - 1);
     }
-    slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w] + first;
-  } else {
-    e0 = p.work_entry_offsets[w];
-    e1 = p.work_entry_offsets[w + 1];
-    tok_base = p.entry_token_offsets[e0];
-    ntok = p.entry_token_offsets[e1] - tok_base;
+    first = t0 * kTileN;
+    ntok = min(ntok, t1 * kTileN) - first;
+    part_of_item = sp;
   }
+  // the task's positions in its item's req_to_token row
+  const int* slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w] + first;
   load_query_rows<T, D>(p, s, h, row_base, q_smem);
-  if constexpr (!kTable) {
-    // (the query loads fly while the token offsets are looked up) Many short runs (small pages):
-    // a thread per run writes its tokens. Few long runs: a thread per token finds its run.
-    if (e1 - e0 >= kThreads / 4) {
-      for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
-        const int first = p.entry_token_offsets[e] - tok_base, count = p.entry_token_offsets[e + 1] - p.entry_token_offsets[e];
-        const int64_t base = (int64_t)p.entry_pages[e] * p.kv_stride_page + (int64_t)p.entry_offsets[e] * p.kv_stride_tok;
-        for (int i = 0; i < count; ++i) tok_off[first + i] = (uint32_t)((base + i * p.kv_stride_tok) >> 3);
-      }
-    } else {
-      for (int t = threadIdx.x; t < ntok; t += kThreads) tok_off[t] = token_offset(p, e0, e1, tok_base + t);
-    }
-    __syncthreads();
-  }
 
   const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
   const T* vg = reinterpret_cast<const T*>(p.v) + (int64_t)h * p.kv_stride_head;
@@ -497,23 +456,21 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   // Thread i copies 16-byte columns i % kThreadsPerRow + j * kThreadsPerRow of tile rows
   // i / kThreadsPerRow + k * kRowsPerPass (one copy instruction covers whole 128-byte lines).
   const int my_c = threadIdx.x % kThreadsPerRow, my_r = threadIdx.x / kThreadsPerRow;
-  // Table mode: the slots of the next tile to issue, loaded a tile ahead so their latency hides.
+  // The slots of the next tile to issue, loaded a tile ahead so their latency hides.
   int next_slot[kRowsPerThread];
   auto fetch_slots = [&](int tile) {
-    if constexpr (kTable) {
 #pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) {
-        const int t = tile * kTileN + my_r + k * kRowsPerPass;
-        next_slot[k] = t < ntok ? slots[t] : -1;
-      }
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int t = tile * kTileN + my_r + k * kRowsPerPass;
+      next_slot[k] = t < ntok ? slots[t] : -1;
     }
   };
-  // SGLang's pool in table mode (linear_rows): a slot's row is the head's base plus slot x the
-  // row's bytes, one wide multiply-add for K and one for V after a 32-bit clamp of the slot. The
-  // general path below clamps in 64 bits and splits each row's slot into a page and an offset;
-  // the loop's earlier form, which took that path for every pool, made the kernel execute a third
-  // more instructions (ncu: 1,010 M against 763 M, benchmarks/results/h200/decode_s20).
-  const bool linear_rows = kTable && p.linear_rows;
+  // SGLang's pool (linear_rows): a slot's row is the head's base plus slot x the row's bytes, one
+  // wide multiply-add for K and one for V after a 32-bit clamp of the slot. The general path
+  // below clamps in 64 bits and splits each row's slot into a page and an offset; the loop's
+  // earlier form, which took that path for every pool, made the kernel execute a third more
+  // instructions (ncu: 1,010 M against 763 M, benchmarks/results/h200/decode_s20).
+  const bool linear_rows = p.linear_rows;
   const int row_bytes = (int)(p.kv_stride_tok * sizeof(T));
   const int last_slot = (int)min(p.num_slots - 1, (int64_t)INT_MAX);
   const char* k_col = reinterpret_cast<const char*>(kg) + my_c * 16;
@@ -530,10 +487,8 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       if (linear_rows) {
         const uint32_t slot = (uint32_t)min(max(next_slot[k], 0), last_slot);  // (a 32 x 32-bit wide multiply)
         off = (int64_t)((uint64_t)slot * (uint32_t)row_bytes);
-      } else if constexpr (kTable) {
-        off = t < ntok ? slot_offset(p, next_slot[k]) * (int64_t)sizeof(T) : 0;
       } else {
-        off = t < ntok ? ((int64_t)tok_off[t] << 4) : 0;  // (16-byte units)
+        off = t < ntok ? slot_offset(p, next_slot[k]) * (int64_t)sizeof(T) : 0;
       }
       const char* k_row = k_col + off;
       const char* v_row = v_col + off;
@@ -574,13 +529,13 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       if (tile == 0) load_query_frags<T, D>(q_smem, qf);  // landed with tile 0
       attend_tile_narrow<T, D>(p, qf, ks, vs, tile, ntok, st);
     });
-    finish_narrow<D, kTable>(p, s, h, part_of_item, st, scratch);
+    finish_narrow<D>(p, s, h, part_of_item, st, scratch);
   } else {
     RowState<D> st;
     st.reset();
     const T* q_tile = q_smem + s.my_rt * kRowTile * D;
     stream_tiles([&](int tile, const T* ks, const T* vs) { attend_tile<T, D>(p, s, q_tile, ks, vs, tile, ntok, st); });
-    finish_rows<D, kTable>(p, s, h, row_base, part_of_item, st, scratch);
+    finish_rows<D>(p, s, h, row_base, part_of_item, st, scratch);
   }
 }
 
@@ -591,17 +546,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
 __device__ __forceinline__ void allow_merge_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_partial_kernel(const PagedDecodeParams p) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  allow_merge_launch();
-  for (int w = blockIdx.x; w < p.num_work; w += gridDim.x) {
-    decode_work_item<T, D, false>(p, w, blockIdx.y, blockIdx.z * kDecodeRowsPerCta, smem_raw);
-    __syncthreads();  // the next item reuses shared memory
-  }
-}
-
-// Table mode: a fixed grid loops over the planner's (work item, first row) tasks. The KV head is
+// A fixed grid loops over the planner's (work item, first row) tasks. The KV head is
 // the grid's fastest index (head_fastest), so the CTAs resident at one time read every head of
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
@@ -614,7 +559,7 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table
   const int first = p.head_fastest ? blockIdx.y : blockIdx.x;
   const int stride = p.head_fastest ? gridDim.y : gridDim.x;
   for (int t = first; t < num_tasks; t += stride) {
-    decode_work_item<T, D, true>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
+    decode_work_item<T, D>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
     __syncthreads();
   }
 }
@@ -635,15 +580,11 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
   const int b = blockIdx.x, head = blockIdx.y;
   const int x = threadIdx.x, g = threadIdx.y;
   // the plan was complete before the decode kernel started: read it while the decode finishes
-  int i0 = p.merge_offsets[b], i1 = p.merge_offsets[b + 1];
-  if (p.chunk_partial) {  // table mode: chunks -> partials (a split chunk has several)
-    i0 = p.chunk_partial[i0];
-    i1 = p.chunk_partial[i1];
-  }
+  // request b's chunks, then their partials (a split chunk has several), in merge order
+  const int i0 = p.chunk_partial[p.merge_offsets[b]], i1 = p.chunk_partial[p.merge_offsets[b + 1]];
   merge_wait();  // the partials
   const float* lse_col = p.partial_lse + head;
-  const int* order = p.merge_partials;  // null: partials are already in merge order (table mode)
-  auto part_at = [order](int i) -> int64_t { return order ? order[i] : i; };
+  auto part_at = [](int i) -> int64_t { return i; };
   auto lse_at = [&](int i) { return lse_col[part_at(i) * p.num_q_heads]; };
 
   // pass 1: the block's largest LSE
@@ -700,16 +641,14 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
 template <typename T, int D>
 cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  const bool table = p.tasks != nullptr;
-  const bool decodes = table || p.num_work > 0;  // else every request is empty: only the merge runs
-  if (decodes) {
-    const size_t smem = DecodeSmem<D>::bytes(p.max_rows, table);
-    auto kernel = table ? paged_decode_table_kernel<T, D> : paged_decode_partial_kernel<T, D>;
+  if (p.tasks == nullptr) return cudaErrorInvalidValue;
+  {
+    const size_t smem = DecodeSmem<D>::bytes(p.max_rows);
+    auto kernel = paged_decode_table_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    const int row_groups = table ? 1 : (p.max_rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
-    dim3 grid(table ? p.grid_work : p.num_work, p.num_kv_heads, row_groups);
-    if (table && p.head_fastest) grid = dim3(p.num_kv_heads, p.grid_work, 1);
+    dim3 grid(p.grid_work, p.num_kv_heads, 1);
+    if (p.head_fastest) grid = dim3(p.num_kv_heads, p.grid_work, 1);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -722,7 +661,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
-  config.numAttrs = p.merge_pdl && decodes ? 1 : 0;  // a dependent of the decode kernel launched above
+  config.numAttrs = p.merge_pdl ? 1 : 0;  // a dependent of the decode kernel launched above
   const cudaError_t merged = p.merge_groups == 16 ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 16>, p)
                                                    : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 4>, p);
   return merged;

@@ -1,7 +1,7 @@
-// Reading SGLang's page table on the device (req_to_token, req_pool_indices, seq_lens), shared by
-// the decode planner and the CSR builder. Args is any struct with the fields of TablePlanArgs'
-// page-table part: req_to_token, r2t_64, r2t_rows, r2t_stride, max_context, req_pool_indices,
-// idx_64, seq_lens, lens_64.
+// Reading SGLang's page table on the device (req_to_token, req_pool_indices, seq_lens), for the
+// decode planner. Args is any struct with the fields of TablePlanArgs' page-table part:
+// req_to_token, r2t_64, r2t_rows, r2t_stride, max_context, req_pool_indices, idx_64, seq_lens,
+// lens_64.
 #pragma once
 
 #include <stdint.h>

@@ -1,4 +1,4 @@
-// Host-side interface of the paged CSR decode kernel (no torch headers).
+// Host-side interface of the paged decode kernel (no torch headers).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,14 +12,14 @@ constexpr int kDecodeTileTokens = 64;        // tokens per pipeline stage of the
 // Query rows (readers x GQA group) per CTA. 32, not 64: query tiles for 64 rows (16 KB, sized at
 // launch from B x group) left room for two CTAs per SM instead of three once B x group > 32.
 constexpr int kDecodeRowsPerCta = 32;
-constexpr int kDecodeCtasPerSm = 3;  // table-mode CTAs resident per SM (launch bounds, shared memory)
+constexpr int kDecodeCtasPerSm = 3;  // decode CTAs resident per SM (launch bounds, shared memory)
 // Query rows of a task that the token-major path takes: the n = 8 side of one mma.m16n8k16.
 constexpr int kDecodeNarrowRows = 8;
 constexpr int kDecodeMaxGroup = 64;  // query heads per KV head (a reader's rows may span tasks)
 // A plan's tasks, sum over work items of ceil(readers x group / 32), are at most
 // chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= 64).
 constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;
-// Tail split (table mode): the planner may cut up to kDecodeSplitMaxItems one-reader work items
+// Tail split: the planner may cut up to kDecodeSplitMaxItems one-reader work items
 // into up to kDecodeSplitMaxParts tasks each, with a partial of their own, so that the last wave
 // is made of short tasks. Where a wave holds at most kDecodeSplitEvenWave tasks (16 or more KV
 // heads on 132 SMs) an item is cut into equal parts, all after the other tasks; with longer waves
@@ -45,24 +45,18 @@ struct PagedDecodeParams {
   int num_q_heads, num_kv_heads, group;
   float scale_log2;  // softmax scale * log2(e)
 
-  // The SharingPlan (see sglang_flashcore/layout.py), int32.
-  const int* work_entry_offsets;   // [W+1]
+  // The plan (the page-table planner of decode_plan.h), int32: work item w reads positions
+  // work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; its readers are
+  // work_readers[work_reader_offsets[w] ...]; reader r writes partial
+  // chunk_partial[work_partials[r]] (work_partials: the reader's chunk); the grid loops over
+  // *num_tasks_dev (work item, first row) tasks. merge_offsets = chunk_base: request b's chunks.
   const int* work_reader_offsets;  // [W+1]
   const int* work_readers;         // [P]
-  const int* entry_pages;          // [U]
-  const int* entry_offsets;        // [U]
-  const int* entry_token_offsets;  // [U+1]
   const int* merge_offsets;        // [B+1]
-  const int* merge_partials;       // [P]
-  int num_work, batch;
-  int grid_work;  // table mode: CTAs per KV head of the fixed grid that loops over the tasks
-  int max_rows;  // largest readers x GQA group of a work item: sizes the grid and the Q buffer
+  int batch;
+  int grid_work;  // CTAs per KV head of the fixed grid that loops over the tasks
+  int max_rows;   // largest readers x GQA group of a task: sizes the Q buffer
 
-  // Table mode (the page-table planner of decode_plan.h) when tasks is set: work item w reads
-  // positions work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; reader r writes
-  // partial chunk_partial[work_partials[r]] (work_partials: the reader's chunk); the grid loops
-  // over *num_tasks_dev (work item, first row) tasks. The entry arrays and merge_partials
-  // (identity) are unused; merge_offsets = chunk_base.
   const int* req_to_token;  // int32 slots
   int64_t r2t_stride;
   const int* work_row;
@@ -82,7 +76,7 @@ struct PagedDecodeParams {
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
   bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
-  // Table mode over SGLang's pool: the copy loop's short address path (paged_decode.cu,
+  // SGLang's pool: the copy loop's short address path (paged_decode.cu,
   // load_tile); false keeps the general slot -> (page, offset) path (head-major pools; A/B runs).
   bool linear_rows;
 
