@@ -224,7 +224,7 @@ def folder_readme(folder: Path, data: Dict, meta: Dict) -> str:
              + ("; the script lived in `scripts/` at the time" if "scripts/" in info["command"] else "") + "):", "",
              "```", *info.get("merged_runs", []), info["command"], "```", ""]
     lines += ["## What the timing includes", "", TIMING.get(op.split("_")[0], GPU_TIME)
-              + (" Ours and the baselines of a point were timed in alternating rounds." if meta.get("interleaved")
+              + (" Ours and the baselines of a point were timed interleaved: several alternating passes, so that a drift of the GPU clock falls on both." if meta.get("interleaved")
                  else " Each point timed ours and then the baselines, each in one block of repeats."
                  if op != "serving" else ""), ""]
     if meta.get("note"):
