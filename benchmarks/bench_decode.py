@@ -3,13 +3,13 @@
 Configurations from ../shared/BENCHMARKS.md (B, Hq, context, D, page, shared fraction), each
 with Hkv = 32 and 8, at its shared fraction and at 0. "Shared fraction f": the first
 f*context tokens of every request are the same pages. For every point: our time (``ours``:
-the page-table planner's path, which the SGLang backend runs; ``layout_api``: the same kernel
-over a ``PagedLayout`` + ``SharingPlan``), the unique bytes the step must read, our effective
-bandwidth, the lower bound (unique bytes / copy bandwidth measured in this run), cuDNN SDPA's
-time on contiguous K/V of the same requests (what a backend without sharing pays),
-FlashInfer's paged decode when it is installed, and the per-step planning time of both paths
-(``plan_ms``: the GPU planner, host wall clock until its kernels finish; ``layout_ms``:
-from_sglang + plan_sharing).
+the page-table planner's decode kernel, planned once, which the SGLang backend runs per layer;
+``api``: the public ``fc.paged_decode`` over a ``PagedLayout``, which plans on every call with the
+same GPU planner), the unique bytes the step must read, our effective bandwidth, the lower bound
+(unique bytes / copy bandwidth measured in this run), cuDNN SDPA's time on contiguous K/V of the
+same requests (what a backend without sharing pays), FlashInfer's paged decode when it is
+installed, and the per-step planning time (``plan_ms``: the GPU planner, host wall clock until
+its kernels finish).
 
     python benchmarks/bench_decode.py [--quick] [--json out.json] [--plot out.png]
     python benchmarks/bench_decode.py --config 8,32,131072,128,128,0.7 --hkv 8
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
+from sglang_flashcore.decode import DecodePlanner  # noqa: E402
 from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_interleaved, time_ms, wall_ms  # noqa: E402
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
@@ -35,7 +35,7 @@ SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (16, 32, 32 * 1024, 128, 128, 0.5),
     (32, 32, 8 * 1024, 128, 128, 0.3),
 ]
-LAYERS = 32  # a step builds the layout once for all layers (Llama-3-8B)
+LAYERS = 32  # a step plans once for all layers (Llama-3-8B)
 
 
 def shared_page_table(batch, context, page, shared_frac, device, shuffled=True):
@@ -106,19 +106,12 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     idx = torch.arange(batch, device=dev)
     seq = torch.full((batch,), context, device=dev, dtype=torch.int32)
 
-    probe = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False)
-    layout_chunk = min(chunk, 1024) if chunk else fc.auto_chunk_tokens(probe, hkv)
-
-    def build():  # the layout API's per-step work: layout + sharing plan
-        layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False,
-                                total_tokens=batch * context)
-        layout.plan(layout_chunk)
-        return layout
-
-    layout = build()
-    build_ms = wall_ms(build, repeats=20, warmup=3)
-    stats = layout.plan(layout_chunk).stats(hkv, d, hq, q.element_size())
-    layout_api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=layout_chunk, check_bounds=False)  # noqa: E731
+    # the public API's input, and the report's byte counts (the SharingPlan: torch code, every
+    # unique token once, at the token level, finer than the planner's chunks)
+    layout = fc.from_sglang(r2t, idx, seq, page, num_slots=num_slots, validate=False, total_tokens=batch * context)
+    stats = layout.plan().stats(hkv, d, hq, q.element_size())
+    api = lambda: fc.paged_decode(q, k_cache, v_cache, layout, chunk_tokens=chunk, check_bounds=False)  # noqa: E731
+    api_out = api()[0]  # also builds the layout's page table, once
 
     planner = DecodePlanner(batch, hq, d, q.device)
     plan = lambda: planner.plan(r2t, idx, seq, hkv, hq // hkv, chunk)  # noqa: E731
@@ -134,8 +127,9 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     kd = k_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()  # [B, Hkv, S, D]
     vd = v_cache[r2t.long()].permute(0, 2, 1, 3).contiguous()
     qd = q.unsqueeze(2)
-    fns = {"ours": ours, "layout_api": layout_api}
+    fns = {"ours": ours, "api": api}
     row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac)
+    row["maxdiff_api"] = (api_out.float() - out.float()).abs().max().item()
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
         def sdpa(backend=backend):
@@ -150,26 +144,25 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
         fns[name] = sdpa
         row[f"maxdiff_{name}"] = (ref.squeeze(2).float() - out.float()).abs().max().item()
     ms = time_interleaved(fns, repeats=repeats, rounds=rounds)
-    ours_ms, layout_api_ms = ms["ours"], ms["layout_api"]
+    ours_ms, api_ms = ms["ours"], ms["api"]
     # the bound: every unique token once (the layout's runs, finer than the planner's chunks)
     row.update(unique_GB=stats["bytes_shared"] / 1e9, dense_GB=stats["bytes_dense"] / 1e9,
                planned_GB=unique_bytes / 1e9,
                ours_ms=ours_ms, ours_TBs=stats["bytes_shared"] / ours_ms / 1e9,
                bound_ms=stats["bytes_shared"] / (copy_tbs * 1e12) * 1e3, plan_ms=plan_ms,
                chunk=meta["chunk_tokens"], work_items=meta["work_items"], tasks=meta["tasks"],
-               layout_api_ms=layout_api_ms, layout_chunk=layout_chunk, layout_ms=build_ms)
+               api_ms=api_ms)
     row["ours_over_bound"] = ours_ms / row["bound_ms"]
-    row["layout_api_over_ours"] = layout_api_ms / ours_ms
+    row["api_over_ours"] = api_ms / ours_ms
     if graph:
         row["graph_ms"] = graph_replay_ms(planner, q, k_cache, v_cache, page, repeats)
     row["plan_pct_of_step"] = 100 * plan_ms / (plan_ms + LAYERS * ours_ms)
-    row["layout_pct_of_step"] = 100 * build_ms / (build_ms + LAYERS * layout_api_ms)
     for name in ("cudnn", "fa2"):
         if name in ms:
             row[f"{name}_ms"] = ms[name]
             row[f"{name}_TBs"] = stats["bytes_dense"] / ms[name] / 1e9
             row[f"speedup_vs_{name}"] = ms[name] / ours_ms
-    del kd, vd
+    kd = vd = None  # frees them (the SDPA closures hold the names)
     fi_kv = flashinfer_pool(k_cache, v_cache, page)
     for name, tensor_cores in (("flashinfer", False), ("flashinfer_tc", True)):
         if fi_kv is None:
@@ -181,7 +174,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
             row[f"maxdiff_{name}"] = (fi().float() - out.float()).abs().max().item()
         except Exception as exc:  # noqa: BLE001 - a baseline that fails to build or run is reported, not fatal
             print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-    del fi_kv, planner
+    fi_kv = planner = None
     torch.cuda.empty_cache()
     return row
 
@@ -214,15 +207,15 @@ def main():
                                            args.rounds))
                     r = rows[-1]
                     print(f"  B{b} ctx{ctx} Hkv{hkv} shared {f} chunk {r['chunk']}: ours {r['ours_ms']:.3f} ms "
-                          f"({r['ours_TBs']:.2f} TB/s, plan {r['plan_ms']:.3f} ms), layout API {r['layout_api_ms']:.3f} ms, "
+                          f"({r['ours_TBs']:.2f} TB/s, plan {r['plan_ms']:.3f} ms), paged_decode {r['api_ms']:.3f} ms, "
                           f"cuDNN {r.get('cudnn_ms') or float('nan'):.3f} ms", flush=True)
     cols = ["B", "Hkv", "ctx", "page", "shared", "chunk", "unique_GB", "ours_ms", "graph_ms", "ours_TBs", "bound_ms",
             "ours_over_bound", "cudnn_ms", "cudnn_TBs", "speedup_vs_cudnn", "fa2_ms", "speedup_vs_fa2", "flashinfer_ms",
             "speedup_vs_flashinfer", "flashinfer_tc_ms", "speedup_vs_flashinfer_tc", "maxdiff_flashinfer",
-            "maxdiff_flashinfer_tc", "plan_ms", "plan_pct_of_step", "layout_api_ms", "layout_ms", "layout_pct_of_step",
+            "maxdiff_flashinfer_tc", "plan_ms", "plan_pct_of_step", "api_ms", "api_over_ours", "maxdiff_api",
             "maxdiff_cudnn"]
     labels = [f"B{r['B']} {r['ctx'] // 1024}K Hkv{r['Hkv']} f{r['shared']}" for r in rows]
-    series = {"ours": [r["ours_ms"] for r in rows], "ours, layout API": [r["layout_api_ms"] for r in rows],
+    series = {"ours": [r["ours_ms"] for r in rows], "ours, paged_decode (plans per call)": [r["api_ms"] for r in rows],
               "cuDNN SDPA (dense)": [r.get("cudnn_ms") for r in rows],
               "lower bound": [r["bound_ms"] for r in rows]}
     if any("flashinfer_ms" in r for r in rows):

@@ -1,9 +1,10 @@
-"""A/B of the decode planner's launch knobs without a rebuild, same run, same GPU: the chunk size
-(auto or fixed), the CTAs that loop over the tasks (``grid_work``, in multiples of the SM count)
-and environment switches the binding reads per call (``--variant FLASHCORE_DECODE_GRID=task_major``),
-on decode batches without sharing, against cuDNN SDPA on the gathered K/V. ``--pool head_major``
-stores each KV head's slots contiguously ([Hkv, slots, D] seen through strides) instead of SGLang's
-[slots, Hkv, D]: what the pool layout alone costs the kernel.
+"""The decode planner's launch knobs without a rebuild, same run, same GPU: the chunk size (auto,
+the automatic power of two before the wave-filling move, fixed, or the smallest that fits K waves)
+and the CTAs that loop over the tasks (``grid_work``, in multiples of the SM count), on decode
+batches without sharing, against cuDNN SDPA on the gathered K/V. ``--pool head_major`` stores each
+KV head's slots contiguously ([Hkv, slots, D] seen through strides) instead of SGLang's
+[slots, Hkv, D]: what the pool layout alone costs the kernel. The tail split and the wave-filling
+policy are fixed in the product: compare them against a git revision with tools/ab_revision.py.
 
     python benchmarks/bench_decode_grid.py [--json out.json] [--plot out.png]
 """
@@ -21,9 +22,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
-from sglang_flashcore.decode_plan import (ROWS_PER_TASK, SPLIT_PARTS, WAVE_MAX_CHUNK_TOKENS, DecodePlanner,  # noqa: E402
-                                          chunk_tasks)
+from bench_util import base_parser, report, require_cuda, time_interleaved  # noqa: E402
+from sglang_flashcore.decode import DecodePlanner  # noqa: E402
+from sglang_flashcore.heuristics import (DECODE_ROWS_PER_TASK, chunk_tasks, choose_chunk_tokens,  # noqa: E402
+                                         target_chunks)
+
 
 def make_pool(num_slots: int, hkv: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """A [slots, Hkv, D] pool: SGLang's token-major storage ("slots") or head-major storage
@@ -42,6 +45,31 @@ def wave_chunk(lengths, num_kv_heads: int, tasks_per_chunk: int, slots: int, wav
         fits = chunk_tasks(lengths, mid, num_kv_heads * tasks_per_chunk) <= waves * slots
         lo, hi = (lo, mid) if fits else (mid + 1, hi)
     return lo
+
+
+def pow2_chunk(lengths, num_kv_heads: int, max_chunks: int, device) -> int:
+    """The automatic chunk before the wave-filling move (``--chunks pow2``): the largest power of two
+    that still gives the policy's target of chunks, as the planner computes it on the device."""
+    return choose_chunk_tokens(lengths, max_chunks, target=target_chunks(num_kv_heads, device))
+
+
+def chunk_for(spec: str, lengths, num_kv_heads: int, group: int, slots: int, max_chunks: int, device):
+    """The fixed chunk that ``--chunks`` names (None: the planner's automatic choice)."""
+    if spec == "auto":
+        return None
+    if spec == "pow2":
+        return pow2_chunk(lengths, num_kv_heads, max_chunks, device)
+    if spec.startswith("w"):
+        return wave_chunk(lengths, num_kv_heads, -(-group // DECODE_ROWS_PER_TASK), slots, int(spec[1:]))
+    return int(spec)
+
+
+def parse_chunks(text: str):
+    specs = text.split(",")
+    for spec in specs:
+        if not (spec in ("auto", "pow2") or spec.isdigit() or (spec[:1] == "w" and spec[1:].isdigit())):
+            raise ValueError(f"--chunks: expected auto, pow2, a number of tokens or wK, got {spec!r}")
+    return specs
 
 
 CONFIGS = [(8, 8, 131072), (16, 8, 32768), (32, 8, 8192), (16, 32, 32768)]  # (B, Hkv, context), Hq 32
@@ -72,17 +100,17 @@ def main():
     parser = base_parser(__doc__, repeats=20, rounds=True)
     parser.add_argument("--multipliers", default="1,2,3,4", help="grid_work in SMs")
     parser.add_argument("--chunks", default="auto,512,1024",
-                        help="chunk tokens (auto: the planner's choice; pow2: the same without the wave-filling "
-                             "move; wK: the smallest chunk that fits K waves)")
-    parser.add_argument("--split", default=str(SPLIT_PARTS),
-                        help="the tail split's parts per item, comma-separated (1: off; '4,1' times both)")
+                        help="chunk tokens (auto: the planner's choice; pow2: the automatic power of two without "
+                             "the wave-filling move; wK: the smallest chunk that fits K waves)")
     parser.add_argument("--config", action="append", help="B,Hkv,context (repeatable; default: four batches)")
     parser.add_argument("--pool", choices=["slots", "head_major"], default="slots", help="KV pool storage")
     parser.add_argument("--pages", choices=["shuffled", "ordered"], default="shuffled",
                         help="page order in the pool: shuffled (a long-running allocator) or each request's in order")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
+    try:
+        chunk_specs = parse_chunks(args.chunks)
+    except ValueError as exc:
+        parser.error(str(exc))
     configs = [tuple(int(x) for x in c.split(",")) for c in args.config] if args.config else CONFIGS
     info = require_cuda("bench_decode_grid")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -91,37 +119,27 @@ def main():
         r2t, k, v, q, idx, seq, cudnn = no_sharing_batch(batch, hkv, ctx, args.pool, shuffled=args.pages == "shuffled")
         hq, d, page = q.shape[1], q.shape[2], NO_SHARING_PAGE
         planner = DecodePlanner(batch, hq, d, q.device)
-        timed = set()  # wK specs may name the same chunk twice
-        for chunk, split, mult in itertools.product(args.chunks.split(","), map(int, args.split.split(",")),
-                                                    map(int, args.multipliers.split(","))):
-            # the plan depends on grid_work and the split (the split only cuts while every task
-            # gets a CTA of its own), so each point is planned with its own
-            planner.grid_work, planner.split_parts = mult * sms, split
-            planner.wave_max_chunk = 0 if chunk == "pow2" else WAVE_MAX_CHUNK_TOKENS
-            fixed = None if chunk in ("auto", "pow2") else int(chunk) if not chunk.startswith("w") else wave_chunk(
-                [ctx] * batch, hkv, -(-(hq // hkv) // ROWS_PER_TASK), mult * sms, int(chunk[1:]))
+        timed = set()  # specs may name the same chunk twice
+        for chunk, mult in itertools.product(chunk_specs, map(int, args.multipliers.split(","))):
+            # the plan depends on grid_work (the tail split only cuts while every task gets a CTA of
+            # its own), so each point is planned with its own
+            planner.grid_work = mult * sms
+            fixed = chunk_for(chunk, [ctx] * batch, hkv, hq // hkv, mult * sms, planner.max_chunks, q.device)
             planner.plan(r2t, idx, seq, hkv, hq // hkv, fixed)
             meta = planner.meta()
-            if (meta["chunk_tokens"], split, mult) in timed:
+            if (meta["chunk_tokens"], mult) in timed:
                 continue
-            timed.add((meta["chunk_tokens"], split, mult))
+            timed.add((meta["chunk_tokens"], mult))
             run = lambda: planner.run(q, k, v, d ** -0.5, page)  # noqa: E731
-            # ours, its variants and cuDNN in alternating rounds (cuDNN is timed again at every point)
-            fns = {"ours": run, **{variant: with_env(run, variant) for variant in args.variant}, "cudnn": cudnn}
-            times = time_interleaved(fns, repeats=args.repeats, rounds=args.rounds)
+            # ours and cuDNN in alternating rounds (cuDNN is timed again at every point)
+            times = time_interleaved({"ours": run, "cudnn": cudnn}, repeats=args.repeats, rounds=args.rounds)
             ms, cudnn_ms = times["ours"], times["cudnn"]
-            row = dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, spec=chunk, chunk=meta["chunk_tokens"],
-                       split=split, tasks=meta["tasks"], grid_sms=mult, ours_ms=ms, cudnn_ms=cudnn_ms,
-                       vs_cudnn=cudnn_ms / ms)
-            for variant in args.variant:
-                row[f"{variant}_ms"] = times[variant]
-                row[f"{variant}_vs_cudnn"] = cudnn_ms / row[f"{variant}_ms"]
-            rows.append(row)
-            print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} split {split} ({meta['tasks']} tasks) "
-                  f"grid {mult}xSM: {ms:.3f} ms, "
-                  f"cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x"
-                  + "".join(f", {v} {row[v + '_vs_cudnn']:.3f}x" for v in args.variant), flush=True)
-    labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} s{r['split']} g{r['grid_sms']}" for r in rows]
+            rows.append(dict(B=batch, Hkv=hkv, ctx=ctx, pool=args.pool, pages=args.pages, spec=chunk,
+                             chunk=meta["chunk_tokens"], tasks=meta["tasks"], grid_sms=mult, ours_ms=ms,
+                             cudnn_ms=cudnn_ms, vs_cudnn=cudnn_ms / ms))
+            print(f"  B{batch} Hkv{hkv} ctx{ctx} chunk {meta['chunk_tokens']} ({meta['tasks']} tasks) "
+                  f"grid {mult}xSM: {ms:.3f} ms, cuDNN {cudnn_ms:.3f} ms, {cudnn_ms / ms:.3f}x", flush=True)
+    labels = [f"B{r['B']} H{r['Hkv']} c{r['chunk']} g{r['grid_sms']}" for r in rows]
     report(args, info, rows, list(rows[0]), "decode launch knobs (bf16, Hq 32, D 128, page 64, no sharing)", labels,
            {"ours / cuDNN speed": [r["vs_cudnn"] for r in rows]}, "cuDNN ms / ours ms")
 

@@ -7,7 +7,9 @@ FLOPs = 4 * B * Hq * S * S * D, halved when causal.
 
     python benchmarks/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
     python benchmarks/bench_dense.py --shape 16,2048,16,16,64     # B,S,Hq,Hkv,D
-    python benchmarks/bench_dense.py --variant FLASHCORE_DENSE_SCHEDULE=grid   # A/B of a launch switch
+
+A/B against a git revision (its kernel built beside this one, the runs alternating):
+tools/ab_revision.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved  # noqa: E402
 
 
 def grid():
@@ -35,7 +37,7 @@ def grid():
     return shapes
 
 
-def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=(), rounds=4):
+def run(b, s, hq, hkv, d, causal, dtype, repeats, rounds=4):
     q = torch.randn(b, s, hq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
     v = torch.randn(b, s, hkv, d, device="cuda", dtype=dtype)
@@ -43,8 +45,6 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=(), rounds=4):
     ours = lambda: fc.attention(q, k, v, causal=causal)  # noqa: E731
     out = ours()[0]
     fns = {"ours": ours}
-    for variant in variants:
-        fns[variant] = with_env(ours, variant)
     row = dict(B=b, S=s, Hq=hq, Hkv=hkv, D=d, causal=int(causal), dtype=str(dtype).split(".")[-1])
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
@@ -65,7 +65,7 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats, variants=(), rounds=4):
         if name == "ours":
             continue
         row[f"{name}_TF"] = flops / ms[name] / 1e9
-        # ours over the baseline as a speed ratio; over a variant as the variant's time over ours
+        # ours over the baseline as a speed ratio
         row[f"ours_over_{name}"] = ms[name] / ms["ours"]
     return row
 
@@ -75,8 +75,6 @@ def main():
     parser.add_argument("--shape", action="append", help="B,S,Hq,Hkv,D (repeatable; default: the grid)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "both"], default="both")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="also time ours with this NAME=VALUE environment switch (repeatable)")
     args = parser.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else grid()
     dtypes = {"bf16": [torch.bfloat16], "fp16": [torch.float16], "both": [torch.bfloat16, torch.float16]}[args.dtype]
@@ -86,15 +84,12 @@ def main():
     for dtype in dtypes:
         for shape in shapes:
             for causal in causals:
-                rows.append(run(*shape, causal, dtype, args.repeats, args.variant, args.rounds))
+                rows.append(run(*shape, causal, dtype, args.repeats, args.rounds))
                 r = rows[-1]
                 print(f"  {r['dtype']} B{r['B']} S{r['S']} Hq{r['Hq']} Hkv{r['Hkv']} D{r['D']} causal {r['causal']}: "
-                      f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF"
-                      + "".join(f", {v} {r[v + '_TF']:.0f} TF" for v in args.variant), flush=True)
+                      f"ours {r['ours_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF", flush=True)
     cols = ["dtype", "B", "S", "Hq", "Hkv", "D", "causal", "ours_ms", "ours_TF", "cudnn_TF", "ours_over_cudnn",
             "fa2_TF", "ours_over_fa2", "maxdiff_cudnn"]
-    for variant in args.variant:
-        cols += [f"{variant}_TF", f"ours_over_{variant}"]
     labels = [f"{r['dtype']} S{r['S']} D{r['D']} H{r['Hq']}/{r['Hkv']} {'c' if r['causal'] else 'nc'}" for r in rows]
     report(args, info, rows, cols, "dense attention forward (TFLOPS)", labels,
            {"ours": [r["ours_TF"] for r in rows], "cuDNN SDPA": [r.get("cudnn_TF") for r in rows],

@@ -9,7 +9,9 @@
   blocks together; ``order1``: the requests side by side, the plan's choice when they share
   pages), and ``distinct``: the same shapes over a table where no page is shared (what sharing
   saves);
-* ours: ``paged_extend`` from a ``PagedLayout`` (the public API; its prefix gather included);
+* ours: ``paged_extend`` from a ``PagedLayout`` (the public API: the layout as a page table, an
+  ``ExtendPlan`` made on every call, then the backend's kernel path; it reads the lengths back
+  to the host on every call, so its time includes that host work);
 * our dense kernel on already-gathered K/V (the same total work, no gather; the op, without the
   public API's argument checks);
 * torch SDPA (cuDNN) on the gathered contiguous K/V, bottom-right causal mask; gather timed separately.
@@ -35,7 +37,7 @@ import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
 from bench_util import base_parser, report, require_cuda, time_interleaved, time_ms, wall_ms  # noqa: E402
 from sglang_flashcore import ops  # noqa: E402
-from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
+from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
 
 
 def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
@@ -118,7 +120,7 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
         row["sdpa_TF"] = flops / row["sdpa_ms"] / 1e9
         row["ours_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["ours_ms"]
         row["backend_over_sdpa_plus_gather"] = (row["sdpa_ms"] + row["gather_ms"]) / row["backend_ms"]
-    del kg, vg
+    kg = vg = None  # frees them (the closures hold the names)
     torch.cuda.empty_cache()
     return row
 

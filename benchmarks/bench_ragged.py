@@ -8,7 +8,6 @@ requests of 200 new tokens, each after an 8192-token prefix (keys = prefix + new
 bottom-right aligned). FLOPs count the visible (query, key) pairs only.
 
     python benchmarks/bench_ragged.py --batch 1x8192+60x200 --batch 64x200:8192
-    python benchmarks/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all   # A/B of a launch switch
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_interleaved, with_env  # noqa: E402
+from bench_util import base_parser, report, require_cuda, time_interleaved  # noqa: E402
 
 DEFAULT_BATCHES = ["1x8192+60x200", "1x8192+60x200:8192", "64x200:8192", "8x2048+56x64", "32x1000"]
 
@@ -54,7 +53,7 @@ def _fa2_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
     return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False)[0]
 
 
-def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int, variants=(), rounds: int = 4):
+def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int, rounds: int = 4):
     requests = parse_batch(spec)
     new = torch.tensor([n for n, _ in requests], dtype=torch.int32)
     keys = torch.tensor([n + p for n, p in requests], dtype=torch.int32)
@@ -71,7 +70,7 @@ def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int,
                             max_seqlen_q=max_q, max_seqlen_k=max_k)
 
     out = ours()[0]
-    fns = {"ours": ours, **{variant: with_env(ours, variant) for variant in variants}}
+    fns = {"ours": ours}
     row = dict(batch=spec, requests=len(requests), q_tokens=int(new.sum()), Hq=hq, Hkv=hkv, D=d,
                causal=int(causal), dtype=str(dtype).split(".")[-1])
     try:
@@ -80,11 +79,8 @@ def run(spec: str, hq: int, hkv: int, d: int, causal: bool, dtype, repeats: int,
         row["maxdiff_fa2"] = (ref.float() - out.float()).abs().max().item()
     except (RuntimeError, AttributeError) as exc:
         print(f"  FA2 varlen unavailable for {spec}: {str(exc).splitlines()[0][:100]}")
-    ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)  # ours, variants, FA2 in turns
+    ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)  # ours and FA2 in turns
     row.update(ours_ms=ms["ours"], ours_TF=flops / ms["ours"] / 1e9)
-    for variant in variants:
-        row[f"{variant}_ms"] = ms[variant]
-        row[f"ours_over_{variant}"] = ms[variant] / ms["ours"]
     if "fa2" in ms:
         row.update(fa2_ms=ms["fa2"], fa2_TF=flops / ms["fa2"] / 1e9, ours_over_fa2=ms["fa2"] / ms["ours"])
     return row
@@ -97,8 +93,6 @@ def main():
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--causal", choices=["yes", "no"], default="yes")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="NAME=VALUE launch switch timed beside the default (repeatable)")
     args = parser.parse_args()
     batches = args.batch or DEFAULT_BATCHES
     for spec in batches:
@@ -106,12 +100,9 @@ def main():
     hq, hkv = (int(x) for x in args.heads.split(","))
     info = require_cuda("bench_ragged.py")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    rows = [run(spec, hq, hkv, args.head_dim, args.causal == "yes", dtype, args.repeats, args.variant, args.rounds)
+    rows = [run(spec, hq, hkv, args.head_dim, args.causal == "yes", dtype, args.repeats, args.rounds)
             for spec in batches]
-    columns = ["batch", "requests", "q_tokens", "ours_ms", "ours_TF"]
-    for variant in args.variant:
-        columns += [f"{variant}_ms", f"ours_over_{variant}"]
-    columns += ["fa2_ms", "ours_over_fa2", "maxdiff_fa2"]
+    columns = ["batch", "requests", "q_tokens", "ours_ms", "ours_TF", "fa2_ms", "ours_over_fa2", "maxdiff_fa2"]
     series = {"ours": [r["ours_TF"] for r in rows], "FA2 varlen": [r.get("fa2_TF") for r in rows]}
     report(args, info, rows, columns, "ragged prefill (ms; ratios > 1: ours faster)", batches, series, "TFLOPS")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -103,25 +102,6 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 20, ro
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def with_env(fn: Callable[[], object], variant: str) -> Callable[[], object]:
-    """``fn`` with the environment switch ``variant`` (NAME=VALUE) set during each call: a launch
-    switch that the kernels' binding reads per call, for A/B columns."""
-    name, value = variant.split("=", 1)
-
-    def call():
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
-
-    return call
-
-
 def wall_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
     """Median host wall clock of ``fn`` until the GPU is done: what a serving step pays for
     host-bound work such as planning."""
@@ -143,7 +123,7 @@ def copy_bandwidth_tbs(gib: float = 2.0) -> float:
     src = torch.empty(n, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), repeats=10, flush=False)
-    del src, dst
+    src = dst = None  # frees them (the copy closure holds the names)
     return 2 * n / (ms * 1e-3) / 1e12
 
 

@@ -8,14 +8,15 @@ import sys
 import torch
 
 HERE = os.path.dirname(__file__)
-SCRIPTS = os.path.join(HERE, "..", "benchmarks")
-sys.path.insert(0, SCRIPTS)
+BENCHMARKS = os.path.join(HERE, "..", "benchmarks")
+TOOLS = os.path.join(HERE, "..", "tools")
+sys.path.insert(0, BENCHMARKS)
+sys.path.insert(0, TOOLS)
 
 import sglang_flashcore as fc  # noqa: E402
 from bench_decode import shared_page_table  # noqa: E402
-from bench_decode_grid import wave_chunk  # noqa: E402
+from bench_decode_grid import chunk_for, parse_chunks, pow2_chunk, wave_chunk  # noqa: E402
 from bench_util import print_table  # noqa: E402
-from trace_per_sm import per_sm_task_us, summarize  # noqa: E402
 
 
 def test_shared_page_table_shares_exactly_the_prefix_pages():
@@ -68,39 +69,6 @@ def test_interleaved_timing_alternates_rounds_and_takes_each_median(monkeypatch)
     order.clear()
     assert bench_util.time_ms(ours, repeats=5, warmup=0, flush=True) == 14.0  # calls 12..16 in one block
     assert order == [("ours", 5, True)]
-
-
-def test_with_env_sets_the_switch_only_during_the_call(monkeypatch):
-    import bench_util
-
-    monkeypatch.delenv("FLASHCORE_TEST_SWITCH", raising=False)
-    seen = []
-    call = bench_util.with_env(lambda: seen.append(os.environ.get("FLASHCORE_TEST_SWITCH")) or 7,
-                               "FLASHCORE_TEST_SWITCH=off")
-    assert call() == 7 and seen == ["off"]
-    assert "FLASHCORE_TEST_SWITCH" not in os.environ
-    monkeypatch.setenv("FLASHCORE_TEST_SWITCH", "on")
-    call()
-    assert seen == ["off", "off"] and os.environ["FLASHCORE_TEST_SWITCH"] == "on"
-
-
-def test_summary_is_generated_from_the_json(tmp_path):
-    info = {"device": "GPU X", "torch": "2.x", "cuda": "13", "python": "3.12", "command": "python3 benchmarks/bench_dense.py"}
-    row = {"dtype": "bfloat16", "S": 2048, "B": 8, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
-           "ours_TF": 400.0, "cudnn_TF": 600.0, "ours_over_cudnn": 0.667, "fa2_TF": 330.0, "ours_over_fa2": 1.21}
-    (tmp_path / "dense_grid.json").write_text(json.dumps({"info": info, "rows": [row]}))
-    res = subprocess.run([sys.executable, os.path.join(SCRIPTS, "summarize_results.py"), str(tmp_path)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    text = (tmp_path / "README.md").read_text()
-    assert "GPU X" in text and "| 2048 | 8 | 16 | 16 | 128 | 0 | 400.00 | 600.00 | 0.67 | 330.00 | 1.21 |" in text
-
-
-def test_committed_results_name_their_device_and_command():
-    folder = os.path.join(HERE, "..", "benchmarks", "results", "h100")
-    for name in ("decode_seed.json", "dense_grid.json", "extend.json"):
-        info = json.load(open(os.path.join(folder, name)))["info"]
-        assert info["device"].startswith("NVIDIA H100") and info["command"].startswith("python3 scripts/")
 
 
 def test_report_writes_the_table_the_json_and_the_plot(tmp_path, capsys):
@@ -232,44 +200,6 @@ def test_box_packer_unpacks_wheels_like_pip_target_and_drops_unused_files(tmp_pa
     assert (kept, dropped) == (3, 2)
 
 
-def test_serving_page_table_has_prompt_runs_then_interleaved_decode_slots():
-    from bench_plan_build import serving_page_table
-
-    r2t, seq_lens, num_slots = serving_page_table(batch=3, seed=0, device="cpu", prompt=(5, 9), decoded=(2, 4))
-    slots = torch.cat([r2t[r, : int(seq_lens[r])] for r in range(3)])
-    assert sorted(slots.tolist()) == list(range(num_slots))  # every slot used once
-    prompts = []
-    for r in range(3):
-        row = r2t[r, : int(seq_lens[r])]
-        prompts.append(int((row[1:] == row[:-1] + 1).long().cumprod(0).sum()) + 1)  # contiguous prompt run
-    assert all(5 <= p <= 9 for p in prompts)
-    # decode step 0 gives the three requests adjacent slots right after all prompts
-    assert [int(r2t[r, prompts[r]]) for r in range(3)] == [sum(prompts) + r for r in range(3)]
-
-
-def test_trace_dense_finds_every_insertion_point_and_reads_phases():
-    """scripts/trace_dense.py patches a copy of the dense kernel at exact source lines: they must
-    all still be there, and its phase arithmetic must read a synthetic consumer's records."""
-    import trace_dense
-
-    with open(os.path.join(HERE, "..", "cuda", "dense_fwd.cu")) as f:
-        traced = trace_dense.instrument(f.read())
-    for point in (10, 13, 17, 20, 23, 24, 25, 26):
-        assert f"TR({point});" in traced
-    assert "trace_rec(0, tcnt, 3, w);" in traced and 'getenv("FC_TRACE")' in traced
-    # three work tiles of two key tiles each: points at known clocks, 1000 cycles a tile
-    events = []
-    for tile in range(3):
-        base = 1000 * tile
-        for point, at in ((10, 0), (11, 10), (12, 20), (13, 30), (14, 100), (15, 110), (16, 120), (17, 130),
-                          (18, 140), (19, 200), (20, 210), (21, 220), (22, 230), (23, 300), (25, 350),
-                          (26, 400), (24, 500)):
-            events.append((point, tile, base + at))
-    got = trace_dense.phases(events)
-    assert got["epilogue (23-24)"] == [200] and got["loop: softmax (18-19)"] == [60]
-    assert got["work tile, start to start"] == [1000] and got["first QK^T + softmax (13-14)"] == [70]
-
-
 def _bench_json(path, tf, cudnn_tf):
     row = {"dtype": "bfloat16", "B": 32, "S": 512, "Hq": 16, "Hkv": 16, "D": 128, "causal": 0,
            "ours_TF": tf, "cudnn_TF": cudnn_tf, "ours_over_cudnn": tf / cudnn_tf}
@@ -277,32 +207,79 @@ def _bench_json(path, tf, cudnn_tf):
     path.write_text(json.dumps({"info": info, "rows": [row]}))
 
 
-def test_ab_dense_compare_averages_the_runs(tmp_path):
-    from ab_dense import _rows, compare, summary
+def test_ab_compare_averages_the_runs(tmp_path):
+    from ab_revision import _rows, compare, profile_for, summary
 
+    profile = profile_for("benchmarks/bench_dense.py")
     for name, tf in (("t1", 400.0), ("t2", 420.0), ("b1", 400.0), ("b2", 400.0)):
         _bench_json(tmp_path / f"{name}.json", tf, 500.0)
-    rows = compare(_rows([tmp_path / "t1.json", tmp_path / "t2.json"]), _rows([tmp_path / "b1.json", tmp_path / "b2.json"]))
+    rows = compare(_rows([tmp_path / "t1.json", tmp_path / "t2.json"], profile.key),
+                   _rows([tmp_path / "b1.json", tmp_path / "b2.json"], profile.key), profile)
     assert len(rows) == 1 and abs(rows[0]["this_over_base"] - 1.025) < 1e-9
-    assert abs(rows[0]["this_over_cudnn"] - 0.82) < 1e-9 and abs(rows[0]["base_over_cudnn"] - 0.8) < 1e-9
+    assert abs(rows[0]["this_ours_over_cudnn"] - 0.82) < 1e-9 and abs(rows[0]["base_ours_over_cudnn"] - 0.8) < 1e-9
     assert "faster on 1, slower on 0" in summary(rows)
 
 
-def test_ab_dense_packs_a_revision_with_its_commit(tmp_path):
+def test_ab_compare_of_times_is_a_speed_ratio_per_point(tmp_path):
+    """bench_decode reports milliseconds: this / base is base ms over this ms, matched per point."""
+    from ab_revision import _rows, compare, profile_for
+
+    profile = profile_for("bench_decode.py")
+    point = dict(B=8, Hq=32, Hkv=8, ctx=131072, D=128, page=128)
+    for name, ms in (("this", (1.0, 2.0)), ("base", (1.5, 1.0))):
+        rows = [dict(point, shared=0.7, ours_ms=ms[0], speedup_vs_cudnn=3.0),
+                dict(point, shared=0.0, ours_ms=ms[1], speedup_vs_cudnn=1.0, chunk=512)]
+        if name == "base":
+            rows.append(dict(point, shared=0.5, ours_ms=1.0))  # only on one side: left out
+        (tmp_path / f"{name}.json").write_text(json.dumps({"info": {}, "rows": rows}))
+    got = compare(_rows([tmp_path / "this.json"], profile.key), _rows([tmp_path / "base.json"], profile.key), profile)
+    assert [(r["shared"], r["this_over_base"]) for r in got] == [(0.7, 1.5), (0.0, 0.5)]
+    assert got[0]["this_ours_ms"] == 1.0 and got[0]["base_speedup_vs_cudnn"] == 3.0
+
+
+def test_ab_profiles_cover_the_benchmarks_and_unknown_scripts_need_a_key():
+    import pytest
+
+    from ab_revision import PROFILES, SEEDS, main, profile_for
+
+    assert set(PROFILES) == {os.path.basename(p) for p in os.listdir(BENCHMARKS)
+                             if p.startswith("bench_") and p.endswith(".py")} - {"bench_util.py", "bench_serving.py"}
+    assert {s for s, _ in SEEDS} == {"bench_dense.py", "bench_decode.py"}
+    with pytest.raises(ValueError, match="--key"):
+        profile_for("bench_other.py")
+    with pytest.raises(SystemExit):
+        main(["compare", "--script", "bench_other.py", "--this", "a.json", "--base", "b.json", "--key", "B"])
+
+
+def test_ab_packs_a_revision_with_its_commit_and_its_benchmark_folder(tmp_path):
     import tarfile
 
     import pytest
 
-    from ab_dense import pack
+    from ab_revision import ensure_pack, pack
 
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.join(HERE, ".."), capture_output=True).returncode:
+    root = os.path.join(HERE, "..")
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     packed = tmp_path / "base.tgz"
     commit = pack("HEAD", packed)
     with tarfile.open(packed) as tgz:
         assert tgz.extractfile("AB_BASE").read().decode().startswith(commit)
-        names = tgz.getnames()
-    assert {"cuda/dense_fwd.cu", "benchmarks/bench_dense.py", "benchmarks/bench_util.py", "sglang_flashcore/api.py"} <= set(names)
+        names = set(tgz.getnames())
+    assert {"cuda/dense_fwd.cu", "benchmarks/bench_dense.py", "benchmarks/bench_decode.py", "benchmarks/bench_util.py",
+            "sglang_flashcore/api.py"} <= names
+    ensure_pack(packed, commit[:7])  # holds it already: kept
+    assert tarfile.open(packed).extractfile("AB_BASE").read().decode().startswith(commit)
+    # a revision from before the benchmarks moved: its scripts/ folder
+    if subprocess.run(["git", "cat-file", "-e", "94de7b1:scripts/bench_util.py"], cwd=root,
+                      capture_output=True).returncode == 0:
+        old = tmp_path / "old.tgz"
+        ensure_pack(old, "94de7b1")
+        with tarfile.open(old) as tgz:
+            names = set(tgz.getnames())
+        assert {"scripts/bench_dense.py", "scripts/bench_decode.py", "scripts/bench_util.py",
+                "sglang_flashcore/decode_plan.py"} <= names
+        assert not any(n.startswith("benchmarks/") for n in names)
 
 
 # a stand-in for bench_dense.py: it reports which tree's package it imported, and its JIT cache
@@ -312,34 +289,66 @@ import sglang_flashcore as fc
 tf = {"this": 400.0, "base": 300.0}[fc.TREE]
 row = dict(dtype="bf16", B=1, S=512, Hq=1, Hkv=1, D=64, causal=0, ours_TF=tf, ours_over_cudnn=tf / 500)
 out = sys.argv[sys.argv.index("--json") + 1]
-json.dump(dict(info=dict(device="X", cache=os.environ["FLASHCORE_CACHE"]), rows=[row]), open(out, "w"))
+json.dump(dict(info=dict(device="X", cache=os.environ["FLASHCORE_CACHE"], argv=sys.argv[1:]), rows=[row]), open(out, "w"))
 """
 
 
-def test_ab_dense_runs_each_tree_with_its_own_package_and_cache(tmp_path):
+def _write_tree(root, files):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def _fake_pack(path, files):
     import io
     import tarfile
 
-    from ab_dense import run
-
-    def tree_files(name):
-        return {"sglang_flashcore/__init__.py": f"TREE = {name!r}\n", "scripts/fake_bench.py": FAKE_BENCH}
-
-    this_root = tmp_path / "this"
-    for rel, text in tree_files("this").items():
-        (this_root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (this_root / rel).write_text(text)
-    packed = tmp_path / "base.tgz"
-    with tarfile.open(packed, "w:gz") as tgz:
-        for rel, text in {**tree_files("base"), "AB_BASE": "abc123 the base\n"}.items():
+    with tarfile.open(path, "w:gz") as tgz:
+        for rel, text in files.items():
             info = tarfile.TarInfo(rel)
             info.size = len(text.encode())
             tgz.addfile(info, io.BytesIO(text.encode()))
-    rows = run(packed, 2, [], str(tmp_path / "ab.json"), this_root=this_root, script="scripts/fake_bench.py")
+
+
+def test_ab_runs_each_tree_with_its_own_package_cache_and_script_path(tmp_path, monkeypatch):
+    """This tree's benchmarks/bench_dense.py against the base's scripts/bench_dense.py (where it was
+    before the move), alternating, each importing its own package with its own JIT cache."""
+    from ab_revision import run
+
+    monkeypatch.setenv("FLASHCORE_CACHE", str(tmp_path / "fc"))
+    this_root = tmp_path / "this"
+    _write_tree(this_root, {"sglang_flashcore/__init__.py": "TREE = 'this'\n", "benchmarks/bench_dense.py": FAKE_BENCH})
+    packed = tmp_path / "base.tgz"
+    _fake_pack(packed, {"sglang_flashcore/__init__.py": "TREE = 'base'\n", "scripts/bench_dense.py": FAKE_BENCH,
+                        "AB_BASE": "abc123 the base\n"})
+    rows = run(packed, 2, ["--shape", "1,512,1,1,64"], str(tmp_path / "ab.json"), this_root=this_root,
+               script="bench_dense.py", log_dir=tmp_path / "logs")
     assert len(rows) == 1 and abs(rows[0]["this_over_base"] - 4 / 3) < 1e-9
     saved = json.loads((tmp_path / "ab.json").read_text())
     assert saved["info"]["base"] == "abc123 the base" and [len(saved["runs"][s]) for s in ("this", "base")] == [2, 2]
-    assert saved["runs"]["this"][0]["info"]["cache"] != saved["runs"]["base"][0]["info"]["cache"]
+    this_info, base_info = saved["runs"]["this"][0]["info"], saved["runs"]["base"][0]["info"]
+    assert this_info["cache"] == str(tmp_path / "fc") and base_info["cache"] != this_info["cache"]
+    assert this_info["argv"][:2] == ["--shape", "1,512,1,1,64"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        f"ab_bench_dense_{side}_{i}.txt" for side in ("base", "this") for i in (0, 1)]
+
+
+def test_ab_seeds_write_one_json_per_benchmark_and_survive_a_failing_one(tmp_path, capsys):
+    from ab_revision import seeds
+
+    failing = "import sys\nsys.exit('no GPU')\n"
+    this_root = tmp_path / "this"
+    _write_tree(this_root, {"sglang_flashcore/__init__.py": "TREE = 'this'\n", "benchmarks/bench_dense.py": FAKE_BENCH,
+                            "benchmarks/bench_decode.py": failing})
+    packed = tmp_path / "base.tgz"
+    _fake_pack(packed, {"sglang_flashcore/__init__.py": "TREE = 'base'\n", "scripts/bench_dense.py": FAKE_BENCH,
+                        "scripts/bench_decode.py": failing, "AB_BASE": "abc123 the base\n"})
+    out = tmp_path / "out"
+    assert seeds(packed, 1, out, this_root=this_root) == 1
+    assert json.loads((out / "ab_bench_dense.json").read_text())["rows"][0]["this_over_base"] > 1
+    assert not (out / "ab_bench_decode.json").exists()
+    text = capsys.readouterr().out
+    assert "no GPU" in text and "faster on 1, slower on 0" in text
 
 
 def test_prefill_summary_reads_sglang_prefill_lines():
@@ -398,24 +407,6 @@ def test_serving_refuses_a_port_another_server_holds(tmp_path):
     assert not port_in_use(port)
 
 
-def test_trace_decode_finds_every_insertion_point_and_summarizes_a_timeline():
-    """scripts/trace_decode.py patches a copy of the decode kernel at exact source lines: they must
-    all still be there, and its timeline arithmetic must read a synthetic launch."""
-    import trace_decode
-
-    with open(os.path.join(HERE, "..", "cuda", "paged_decode.cu")) as f:
-        traced = trace_decode.instrument(f.read())
-    assert "trace_now()" in traced and 'getenv("FC_TRACE")' in traced and "atomicMax(&g_trace_n[2]" in traced
-    # two SMs with two slots each; four tasks of 10 us in a full first wave, then one of 10 us alone
-    us = 1000
-    tasks = [(0, 10 * us, sm, t, 0) for t, sm in enumerate((0, 0, 1, 1))] + [(10 * us, 20 * us, 0, 4, 0)]
-    s = trace_decode.summarize({"tasks": tasks, "dropped": 0, "merge": (21 * us, 23 * us)}, token_bytes=1e6)
-    assert s["span_us"] == 20 and s["peak_running"] == 4 and s["max_resident_per_sm"] == 2 and s["sms_used"] == 2
-    assert s["below_90pct_us"] == 10 and s["below_50pct_us"] == 10  # one task of four for the last 10 us
-    assert s["gap_to_merge_us"] == 1 and s["merge_us"] == 2
-    assert s["task_first_wave"]["n"] == 4 and s["task_tail"]["n"] == 1
-
-
 def test_compile_check_flags_kernels_whose_wgmmas_ptxas_serialized():
     """compile_cuda.py fails a kernel whose HGMMAs each wait for the one before (a WARPGROUP.DEPBAR
     between every two), and passes chained ones, reading cuobjdump's SASS listing."""
@@ -446,10 +437,19 @@ def test_wave_chunk_is_the_smallest_that_fits_the_waves():
     assert wave_chunk([100] * 2, 8, 2, 396, 1) == 9         # 12 chunks x 2 requests x 16 = 384; 8 tokens: 416
 
 
-def test_per_sm_summary_groups_tasks_by_sm():
-    result = {"B": 1, "Hkv": 8, "chunk": 64,
-              "raw_marks": [[0, 1, 2, 10_000], [0, 1, 2, 20_000], [5, 6, 7, 30_005]],
-              "raw_sm": [[0, 3], [0, 3], [5, 7]]}
-    assert per_sm_task_us(result) == {3: [10.0, 20.0], 7: [30.0]}
-    lines = summarize(result)
-    assert lines[0] == "B1 Hkv8 chunk 64: 3 tasks on 2 SMs" and "3:15 7:30" in lines[-1]
+def test_decode_grid_chunk_specs():
+    assert parse_chunks("auto,pow2,512,w2") == ["auto", "pow2", "512", "w2"]
+    for bad in ("w", "wx", "fast", "-1"):
+        try:
+            parse_chunks(bad)
+        except ValueError as exc:
+            assert "--chunks" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    cpu = torch.device("cpu")
+    lengths = [32768] * 16
+    assert chunk_for("auto", lengths, 8, 4, 396, 10**6, cpu) is None
+    assert chunk_for("512", lengths, 8, 4, 396, 10**6, cpu) == 512
+    assert chunk_for("w1", lengths, 8, 4, 396, 10**6, cpu) == wave_chunk(lengths, 8, 1, 396, 1)
+    pow2 = pow2_chunk(lengths, 8, 10**6, cpu)
+    assert chunk_for("pow2", lengths, 8, 4, 396, 10**6, cpu) == pow2 and pow2 & (pow2 - 1) == 0

@@ -1,7 +1,11 @@
 #!/bin/bash
-# On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, and the
-# kernel benchmarks, with logs and results under $OUT (one device call).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|extend|ragged ...]   (default: all five)
+# On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
+# benchmarks, and an A/B of the seed points against a git revision, with logs and results under
+# $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|ab ...]   (default: all four)
+# ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
+# 94de7b1), the runs alternating; it needs the revision packed first where git is
+# (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
 set -uo pipefail
 FINAL=${OUT:-/tmp/out}
 # everything goes to one folder, packed into $OUT/results.tgz at the end (the device tool returns
@@ -9,7 +13,8 @@ FINAL=${OUT:-/tmp/out}
 mkdir -p "$FINAL"
 OUT=$(mktemp -d)
 export FLASHCORE_CACHE=${FLASHCORE_CACHE:-/tmp/fc} PYTHONPATH=$PWD
-steps=${*:-tests sanitize bench extend ragged}
+AB_BASE=${AB_BASE:-94de7b1} AB_RUNS=${AB_RUNS:-2}
+steps=${*:-tests sanitize bench ab}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 start=$(date +%s)
 python3 -c "from sglang_flashcore import _jit; _jit.load()" 2>&1 | tail -3
@@ -26,20 +31,21 @@ for step in $steps; do
         echo "sanitizer $tool rc=$?"; tail -2 "$OUT/sanitize_$tool.txt"
       done ;;
     bench)
-      python3 benchmarks/bench_plan_build.py --json "$OUT/plan_build.json" --plot "$OUT/plan_build.png" > "$OUT/plan_build.txt" 2>&1
-      echo "plan_build rc=$?"; tail -8 "$OUT/plan_build.txt"
       python3 benchmarks/bench_decode.py --graph --json "$OUT/decode_seed.json" --plot "$OUT/decode_seed.png" > "$OUT/decode_seed.txt" 2>&1
       echo "decode rc=$?"; tail -14 "$OUT/decode_seed.txt"
       python3 benchmarks/bench_decode.py --config 8,32,32768,128,1,0.5 --config 8,32,32768,128,16,0.5 \
         --config 8,32,32768,128,128,0.5 --json "$OUT/decode_pages.json" --plot "$OUT/decode_pages.png" \
         > "$OUT/decode_pages.txt" 2>&1
-      echo "decode pages rc=$?"; tail -13 "$OUT/decode_pages.txt" | cut -c1-140 ;;
-    extend)
+      echo "decode pages rc=$?"; tail -13 "$OUT/decode_pages.txt" | cut -c1-140
+      python3 benchmarks/bench_dense.py --shape 16,2048,16,16,64 --json "$OUT/dense_seed.json" > "$OUT/dense_seed.txt" 2>&1
+      echo "dense seed rc=$?"; tail -6 "$OUT/dense_seed.txt" | cut -c1-200
       python3 benchmarks/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
       echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
-    ragged)
-      python3 benchmarks/bench_ragged.py --variant FLASHCORE_DENSE_TILES=all --json "$OUT/ragged.json" > "$OUT/ragged.txt" 2>&1
-      echo "ragged rc=$?"; tail -7 "$OUT/ragged.txt" | cut -c1-200 ;;
+    ab)
+      python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
+      echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
+    *)
+      echo "unknown step $step (tests, sanitize, bench, ab)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done

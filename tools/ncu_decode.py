@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_decode_grid import make_pool  # noqa: E402
-from sglang_flashcore.decode_plan import DecodePlanner  # noqa: E402
+from sglang_flashcore.decode import DecodePlanner  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from bench_decode import shared_page_table  # noqa: E402
-from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
+from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--batch", type=int, default=32)

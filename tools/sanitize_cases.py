@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import sglang_flashcore as fc  # noqa: E402
 from cases import make_extend_case, make_page_table  # noqa: E402
-from sglang_flashcore.extend_plan import extend_attention, plan_extend  # noqa: E402
+from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
 from sglang_flashcore.reference import attention_ref, paged_decode_ref, paged_extend_ref  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> int:
         v = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
         layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), page)
         ref, _ = paged_decode_ref(q, k, v, layout)
-        # the layout API's kernel path, then the GPU page-table planner + table-mode kernel
+        # the layout API (its page table through the GPU planner), then the page table itself
         out_layout, _ = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
         out_table, _ = fc.paged_decode_table(q, k, v, pt.req_to_token.cuda(), pt.req_pool_indices.cuda(),
                                              pt.seq_lens.cuda(), page_size=page, chunk_tokens=chunk)
@@ -96,11 +96,11 @@ def main() -> int:
         plan = plan_extend(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t,
                            torch.tensor(ext, device="cuda"), case.out_cache_loc, prefix_lens_cpu=prefix,
                            extend_lens_cpu=ext, page_size=page)
-        outs = [("plan", extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5))]
+        outs = [("plan", extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)[0])]
         if plan.paged:
             plan.grid_order.fill_(1 - int(plan.grid_order.item()))
             outs.append(("plan, other order",
-                         extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)))
+                         extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, d ** -0.5)[0]))
         out_layout, _ = fc.paged_extend(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
                                         case.cu_seqlens_q())
         for name, out in outs + [("layout", out_layout)]:
