@@ -20,12 +20,6 @@
 
 namespace {
 
-// Whether environment variable ``name`` is set to ``value`` (the A/B switches of the benchmarks).
-bool env_equals(const char* name, const char* value) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::string(v) == value;
-}
-
 // Error messages are assembled without iostreams and thrown as std exceptions (pybind11 turns
 // std::invalid_argument into ValueError, std::runtime_error into RuntimeError). On the GPU box,
 // formatting a number through c10::str / std::ostream inside this extension crashed the process
@@ -234,21 +228,11 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   // The merge runs a block per (request, query head): with few of them (few requests, each with
   // many partials) 16 lane groups a block shorten each block's chain of loads; with many, 4 keep
   // more blocks resident (H200: 16 groups read 3-4% faster at 2-4 requests, 1-2.5% slower at
-  // 32-64). FLASHCORE_DECODE_MERGE=4 / =16 force one, for A/B measurements.
+  // 32-64).
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   p.merge_groups = q.size(0) * q.size(1) <= 4 * sms ? 16 : 4;
-  if (env_equals("FLASHCORE_DECODE_MERGE", "4")) p.merge_groups = 4;
-  if (env_equals("FLASHCORE_DECODE_MERGE", "16")) p.merge_groups = 16;
-  // The merge kernel's blocks wait in the decode tail's free SM slots (programmatic dependent
-  // launch) rather than being launched after it. FLASHCORE_DECODE_PDL=0: a plain launch, for A/B runs.
-  p.merge_pdl = !env_equals("FLASHCORE_DECODE_PDL", "0");
-  // Tasks of at most 8 query rows multiply token-major (paged_decode.cu, attend_tile_narrow).
-  // FLASHCORE_DECODE_MMA=rows keeps them on the 16-row path, for A/B measurements.
-  p.narrow_rows = env_equals("FLASHCORE_DECODE_MMA", "rows") ? 0 : flashcore::kDecodeNarrowRows;
-  // SGLang's pool: the copy loop's short address path. FLASHCORE_DECODE_ADDR=general keeps the
-  // general one, for A/B runs.
-  p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)q.element_size() <= INT32_MAX &&
-                  !env_equals("FLASHCORE_DECODE_ADDR", "general");
+  // SGLang's pool: the copy loop's short address path (a row's bytes fit 32 bits)
+  p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)q.element_size() <= INT32_MAX;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
@@ -315,9 +299,6 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   // every reader set of a step has at most B requests: a small batch needs fewer query tiles
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
-  // FLASHCORE_DECODE_GRID=task_major: the former grid order, kept for A/B measurements
-  const bool task_major = env_equals("FLASHCORE_DECODE_GRID", "task_major");
-  p.head_fastest = !task_major;
   const at::cuda::CUDAGuard guard(q.device());
   return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
 }
@@ -389,55 +370,28 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.max_seqlen_q = (int)max_seqlen_q;
   a.softmax_scale = (float)scale;
   a.causal = causal;
-  // A/B switches, read per call so that one process can time both sides:
-  // FLASHCORE_DENSE_ORDER=forward: query blocks in launch order
-  const bool forward_order = env_equals("FLASHCORE_DENSE_ORDER", "forward");
-  a.heavy_first = !forward_order;
-  // FLASHCORE_DENSE_SCHEDULE=grid: one CTA per work tile; FLASHCORE_DENSE_PINGPONG=off: the
-  // consumers issue GEMMs without taking turns
-  const bool grid_schedule = env_equals("FLASHCORE_DENSE_SCHEDULE", "grid");
-  a.pingpong = !env_equals("FLASHCORE_DENSE_PINGPONG", "off");
-  // FLASHCORE_DENSE_RESCALE=eager: every new row max rescales O (no lazy base)
-  a.lazy_rescale = !env_equals("FLASHCORE_DENSE_RESCALE", "eager");
-  // FLASHCORE_DENSE_STORE=direct: the epilogue writes O from registers; =staged: through shared
-  // memory in 16-byte rows, all by the consumers (no TMA store)
-  a.direct_store = env_equals("FLASHCORE_DENSE_STORE", "direct");
-  a.tma_store = !env_equals("FLASHCORE_DENSE_STORE", "staged");
-  // FLASHCORE_DENSE_HALF=off: every key tile is multiplied over all its 128 keys
-  a.half_last_tile = !env_equals("FLASHCORE_DENSE_HALF", "off");
-  // FLASHCORE_DENSE_WARPGROUPS=2 or 3: head dim 64 runs that many consumer warpgroups (128- or
-  // 192-row tiles) whatever the shape
-  a.consumer_warpgroups = env_equals("FLASHCORE_DENSE_WARPGROUPS", "2")   ? 2
-                          : env_equals("FLASHCORE_DENSE_WARPGROUPS", "3") ? 3
-                                                                           : 0;
-  // FLASHCORE_DENSE_SECTIONS=off: causal query blocks slowest over all heads at once
-  a.causal_sections = !env_equals("FLASHCORE_DENSE_SECTIONS", "off");
   if (q.size(0) == 0) return {out, lse};
   at::Tensor tile_counter;  // the persistent schedule's work-tile counter, when a fresh one
   at::Tensor tile_list, select_temp;  // ragged batches: the tiles that hold rows (dense_fwd.h)
-  if (!grid_schedule) {
-    // one counter per stream, which every launch leaves zero; a fresh, zeroed one while a CUDA
-    // graph is being captured (its memory belongs to the graph) or with FLASHCORE_DENSE_COUNTER=memset (A/B runs)
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    FC_CHECK_CUDA(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture), "dense attention: capture status");
-    const bool fresh = env_equals("FLASHCORE_DENSE_COUNTER", "memset") || capture != cudaStreamCaptureStatusNone;
-    if (fresh) {
-      tile_counter = at::empty({2}, q.options().dtype(at::kInt));
-      a.tile_counter = tile_counter.data_ptr<int>();
-      a.zero_counter = true;
-    } else {
-      a.tile_counter = stream_claim_counter(q);
-    }
-    a.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    // FLASHCORE_DENSE_TILES=all: the CTAs skip empty tiles themselves (A/B runs)
-    const int64_t capacity = env_equals("FLASHCORE_DENSE_TILES", "all") ? 0 : flashcore::dense_tile_list_capacity(a);
-    if (capacity > 0) {
-      tile_list = at::empty({capacity}, q.options().dtype(at::kInt));
-      a.select_temp_bytes = flashcore::dense_tile_select_temp_bytes(capacity);
-      select_temp = at::empty({(int64_t)std::max<size_t>(a.select_temp_bytes, 1)}, q.options().dtype(at::kByte));
-      a.tile_list = tile_list.data_ptr<int>();
-      a.select_temp = select_temp.data_ptr();
-    }
+  // one counter per stream, which every launch leaves zero; a fresh, zeroed one while a CUDA
+  // graph is being captured (its memory belongs to the graph)
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  FC_CHECK_CUDA(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture), "dense attention: capture status");
+  if (capture != cudaStreamCaptureStatusNone) {
+    tile_counter = at::empty({2}, q.options().dtype(at::kInt));
+    a.tile_counter = tile_counter.data_ptr<int>();
+    a.zero_counter = true;
+  } else {
+    a.tile_counter = stream_claim_counter(q);
+  }
+  a.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t capacity = flashcore::dense_tile_list_capacity(a);
+  if (capacity > 0) {
+    tile_list = at::empty({capacity}, q.options().dtype(at::kInt));
+    a.select_temp_bytes = flashcore::dense_tile_select_temp_bytes(capacity);
+    select_temp = at::empty({(int64_t)std::max<size_t>(a.select_temp_bytes, 1)}, q.options().dtype(at::kByte));
+    a.tile_list = tile_list.data_ptr<int>();
+    a.select_temp = select_temp.data_ptr();
   }
   cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");

@@ -113,19 +113,8 @@ struct DenseFwdParams {
   int64_t out_stride_row, out_stride_head;
   int num_q_heads, group;
   float scale_log2;
+  // causal (aligned bottom-right); the query blocks are then claimed heaviest first
   int causal;
-  int heavy_first;
-  int pingpong;  // consumer warpgroups take turns issuing their GEMMs (see below)
-  // lazy rescale: a row keeps its exponent base until a tile's max exceeds it by more than
-  // kRescaleLog2 (then P <= 2^8 and O, l stay exact in fp32); 0: every new max rescales
-  int lazy_rescale;
-  int staged_store;  // the epilogue writes O through shared memory in 16-byte rows (0: from registers)
-  // with staged_store: a warp whose 16 rows all lie inside the request hands them to one TMA
-  // store per 64 columns (tensor map ``to``) and goes on; the others write 16-byte rows
-  int tma_store;
-  // a consumer's last key tile, when its rows mask the tile's second half, is multiplied over
-  // the first 64 keys only (0: always all 128, for A/B runs)
-  int half_last_tile;
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
@@ -183,7 +172,7 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
     t.hq = lin % p.num_q_heads;
     b = lin / p.num_q_heads;
   }
-  t.m_block = p.heavy_first ? p.m_blocks - 1 - m_idx : m_idx;
+  t.m_block = p.causal ? p.m_blocks - 1 - m_idx : m_idx;
   t.q0 = p.cu_q[b];
   t.sq = p.cu_q[b + 1] - t.q0;
   if (t.m_block * kBlockM >= t.sq) return false;
@@ -334,13 +323,9 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   // walk the same work tiles); the last opens with an arrive that lets consumer 0 go first, and
   // consumer 0 closes with a wait that consumes the last one's final arrive, so every barrier
   // ends balanced.
-  auto turn_begin = [&] {
-    if (p.pingpong) named_bar_sync(1 + c, 256);
-  };
-  auto turn_end = [&] {
-    if (p.pingpong) named_bar_arrive(1 + (c + 1) % W, 256);
-  };
-  if (p.pingpong && c == W - 1) named_bar_arrive(1, 256);
+  auto turn_begin = [&] { named_bar_sync(1 + c, 256); };
+  auto turn_end = [&] { named_bar_arrive(1 + (c + 1) % W, 256); };
+  if (c == W - 1) named_bar_arrive(1, 256);
 
   // Operand descriptors: those of this warpgroup's Q rows and of the K and V tiles of stage 0,
   // moved by each GEMM's offset (desc_advance: one add, where rebuilding a descriptor from its
@@ -465,7 +450,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, 2));
         // lazy: keep the base while this tile's max stays within 2^kRescaleLog2 of it, so most
         // tiles need no rescale of O (the final O / l and LSE use the same base: exact)
-        const bool keep = p.lazy_rescale && m[r] != -INFINITY && (row_max - m[r]) * p.scale_log2 <= kRescaleLog2;
+        const bool keep = m[r] != -INFINITY && (row_max - m[r]) * p.scale_log2 <= kRescaleLog2;
         if (keep) row_max = m[r];
         base[r] = row_max == -INFINITY ? 0.f : row_max * p.scale_log2;  // a row that sees nothing yet stays at 0
         alpha[r] = m[r] == -INFINITY ? 0.f : (keep ? 1.f : exp2_ftz(m[r] * p.scale_log2 - base[r]));
@@ -488,7 +473,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     // row of this warpgroup sees past its 64th key, S and P V run over those 64 keys only.
     // Bit-identical: the other half's exponentials are exact zeros.
     const int key_limit = p.causal ? min(t.sk, t.m_block * kBlockM + c * 64 + 64 + t.diag) : t.sk;
-    const bool half_last = p.half_last_tile && n_tiles > 0 && key_limit <= (n_tiles - 1) * kBlockN + kBlockN / 2;
+    const bool half_last = n_tiles > 0 && key_limit <= (n_tiles - 1) * kBlockN + kBlockN / 2;
     // (its S runs half-width only when it is the work tile's only key tile, and its P V as the
     // last: a half-width wgmma inside the loop, beside the P V in flight, makes ptxas serialize
     // the loop's wgmmas)
@@ -573,7 +558,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     }
     T* out_rows = reinterpret_cast<T*>(p.out) + (int64_t)t.q0 * p.out_stride_row + (int64_t)t.hq * p.out_stride_head;
     const int warp_row0 = t.m_block * kBlockM + c * 64 + warp * 16;  // this warp's first row
-    if (p.staged_store && p.tma_store) {
+    {
       // The warp's 16 rows as D / 64 boxes of 16 x 128 bytes in the 128-byte swizzle (16-byte
       // piece k of row r at piece k ^ (r % 8): the accumulator layout's 4-byte writes hit 32
       // banks). Rows all inside the request: one TMA store a box, and the warp goes on to its
@@ -613,54 +598,14 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         }
         __syncwarp();
       }
-    } else if (p.staged_store) {
-      // Each thread holds two 4-byte columns every 16 bytes of its two rows: written straight to
-      // global memory, one store instruction touches 8 rows. Staged through this warp's slice of
-      // shared memory instead, the warp writes whole 16-byte pieces, 32 / kPieces rows per
-      // instruction. The slice is addressed in the shared space (smem is a generic pointer: its
-      // accesses would be LD/ST, slower than LDS/STS).
-      const uint32_t stage = smem_addr(smem + S::kStage) + (c * 4 + warp) * 16 * S::kStageRow;
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j)
-          st_shared_u32(stage + (lane / 4 + 8 * r) * S::kStageRow + j * 16 + (lane % 4) * 4,
-                        Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]));
-      __syncwarp();
-      constexpr int kPieces = D * 2 / 16;       // 16-byte pieces of a row
-      constexpr int kRowsPerStore = 32 / kPieces;
-      const int row = lane / kPieces, piece = lane % kPieces;
-      const int row0 = warp_row0 + row;  // this lane's first row
-      const uint32_t src = stage + row * S::kStageRow + piece * 16;
-      T* dst = out_rows + (int64_t)row0 * p.out_stride_row + piece * 8;
-      constexpr int kStores = 16 / kRowsPerStore;
-      uint4 v[kStores];  // all loads first: their latencies overlap
-#pragma unroll
-      for (int it = 0; it < kStores; ++it) v[it] = ld_shared_v4(src + it * kRowsPerStore * S::kStageRow);
-#pragma unroll
-      for (int it = 0; it < kStores; ++it)
-        if (row0 + it * kRowsPerStore < t.sq)
-          *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v[it];
-      __syncwarp();  // the slice is rewritten at this warp's next tile
-    } else {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (rows[r] >= t.sq) continue;
-        T* out = out_rows + (int64_t)rows[r] * p.out_stride_row;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          uint32_t packed = Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
-          *reinterpret_cast<uint32_t*>(out + j * 8 + 2 * (lane % 4)) = packed;
-        }
-      }
     }
     // the LSE after O: a global store before the async-proxy fence would make it wait
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       if (rows[r] < t.sq && lane % 4 == 0) p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] = lse[r];
   }
-  if (p.staged_store && p.tma_store && lane == 0) tma_store_wait_read();  // shared memory outlives the stores' reads
-  if (p.pingpong && c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
+  if (lane == 0) tma_store_wait_read();  // shared memory outlives the stores' reads
+  if (c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
 }
 
 // ------------------------------------------------------------------ host side
@@ -738,27 +683,40 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   const int m_blocks = (a.max_seqlen_q + kBlockM - 1) / kBlockM;
   const int64_t work = (int64_t)m_blocks * a.num_q_heads * a.batch;
   if (work >= INT32_MAX) return cudaErrorInvalidValue;
-  const int section_pairs = a.causal_sections ? causal_section_pairs<D>(a) : a.batch * a.num_q_heads;
-  DenseFwdParams p{a.out, a.lse, a.cu_seqlens_q, a.cu_seqlens_k, a.out_stride_row, a.out_stride_head,
-                   a.num_q_heads, a.num_q_heads / a.num_kv_heads,
-                   a.softmax_scale * 1.4426950408889634f, a.causal ? 1 : 0, a.causal && a.heavy_first ? 1 : 0,
-                   a.pingpong ? 1 : 0, a.lazy_rescale ? 1 : 0, a.direct_store ? 0 : 1, a.tma_store ? 1 : 0,
-                   a.half_last_tile ? 1 : 0, a.batch,
-                   m_blocks, (int)work, section_pairs, nullptr,
-                   nullptr, nullptr, a.grid_order,
-                   a.key_pages, a.key_page_offsets, paged ? a.page_size : 1, box_rows};
+  DenseFwdParams p{};
+  p.out = a.out;
+  p.lse = a.lse;
+  p.cu_q = a.cu_seqlens_q;
+  p.cu_k = a.cu_seqlens_k;
+  p.out_stride_row = a.out_stride_row;
+  p.out_stride_head = a.out_stride_head;
+  p.num_q_heads = a.num_q_heads;
+  p.group = a.num_q_heads / a.num_kv_heads;
+  p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
+  p.causal = a.causal ? 1 : 0;
+  p.batch = a.batch;
+  p.m_blocks = m_blocks;
+  p.num_work = (int)work;
+  p.section_pairs = causal_section_pairs<D>(a);
+  p.tile_counter = nullptr;
+  p.tile_list = nullptr;
+  p.num_tiles_dev = nullptr;
+  p.grid_order = a.grid_order;
+  p.key_pages = a.key_pages;
+  p.key_page_offsets = a.key_page_offsets;
+  p.page_size = paged ? a.page_size : 1;
+  p.box_rows = box_rows;
   // persistent: one CTA per SM (the kernel holds a whole SM), claiming work tiles past the first
-  // wave from a counter that is zero here (and that the kernel leaves zero)
+  // wave from a counter that is zero here (and that the kernel leaves zero); one CTA per work
+  // tile when they are no more than the SMs
+  if (a.tile_counter == nullptr || a.num_sms <= 0) return cudaErrorInvalidValue;
   int ctas = (int)work;
-  if (a.tile_counter != nullptr) {
-    if (a.num_sms <= 0) return cudaErrorInvalidValue;
-    if (work > a.num_sms) {
-      ctas = a.num_sms;
-      p.tile_counter = a.tile_counter;
-      if (a.zero_counter) {
-        cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, 2 * sizeof(int), stream);
-        if (err != cudaSuccess) return err;
-      }
+  if (work > a.num_sms) {
+    ctas = a.num_sms;
+    p.tile_counter = a.tile_counter;
+    if (a.zero_counter) {
+      cudaError_t err = cudaMemsetAsync(a.tile_counter, 0, 2 * sizeof(int), stream);
+      if (err != cudaSuccess) return err;
     }
   }
   if (p.tile_counter != nullptr && a.tile_list != nullptr) {
@@ -785,11 +743,9 @@ cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cud
   const CUtensorMapDataType f16 = CU_TENSOR_MAP_DATA_TYPE_FLOAT16, bf16 = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   // head dim 64: three consumer warpgroups (192-row work tiles), except causal with at most 1024
   // query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with
-  // the tile's height), or as asked; 128: always two (three would not fit their accumulators in
-  // the register file)
-  if (a.consumer_warpgroups != 0 && a.consumer_warpgroups != 2 && a.consumer_warpgroups != 3)
-    return cudaErrorInvalidValue;
-  const bool two = a.consumer_warpgroups == 2 || (a.consumer_warpgroups == 0 && a.causal && a.max_seqlen_q <= 1024);
+  // the tile's height); 128: always two (three would not fit their accumulators in the
+  // register file)
+  const bool two = a.causal && a.max_seqlen_q <= 1024;
   if (dtype == 0 && head_dim == 64)
     return two ? launch<__half, 64, 2>(a, f16, stream) : launch<__half, 64, 3>(a, f16, stream);
   if (dtype == 0 && head_dim == 128) return launch<__half, 128, 2>(a, f16, stream);

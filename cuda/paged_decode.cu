@@ -521,7 +521,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   };
   // (after the stream the K/V ring is free: the finishing merge's scratch)
   float* scratch = reinterpret_cast<float*>(smem_raw);
-  if (s.rows <= p.narrow_rows) {  // one task holds the item's rows: row_base is 0
+  if (s.rows <= kDecodeNarrowRows) {  // one task holds the item's rows: row_base is 0
     NarrowState<D> st;
     st.reset();
     uint32_t qf[D / 16][2];
@@ -539,15 +539,15 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   }
 }
 
-// Programmatic dependent launch of the merge kernel (PagedDecodeParams::merge_pdl): each decode CTA
-// signals at its start, so once the last one has started, the merge blocks are launched into the SM
-// slots the decode tail leaves free and wait there (merge_wait) for the whole decode grid to finish
-// and flush, instead of being launched after it. Both are no-ops for a plain launch.
+// Programmatic dependent launch of the merge kernel: each decode CTA signals at its start, so once
+// the last one has started, the merge blocks are launched into the SM slots the decode tail leaves
+// free and wait there (merge_wait) for the whole decode grid to finish and flush, instead of being
+// launched after it.
 __device__ __forceinline__ void allow_merge_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
 // A fixed grid loops over the planner's (work item, first row) tasks. The KV head is
-// the grid's fastest index (head_fastest), so the CTAs resident at one time read every head of
+// the grid's fastest index (blockIdx.x), so the CTAs resident at one time read every head of
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
 template <typename T, int D>
@@ -555,9 +555,9 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table
   extern __shared__ __align__(128) unsigned char smem_raw[];
   allow_merge_launch();
   const int num_tasks = *p.num_tasks_dev;
-  const int h = p.head_fastest ? blockIdx.x : blockIdx.y;
-  const int first = p.head_fastest ? blockIdx.y : blockIdx.x;
-  const int stride = p.head_fastest ? gridDim.y : gridDim.x;
+  const int h = blockIdx.x;
+  const int first = blockIdx.y;
+  const int stride = gridDim.y;
   for (int t = first; t < num_tasks; t += stride) {
     decode_work_item<T, D>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
     __syncthreads();
@@ -647,8 +647,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
     auto kernel = paged_decode_table_kernel<T, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    dim3 grid(p.grid_work, p.num_kv_heads, 1);
-    if (p.head_fastest) grid = dim3(p.num_kv_heads, p.grid_work, 1);
+    const dim3 grid(p.num_kv_heads, p.grid_work, 1);
     kernel<<<grid, kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -661,7 +660,7 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
-  config.numAttrs = p.merge_pdl ? 1 : 0;  // a dependent of the decode kernel launched above
+  config.numAttrs = 1;  // a dependent of the decode kernel launched above
   const cudaError_t merged = p.merge_groups == 16 ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 16>, p)
                                                    : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 4>, p);
   return merged;

@@ -23,29 +23,14 @@ struct DenseFwdArgs {
   int64_t out_stride_row, out_stride_head;
   int batch, num_q_heads, num_kv_heads, max_seqlen_q;
   float softmax_scale;
-  bool causal;  // aligned bottom-right: query i of Sq sees keys j <= i + Sk - Sq
-  // causal: launch the query blocks with the most key tiles first, so the light ones fill the
-  // tail of the grid instead of the heavy ones
-  bool heavy_first;
-  // the consumer warpgroups take turns on the tensor cores (on by default, off for A/B runs)
-  bool pingpong = true;
-  // a row's exponent base moves only when a tile's max exceeds it by 2^8 (on by default)
-  bool lazy_rescale = true;
-  // the epilogue writes O from registers, 4 bytes a thread per row, instead of through shared
-  // memory in 16-byte pieces (A/B runs)
-  bool direct_store = false;
-  bool tma_store = true;  // staged O rows of a warp inside its request leave by TMA (see the kernel)
-  // a consumer's last key tile, where its rows mask the tile's second half (a causal diagonal),
-  // is multiplied over its first 64 keys only (on by default, off for A/B runs)
-  bool half_last_tile = true;
-  // consumer warpgroups of 64 query rows: 0 picks per head dim and shape (dense_fwd_launch); 2
-  // or 3 forces 128- or 192-row tiles at D 64 (A/B runs); D 128 always runs two
-  int consumer_warpgroups = 0;
-  bool causal_sections = true;  // causal CTA order in L2-sized sections of heads (dense_fwd.cu)
-  // Persistent schedule: one CTA per SM looping over the work tiles, claiming them from this
-  // device int[2] (claims, CTAs done), zero when the launch starts; the kernel's last CTA zeroes
-  // both again as it ends, so a counter kept per stream needs no reset between launches (one GPU
-  // operation fewer a call). nullptr: one CTA per work tile.
+  // aligned bottom-right: query i of Sq sees keys j <= i + Sk - Sq. Causal launches claim the
+  // query blocks with the most key tiles first, so the light ones fill the tail of the grid, in
+  // L2-sized sections of heads (dense_fwd.cu)
+  bool causal;
+  // Persistent schedule (required): one CTA per SM looping over the work tiles, claiming them
+  // from this device int[2] (claims, CTAs done), zero when the launch starts; the kernel's last
+  // CTA zeroes both again as it ends, so a counter kept per stream needs no reset between
+  // launches (one GPU operation fewer a call). With no more work tiles than SMs, one CTA each.
   int* tile_counter = nullptr;
   bool zero_counter = false;  // the launch zeroes tile_counter first (a fresh one)
   int num_sms = 0;  // SMs of the device (the persistent grid size)

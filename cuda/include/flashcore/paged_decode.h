@@ -75,16 +75,12 @@ struct PagedDecodeParams {
   int64_t num_slots;  // slots are clamped into the pool: a corrupt table cannot read out of bounds
   int page_size;      // slot -> (page, offset) for head-major pools
   bool slots_linear;  // SGLang's [slots, Hkv, D] pool: element offset = slot * kv_stride_tok
-  bool head_fastest;  // grid order: the KV head varies fastest (default) or slowest
   // SGLang's pool: the copy loop's short address path (paged_decode.cu,
-  // load_tile); false keeps the general slot -> (page, offset) path (head-major pools; A/B runs).
+  // load_tile); false keeps the general slot -> (page, offset) path (head-major pools, or rows
+  // whose bytes exceed 32 bits).
   bool linear_rows;
 
-  // Tasks of at most narrow_rows query rows (<= kDecodeNarrowRows) multiply token-major (see
-  // attend_tile_narrow); 0 keeps every task on the 16-row path.
-  int narrow_rows;
   int merge_groups;  // the merge kernel's lane groups a block: 16 (few requests) or 4 (many)
-  bool merge_pdl;    // launch the merge kernel as a programmatic dependent of the decode kernel
   float* partial_o;    // [P, Hq, D]
   float* partial_lse;  // [P, Hq], natural log
   void* out;           // [B, Hq, D]
