@@ -8,7 +8,6 @@ Targets ``sm_90a`` only: the kernels use Hopper instructions.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import List, Optional
 
 import torch
 
+from . import config
 from .locations import data_dir
 
 GENCODE = "-gencode=arch=compute_90a,code=sm_90a"
@@ -110,7 +110,7 @@ def load():
         from torch.utils.cpp_extension import load as load_extension
 
         digest = source_hash()
-        cache = Path(os.environ.get("FLASHCORE_CACHE", Path.home() / ".cache" / "flashcore")) / digest
+        cache = config.cache_root() / digest
         cache.mkdir(parents=True, exist_ok=True)
         if not any(cache.glob("*.so")):
             print(f"flashcore: building CUDA kernels for sm_90a into {cache} (first use, about a minute)...",
@@ -123,7 +123,7 @@ def load():
                 extra_cflags=CXX_FLAGS,
                 extra_cuda_cflags=NVCC_FLAGS,
                 build_directory=str(cache),
-                verbose=os.environ.get("FLASHCORE_VERBOSE_BUILD") == "1",
+                verbose=config.verbose_build(),
             )
         except Exception as exc:  # noqa: BLE001 - re-raised with the context a user needs
             raise KernelBuildError(f"flashcore: building the CUDA kernels failed: {exc}") from exc

@@ -13,51 +13,20 @@ from .checks import (
     check_head_dim,
     check_heads,
     check_len,
+    check_pools,
+    check_positive_int,
     check_range,
     check_same,
     check_tensor,
+    softmax_scale_for,
 )
+from .decode import paged_decode_table
+from .kernels import attention_cuda
 from .layout import PagedLayout
 
 Tensor = torch.Tensor
 
-__all__ = ["attention", "paged_decode", "paged_extend", "merge_states", "auto_chunk_tokens", "DEFAULT_CHUNK_TOKENS"]
-
-# Split-KV chunk of the decode work list, in tokens, when the caller names none: the largest
-# power of two up to 1024 that still gives the GPU about four waves of work items (a work
-# item streams its chunk through shared memory, so longer chunks amortise its start-up).
-MAX_CHUNK_TOKENS = 1024
-MIN_CHUNK_TOKENS = 64
-DEFAULT_CHUNK_TOKENS = 256  # for reports and the CPU path, where nothing is launched
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def target_work_items(device: torch.device) -> int:
-    """CTAs (work items x KV heads) the chunk policies aim for: four waves of two CTAs per SM."""
-    return 4 * 2 * _num_sms(device)
-
-
-def auto_chunk_tokens(layout: PagedLayout, num_kv_heads: int) -> int:
-    """A chunk size for ``layout`` (host numbers only: no device sync)."""
-    tokens = layout.nnz * layout.page_size  # an upper bound on the tokens requested
-    target_items = target_work_items(layout.device)
-    chunk = MAX_CHUNK_TOKENS
-    while chunk > MIN_CHUNK_TOKENS and tokens * num_kv_heads < target_items * chunk:
-        chunk //= 2
-    return max(chunk, min(layout.page_size, MAX_CHUNK_TOKENS))
-
-
-def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
-    if softmax_scale is None:
-        return head_dim ** -0.5
-    if not isinstance(softmax_scale, (int, float)) or softmax_scale <= 0:
-        raise ValueError(f"softmax_scale: expected a positive float, got {softmax_scale!r}")
-    return float(softmax_scale)
+__all__ = ["attention", "paged_decode", "paged_extend", "merge_states"]
 
 
 def _check_qkv_like(q_name, q, names_tensors, token_dims: int):
@@ -70,26 +39,6 @@ def _check_qkv_like(q_name, q, names_tensors, token_dims: int):
                      last_dim_contiguous=True)
         check_same(q_name, head_dim, name, t.shape[-1], "head dim")
     return head_dim
-
-
-def _check_cache(name: str, cache: Tensor, q: Tensor, page_size: int) -> int:
-    check_tensor(name, cache, ndim=(3, 4), dtypes=(q.dtype,), device=q.device, last_dim_contiguous=True)
-    check_same("q", q.shape[-1], name, cache.shape[-1], "head dim")
-    if cache.dim() == 4:
-        check_same(name + ".shape[2] (tokens per page)", cache.shape[2], "layout.page_size", page_size, "page size")
-        return cache.shape[0] * page_size
-    return cache.shape[0]
-
-
-def _check_pools(k_cache: Tensor, v_cache: Tensor, q: Tensor, page_size: int) -> int:
-    """Both pools valid and alike; returns the number of slots."""
-    num_slots = _check_cache("k_cache", k_cache, q, page_size)
-    _check_cache("v_cache", v_cache, q, page_size)
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(
-            f"k_cache and v_cache: expected the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
-        )
-    return num_slots
 
 
 def _check_layout_bounds(layout: PagedLayout, num_slots: int) -> None:
@@ -118,8 +67,8 @@ def attention(
     Causal masks are aligned bottom-right (query i of Sq sees keys j <= i + Sk - Sq).
 
     Returns ``(out, lse)``: out like q (q's dtype); lse float32, shaped like q without D.
-    CUDA tensors on Hopper run our TMA/WGMMA kernel once it is built (``kernels.py``);
-    otherwise, and on CPU, the float32 reference.
+    CUDA tensors on Hopper run our TMA/WGMMA kernel once it is built (``kernels.py``); CPU
+    tensors, and CUDA tensors with ``FLASHCORE_IMPL=reference``, the float32 reference.
     """
     ragged = cu_seqlens_q is not None or cu_seqlens_k is not None
     token_dims = 1 if ragged else 2
@@ -141,10 +90,13 @@ def attention(
     else:
         check_same("q", q.shape[0], "k", k.shape[0], "batch size")
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
-    return ops.attention_op(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-        bool(causal), _scale(softmax_scale, head_dim),
-    )
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
+            softmax_scale_for(softmax_scale, head_dim))
+    if q.is_cuda and not torch.compiler.is_compiling():
+        # eager CUDA calls skip the custom op's dispatch (tens of microseconds of host time per call);
+        # the kernel and its result are the op's own
+        return attention_cuda(*args)
+    return ops.attention_op(*args)
 
 
 def _check_layout(layout: PagedLayout, q: Tensor, batch: int) -> None:
@@ -172,34 +124,27 @@ def paged_decode(
         k_cache, v_cache: SGLang's pool [slots, Hkv, D] (slot = page * page_size + offset),
             or head-major pages [num_pages, Hkv, page_size, D].
         layout: from ``from_sglang`` or ``build_layout``; B rows.
-        chunk_tokens: split-KV chunk of the work list (CUDA kernel); default ``auto_chunk_tokens``.
+        chunk_tokens: a fixed split-KV chunk; default: the planner's automatic chunk.
         check_bounds: check every page run lies inside the pool (one device sync).
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty row gives 0 and -inf.
-    Pages read by several requests are loaded once per step by the CUDA kernel.
+    The layout runs as a page table (``PagedLayout.page_table()``, built once per layout) through
+    the same GPU planner as ``paged_decode_table`` and the SGLang backend, so chunks that several
+    requests read are loaded once per step.
     """
     check_tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
     check_head_dim("q", q.shape[-1])
     _check_layout(layout, q, q.shape[0])
-    num_slots = _check_pools(k_cache, v_cache, q, layout.page_size)
+    num_slots = check_pools(k_cache, v_cache, q, layout.page_size)
     # both pool layouts keep the KV heads in dim 1
     check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
+    if chunk_tokens is not None:
+        check_positive_int("chunk_tokens", chunk_tokens)
     if check_bounds:
         _check_layout_bounds(layout, num_slots)
-    plan, meta = [], []
-    if q.is_cuda and ops.impl_mode() != "reference":
-        from .kernels import DECODE_MAX_CHUNK_TOKENS, plan_meta, plan_tensors
-
-        if chunk_tokens is None:
-            chunk_tokens = auto_chunk_tokens(layout, k_cache.shape[1])
-        if not 1 <= chunk_tokens <= DECODE_MAX_CHUNK_TOKENS:
-            raise ValueError(f"chunk_tokens: expected 1..{DECODE_MAX_CHUNK_TOKENS} for the CUDA kernel, got {chunk_tokens}")
-        sharing = layout.plan(chunk_tokens)
-        plan, meta = plan_tensors(sharing), plan_meta(sharing)
-    return ops.paged_decode_op(
-        q, k_cache, v_cache, layout.row_offsets, layout.cols, layout.page_offsets, layout.counts,
-        plan, meta, layout.page_size, _scale(softmax_scale, q.shape[-1]),
-    )
+    req_to_token, rows, seq_lens = layout.page_table()
+    return paged_decode_table(q, k_cache, v_cache, req_to_token, rows, seq_lens, page_size=layout.page_size,
+                              softmax_scale=softmax_scale, chunk_tokens=chunk_tokens, check_bounds=False)
 
 
 def paged_extend(
@@ -221,7 +166,10 @@ def paged_extend(
     every token of its cached prefix (row b of ``prefix_layout``, pages in ``k_cache``/``v_cache``)
     and causally to the request's new keys ``k_new``/``v_new`` ([Tq, Hkv, D]).
 
-    Returns ``(out [Tq, Hq, D], lse [Tq, Hq] float32)``.
+    Returns ``(out [Tq, Hq, D], lse [Tq, Hq] float32)``. On a Hopper GPU this runs the SGLang
+    backend's path: the prefix as a page table, an ``ExtendPlan`` over it (whole prefix pages read
+    in place by the dense kernel when the pool is SGLang's and the page size a multiple of 8), and
+    the dense kernel with bottom-right causal masking.
     """
     head_dim = _check_qkv_like("q", q, [("k_new", k_new), ("v_new", v_new)], 1)
     check_same("q", q.shape[0], "k_new", k_new.shape[0], "number of new tokens")
@@ -230,7 +178,7 @@ def paged_extend(
     check_heads("q", q.shape[1], "k_new", k_new.shape[1])
     check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     _check_layout(prefix_layout, q, cu_seqlens_q.shape[0] - 1)
-    num_slots = _check_pools(k_cache, v_cache, q, prefix_layout.page_size)
+    num_slots = check_pools(k_cache, v_cache, q, prefix_layout.page_size)
     check_same("k_new", k_new.shape[1], "k_cache", k_cache.shape[1], "KV heads")
     if check_bounds:
         _check_layout_bounds(prefix_layout, num_slots)
@@ -239,7 +187,7 @@ def paged_extend(
     L = prefix_layout
     return ops.paged_extend_op(
         q, k_new, v_new, k_cache, v_cache, L.row_offsets, L.cols, L.page_offsets, L.counts, L.seq_lens,
-        cu_seqlens_q.to(torch.int32), int(max_seqlen_q), L.page_size, _scale(softmax_scale, head_dim),
+        cu_seqlens_q.to(torch.int32), int(max_seqlen_q), L.page_size, softmax_scale_for(softmax_scale, head_dim),
     )
 
 

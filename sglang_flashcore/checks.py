@@ -7,6 +7,7 @@ fails in Python before any kernel sees it.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -131,3 +132,50 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> torch.T
             f"{name}: the last offset is {int(cu[-1])} but the packed tensor has {total} tokens"
         )
     return cu
+
+
+def softmax_scale_for(softmax_scale: object, head_dim: int) -> float:
+    """The scale to use: ``head_dim ** -0.5`` for None, else a positive finite float."""
+    if softmax_scale is None:
+        return head_dim ** -0.5
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) \
+            or not math.isfinite(softmax_scale) or softmax_scale <= 0:
+        raise ValueError(f"softmax_scale: expected a positive finite float, got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def check_cache(name: str, cache: object, q: torch.Tensor, page_size: int) -> int:
+    """A KV pool for ``q``: SGLang's [slots, Hkv, D] or head-major pages [pages, Hkv, page_size, D].
+    Returns its number of slots."""
+    check_tensor(name, cache, ndim=(3, 4), dtypes=(q.dtype,), device=q.device, last_dim_contiguous=True)
+    check_same("q", q.shape[-1], name, cache.shape[-1], "head dim")
+    if cache.dim() == 4:
+        check_same(name + ".shape[2] (tokens per page)", cache.shape[2], "page_size", page_size, "page size")
+        return cache.shape[0] * page_size
+    return cache.shape[0]
+
+
+def check_pools(k_cache: object, v_cache: object, q: torch.Tensor, page_size: int) -> int:
+    """Both pools valid and alike; returns the number of slots."""
+    num_slots = check_cache("k_cache", k_cache, q, page_size)
+    check_cache("v_cache", v_cache, q, page_size)
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache: expected the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    return num_slots
+
+
+def check_table_slots(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                      num_slots: int) -> None:
+    """Every slot a request reads (``req_to_token[req_pool_indices[b], :seq_lens[b]]``) lies in the
+    pool. The rows and lengths must be in range already. One device sync."""
+    if req_pool_indices.numel() == 0 or req_to_token.shape[1] == 0:
+        return
+    rows = req_to_token[req_pool_indices.to(torch.int64)].to(torch.int64)
+    used = torch.arange(req_to_token.shape[1], device=rows.device) < seq_lens.to(torch.int64).unsqueeze(1)
+    bad = used & ((rows < 0) | (rows >= num_slots))
+    if bool(bad.any()):
+        b, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"req_to_token: KV slot out of range for request {b} at position {j}: got "
+                         f"{int(rows[b, j])}, expected a value in [0, {num_slots})")

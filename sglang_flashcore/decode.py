@@ -1,14 +1,13 @@
-"""Decode steps planned on the GPU straight from SGLang's page table.
+"""Decode steps planned on the GPU straight from SGLang's page table: the one decode planner.
 
-``PagedLayout`` + ``SharingPlan`` describe a step in general, but building them takes two host
-syncs (their sizes) and 0.2-0.4 ms a step even on the GPU (``layout_cuda.py``), and cannot run
-inside a CUDA graph. Serving needs less: the radix cache
-already guarantees that the same KV slot at the same position holds the same token. So the
-``DecodePlanner`` cuts every request into position-aligned chunks of C tokens, groups the
+The SGLang backend, ``paged_decode_table`` and ``paged_decode`` (a ``PagedLayout`` turned into a
+page table) all run it. The radix cache guarantees that the same KV slot at the same position
+holds the same token, so the ``DecodePlanner`` cuts every request into position-aligned chunks of C tokens, groups the
 chunks of different requests whose slots are identical (a hash of the last slot and the end
 position, then a slot-by-slot check), and writes the decode kernel's work list into
 fixed-capacity device buffers — five kernel launches, no host sync, the same buffers every
-step, so it also runs before each CUDA-graph replay. See ``cuda/include/flashcore/decode_plan.h``.
+step, so it also runs before each CUDA-graph replay. See ``cuda/include/flashcore/decode_plan.h``;
+the chunk and split policies are in ``heuristics.py``.
 
 * chunk i is partial result i (or, when the tail split cut it, several in a row); request b owns
   chunks ``chunk_base[b]:chunk_base[b+1]`` and merges them in position order (deterministic);
@@ -22,12 +21,19 @@ step, so it also runs before each CUDA-graph replay. See ``cuda/include/flashcor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .api import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS, _check_pools, _num_sms, _scale, target_work_items
-from .checks import ATTENTION_DTYPES, check_head_dim, check_heads, check_len, check_positive_int, check_range, check_tensor
+from . import config, kernels
+from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_len, check_pools, check_positive_int,
+                     check_range, check_table_slots, check_tensor, softmax_scale_for)
+from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
+                         DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS,
+                         SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, num_sms, split_guided, split_items,
+                         split_part_count, target_chunks)
+from .ops import paged_decode_table_op, paged_decode_table_reference
+from .reference import attend_one, gather_kv, merge_states_ref
 
 __all__ = [
     "DecodePlanner",
@@ -35,119 +41,9 @@ __all__ = [
     "paged_decode_table",
     "plan_table_reference",
     "execute_plan_ref",
-    "choose_chunk_tokens",
-    "wave_filling_chunk",
-    "chunk_tasks",
 ]
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
-ROWS_PER_TASK = 32  # kDecodeRowsPerCta: query rows (readers x GQA group) per CTA
-MAX_GROUP = 64  # kDecodeMaxGroup: query heads per KV head
-# The page-table kernel reads a chunk's slots straight from req_to_token (no per-item offset
-# table in shared memory, which bounds the layout path at MAX_CHUNK_TOKENS), so its automatic
-# chunks may be longer: each chunk is a partial (O, LSE) written and merged again, and with
-# 8 KV heads 2048-token chunks time 2-3% faster than 1024 (benchmarks/results/h100/decode_chunks).
-MAX_AUTO_CHUNK_TOKENS = 2 * MAX_CHUNK_TOKENS
-TABLE_WAVES_DIVISOR = 2  # aim for half the layout policy's CTAs: two waves instead of four
-DEFAULT_WORKSPACE_BYTES = 256 << 20
-# The tail split (cuda/include/flashcore/paged_decode.h): the last one-reader items, up to one wave
-# of tasks, cut so that short tasks fill the last wave. With a wave of at most SPLIT_EVEN_WAVE
-# tasks (16 or more KV heads) an item is cut evenly into SPLIT_PARTS tasks; with a longer wave the
-# cut is guided: the first three quarters stay one task in place and the last quarter is a second
-# task after all the others (see split_items in cuda/decode_plan.cu for the measurements).
-SPLIT_PARTS = 4  # kDecodeSplitMaxParts
-SPLIT_MAX_ITEMS = 64  # kDecodeSplitMaxItems: items a plan may cut
-SPLIT_EVEN_WAVE = 32  # kDecodeSplitEvenWave: the longest wave (in tasks) that is cut evenly
-SPLIT_GUIDED_PARTS = 2  # kDecodeSplitGuidedParts
-TILE_TOKENS = 64  # kDecodeTileTokens: the split cuts between 64-token tiles
-CTAS_PER_SM = 3  # kDecodeCtasPerSm
-# The wave-filling chunk (cuda/include/flashcore/decode_plan.h, TablePlanArgs::wave_max_chunk):
-# without sharing, the automatic chunk becomes the longest of at most WAVE_MAX_CHUNK_TOKENS whose
-# tasks fill the last wave of resident CTAs at least WAVE_FILL full (12 or fewer KV heads: with more, the
-# tail split evens the last wave out). With 8 KV heads on the H200 it read up to 10% more of cuDNN's
-# speed than the power-of-two chunk (benchmarks/results/h200/decode_waves_s17).
-WAVE_MAX_CHUNK_TOKENS = 4608
-WAVE_MAX_BATCH = 2048  # kWaveMaxBatch
-WAVE_MAX_WAVES = 12  # kWaveMaxWaves
-WAVE_FILL = (17, 20)  # kWaveFillNum / kWaveFillDen
-WAVE_CANDIDATES = 256  # kWaveCandidates
-
-
-def target_chunks(num_kv_heads: int, device: torch.device) -> int:
-    """Chunks the automatic policy aims for: half of ``api.target_work_items`` (two waves of two
-    CTAs per SM) over all KV heads."""
-    return -(-target_work_items(device) // (TABLE_WAVES_DIVISOR * max(num_kv_heads, 1)))
-
-
-def wave_tasks(resident_ctas: int, num_kv_heads: int) -> int:
-    """Tasks of one KV head that run at once (a wave): the resident CTAs over the KV heads."""
-    return -(-resident_ctas // num_kv_heads)
-
-
-def chunk_tasks(lengths: Sequence[int], chunk: int, tasks_per_chunk: int = 1) -> int:
-    """(chunk, KV head) tasks of a batch cut into ``chunk``-token chunks: its chunks times
-    ``tasks_per_chunk`` (with the default 1, the chunk count)."""
-    return tasks_per_chunk * sum(-(-n // chunk) for n in lengths)
-
-
-def wave_filling_chunk(lengths: Sequence[int], first_slots: Sequence[int], chunk: int, num_kv_heads: int,
-                       tasks_per_chunk: int, slots: int, max_chunk: int = WAVE_MAX_CHUNK_TOKENS,
-                       min_chunk: int = MIN_CHUNK_TOKENS) -> int:
-    """The planner's wave-filling move of the automatic ``chunk`` (in Python).
-
-    It returns ``chunk`` when two non-empty requests share a first slot, when the tail split evens
-    out the last wave instead (a wave of at most ``SPLIT_EVEN_WAVE`` tasks: 16 or more KV heads on
-    132 SMs), or when the batch holds more than ``WAVE_MAX_WAVES`` waves of ``slots`` (chunk, KV
-    head) tasks at ``chunk``. Otherwise: the first ``ceil(longest / n)``, n = 1, 2, ..., of at most
-    ``max_chunk`` and at least ``max(min_chunk, chunk // 2)`` tokens whose tasks fill the last wave
-    at least ``WAVE_FILL`` full (``chunk`` if none does)."""
-    longest = max(lengths, default=0)
-    per_chunk = num_kv_heads * tasks_per_chunk
-
-    def tasks(c: int) -> int:
-        return chunk_tasks(lengths, c, per_chunk)
-
-    if (max_chunk <= 0 or len(lengths) > WAVE_MAX_BATCH or longest <= 0 or slots <= 0 or per_chunk <= 0
-            or wave_tasks(slots, num_kv_heads) <= SPLIT_EVEN_WAVE or tasks(chunk) > WAVE_MAX_WAVES * slots):
-        return chunk
-    firsts = [s for s, n in zip(first_slots, lengths) if n > 0]
-    if len(set(firsts)) < len(firsts):
-        return chunk
-    lowest = max(min_chunk, chunk // 2)
-    n0 = -(-longest // max_chunk)
-    for n in range(n0, n0 + WAVE_CANDIDATES):
-        c = -(-longest // n)
-        if c < lowest:
-            break
-        x = tasks(c)
-        waves = -(-x // slots)
-        if WAVE_FILL[1] * (x - (waves - 1) * slots) >= WAVE_FILL[0] * slots:
-            return c
-    return chunk
-
-
-def choose_chunk_tokens(lengths: Sequence[int], max_chunks: int, fixed: int = 0, target: int = 0,
-                        min_chunk: int = MIN_CHUNK_TOKENS, max_auto: int = MAX_AUTO_CHUNK_TOKENS,
-                        first_slots: Optional[Sequence[int]] = None, num_kv_heads: int = 0,
-                        tasks_per_chunk: int = 1, slots: int = 0, wave_max_chunk: int = WAVE_MAX_CHUNK_TOKENS) -> int:
-    """The planner's chunk size C (what the device computes, in Python): ``fixed`` if given, else
-    the largest power of two in [min_chunk, max_auto] that still gives ``target`` chunks of the
-    requested tokens, moved by ``wave_filling_chunk`` when ``first_slots`` (each request's first
-    KV slot) is given; then doubled until the chunks fit ``max_chunks``."""
-    tokens, longest = sum(lengths), max(lengths, default=0)
-    chunk = fixed
-    if chunk <= 0:
-        chunk = max_auto
-        while chunk > min_chunk and tokens < target * chunk:
-            chunk //= 2
-        if first_slots is not None:
-            chunk = wave_filling_chunk(lengths, first_slots, chunk, num_kv_heads, tasks_per_chunk, slots,
-                                       wave_max_chunk, min_chunk)
-    while chunk_tasks(lengths, chunk) > max_chunks and chunk < longest:
-        chunk *= 2
-    return chunk
-
-
 @dataclass
 class TablePlan:
     """A page-table plan in host form (for tests and reports).
@@ -188,30 +84,6 @@ def _as_list(t: torch.Tensor) -> List[int]:
     return [int(x) for x in t.tolist()]
 
 
-def split_guided(num_kv_heads: int, resident_ctas: int) -> bool:
-    """Whether the tail split is guided (a wave of more than ``SPLIT_EVEN_WAVE`` tasks)."""
-    return wave_tasks(resident_ctas, max(num_kv_heads, 1)) > SPLIT_EVEN_WAVE
-
-
-def split_part_count(guided: bool, parts: int, tiles: int) -> int:
-    """Parts of a cut item of ``tiles`` (>= 2) 64-token tiles: even, at most one a tile; guided,
-    the head and the last quarter."""
-    return min(parts, SPLIT_GUIDED_PARTS) if guided else min(parts, tiles)
-
-
-def split_items(tasks: int, splittable: int, num_kv_heads: int, resident_ctas: int, grid_work: int,
-                parts: int) -> int:
-    """How many one-reader items the tail split cuts (the planner's rule, in Python): with more
-    than one wave of tasks (``resident_ctas / num_kv_heads`` run at once), up to a wave of them
-    and ``SPLIT_MAX_ITEMS``, while every task still gets one of the ``grid_work`` CTAs a KV head."""
-    if parts <= 1 or num_kv_heads <= 0 or grid_work <= tasks:
-        return 0
-    wave = wave_tasks(resident_ctas, num_kv_heads)
-    if tasks <= wave:
-        return 0
-    return min(splittable, wave, SPLIT_MAX_ITEMS, (grid_work - tasks) // (parts - 1))
-
-
 def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                          chunk_tokens: int, group: int = 1, num_kv_heads: int = 0, resident_ctas: int = 0,
                          grid_work: int = 0, split_parts: int = 1) -> TablePlan:
@@ -238,9 +110,9 @@ def plan_table_reference(req_to_token: torch.Tensor, req_pool_indices: torch.Ten
     for key in order:
         row, pos0, ntok, parts = groups[key]
         work.append((row, pos0, ntok, tuple(sorted(parts))))
-        tasks += -(-len(parts) * group // ROWS_PER_TASK)
-    splittable = [(w[3][0], -(-w[2] // TILE_TOKENS)) for w in work
-                  if len(w[3]) == 1 and group <= ROWS_PER_TASK and w[2] > TILE_TOKENS]
+        tasks += -(-len(parts) * group // DECODE_ROWS_PER_TASK)
+    splittable = [(w[3][0], -(-w[2] // DECODE_TILE_TOKENS)) for w in work
+                  if len(w[3]) == 1 and group <= DECODE_ROWS_PER_TASK and w[2] > DECODE_TILE_TOKENS]
     m = split_items(tasks, len(splittable), num_kv_heads, resident_ctas, grid_work, split_parts)
     guided = split_guided(num_kv_heads, resident_ctas)
     split = tuple(sorted((chunk, split_part_count(guided, split_parts, tiles))
@@ -254,8 +126,6 @@ def execute_plan_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      softmax_scale: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Runs a page-table plan in float32, as the kernel does: one partial per (work item, reader),
     then each request's partials merged in chunk order."""
-    from .reference import _attend_one, gather_kv, merge_states_ref
-
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     parts_o = [None] * plan.num_chunks
     parts_lse = [None] * plan.num_chunks
@@ -265,7 +135,7 @@ def execute_plan_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         k = gather_kv(k_cache, slots, page_size).float()
         v = gather_kv(v_cache, slots, page_size).float()
         for i in partials:
-            o, lse = _attend_one(q[owner[i]].float().unsqueeze(0), k, v, scale, causal=False)
+            o, lse = attend_one(q[owner[i]].float().unsqueeze(0), k, v, scale, causal=False)
             parts_o[i], parts_lse[i] = o[0], lse[0]
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
@@ -291,27 +161,27 @@ class DecodePlanner:
 
     def __init__(self, max_batch: int, num_q_heads: int, head_dim: int, device,
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
-        from . import _jit
-
         check_positive_int("num_q_heads", num_q_heads)
         check_positive_int("head_dim", head_dim)
+        check_positive_int("workspace_bytes", workspace_bytes)
         self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
+        if self.device.type != "cuda":
+            raise ValueError(f"device: the decode planner runs on a CUDA GPU, got {self.device}; on other devices "
+                             "paged_decode_table runs the float32 reference")
+        if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        kernels.check_device(self.device)
         self.max_batch = max(int(max_batch), 1)
         self.num_q_heads, self.head_dim = num_q_heads, head_dim
         per_partial = num_q_heads * (head_dim + 1) * 4
         self.max_chunks = max(self.max_batch, workspace_bytes // per_partial)
-        self._mod = _jit.load()
-        i32 = dict(dtype=torch.int32, device=self.device)
-        self.ints = torch.zeros(self._mod.table_plan_ints(self.max_batch, self.max_chunks), **i32)
-        self.hash = torch.zeros(self._mod.table_plan_hash_size(self.max_chunks), dtype=torch.int64, device=self.device)
-        partials = self._mod.table_plan_partials(self.max_chunks)  # the chunks' and the tail split's
+        ints, hash_slots, partials = kernels.planner_sizes(self.max_batch, self.max_chunks)
+        self.ints = torch.zeros(ints, dtype=torch.int32, device=self.device)
+        self.hash = torch.zeros(hash_slots, dtype=torch.int64, device=self.device)
+        # the chunks' partials and the tail split's
         self.partial_o = torch.empty(partials * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
         self.partial_lse = torch.empty(partials * num_q_heads, dtype=torch.float32, device=self.device)
-        self.grid_work = CTAS_PER_SM * _num_sms(self.device)  # three CTAs per SM loop over the tasks
-        self.split_parts = SPLIT_PARTS  # the tail split's parts per item (1: no split)
-        self.wave_max_chunk = WAVE_MAX_CHUNK_TOKENS  # the wave-filling chunk's bound (0: off)
+        self.grid_work = DECODE_CTAS_PER_SM * num_sms(self.device)  # the fixed grid loops over the tasks
         self._batch: Optional[int] = None
         self._group = 0
         self._req_to_token: Optional[torch.Tensor] = None
@@ -329,28 +199,27 @@ class DecodePlanner:
         """
         if chunk_tokens is not None:
             check_positive_int("chunk_tokens", chunk_tokens)
+        check_positive_int("num_kv_heads", num_kv_heads)
         check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,), device=self.device)
         for name, t in (("req_pool_indices", req_pool_indices), ("seq_lens", seq_lens)):
             check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64), device=self.device)
         check_len("req_pool_indices", req_pool_indices, seq_lens.shape[0], "one pool row per request, like seq_lens")
         if seq_lens.shape[0] > self.max_batch:
             raise ValueError(f"seq_lens: {seq_lens.shape[0]} requests, the planner holds {self.max_batch}")
-        if not 1 <= group <= MAX_GROUP:
-            raise ValueError(f"group: expected 1..{MAX_GROUP} query heads per KV head, got {group}")
-        self._mod.plan_decode_table(
+        if isinstance(group, bool) or not isinstance(group, int) or not 1 <= group <= DECODE_MAX_GROUP:
+            raise ValueError(f"group: expected 1..{DECODE_MAX_GROUP} query heads per KV head, got {group!r}")
+        kernels.plan_decode_table(
             req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
-            int(group), int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
-            target_chunks(num_kv_heads, self.device), int(num_kv_heads), int(self.grid_work), int(self.split_parts),
-            int(self.wave_max_chunk),
+            group, int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
+            target_chunks(num_kv_heads, self.device), num_kv_heads, self.grid_work, SPLIT_MAX_PARTS,
+            WAVE_MAX_CHUNK_TOKENS,
         )
-        self._batch, self._group, self._req_to_token = seq_lens.shape[0], int(group), req_to_token
+        self._batch, self._group, self._req_to_token = seq_lens.shape[0], group, req_to_token
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, softmax_scale: float,
             page_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``."""
-        from .kernels import DECODE_HEAD_DIMS, _check_kernel_input
-
-        _check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
+        kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
         if self._batch is None:
             raise RuntimeError("DecodePlanner.run: call plan() first")
         if q.shape[0] != self._batch:
@@ -358,14 +227,14 @@ class DecodePlanner:
         group = q.shape[1] // max(k_cache.shape[1], 1)
         if group > self._group:
             raise ValueError(f"q/k_cache: {group} query heads per KV head, the plan was made for at most {self._group}")
-        return self._mod.paged_decode_table(
+        return kernels.run_decode_table(
             q, k_cache, v_cache, self._req_to_token, self.ints, self.hash, self.max_batch, self.max_chunks,
             page_size, softmax_scale, self.partial_o, self.partial_lse, self.grid_work,
         )
 
     # ---- host-side views (each syncs; for reports and tests)
     def _views(self) -> Dict[str, torch.Tensor]:
-        return dict(self._mod.table_plan_views(self.ints, self.hash, self.max_batch, self.max_chunks))
+        return kernels.plan_views(self.ints, self.hash, self.max_batch, self.max_chunks)
 
     def meta(self) -> Dict[str, int]:
         return dict(zip(META_FIELDS, _as_list(self._views()["meta"])))
@@ -425,32 +294,41 @@ def paged_decode_table(
     runs. This convenience call reuses one ``DecodePlanner`` per device, stream and head shape
     (made on first use, remade larger when a batch outgrows it); a server keeps its own.
 
+    Args:
+        chunk_tokens: a fixed split-KV chunk; default: the planner's automatic chunk.
+        check_bounds: check rows, lengths and slots against the table and the pool (one device
+            sync). Without it the inputs are trusted: a slot outside the pool is undefined behaviour.
+
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
-    from . import ops
-    from .layout import from_sglang
-    from .reference import paged_decode_ref
-
     check_tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
     check_head_dim("q", q.shape[-1])
     check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32, torch.int64), device=q.device)
     for name, t in (("req_pool_indices", req_pool_indices), ("seq_lens", seq_lens)):
         check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64), device=q.device)
         check_len(name, t, q.shape[0], "one entry per request of q")
-    num_slots = _check_pools(k_cache, v_cache, q, page_size)
+    check_positive_int("page_size", page_size)
+    num_slots = check_pools(k_cache, v_cache, q, page_size)
     check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
-    scale = _scale(softmax_scale, q.shape[-1])
+    if chunk_tokens is not None:
+        check_positive_int("chunk_tokens", chunk_tokens)
+    scale = softmax_scale_for(softmax_scale, q.shape[-1])
     if check_bounds:
         check_range("req_pool_indices", req_pool_indices, 0, req_to_token.shape[0], "request pool row")
         check_range("seq_lens", seq_lens, 0, req_to_token.shape[1] + 1, "sequence length")
-    layout = None
-    if check_bounds or not (q.is_cuda and ops.impl_mode() != "reference"):
-        layout = from_sglang(req_to_token, req_pool_indices, seq_lens, page_size, num_slots=num_slots,
-                             validate=check_bounds)
-    if not (q.is_cuda and ops.impl_mode() != "reference"):
-        out, lse = paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale=scale)
-        return out.to(q.dtype), lse.float()
+        check_table_slots(req_to_token, req_pool_indices, seq_lens, num_slots)
+    return paged_decode_table_op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, scale,
+                                 int(chunk_tokens or 0))
+
+
+@torch.library.register_kernel("flashcore::paged_decode_table", "cuda")
+def _paged_decode_table_cuda(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale,
+                             chunk_tokens):
+    if not config.use_kernels(q.device):
+        return paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
+                                            page_size, softmax_scale)
+    kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     planner = _planner_for(q)
     planner.plan(req_to_token.to(torch.int32), req_pool_indices, seq_lens, k_cache.shape[1],
-                 q.shape[1] // k_cache.shape[1], chunk_tokens)
-    return planner.run(q, k_cache, v_cache, scale, page_size)
+                 q.shape[1] // k_cache.shape[1], chunk_tokens or None)
+    return planner.run(q, k_cache, v_cache, softmax_scale, page_size)

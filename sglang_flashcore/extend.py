@@ -28,13 +28,15 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import ops
+from . import config, ops
 from .checks import check_index, check_len, check_tensor
-from .layout import _exclusive_cumsum
+from .heuristics import can_page
+from .indexing import exclusive_cumsum
+from .reference import gather_kv
 
 Tensor = torch.Tensor
 
-__all__ = ["ExtendPlan", "plan_extend", "extend_attention"]
+__all__ = ["ExtendPlan", "plan_extend", "extend_attention", "can_page"]
 
 
 @dataclass
@@ -75,11 +77,6 @@ class ExtendPlan:
     @property
     def paged(self) -> bool:
         return self.key_pages is not None
-
-
-def can_page(page_size: int) -> bool:
-    """Whether the dense kernel can read pages of this size in place (TMA boxes of >= 8 rows)."""
-    return page_size >= 8 and page_size % 8 == 0
 
 
 def _host_ints(name: str, values: Optional[Sequence[int]], device_values: Tensor) -> list:
@@ -133,7 +130,7 @@ def plan_extend(
 
     i64 = torch.int64
     ext, pre = extend_lens.to(i64), prefix_lens.to(i64)
-    cu_q = _exclusive_cumsum(ext)
+    cu_q = exclusive_cumsum(ext)
     max_q = max(ext_host, default=0)
     if total_prefix == 0:
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_q)
@@ -177,7 +174,7 @@ def packed_key_offsets(tail: Tensor, ext: Tensor, cu_q: Tensor, total_q: int) ->
     prefix tokens, then its ``ext`` new tokens (after any whole pages read in place): the packed
     offsets cu_k [B+1] and the packed index of each of the ``total_q`` new tokens (int64; ``cu_q``
     are the new tokens' offsets)."""
-    cu_k = _exclusive_cumsum(tail + ext)
+    cu_k = exclusive_cumsum(tail + ext)
     rq = torch.repeat_interleave(torch.arange(ext.shape[0], device=ext.device), ext, output_size=total_q)
     new_key_index = cu_k[rq] + tail[rq] + torch.arange(total_q, device=ext.device) - cu_q[rq].to(torch.int64)
     return cu_k, new_key_index
@@ -189,7 +186,7 @@ def _page_lists(req_to_token: Tensor, rows: Tensor, counts: Tensor, page_size: i
     on the same page (the radix cache hands out one page list for a common prefix)."""
     device = req_to_token.device
     batch = counts.shape[0]
-    offsets = _exclusive_cumsum(counts)
+    offsets = exclusive_cumsum(counts)
     r = torch.repeat_interleave(torch.arange(batch, device=device), counts, output_size=total_pages)
     j = torch.arange(total_pages, device=device) - offsets[r]
     pages = torch.div(req_to_token[rows[r], j * page_size], page_size, rounding_mode="floor").to(torch.int32)
@@ -205,6 +202,11 @@ def _page_lists(req_to_token: Tensor, rows: Tensor, counts: Tensor, page_size: i
     return pages, offsets.to(torch.int32), order
 
 
+def _pool_rows(cache: Tensor, slots: Tensor) -> Tensor:
+    """Rows of a pool by slot: SGLang's [slots, Hkv, D], or head-major pages [pages, Hkv, page, D]."""
+    return cache[slots] if cache.dim() == 3 else gather_kv(cache, slots, cache.shape[2])
+
+
 def extend_attention(
     q: Tensor,
     k_new: Optional[Tensor],
@@ -216,37 +218,78 @@ def extend_attention(
     *,
     new_kv_in_cache: bool = True,
     out_cache_loc: Optional[Tensor] = None,
-) -> Tensor:
-    """One layer of an extend batch: ``out [Tq, Hq, D]`` in q's dtype.
+) -> Tuple[Tensor, Tensor]:
+    """One layer of an extend batch: ``(out [Tq, Hq, D] in q's dtype, lse [Tq, Hq] float32)``.
 
     Args:
         q: [Tq, Hq, D] the new tokens' queries, request-major.
         k_new, v_new: [Tq, Hkv, D] their keys and values, or None when only the pool has them.
-        k_cache, v_cache: SGLang's pool [slots, Hkv, D].
+        k_cache, v_cache: SGLang's pool [slots, Hkv, D] (head-major pages [pages, Hkv, page, D]
+            for plans that read no pages in place).
         new_kv_in_cache: the new K/V were stored in the pool before this call (SGLang's
             ``save_kv_cache``); then all keys come from one gather.
         out_cache_loc: the new tokens' slots, needed when k_new is None and no request has a prefix.
     """
-    check_tensor("k_cache", k_cache, ndim=3)
+    check_tensor("k_cache", k_cache, ndim=(3, 4))
+    if plan.paged and k_cache.dim() != 3:
+        raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
     if k_new is None and not new_kv_in_cache:
         raise ValueError("k_new: needed when the new tokens' K/V are not in the pool (new_kv_in_cache=False)")
     if plan.key_slots is None:  # the packed keys are the new tokens
         if k_new is None:
             if out_cache_loc is None:
                 raise ValueError("out_cache_loc: needed to read the new tokens' K/V from the pool")
-            k_new, v_new = k_cache[out_cache_loc], v_cache[out_cache_loc]
+            k_new, v_new = _pool_rows(k_cache, out_cache_loc), _pool_rows(v_cache, out_cache_loc)
         keys, values = k_new, v_new
     else:
-        keys, values = k_cache[plan.key_slots], v_cache[plan.key_slots]
+        keys, values = _pool_rows(k_cache, plan.key_slots), _pool_rows(v_cache, plan.key_slots)
         if not new_kv_in_cache:  # the pool holds stale K/V at the new tokens' slots
             keys[plan.new_key_index] = k_new.to(keys.dtype)
             values[plan.new_key_index] = v_new.to(values.dtype)
     keys, values = keys.to(q.dtype), values.to(q.dtype)
     if plan.paged:
-        out, _ = ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
-                                      plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
-                                      True, softmax_scale, plan.grid_order)
-    else:
-        out, _ = ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
-                                  plan.max_seqlen_k, True, softmax_scale)
-    return out
+        return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
+                                    plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
+                                    True, softmax_scale, plan.grid_order)
+    return ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
+                            plan.max_seqlen_k, True, softmax_scale)
+
+
+def pages_in_place(req_to_token: Tensor, prefix_lens: Tensor, page_size: int) -> bool:
+    """Whether every whole prefix page of every request is one pool page, in order: the tokens at
+    positions ``p * page_size + i`` sit in slots ``s + i`` with ``s`` a multiple of ``page_size``
+    (SGLang's paged allocator guarantees it; a hand-built layout may not). One device sync."""
+    whole = torch.div(prefix_lens.to(torch.int64), page_size, rounding_mode="floor") * page_size
+    width = min(req_to_token.shape[1], int(whole.max()) if whole.numel() else 0)
+    if width == 0:
+        return True
+    j = torch.arange(width, device=req_to_token.device)
+    table = req_to_token[:, :width].to(torch.int64)
+    start = table[:, j - j % page_size]
+    ok = (table == start + j % page_size) & (start % page_size == 0)
+    return bool((ok | (j >= whole.unsqueeze(1))).all())
+
+
+@torch.library.register_kernel("flashcore::paged_extend", "cuda")
+def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
+                       cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
+    """``paged_extend`` through the backend's path: the prefix layout as a page table, an
+    ``ExtendPlan`` over it (whole pages read in place where the pool and the table allow), and
+    ``extend_attention`` with the new K/V passed in (they are not in the pool)."""
+    if not config.use_kernels(q.device):
+        return ops.paged_extend_reference(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts,
+                                          prefix_lens, cu_seqlens_q, page_size, softmax_scale)
+    layout = ops.layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens)
+    table, rows, prefix = layout.page_table()
+    pre_host = [int(x) for x in prefix.tolist()]
+    ext_host = [int(x) for x in (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist()]
+    width = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
+    if width > table.shape[1]:  # room for the new tokens' positions (their slots come from out_cache_loc)
+        table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
+    paged = (k_cache.dim() == 3 and can_page(page_size) and sum(pre_host) > 0
+             and pages_in_place(table, prefix, page_size))
+    total_q = q.shape[0]
+    placeholder_slots = torch.zeros(total_q, dtype=torch.int64, device=q.device)  # replaced by k_new/v_new
+    plan = plan_extend(table, rows, prefix, cu_seqlens_q[1:] - cu_seqlens_q[:-1], placeholder_slots,
+                       prefix_lens_cpu=pre_host, extend_lens_cpu=ext_host, page_size=page_size, paged=paged)
+    return extend_attention(q, k_new, v_new, k_cache, v_cache, plan, softmax_scale, new_kv_in_cache=False)

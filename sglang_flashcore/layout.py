@@ -16,9 +16,10 @@ Two levels:
   request's partials in token order, so merging them is deterministic.
 
 Everything here is vectorized torch code: it runs on CPU and CUDA tensors alike,
-with no Python loop over tokens, pages or requests. On a Hopper GPU, ``from_sglang``
-and ``plan_sharing`` run as CUDA kernels instead (``layout_cuda.py``), with the same
-results.
+with no Python loop over tokens, pages or requests. It is the general, user-facing view
+of a batch (reports, the seed's CSR builder, the references). The kernels run from the
+page table instead: ``PagedLayout.page_table()`` turns a layout into one, and
+``paged_decode`` / ``paged_extend`` plan from it exactly as the SGLang backend does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .heuristics import DEFAULT_CHUNK_TOKENS
+from .indexing import count_values, exclusive_cumsum, segment_arange
 from .checks import (
     check_index,
     check_len,
@@ -47,30 +50,6 @@ __all__ = [
 ]
 
 _I32 = torch.int32
-
-
-def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
-    if x.numel():
-        torch.cumsum(x.to(torch.int64), 0, out=out[1:])
-    return out
-
-
-def _count(index: torch.Tensor, n: int) -> torch.Tensor:
-    """How often each of 0..n-1 occurs in ``index`` (bincount without its device sync)."""
-    out = torch.zeros(n, dtype=torch.int64, device=index.device)
-    return out.index_add_(0, index, torch.ones_like(index, dtype=torch.int64))
-
-
-def _segment_arange(lengths: torch.Tensor, total: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For ragged segments of the given lengths: (segment id, index within segment) of each element.
-    ``total`` (the sum of lengths, if the caller knows it) saves a device sync."""
-    lengths = lengths.to(torch.int64)
-    seg = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths,
-                                  output_size=total)
-    starts = _exclusive_cumsum(lengths)[:-1]
-    idx = torch.arange(seg.shape[0], device=lengths.device) - starts[seg]
-    return seg, idx
 
 
 @dataclass
@@ -101,6 +80,7 @@ class PagedLayout:
     seq_lens: torch.Tensor
     max_position: int = 1 << 62  # bound on positions (a host number: no device sync)
     _plan: Optional["SharingPlan"] = field(default=None, repr=False)
+    _table: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -121,11 +101,30 @@ class PagedLayout:
 
     def token_slots(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(request index, KV slot) of every token, in request then position order."""
-        entry, within = _segment_arange(self.counts)
+        entry, within = segment_arange(self.counts)
         slots = self.cols.to(torch.int64)[entry] * self.page_size + self.page_offsets[entry] + within
         return self.entry_rows()[entry], slots
 
-    def plan(self, chunk_tokens: int = 256) -> "SharingPlan":
+    def page_table(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layout as SGLang's page table: ``(req_to_token [B, max(1, longest)] int32,
+        req_pool_indices [B] int32 (row b for request b), seq_lens [B] int32)``, where request b's
+        token at position j sits in slot ``req_to_token[b, j]``. What the decode planner and the
+        extend plan read; kept on the layout, so the layers of a step build it once (one sync)."""
+        if self._table is None:
+            batch, device = self.batch_size, self.device
+            lens = self.seq_lens.to(torch.int64)
+            width = max(1, int(lens.max())) if batch else 1
+            table = torch.zeros(batch, width, dtype=_I32, device=device)
+            rows, slots = self.token_slots()
+            if slots.numel():
+                if int(slots.max()) >= 1 << 31:
+                    raise ValueError("layout: a KV slot does not fit int32, which the kernels' page table uses")
+                pos = torch.arange(slots.shape[0], device=device) - exclusive_cumsum(lens)[rows]
+                table[rows, pos] = slots.to(_I32)
+            self._table = (table, torch.arange(batch, dtype=_I32, device=device), lens.to(_I32))
+        return self._table
+
+    def plan(self, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> "SharingPlan":
         """The sharing plan (cached for the last ``chunk_tokens`` asked for)."""
         if self._plan is None or self._plan.chunk_tokens != chunk_tokens:
             self._plan = plan_sharing(self, chunk_tokens)
@@ -170,9 +169,9 @@ def _runs_to_layout(
         start_idx = torch.zeros(0, dtype=torch.int64, device=device)
         counts = start_idx
     entry_rows = rows[start_idx]
-    per_row = _count(entry_rows, batch_size)
-    row_offsets = _exclusive_cumsum(per_row)
-    seq_lens = _count(rows, batch_size)
+    per_row = count_values(entry_rows, batch_size)
+    row_offsets = exclusive_cumsum(per_row)
+    seq_lens = count_values(rows, batch_size)
     cols = pages[start_idx]
     staging = _staging_ids(cols, resident, num_pages)
     return PagedLayout(
@@ -263,7 +262,7 @@ def _layout_from_stream(
         )
     check_range("seq_ends", seq_ends, 0, token_to_page.shape[0] + 1, "end offset")
     batch = seq_starts.shape[0]
-    rows, pos = _segment_arange(seq_ends.to(torch.int64) - seq_starts.to(torch.int64))
+    rows, pos = segment_arange(seq_ends.to(torch.int64) - seq_starts.to(torch.int64))
     pages = token_to_page.to(torch.int64)[seq_starts.to(torch.int64)[rows] + pos]
     # A page's tokens are laid out in the order the request reads them: the
     # in-page slot advances by one per token and restarts when the page changes.
@@ -302,9 +301,7 @@ def from_sglang(
         seq_lens: [B] tokens each request attends to (for an extend's prefix, its prefix length).
         page_size: the server's page size; page id = slot // page_size.
         num_slots: size of the KV pool, to check slots against (optional).
-        validate: check ranges (one device sync each); the backend turns it off on hot paths.
-            Without it, the GPU build (``layout_cuda.py``) reads a request whose pool row is out
-            of range as empty and clamps its length into [0, max_context_len].
+        validate: check ranges (one device sync each). Without it, the inputs are trusted.
         total_tokens: ``seq_lens.sum()`` if known on the host (SGLang's ``seq_lens_sum``): saves a sync.
     """
     check_positive_int("page_size", page_size)
@@ -317,31 +314,7 @@ def from_sglang(
     if validate:
         check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
         check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
-    if _on_gpu(device) and req_to_token.stride(1) == 1 and seq_lens.shape[0] <= _GPU_MAX_BATCH:
-        from .layout_cuda import from_sglang_cuda
-
-        return from_sglang_cuda(req_to_token, req_pool_indices.contiguous(), seq_lens.contiguous(), page_size,
-                                num_slots, validate)
-    return _from_sglang_torch(req_to_token, req_pool_indices, seq_lens, page_size, num_slots, validate, total_tokens)
-
-
-_GPU_MAX_BATCH = 65535  # requests of one GPU layout build (a grid dimension)
-
-
-def _on_gpu(device: torch.device) -> bool:
-    """Whether the layout builders run as CUDA kernels (``layout_cuda.py``) for this device."""
-    if device.type != "cuda":
-        return False
-    from .layout_cuda import enabled
-
-    return enabled(device)
-
-
-def _from_sglang_torch(req_to_token, req_pool_indices, seq_lens, page_size, num_slots, validate,
-                       total_tokens) -> PagedLayout:
-    """``from_sglang`` in torch ops (CPU tensors; the GPU's reference)."""
-    max_ctx = req_to_token.shape[1]
-    rows, pos = _segment_arange(seq_lens, total_tokens)
+    rows, pos = segment_arange(seq_lens, total_tokens)
     slots = req_to_token[req_pool_indices.to(torch.int64)[rows], pos].to(torch.int64)
     if num_slots is None:
         num_slots = int(slots.max()) + 1 if (validate and slots.numel()) else None
@@ -454,13 +427,6 @@ def _key_fits(layout: PagedLayout) -> bool:
         and layout.num_pages * layout.page_size < (1 << 31)
 
 
-def _key_end_bit(layout: PagedLayout) -> int:
-    """Bits a packed key can have set: fewer radix passes for the GPU's sort."""
-    if layout.num_pages <= 0:
-        return 64  # pool size unknown
-    return _POS_BITS + _COUNT_BITS + max(1, (layout.num_pages * layout.page_size - 1).bit_length())
-
-
 def _unique_runs(layout: PagedLayout):
     """(keys [U, 4] as page, offset, count, position; inverse [nnz]) of the layout's runs."""
     i64 = torch.int64
@@ -479,7 +445,7 @@ def _unique_runs(layout: PagedLayout):
     return torch.unique(keys, dim=0, return_inverse=True)
 
 
-def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
+def plan_sharing(layout: PagedLayout, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> SharingPlan:
     """Builds the transpose and the work list of a layout (see the module doc).
 
     A chain is a maximal sequence of unique runs that the same requests read
@@ -490,10 +456,6 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     check_positive_int("chunk_tokens", chunk_tokens)
     device = layout.device
     nnz, batch = layout.nnz, layout.batch_size
-    if nnz and _key_fits(layout) and _on_gpu(device):
-        from .layout_cuda import plan_sharing_cuda
-
-        return plan_sharing_cuda(layout, chunk_tokens, _key_end_bit(layout))
     i64 = torch.int64
     rows = layout.entry_rows()
     if nnz:
@@ -501,7 +463,7 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
     else:
         ukeys, u = torch.zeros((0, 4), dtype=i64, device=device), torch.zeros(0, dtype=i64, device=device)
     num_u = ukeys.shape[0]
-    n_readers = _count(u, num_u)
+    n_readers = count_values(u, num_u)
     arange_u = torch.arange(num_u, device=device)
 
     # The run each entry follows in its own row (-1 at a row's start).
@@ -536,23 +498,23 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
 
     # Each unique run's readers in row order (entries are row-major), runs in key order.
     by_u = torch.sort(u, stable=True).indices
-    key_offsets = _exclusive_cumsum(n_readers)
+    key_offsets = exclusive_cumsum(n_readers)
     # The transpose, runs in work order like the entry_* arrays.
     readers_at = n_readers[order]
-    reader_offsets = _exclusive_cumsum(readers_at)
-    k_of, j_of = _segment_arange(readers_at, nnz)
+    reader_offsets = exclusive_cumsum(readers_at)
+    k_of, j_of = segment_arange(readers_at, nnz)
     readers = rows[by_u[key_offsets[order][k_of] + j_of]]
 
     # Work item w inherits the readers of its first run; one partial per (item, reader).
     first_u = order[item_start]
     w_n = n_readers[first_u]
-    work_reader_offsets = _exclusive_cumsum(w_n)
-    w_of_p, j = _segment_arange(w_n)
+    work_reader_offsets = exclusive_cumsum(w_n)
+    w_of_p, j = segment_arange(w_n)
     src = key_offsets[first_u][w_of_p] + j
     work_readers = rows[by_u[src]]
     # Merge order: by request, then by position (entry indices are row-major, position-ordered).
     merge_partials = torch.argsort(by_u[src])
-    merge_offsets = _exclusive_cumsum(_count(work_readers, batch))
+    merge_offsets = exclusive_cumsum(count_values(work_readers, batch))
 
     up = ukeys[order]
     return SharingPlan(
@@ -561,7 +523,7 @@ def plan_sharing(layout: PagedLayout, chunk_tokens: int = 256) -> SharingPlan:
         entry_pages=up[:, 0].to(_I32),
         entry_offsets=up[:, 1].to(_I32),
         entry_counts=up[:, 2].to(_I32),
-        entry_token_offsets=_exclusive_cumsum(up[:, 2]).to(_I32),
+        entry_token_offsets=exclusive_cumsum(up[:, 2]).to(_I32),
         reader_offsets=reader_offsets.to(_I32),
         readers=readers.to(_I32),
         work_entry_offsets=work_entry_offsets.to(_I32),

@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .layout import PagedLayout, SharingPlan, _segment_arange
+from .indexing import segment_arange
+from .layout import PagedLayout, SharingPlan
 
 __all__ = [
     "attention_ref",
@@ -43,7 +44,7 @@ def _softmax_rows(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return p, lse
 
 
-def _attend_one(q, k, v, scale: float, causal: bool):
+def attend_one(q, k, v, scale: float, causal: bool):
     """q [Sq, Hq, D], k/v [Sk, Hkv, D] (compute dtype) -> out [Sq, Hq, D], lse [Sq, Hq]."""
     sq, hq, _ = q.shape
     sk, hkv, _ = k.shape
@@ -79,7 +80,7 @@ def attention_ref(
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     if cu_seqlens_q is None:
         outs, lses = zip(*(
-            _attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal)
+            attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal)
             for b in range(q.shape[0])
         )) if q.shape[0] else ((), ())
         if not outs:
@@ -92,7 +93,7 @@ def attention_ref(
         qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
         if qe == qs:
             continue
-        o, s = _attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal)
+        o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal)
         out[qs:qe], lse[qs:qe] = o, s
     return out, lse
 
@@ -190,10 +191,10 @@ def paged_decode_planned_ref(
     w_runs = (plan.work_entry_offsets[1:] - plan.work_entry_offsets[:-1]).to(i64)
     w_readers = (plan.work_reader_offsets[1:] - plan.work_reader_offsets[:-1]).to(i64)
     # every (partial, run) pair, then every token of that run
-    part_w, _ = _segment_arange(w_readers)
-    pr_part, pr_j = _segment_arange(w_runs[part_w])
+    part_w, _ = segment_arange(w_readers)
+    pr_part, pr_j = segment_arange(w_runs[part_w])
     run = plan.work_entry_offsets.to(i64)[part_w[pr_part]] + pr_j
-    tok_pair, tok_i = _segment_arange(plan.entry_counts.to(i64)[run])
+    tok_pair, tok_i = segment_arange(plan.entry_counts.to(i64)[run])
     tok_part = pr_part[tok_pair]
     slots = (plan.entry_pages.to(i64) * layout.page_size + plan.entry_offsets)[run[tok_pair]] + tok_i
     req = plan.work_readers.to(i64)[tok_part]
@@ -246,7 +247,7 @@ def paged_extend_ref(
         ps, pe = int(pre_off[b]), int(pre_off[b + 1])
         k = torch.cat([k_pre[ps:pe], k_new[qs:qe]]).to(cd)
         v = torch.cat([v_pre[ps:pe], v_new[qs:qe]]).to(cd)
-        out[qs:qe], lse[qs:qe] = _attend_one(q[qs:qe].to(cd), k, v, scale, causal=True)
+        out[qs:qe], lse[qs:qe] = attend_one(q[qs:qe].to(cd), k, v, scale, causal=True)
     return out, lse
 
 

@@ -1,12 +1,12 @@
-"""``FlashCoreBackend``: SGLang's AttentionBackend on top of FlashCore's layouts and ops.
+"""``FlashCoreBackend``: SGLang's AttentionBackend on top of FlashCore's planners and kernels.
 
 Metadata is built once per forward batch (``init_forward_metadata``) from the radix cache's
 page table and shared by every layer. Decode on a Hopper GPU: the ``DecodePlanner`` plans the
 step on the device (no host sync, fixed buffers, so the same path serves CUDA-graph replays);
-decode on CPU: a ``PagedLayout``. Extend: an ``ExtendPlan`` (each request's page list, or its
+decode on CPU: the float32 reference over the same page table. Extend: an ``ExtendPlan`` (each request's page list, or its
 packed key slots for page size 1, and the varlen offsets; no host sync). Each layer then stores
 its new K/V through SGLang's KV pool, exactly as the built-in backends do, and runs the decode
-kernel / ``paged_decode`` / ``extend_attention`` (the dense kernel reading the pool's pages in
+kernel / ``paged_decode_table`` / ``extend_attention`` (the dense kernel reading the pool's pages in
 place, or one gather and the dense kernel).
 
 Works with SGLang 0.5.17 through 0.5.23 (both use the ``init_forward_metadata_out_graph``
@@ -22,11 +22,10 @@ import torch
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
-from . import ops
-from .api import paged_decode
-from .decode_plan import MAX_GROUP, DecodePlanner
-from .extend_plan import ExtendPlan, extend_attention, plan_extend
-from .layout import PagedLayout, from_sglang
+from . import config
+from .decode import DecodePlanner, paged_decode_table
+from .extend import ExtendPlan, extend_attention, plan_extend
+from .heuristics import DECODE_MAX_GROUP
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -50,50 +49,31 @@ class UnsupportedFeatureError(NotImplementedError):
 class ForwardMetadata:
     """What every layer of one forward pass reads."""
 
-    layout: Optional[PagedLayout] = None  # CPU decode: the sequences
     extend: Optional[ExtendPlan] = None  # extend: the keys of every request
     planner: Optional[DecodePlanner] = None  # GPU decode: planned on the device, run from its buffers
-
-
-def max_page_runs(max_batch: int, max_context_len: int, page_size: int) -> int:
-    """Page runs a batch can have: each request's pages, plus one for a run that starts mid-page."""
-    return max_batch * (-(-max_context_len // page_size) + 1)
+    # CPU decode: each request's pool row and length (the reference reads the page table)
+    req_pool_indices: Optional[torch.Tensor] = None
+    seq_lens: Optional[torch.Tensor] = None
 
 
 class _GraphBuffers:
     """CPU stand-in for CUDA-graph decode (SGLang's kit runs its graph-runner mode on CPU too):
-    a batch's layout is copied into fixed buffers before capture and before each replay, so
-    the "captured" calls always read the same addresses."""
+    a batch's rows and lengths are copied into fixed buffers before capture and before each
+    replay, so the "captured" calls always read the same addresses."""
 
-    def __init__(self, max_bs: int, max_context_len: int, page_size: int, device):
-        max_entries = max_page_runs(max_bs, max_context_len, page_size)
-        i32 = dict(dtype=torch.int32, device=device)
-        self.max_bs, self.max_entries = max_bs, max_entries
-        self.row_offsets = torch.zeros(max_bs + 1, **i32)
-        self.seq_lens = torch.zeros(max_bs, **i32)
-        self.entries = {
-            name: torch.zeros(max_entries, **i32)
-            for name in ("cols", "page_offsets", "counts", "positions", "staging_ids")
-        }
+    def __init__(self, max_bs: int, device):
+        self.max_bs = max_bs
+        self.req_pool_indices = torch.zeros(max_bs, dtype=torch.int64, device=device)
+        self.seq_lens = torch.zeros(max_bs, dtype=torch.int64, device=device)
 
-    def load(self, layout: PagedLayout) -> PagedLayout:
-        b, n = layout.batch_size, layout.nnz
-        if b > self.max_bs or n > self.max_entries:
-            raise ValueError(
-                f"CUDA-graph batch of {b} requests / {n} page runs exceeds the buffers "
-                f"sized at init_cuda_graph_state ({self.max_bs} / {self.max_entries})"
-            )
-        self.row_offsets[: b + 1].copy_(layout.row_offsets)
-        self.seq_lens[:b].copy_(layout.seq_lens)
-        views = {}
-        for name, buf in self.entries.items():
-            buf[:n].copy_(getattr(layout, name))
-            views[name] = buf[:n]
-        return PagedLayout(
-            layout.page_size, layout.num_pages, self.row_offsets[: b + 1], views["cols"],
-            views["page_offsets"], views["counts"], views["positions"], views["staging_ids"],
-            self.seq_lens[:b], layout.max_position,
-        )
+    def load(self, meta: ForwardMetadata) -> ForwardMetadata:
+        b = meta.seq_lens.shape[0]
+        if b > self.max_bs:
+            raise ValueError(f"CUDA-graph batch of {b} requests exceeds the {self.max_bs} sized at "
+                             "init_cuda_graph_state")
+        self.req_pool_indices[:b].copy_(meta.req_pool_indices)
+        self.seq_lens[:b].copy_(meta.seq_lens)
+        return ForwardMetadata(req_pool_indices=self.req_pool_indices[:b], seq_lens=self.seq_lens[:b])
 
 
 class FlashCoreBackend(AttentionBackend):
@@ -104,13 +84,13 @@ class FlashCoreBackend(AttentionBackend):
         self._reject_unsupported_model(model_runner)
         self.device = torch.device(model_runner.device)
         self.page_size = int(model_runner.page_size)
-        self.chunk_tokens = chunk_tokens  # None: paged_decode picks one per batch
+        self.chunk_tokens = chunk_tokens  # None: the planner picks one per batch
         # pools captured at construction, as SGLang's own backends do
         self.req_to_token_pool = model_runner.req_to_token_pool
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
         self.forward_metadata: Optional[ForwardMetadata] = None
-        self._graph: Optional[_GraphBuffers] = None  # CPU: fixed layout buffers
+        self._graph: Optional[_GraphBuffers] = None  # CPU: fixed row/length buffers
         self._planner: Optional[DecodePlanner] = None  # GPU: made on first decode
         cfg = getattr(model_runner, "model_config", None)
         # total query heads: an upper bound on this rank's, enough to size the planner's workspace
@@ -168,11 +148,8 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("encoder lengths (cross attention)")
 
     # ------------------------------------------------------------- metadata
-    def _num_slots(self) -> int:
-        return self.token_to_kv_pool.get_key_buffer(0).shape[0]
-
     def _use_planner(self) -> bool:
-        return self.device.type == "cuda" and ops.impl_mode() != "reference"
+        return config.use_kernels(self.device)
 
     def _decode_planner(self) -> DecodePlanner:
         """One planner for eager and CUDA-graph decode: sized for every request row of the pool."""
@@ -184,8 +161,7 @@ class FlashCoreBackend(AttentionBackend):
                                           k0.shape[-1], self.device)
         return self._planner
 
-    def _build_metadata(self, forward_batch: "ForwardBatch", graph: bool = False) -> ForwardMetadata:
-        """``graph``: a CUDA-graph batch, whose padded rows make host-side sums unreliable."""
+    def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
         if forward_batch.forward_mode.is_decode_or_idle():
@@ -193,17 +169,11 @@ class FlashCoreBackend(AttentionBackend):
                 planner = self._decode_planner()
                 num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
                 # query heads per KV head on this rank, bounded by the model's total over this rank's KV heads
-                group = max(1, min(MAX_GROUP, self._max_q_heads // num_kv_heads))
+                group = max(1, min(DECODE_MAX_GROUP, self._max_q_heads // num_kv_heads))
                 planner.plan(req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens, num_kv_heads,
                              group, self.chunk_tokens)
                 return ForwardMetadata(planner=planner)
-            total = None if graph else getattr(forward_batch, "seq_lens_sum", None)
-            layout = from_sglang(
-                req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
-                self.page_size, num_slots=self._num_slots(), validate=False,
-                total_tokens=int(total) if total is not None else None,
-            )
-            return ForwardMetadata(layout=layout)
+            return ForwardMetadata(req_pool_indices=forward_batch.req_pool_indices, seq_lens=forward_batch.seq_lens)
         # extend (and mixed: decode requests arrive as extends of length 1)
         plan = plan_extend(
             req_to_token, forward_batch.req_pool_indices, forward_batch.extend_prefix_lens,
@@ -215,31 +185,30 @@ class FlashCoreBackend(AttentionBackend):
         return ForwardMetadata(extend=plan)
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch"):
-        """Eager path: one layout per forward batch, shared by all layers."""
+        """Eager path: one plan per forward batch, shared by all layers."""
         self.forward_metadata = self._build_metadata(forward_batch)
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         if self.device.type != "cuda":
-            max_ctx = self.req_to_token_pool.req_to_token.shape[1]
-            self._graph = _GraphBuffers(max_bs, max_ctx, self.page_size, self.device)
+            self._graph = _GraphBuffers(max_bs, self.device)
             return
-        if ops.impl_mode() == "reference":
+        if config.impl_mode() == "reference":
             raise UnsupportedFeatureError("CUDA-graph decode with FLASHCORE_IMPL=reference",
                                           "launch with --disable-cuda-graph")
         self._decode_planner()  # allocated before capture: replays read its buffers
 
     def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False):
-        """Before capture and before each replay: the batch's plan (GPU) or layout (CPU) into the
+        """Before capture and before each replay: the batch's plan (GPU) or rows (CPU) into the
         fixed buffers the captured launch reads."""
         if self._graph is None and self._planner is None:
             raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
         if not forward_batch.forward_mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
-        meta = self._build_metadata(forward_batch, graph=True)
-        if meta.layout is not None:
-            meta.layout = self._graph.load(meta.layout)
+        meta = self._build_metadata(forward_batch)
+        if meta.planner is None:
+            meta = self._graph.load(meta)
         self.forward_metadata = meta
 
     def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch"):
@@ -268,9 +237,10 @@ class FlashCoreBackend(AttentionBackend):
         if meta.planner is not None:
             out, _ = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size)
         else:
-            out, _ = paged_decode(
-                q3, k_buf, v_buf, meta.layout, softmax_scale=layer.scaling,
-                chunk_tokens=self.chunk_tokens, check_bounds=False,
+            out, _ = paged_decode_table(
+                q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
+                page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
+                check_bounds=False,
             )
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
@@ -286,8 +256,8 @@ class FlashCoreBackend(AttentionBackend):
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
         # stored just now, or (k is None) the model stored them itself
         in_cache = save_kv_cache or k_new is None
-        out = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
-                               new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc)
+        out, _ = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
+                                  new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc)
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

@@ -9,9 +9,10 @@ import torch
 
 import sglang_flashcore as fc
 from cases import PATTERNS, make_page_table, random_qkv
-from sglang_flashcore.decode_plan import (MAX_AUTO_CHUNK_TOKENS, SPLIT_GUIDED_PARTS, SPLIT_MAX_ITEMS, WAVE_FILL,
-                                          WAVE_MAX_CHUNK_TOKENS, choose_chunk_tokens, execute_plan_ref, plan_table_reference, split_items,
-                                          wave_filling_chunk)
+from sglang_flashcore.decode import execute_plan_ref, plan_table_reference
+from sglang_flashcore.heuristics import (MAX_AUTO_CHUNK_TOKENS, SPLIT_GUIDED_PARTS, SPLIT_MAX_ITEMS, WAVE_FILL_DEN,
+                                         WAVE_FILL_NUM, WAVE_MAX_CHUNK_TOKENS, choose_chunk_tokens, split_items,
+                                         wave_filling_chunk)
 from sglang_flashcore.reference import paged_decode_ref
 
 
@@ -138,7 +139,7 @@ def test_wave_filling_chunk_bounds(seed):
         tasks = hkv * sum(-(-n // got) for n in lengths)
         waves = -(-tasks // 396)
         assert max(64, chunk // 2) <= got <= WAVE_MAX_CHUNK_TOKENS
-        assert WAVE_FILL[1] * (tasks - (waves - 1) * 396) >= WAVE_FILL[0] * 396
+        assert WAVE_FILL_DEN * (tasks - (waves - 1) * 396) >= WAVE_FILL_NUM * 396
         assert got == -(-max(lengths) // -(-max(lengths) // got))  # ceil(longest / n) for some n
 
 

@@ -35,8 +35,9 @@ def test_attention_errors():
         fc.attention(q, k, k[:, :3])
     with pytest.raises(TypeError, match=r"q: expected a torch.Tensor"):
         fc.attention([1.0], k, k)
-    with pytest.raises(ValueError, match=r"softmax_scale: expected a positive float"):
-        fc.attention(q, k, k, softmax_scale=-1.0)
+    for bad in (-1.0, 0.0, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match=r"softmax_scale: expected a positive finite float"):
+            fc.attention(q, k, k, softmax_scale=bad)
 
 
 def test_ragged_attention_errors():

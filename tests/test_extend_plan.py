@@ -10,7 +10,7 @@ import torch
 
 import sglang_flashcore as fc
 from cases import make_extend_case
-from sglang_flashcore.extend_plan import can_page, extend_attention, plan_extend
+from sglang_flashcore.extend import can_page, extend_attention, plan_extend
 from sglang_flashcore.reference import paged_extend_ref
 
 
@@ -121,9 +121,9 @@ def test_extend_attention_matches_reference(i, mode):
     if mode == "passed":  # new K/V not in the pool: poison their slots, the call must not read them
         case.k_cache[case.out_cache_loc] = float("nan")
         case.v_cache[case.out_cache_loc] = float("nan")
-    out = extend_attention(case.q, None if mode == "pool_only" else k_new, None if mode == "pool_only" else v_new,
-                           case.k_cache, case.v_cache, plan, 0.25, new_kv_in_cache=mode != "passed",
-                           out_cache_loc=case.out_cache_loc)
+    out, _ = extend_attention(case.q, None if mode == "pool_only" else k_new, None if mode == "pool_only" else v_new,
+                              case.k_cache, case.v_cache, plan, 0.25, new_kv_in_cache=mode != "passed",
+                              out_cache_loc=case.out_cache_loc)
     torch.testing.assert_close(out, ref.to(out.dtype), atol=1e-10, rtol=1e-10)
 
 

@@ -9,8 +9,8 @@ import torch
 
 import sglang_flashcore as fc
 from cases import DECODE_HEADS, make_page_table, random_decode_case
-from sglang_flashcore.decode_plan import (CTAS_PER_SM, DecodePlanner, choose_chunk_tokens, plan_table_reference,
-                                          target_chunks)
+from sglang_flashcore.decode import DecodePlanner, plan_table_reference
+from sglang_flashcore.heuristics import DECODE_CTAS_PER_SM, SPLIT_MAX_PARTS, choose_chunk_tokens, target_chunks
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu
@@ -66,8 +66,8 @@ def _check_plan(planner, pt, hq, hkv):
     got = planner.snapshot()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     want = plan_table_reference(pt.req_to_token, pt.req_pool_indices, pt.seq_lens, got.chunk_tokens, hq // hkv,
-                                num_kv_heads=hkv, resident_ctas=CTAS_PER_SM * sms, grid_work=planner.grid_work,
-                                split_parts=planner.split_parts)
+                                num_kv_heads=hkv, resident_ctas=DECODE_CTAS_PER_SM * sms, grid_work=planner.grid_work,
+                                split_parts=SPLIT_MAX_PARTS)
     assert got.work == want.work and got.chunk_base == want.chunk_base and got.tasks == want.tasks
     assert got.split == want.split
     assert got.unique_tokens == want.unique_tokens and got.clamped == 0
@@ -95,12 +95,6 @@ def test_tail_split_matches_reference_and_is_deterministic(pattern, page, hq, hk
     assert all(readers[chunk_index] == 1 for chunk_index, _ in got.split)  # only one-reader items
     again, lse_again = planner.run(q, k, v, 0.1, page)
     assert torch.equal(out, again) and torch.equal(lse, lse_again)
-    # without the split: the same plan less the cut, within the reference's tolerance of it
-    planner.split_parts = 1
-    planner.plan(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), hkv, hq // hkv, chunk)
-    assert not planner.snapshot().split
-    whole, whole_lse = planner.run(q, k, v, 0.1, page)
-    _check(whole, whole_lse, q, k, v, pt, page, dtype)
 
 
 @pytest.mark.parametrize("page", [16, 128])
@@ -136,17 +130,12 @@ def test_automatic_chunk_matches_the_python_policy(pattern, lengths):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     firsts = pt.req_to_token[pt.req_pool_indices.long(), 0].tolist()
     want = choose_chunk_tokens(lengths, planner.max_chunks, target=target_chunks(8, q.device), first_slots=firsts,
-                               num_kv_heads=8, tasks_per_chunk=1, slots=CTAS_PER_SM * sms)
+                               num_kv_heads=8, tasks_per_chunk=1, slots=DECODE_CTAS_PER_SM * sms)
     assert meta["chunk_tokens"] == want and meta["tasks"] >= 1
     if lengths == [8192] * 32 and pattern == "none" and sms == 132:
         assert want == 2731
     out, lse = planner.run(q, k, v, 0.1, 128 if max(lengths) > 4096 else 16)
     _check(out, lse, q, k, v, pt, 128 if max(lengths) > 4096 else 16, torch.float16)
-    if pattern == "none" and max(lengths) > 100:
-        planner.wave_max_chunk = 0
-        planner.plan(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda(), 8, 4, None)
-        assert planner.meta()["chunk_tokens"] == choose_chunk_tokens(lengths, planner.max_chunks,
-                                                                     target=target_chunks(8, q.device))
 
 
 def test_automatic_chunk_on_one_long_request():
@@ -207,12 +196,12 @@ def test_paged_decode_table_public_call():
     _check(out, lse, q, k, v, pt, 16, torch.bfloat16)
 
 
-@pytest.mark.parametrize("groups", ["4", "16"])
-def test_merge_lane_groups_match_reference(groups, monkeypatch):
-    # the binding picks 16 lane groups for few (request, head) blocks and 4 for many; each, forced,
-    # merges a request with hundreds of partials (and one of length 0) correctly and deterministically
-    monkeypatch.setenv("FLASHCORE_DECODE_MERGE", groups)
-    pt, q, k, v = _inputs("none", 64, 32, 8, 128, torch.bfloat16, [40000, 0, 9000], seed=12)
+@pytest.mark.parametrize("lengths", [[40000, 0, 9000], [9000, 0] * 12])
+def test_merge_lane_groups_match_reference(lengths):
+    # the binding picks 16 lane groups for few (request, head) blocks (3 x 32 heads) and 4 for many
+    # (24 x 32 heads); each merges requests with hundreds of partials (and empty ones) correctly and
+    # deterministically
+    pt, q, k, v = _inputs("none", 64, 32, 8, 128, torch.bfloat16, lengths, seed=12)
     planner = _planned(pt, q, k, 128)
     out, lse = planner.run(q, k, v, 0.1, 64)
     _check(out, lse, q, k, v, pt, 64, torch.bfloat16)
@@ -221,17 +210,18 @@ def test_merge_lane_groups_match_reference(groups, monkeypatch):
 
 
 # SGLang's pool takes the copy loop's short address path (paged_decode.cu, load_tile: linear_rows);
-# the general slot -> (page, offset) path (FLASHCORE_DECODE_ADDR=general) loads the same bytes.
+# head-major pages of the same K/V take the general slot -> (page, offset) path: the same bytes,
+# the same math, so bit-equal results.
 @pytest.mark.parametrize("pattern,page,hq,hkv,d,dtype,lengths,chunk", [
     ("none", 1, 32, 8, 128, torch.bfloat16, [1000, 17, 1, 0, 333], 64),
     ("tree", 16, 64, 4, 64, torch.float16, [3000, 2900, 2800, 17], None),
     ("prefix", 64, 32, 32, 128, torch.float16, [700, 650, 900], 256),
 ])
-def test_short_address_path_is_bit_equal(pattern, page, hq, hkv, d, dtype, lengths, chunk, monkeypatch):
+def test_short_address_path_is_bit_equal(pattern, page, hq, hkv, d, dtype, lengths, chunk):
     pt, q, k, v = _inputs(pattern, page, hq, hkv, d, dtype, lengths, seed=41)
     planner = _planned(pt, q, k, chunk)
     out, lse = planner.run(q, k, v, 0.1, page)
     _check(out, lse, q, k, v, pt, page, dtype)
-    monkeypatch.setenv("FLASHCORE_DECODE_ADDR", "general")
-    general, general_lse = planner.run(q, k, v, 0.1, page)
+    to_pages = lambda t: t.view(-1, page, hkv, d).transpose(1, 2).contiguous()  # noqa: E731
+    general, general_lse = planner.run(q, to_pages(k), to_pages(v), 0.1, page)
     assert torch.equal(out, general) and torch.equal(lse, general_lse)

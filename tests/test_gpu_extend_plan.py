@@ -10,7 +10,7 @@ import torch
 
 import sglang_flashcore as fc
 from cases import make_extend_case, random_extend_case
-from sglang_flashcore.extend_plan import extend_attention, plan_extend
+from sglang_flashcore.extend import extend_attention, plan_extend
 from sglang_flashcore.reference import paged_extend_ref
 
 pytestmark = pytest.mark.gpu
@@ -31,8 +31,8 @@ def test_extend_plan_on_the_dense_kernel_matches_reference(i):
     pt = case.table
     prefix_t = torch.tensor(prefix, device="cuda")
     layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, page)
-    ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
-                              case.cu_seqlens_q(), softmax_scale=0.1)
+    ref, ref_lse = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
+                                    case.cu_seqlens_q(), softmax_scale=0.1)
     plan = plan_extend(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, torch.tensor(ext, device="cuda"),
                        case.out_cache_loc, prefix_lens_cpu=prefix, extend_lens_cpu=ext, page_size=page)
     k_new, v_new = case.k_new, case.v_new
@@ -40,10 +40,11 @@ def test_extend_plan_on_the_dense_kernel_matches_reference(i):
         case.k_cache[case.out_cache_loc] = float("nan")
         case.v_cache[case.out_cache_loc] = float("nan")
     keep = mode != "pool_only"
-    out = extend_attention(case.q, k_new if keep else None, v_new if keep else None, case.k_cache, case.v_cache, plan,
-                           0.1, new_kv_in_cache=mode != "passed", out_cache_loc=case.out_cache_loc)
-    assert out.dtype == dtype
+    out, lse = extend_attention(case.q, k_new if keep else None, v_new if keep else None, case.k_cache, case.v_cache,
+                                plan, 0.1, new_kv_in_cache=mode != "passed", out_cache_loc=case.out_cache_loc)
+    assert out.dtype == dtype and lse.dtype == torch.float32
     torch.testing.assert_close(out.float(), ref, **TOL[dtype])
+    torch.testing.assert_close(lse, ref_lse.float(), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("order", [0, 1])
@@ -59,8 +60,9 @@ def test_paged_kernel_is_exact_in_either_grid_order(i, order):
     if not plan.paged:
         pytest.skip("no prefix: the keys are the new tokens, nothing paged")
     plan.grid_order = torch.tensor([order], dtype=torch.int32, device="cuda")
-    out = extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, 0.1)
+    out, lse = extend_attention(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, plan, 0.1)
     layout = fc.from_sglang(pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), prefix_t, page)
-    ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
-                              case.cu_seqlens_q(), softmax_scale=0.1)
+    ref, ref_lse = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout,
+                                    case.cu_seqlens_q(), softmax_scale=0.1)
     torch.testing.assert_close(out.float(), ref, **TOL[dtype])
+    torch.testing.assert_close(lse, ref_lse.float(), atol=1e-3, rtol=1e-3)

@@ -6,7 +6,7 @@ import torch
 
 import sglang_flashcore as fc
 from cases import make_page_table
-from sglang_flashcore.decode_plan import DecodePlanner
+from sglang_flashcore.decode import DecodePlanner
 from sglang_flashcore.reference import paged_decode_ref
 
 pytestmark = pytest.mark.gpu

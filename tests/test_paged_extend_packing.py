@@ -1,5 +1,6 @@
-"""The key packing of the public ``paged_extend`` CUDA path, on CPU: the kernels are replaced by the
-float64 references, so what is checked is which keys go where — whole prefix pages left in the
+"""The key packing of the public ``paged_extend`` CUDA path (a page table, ``plan_extend`` and
+``extend_attention``, as the backend runs them), on CPU: the dense ops run their float64
+reference, so what is checked is which keys go where — whole prefix pages left in the
 pool (and listed) when the layout's pages are aligned, the rest packed after them — against
 ``paged_extend_ref``."""
 
@@ -8,27 +9,28 @@ import torch
 
 import sglang_flashcore as fc
 from cases import make_extend_case
-from sglang_flashcore import kernels, reference
+from sglang_flashcore import extend, ops
 from sglang_flashcore.reference import paged_extend_ref
 
 
 @pytest.fixture
 def kernels_on_cpu(monkeypatch):
+    """The extend path as it runs on a GPU (``use_kernels``), its two dense ops recorded; on CPU
+    tensors they run the float64 reference."""
     calls = []
+    real_prefill, real_dense = ops.paged_prefill_op, ops.attention_op
 
-    def prefill(q, k, v, cu_q, cu_k, k_cache, v_cache, pages, page_offsets, page_size, max_q, causal, scale, order):
-        calls.append(("paged", pages.tolist(), page_offsets.tolist()))
-        return reference.paged_prefill_ref(q, k, v, cu_q, cu_k, k_cache, v_cache, pages, page_offsets, page_size,
-                                           causal, scale)
+    def prefill(*args):
+        calls.append(("paged", args[7].tolist(), args[8].tolist()))
+        return real_prefill(*args)
 
-    def dense(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
+    def dense(*args):
         calls.append(("packed",))
-        return reference.attention_ref(q, k, v, causal=causal, softmax_scale=scale, cu_seqlens_q=cu_q,
-                                       cu_seqlens_k=cu_k)
+        return real_dense(*args)
 
-    monkeypatch.setattr(kernels, "_check_kernel_input", lambda *a: None)
-    monkeypatch.setattr(kernels, "_paged_prefill_cuda", prefill)
-    monkeypatch.setattr(kernels, "_attention_cuda", dense)
+    monkeypatch.setattr(ops, "paged_prefill_op", prefill)
+    monkeypatch.setattr(ops, "attention_op", dense)
+    monkeypatch.setattr(extend.config, "use_kernels", lambda device: True)
     return calls
 
 
@@ -40,12 +42,13 @@ def _run(case, scale=0.3, reverse_first_page=False):
         table[row, : pt.page_size] = table[row, : pt.page_size].flip(0)
     layout = fc.from_sglang(table, pt.req_pool_indices, torch.tensor(case.prefix), pt.page_size)
     cu_q = case.cu_seqlens_q()
-    out, _ = kernels._paged_extend_cuda(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout.row_offsets,
-                                        layout.cols, layout.page_offsets, layout.counts, layout.seq_lens, cu_q,
-                                        max(case.extend), pt.page_size, scale)
-    ref, _ = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout, cu_q,
-                              softmax_scale=scale)
+    out, lse = extend._paged_extend_cuda(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout.row_offsets,
+                                         layout.cols, layout.page_offsets, layout.counts, layout.seq_lens, cu_q,
+                                         max(case.extend), pt.page_size, scale)
+    ref, ref_lse = paged_extend_ref(case.q, case.k_new, case.v_new, case.k_cache, case.v_cache, layout, cu_q,
+                                    softmax_scale=scale)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(lse, ref_lse.float(), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("prefix,ext", [([16, 0, 40], [3, 20, 1]), ([20, 5, 8], [3, 2, 9]), ([64, 64], [1, 7])])

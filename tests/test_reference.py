@@ -181,7 +181,7 @@ def test_ops_are_registered_custom_ops_with_fake_impls():
         fq, fk = torch.empty(2, 7, 4, 64), torch.empty(2, 9, 2, 64)
         out, lse = torch.ops.flashcore.attention(fq, fk, fk, None, None, 7, 9, True, 0.125)
         assert out.shape == (2, 7, 4, 64) and lse.shape == (2, 7, 4)
-    for name in ("attention", "paged_decode", "paged_extend", "merge_states"):
+    for name in ("attention", "paged_prefill", "paged_decode_table", "paged_extend", "merge_states"):
         assert hasattr(torch.ops.flashcore, name)
 
 

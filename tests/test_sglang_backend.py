@@ -18,6 +18,7 @@ from sglang.srt.model_executor.forward_batch_info import ForwardMode  # noqa: E4
 from sglang.srt.model_executor.forward_context import ForwardContext, forward_context  # noqa: E402
 from sglang.test.kits.attention_unittest.attention_methods import dense_attention as kit  # noqa: E402
 
+import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore import plugin  # noqa: E402
 from sglang_flashcore.sglang_backend import FlashCoreBackend, UnsupportedFeatureError  # noqa: E402
 
@@ -148,7 +149,10 @@ def test_shared_prefix_layout_is_read_once_per_step():
     case = OWN_CASES[0][0]
     fixture = _build(case, shared=64)
     _run(fixture.backend.init_forward_metadata, fixture.forward_batch)
-    plan = fixture.backend.forward_metadata.layout.plan(64)
+    meta = fixture.backend.forward_metadata
+    layout = fc.from_sglang(fixture.backend.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
+                            fixture.backend.page_size)
+    plan = layout.plan(64)
     assert plan.total_tokens == sum(case.seq_lens)
     assert plan.unique_tokens == sum(case.seq_lens) - 3 * 64
     assert plan.max_readers == 4
@@ -218,8 +222,8 @@ def test_cuda_graph_metadata_uses_fixed_buffers_across_replays():
             backend.init_forward_metadata_out_graph(fixture.forward_batch, in_capture=in_capture)
             backend.init_forward_metadata_in_graph(fixture.forward_batch)
             out = fixture.actual_module(fixture.input_hidden, fixture.forward_batch)
-        layout = backend.forward_metadata.layout
-        now = (layout.row_offsets.data_ptr(), layout.cols.data_ptr(), layout.counts.data_ptr())
+        meta = backend.forward_metadata
+        now = (meta.req_pool_indices.data_ptr(), meta.seq_lens.data_ptr())
         assert ptrs is None or now == ptrs
         ptrs = now
         torch.testing.assert_close(out, _run(kit.expected_dense_fixture_output, fixture), atol=2e-4, rtol=2e-4)
@@ -236,5 +240,5 @@ def test_cuda_graph_with_the_reference_on_a_gpu_is_refused_clearly(monkeypatch):
 def test_cuda_graph_buffers_refuse_an_oversized_batch():
     fixture = _build(_case("decode_graph", ForwardMode.DECODE, [30, 17, 64]))
     fixture.backend.init_cuda_graph_state(max_bs=2, max_num_tokens=2)
-    with pytest.raises(ValueError, match="exceeds the buffers"):
+    with pytest.raises(ValueError, match="CUDA-graph batch of 3 requests exceeds the 2 sized at init_cuda_graph_state"):
         fixture.backend.init_forward_metadata_out_graph(fixture.forward_batch, in_capture=True)
