@@ -16,6 +16,7 @@
 
 #include "flashcore/decode_plan.h"
 #include "flashcore/dense_fwd.h"
+#include "flashcore/heuristics.h"
 #include "flashcore/paged_decode.h"
 
 namespace {
@@ -230,7 +231,8 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   // more blocks resident (H200: 16 groups read 3-4% faster at 2-4 requests, 1-2.5% slower at
   // 32-64).
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.merge_groups = q.size(0) * q.size(1) <= 4 * sms ? 16 : 4;
+  p.merge_groups = q.size(0) * q.size(1) <= flashcore::kDecodeMergeFewBlocksPerSm * sms ? flashcore::kDecodeMergeGroupsFew
+                                                                                        : flashcore::kDecodeMergeGroupsMany;
   // SGLang's pool: the copy loop's short address path (a row's bytes fit 32 bits)
   p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)q.element_size() <= INT32_MAX;
   p.out = out.data_ptr();

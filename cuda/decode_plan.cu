@@ -12,13 +12,14 @@
 #include <cub/block/block_scan.cuh>
 
 #include "flashcore/decode_plan.h"
+#include "flashcore/heuristics.h"
 #include "flashcore/page_table.cuh"
 #include "flashcore/paged_decode.h"
 
 namespace flashcore {
 namespace {
 
-constexpr int kPlanThreads = 1024;
+constexpr int kPlanThreads = kDecodePlanThreads;
 constexpr unsigned long long kEmptyKey = ~0ull;
 
 __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {  // splitmix64's finaliser
@@ -504,7 +505,7 @@ TablePlanBuffers carve_table_plan(int* ints, unsigned long long* hash_keys, int 
 }
 
 cudaError_t table_plan_launch(const TablePlanArgs& a, const TablePlanBuffers& buf, int num_sms, cudaStream_t stream) {
-  const int grid = 2 * num_sms;
+  const int grid = kDecodePlanCtasPerSm * num_sms;
   plan_chunks_kernel<<<1, kPlanThreads, 0, stream>>>(a, buf);
   plan_keys_kernel<<<grid, 256, 0, stream>>>(a, buf);
   plan_leaders_kernel<<<grid, 256, 0, stream>>>(a, buf);

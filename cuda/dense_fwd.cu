@@ -53,6 +53,7 @@
 #include <thrust/iterator/counting_iterator.h>
 
 #include "flashcore/dense_fwd.h"
+#include "flashcore/heuristics.h"
 #include "flashcore/hopper.cuh"
 #include "flashcore/wgmma_ops.cuh"
 
@@ -647,7 +648,7 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
 // head share its K/V.
 template <int D>
 int causal_section_pairs(const DenseFwdArgs& a) {
-  constexpr int64_t kL2Budget = 24ll << 20;
+  constexpr int64_t kL2Budget = (int64_t)kDenseL2SectionMiB << 20;
   const int group = a.num_q_heads / a.num_kv_heads;
   const int64_t keys = std::max<int64_t>(std::max<int64_t>(a.total_k / std::max(a.batch, 1), a.max_seqlen_q), 1);
   const int64_t kv_bytes_per_pair = std::max<int64_t>(keys * D * 2 * 2 / group, 1);  // K and V, 16-bit
@@ -745,13 +746,15 @@ cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cud
   // query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with
   // the tile's height); 128: always two (three would not fit their accumulators in the
   // register file)
-  const bool two = a.causal && a.max_seqlen_q <= 1024;
+  constexpr int kShort = kDenseWarpgroupsD64ShortCausal, kLong = kDenseWarpgroupsD64, k128 = kDenseWarpgroupsD128;
+  const bool short_causal = a.causal && a.max_seqlen_q <= kDenseShortCausalMaxRows;
   if (dtype == 0 && head_dim == 64)
-    return two ? launch<__half, 64, 2>(a, f16, stream) : launch<__half, 64, 3>(a, f16, stream);
-  if (dtype == 0 && head_dim == 128) return launch<__half, 128, 2>(a, f16, stream);
+    return short_causal ? launch<__half, 64, kShort>(a, f16, stream) : launch<__half, 64, kLong>(a, f16, stream);
+  if (dtype == 0 && head_dim == 128) return launch<__half, 128, k128>(a, f16, stream);
   if (dtype == 1 && head_dim == 64)
-    return two ? launch<__nv_bfloat16, 64, 2>(a, bf16, stream) : launch<__nv_bfloat16, 64, 3>(a, bf16, stream);
-  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128, 2>(a, bf16, stream);
+    return short_causal ? launch<__nv_bfloat16, 64, kShort>(a, bf16, stream)
+                        : launch<__nv_bfloat16, 64, kLong>(a, bf16, stream);
+  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128, k128>(a, bf16, stream);
   return cudaErrorInvalidValue;
 }
 
@@ -760,7 +763,8 @@ int64_t dense_tile_list_capacity(const DenseFwdArgs& a) {
   if (a.batch <= 0 || a.max_seqlen_q <= 0) return 0;
   const int64_t work = (int64_t)a.batch * ((a.max_seqlen_q + kMinBlockM - 1) / kMinBlockM) * a.num_q_heads;
   const int64_t with_rows = std::min<int64_t>(work, (a.total_q / kMinBlockM + a.batch) * a.num_q_heads);
-  return with_rows * 4 <= work * 3 ? work + 1 : 0;  // a quarter of the tiles or more are empty
+  // a quarter of the tiles or more are empty
+  return with_rows * kDenseTileListEmptyDen <= work * (kDenseTileListEmptyDen - kDenseTileListEmptyNum) ? work + 1 : 0;
 }
 
 size_t dense_tile_select_temp_bytes(int64_t capacity) {

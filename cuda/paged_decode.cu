@@ -654,15 +654,16 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(p.batch, p.num_q_heads);
-  config.blockDim = dim3(D / 4, p.merge_groups == 16 ? 16 : 4);
+  const bool few = p.merge_groups == kDecodeMergeGroupsFew;
+  config.blockDim = dim3(D / 4, few ? kDecodeMergeGroupsFew : kDecodeMergeGroupsMany);
   config.stream = stream;
   cudaLaunchAttribute pdl;
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
   config.numAttrs = 1;  // a dependent of the decode kernel launched above
-  const cudaError_t merged = p.merge_groups == 16 ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 16>, p)
-                                                   : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, 4>, p);
+  const cudaError_t merged = few ? cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, kDecodeMergeGroupsFew>, p)
+                                  : cudaLaunchKernelEx(&config, merge_partials_kernel<T, D, kDecodeMergeGroupsMany>, p);
   return merged;
 }
 

@@ -22,6 +22,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "flashcore/heuristics.h"
+
 namespace flashcore {
 
 // Device-side counters of a plan (int32 slots at the start of the int workspace).
@@ -95,12 +97,6 @@ struct TablePlanArgs {
   // (benchmarks/results/h200/decode_waves_s17).
   int wave_max_chunk;
 };
-
-// Limits of the wave-filling chunk (decode_plan.py mirrors them).
-constexpr int kWaveMaxBatch = 2048;    // requests the no-sharing check holds (a shared-memory set)
-constexpr int kWaveMaxWaves = 12;      // batches with more waves at the power-of-two chunk keep it
-constexpr int kWaveFillNum = 17, kWaveFillDen = 20;  // the last wave at least 85% full
-constexpr int kWaveCandidates = 256;   // chunk counts n tried
 
 cudaError_t table_plan_launch(const TablePlanArgs& a, const TablePlanBuffers& buf, int num_sms,
                               cudaStream_t stream);

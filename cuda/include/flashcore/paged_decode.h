@@ -4,34 +4,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "flashcore/heuristics.h"
+
 namespace flashcore {
 
-// Limits the launcher relies on; the Python side checks them before calling.
-constexpr int kDecodeMaxChunkTokens = 1024;  // tokens of one work item
-constexpr int kDecodeTileTokens = 64;        // tokens per pipeline stage of the decode kernel
-// Query rows (readers x GQA group) per CTA. 32, not 64: query tiles for 64 rows (16 KB, sized at
-// launch from B x group) left room for two CTAs per SM instead of three once B x group > 32.
-constexpr int kDecodeRowsPerCta = 32;
-constexpr int kDecodeCtasPerSm = 3;  // decode CTAs resident per SM (launch bounds, shared memory)
-// Query rows of a task that the token-major path takes: the n = 8 side of one mma.m16n8k16.
-constexpr int kDecodeNarrowRows = 8;
-constexpr int kDecodeMaxGroup = 64;  // query heads per KV head (a reader's rows may span tasks)
-// A plan's tasks, sum over work items of ceil(readers x group / 32), are at most
-// chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= 64).
-constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;
-// Tail split: the planner may cut up to kDecodeSplitMaxItems one-reader work items
-// into up to kDecodeSplitMaxParts tasks each, with a partial of their own, so that the last wave
-// is made of short tasks. Where a wave holds at most kDecodeSplitEvenWave tasks (16 or more KV
-// heads on 132 SMs) an item is cut into equal parts, all after the other tasks; with longer waves
-// the cut is guided: the item's first three quarters stay in place as one task and its last
-// quarter becomes a second task after all the others, so the SMs that finish first take the
-// short ones. The workspaces hold the extra tasks and partials.
-constexpr int kDecodeSplitMaxItems = 64;
-constexpr int kDecodeSplitEvenWave = 32;
-constexpr int kDecodeSplitGuidedParts = 2;
-constexpr int kDecodeSplitGuidedBit = 1 << 16;  // in a split task's ~(first row): a guided part
-constexpr int kDecodeSplitMaxParts = 4;
-constexpr int kDecodeSplitExtra = kDecodeSplitMaxItems * (kDecodeSplitMaxParts - 1);
+// In a split task's ~(first row) (PagedDecodeParams::chunk_partial): a guided part.
+constexpr int kDecodeSplitGuidedBit = 1 << 16;
 
 struct PagedDecodeParams {
   // q [B, Hq, D]; k/v pools addressed as base + page*kv_stride_page + head*kv_stride_head
