@@ -17,7 +17,7 @@ def layout_runs(layout):
     return [[(cols[e], offs[e], cnts[e], pos[e]) for e in range(ro[b], ro[b + 1])] for b in range(len(ro) - 1)]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     pattern=st.sampled_from(PATTERNS),
     page_size=st.sampled_from(PAGE_SIZES),
@@ -90,7 +90,7 @@ def _runs_fit(stream, starts, ends, page_tokens):
     return True
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=True)
 @given(seed_streams())
 def test_build_layout_matches_model(case):
     stream, starts, ends, resident, page_tokens, num_pages = case

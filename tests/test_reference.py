@@ -151,7 +151,8 @@ def test_merge_states_equals_attention_over_the_union():
     # an empty part changes nothing; two empty parts stay empty
     ninf = torch.full_like(s_a, -math.inf)
     o2, s2 = merge_states_ref(o_a, s_a, torch.zeros_like(o_b), ninf)
-    torch.testing.assert_close(o2, o_a) and torch.testing.assert_close(s2, s_a)
+    torch.testing.assert_close(o2, o_a)
+    torch.testing.assert_close(s2, s_a)
     o3, s3 = merge_states_ref(torch.zeros_like(o_a), ninf, torch.zeros_like(o_b), ninf)
     assert torch.all(o3 == 0) and torch.isneginf(s3).all()
 
@@ -167,7 +168,8 @@ def test_public_ops_keep_dtype_and_return_float32_lse(dtype):
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}[dtype]
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
     o, s = fc.merge_states(out, lse, out, lse)
-    torch.testing.assert_close(o, out) and torch.testing.assert_close(s, lse + math.log(2))
+    torch.testing.assert_close(o, out)
+    torch.testing.assert_close(s, lse + math.log(2))
 
 
 def test_ops_are_registered_custom_ops_with_fake_impls():
