@@ -22,27 +22,20 @@
 // GQA maps query head h to KV head h / (Hq / Hkv). Causal masks are bottom-right aligned and
 // key tiles past the diagonal are never loaded; a warpgroup none of whose rows sees the second
 // half of its last key tile multiplies that tile's P V (and, when it is the only tile, its S)
-// over the first 64 keys only. The LSE (natural log) is written per row. O is
-// staged in shared memory and leaves by TMA tensor store while the warp starts its next tile
-// (rows at a request's end, which a box would overrun, by the warp's own 16-byte stores).
+// over the first 64 keys only. O and the LSE (natural log) leave through the epilogue
+// (dense/epilogue.cuh).
 //
 // Paged prefix (extend over SGLang's KV pool): a request's keys may start with whole pages of
 // the pool [slots, Hkv, D], TMA-loaded in place through its page list, one box per page piece
 // (a page of P >= 8 tokens is P consecutive slots), followed by its packed rows of k/v (the new
 // tokens). A page's length is a multiple of the box, so no box straddles the two sources.
 //
-// Work tile order (the order CTAs claim them). Grid order 0, the default (a device flag, so a
-// plan can choose without a host sync): non-causal, query block fastest, then query head, then
-// request (CTAs running together read one head's K/V from L2); causal, L2-sized sections of
-// (request, query head) pairs with the query block slowest inside a section, heaviest first,
-// so the long tiles start early and the short ones fill the end. Grid order 1: request
-// fastest, then the query heads of one KV head, then query block, then KV head (CTAs running
-// together read the same prefix pages when requests share them).
-// Ragged batches enumerate batch x ceil(max_seqlen_q / kBlockM) x Hq tiles, and most can lie
-// past a short request's rows (one 8K prompt beside 60 short ones: ~125K tiles, ~5K with rows).
-// Skipped one claim at a time, those cost each CTA hundreds of atomics per launch (1.4x on such
-// a batch); so when a quarter or more of the tiles may be empty, the launch first selects the
-// ones with rows, in claim order, and the CTAs claim list positions instead.
+// The parts, each in its own header as in FlashAttention-3's hopper/: dense/params.h (launch
+// parameters, CTA shape, shared-memory layout), dense/tile_scheduler.cuh (work tiles, their claim
+// order, the persistent claim counter, the ragged-batch tile list), dense/mainloop.cuh (the
+// pipeline's mbarriers and the producer's TMA loads), dense/softmax.cuh (the online softmax),
+// dense/epilogue.cuh (O and LSE stores). This file composes them: the kernel, whose consumer
+// GEMM loop stays here (see dense/mainloop.cuh), and the host-side launch.
 #include <float.h>
 #include <limits.h>
 
@@ -52,6 +45,11 @@
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
+#include "flashcore/dense/epilogue.cuh"
+#include "flashcore/dense/mainloop.cuh"
+#include "flashcore/dense/params.h"
+#include "flashcore/dense/softmax.cuh"
+#include "flashcore/dense/tile_scheduler.cuh"
 #include "flashcore/dense_fwd.h"
 #include "flashcore/heuristics.h"
 #include "flashcore/hopper.cuh"
@@ -61,148 +59,10 @@ namespace flashcore {
 namespace {
 
 using namespace hopper;
-
-constexpr int kBlockN = 128;  // keys per K/V tile
-constexpr int kStages = 2;
-constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kRescaleLog2 = 8.f;  // lazy rescale threshold, log2 units (P <= 256)
-
-// W consumer warpgroups of 64 query rows each: the CTA's threads and its work tile's rows
-template <int W>
-struct DenseShape {
-  static constexpr int kBlockM = 64 * W;  // query rows of a work tile
-  static constexpr int kThreads = 128 * (W + 1);
-  // registers per thread after setmaxnreg: the producer gives its share to the consumers (the
-  // CTA's 64K registers: 128 x 40 + 256 x 232 and 128 x 32 + 384 x 160)
-  static constexpr int kProducerRegs = W == 2 ? 40 : 32;
-  static constexpr int kConsumerRegs = W == 2 ? 232 : 160;
-  static_assert(W == 2 || W == 3, "two or three consumer warpgroups");
-  // the pool setmaxnreg redistributes is what the launch gave the CTA: 65536 / kThreads rounded
-  // down to 8, times kThreads (64,512 at 384 threads); a consumer's setmaxnreg.inc past it waits
-  // forever (benchmarks/results/h200/dense_s21)
-  static_assert(128 * kProducerRegs + 128 * W * kConsumerRegs <= 65536 / kThreads / 8 * 8 * kThreads, "register file");
-};
-
-template <int D, int kBlockM>
-struct DenseSmem {
-  static constexpr int kTileBytes = kBlockN * D * 2;  // a K or V tile
-  static constexpr int kBlockBytes = kBlockN * kRowBytes;  // one 64-column block of a K or V tile
-  static constexpr int kQBytes = kBlockM * D * 2;
-  static constexpr int kQBlockBytes = kBlockM * kRowBytes;  // one 64-column block of the Q tile
-  static constexpr int kQ = 0;
-  static constexpr int kK = kQBytes;
-  static constexpr int kV = kK + kStages * kTileBytes;
-  static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);  // two claimed work tiles
-  static constexpr int kTileSlotBytes = 64;                           // one decoded WorkTile
-  // O staging for the epilogue: each consumer warp's 16 rows, padded by 16 bytes a row so that
-  // the accumulator layout's 4-byte writes hit 32 distinct banks
-  // (the TMA store instead stages each warp's 16 rows as D / 64 boxes of 16 x 128 bytes in the
-  // 128-byte swizzle, whose pattern repeats every 1024 bytes: the staging area starts on one)
-  static constexpr int kStageRow = D * 2 + 16;
-  static constexpr int kStageSwizzledWarp = 16 * D * 2;
-  static constexpr int kStage = (kTileSlots + 2 * kTileSlotBytes + 1023) / 1024 * 1024;
-  static constexpr int kBytes = kStage + (kBlockM / 16) * 16 * kStageRow + 1024;  // + alignment slack
-};
-
-struct DenseFwdParams {
-  void* out;
-  float* lse;
-  const int* cu_q;
-  const int* cu_k;
-  int64_t out_stride_row, out_stride_head;
-  int num_q_heads, group;
-  float scale_log2;
-  // causal (aligned bottom-right); the query blocks are then claimed heaviest first
-  int causal;
-  int batch, m_blocks, num_work;
-  int section_pairs;  // causal CTA order (see make_work_tile)
-  // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;
-  // nullptr: one work tile per CTA
-  int* tile_counter;
-  // ragged batches: *num_tiles_dev work tiles, tile_list[i] the i-th to claim; nullptr: all
-  // num_work tiles in order, the empty ones skipped by the producer
-  const int* tile_list;
-  const int* num_tiles_dev;
-  const int* grid_order;  // device flag (see the header comment); nullptr: 0
-  // paged prefix: request b's pages are key_pages[key_page_offsets[b] ...]; nullptr: none
-  const int* key_pages;
-  const int* key_page_offsets;
-  int page_size, box_rows;
-};
-
-// One work tile: kBlockM query rows of one (request, query head) and the keys they see.
-struct WorkTile {
-  int m_block, hq, hk;
-  int q0, sq;         // the request's query rows
-  int k0, sk;         // its packed key rows start at k0; sk keys in all (pages first)
-  int paged_keys;     // keys read from whole pool pages
-  const int* pages;   // its page list, or nullptr
-  int diag;           // causal: row i sees keys <= i + diag
-  int n_tiles;        // key tiles to visit
-};
-
-// Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
-// block lies past its request's rows.
-template <int kBlockM>
-__device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
-  int m_idx, b;
-  if (order == 1) {
-    b = lin % p.batch;
-    lin /= p.batch;
-    const int hg = lin % p.group;
-    lin /= p.group;
-    m_idx = lin % p.m_blocks;
-    t.hq = (lin / p.m_blocks) * p.group + hg;
-  } else if (p.causal) {
-    // sections of section_pairs (request, query head) pairs whose K/V fit in L2 together; inside
-    // a section the query block is slowest, so its heaviest tiles are claimed first
-    const int pairs = p.num_q_heads * p.batch;
-    const int section = lin / (p.section_pairs * p.m_blocks);
-    const int first_pair = section * p.section_pairs;
-    const int size = min(p.section_pairs, pairs - first_pair);
-    lin -= first_pair * p.m_blocks;
-    m_idx = lin / size;
-    const int pair = first_pair + lin % size;
-    t.hq = pair % p.num_q_heads;
-    b = pair / p.num_q_heads;
-  } else {
-    m_idx = lin % p.m_blocks;
-    lin /= p.m_blocks;
-    t.hq = lin % p.num_q_heads;
-    b = lin / p.num_q_heads;
-  }
-  t.m_block = p.causal ? p.m_blocks - 1 - m_idx : m_idx;
-  t.q0 = p.cu_q[b];
-  t.sq = p.cu_q[b + 1] - t.q0;
-  if (t.m_block * kBlockM >= t.sq) return false;
-  t.hk = t.hq / p.group;
-  t.pages = p.key_pages != nullptr ? p.key_pages + p.key_page_offsets[b] : nullptr;
-  t.paged_keys = t.pages != nullptr ? (p.key_page_offsets[b + 1] - p.key_page_offsets[b]) * p.page_size : 0;
-  t.k0 = p.cu_k[b];
-  t.sk = p.cu_k[b + 1] - t.k0 + t.paged_keys;
-  t.diag = t.sk - t.sq;
-  t.n_tiles = (t.sk + kBlockN - 1) / kBlockN;
-  if (p.causal) {
-    const int last_key = min(t.sk - 1, t.m_block * kBlockM + kBlockM - 1 + t.diag);
-    t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
-  }
-  return true;
-}
-
-// Whether work tile ``lin`` holds query rows (the selection behind the ragged-batch tile list).
-template <int kBlockM>
-struct TileHasRows {
-  DenseFwdParams p;
-  __device__ __forceinline__ bool operator()(int lin) const {
-    WorkTile t;
-    return make_work_tile<kBlockM>(p, p.grid_order != nullptr ? *p.grid_order : 0, lin, t);
-  }
-};
+using namespace dense;
 
 // Persistent: CTA i starts with work tile i, and its producer claims the next one from an atomic
-// counter, so CTAs that drew light (causal) tiles take more of them, and the producer loads the
+// counter (dense/tile_scheduler.cuh), so CTAs that drew light (causal) tiles take more of them, and the producer loads the
 // next tile's Q and first K/V while the consumers finish the previous one. The claimed tile goes
 // to the consumers decoded, through a shared-memory slot published with the Q barrier (m_block -1:
 // no more work), so they do not repeat its global loads at every tile boundary.
@@ -231,17 +91,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   const int order = p.grid_order != nullptr ? *p.grid_order : 0;
 
   const int warpgroup = threadIdx.x / 128;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full_k[s], 1);
-      mbar_init(&empty_k[s], kConsumerThreads);
-      mbar_init(&full_v[s], 1);
-      mbar_init(&empty_v[s], kConsumerThreads);
-    }
-    mbar_init(q_full, 1);
-    mbar_init(q_empty, kConsumerThreads);
-    fence_barrier_init();
-  }
+  if (threadIdx.x == 0) init_barriers(full_k, empty_k, full_v, empty_v, q_full, q_empty, kConsumerThreads);
   __syncthreads();
 
   if (warpgroup == 0) {  // ------------------------------------------------ producer
@@ -254,16 +104,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         prefetch_tensor_map(&tk_pool);
         prefetch_tensor_map(&tv_pool);
       }
-      auto claim = [&] {
-        return p.tile_counter != nullptr ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : INT_MAX;
-      };
-      const int num_claims = p.tile_list != nullptr ? *p.num_tiles_dev : p.num_work;
+      const TileScheduler<kBlockM> scheduler(p, order);
       int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
-      for (int i = blockIdx.x;; i = claim()) {
+      for (int i = scheduler.first_claim();; i = scheduler.claim()) {
         WorkTile t;
-        bool valid = false;
-        for (; i < num_claims; i = claim())
-          if ((valid = make_work_tile<kBlockM>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t))) break;
+        const bool valid = scheduler.next_tile(i, t);
         if (w > 0) mbar_wait(q_empty, (w - 1) & 1);  // all consumers are done with the last Q
         // slot w % 2 was last read for work tile w - 2, before the consumers released its Q
         if (!valid) t.m_block = -1;
@@ -272,43 +117,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
           mbar_arrive(q_full);  // publishes the end
           break;
         }
-        mbar_expect_tx(q_full, S::kQBytes);
-        for (int db = 0; db < D / 64; ++db)
-          tma_load_3d(smem + S::kQ + db * S::kQBlockBytes, &tq, q_full, db * 64, t.hq, t.q0 + t.m_block * kBlockM);
+        load_q<D, kBlockM>(smem, &tq, q_full, t);
         ++w;
-        // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
-        // (rows past the packed tensor's end are zero-filled by TMA)
-        auto load_tile = [&](unsigned char* dst, const CUtensorMap* packed, const CUtensorMap* pool, uint64_t* bar,
-                             int n) {
-          for (int r = 0; r < kBlockN; r += p.box_rows) {
-            const int pos = n * kBlockN + r;
-            const bool in_page = pos < t.paged_keys;
-            const int row =
-                in_page ? t.pages[pos / p.page_size] * p.page_size + pos % p.page_size : t.k0 + pos - t.paged_keys;
-            for (int db = 0; db < D / 64; ++db)
-              tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, bar, db * 64, t.hk, row);
-          }
-        };
-        for (int n = 0; n < t.n_tiles; ++n, ++g) {
-          const int s = g % kStages;
-          const uint32_t parity = ((g / kStages) - 1) & 1;
-          if (g >= kStages) mbar_wait(&empty_k[s], parity);
-          mbar_expect_tx(&full_k[s], S::kTileBytes);
-          load_tile(smem + S::kK + s * S::kTileBytes, &tk, &tk_pool, &full_k[s], n);
-          if (g >= kStages) mbar_wait(&empty_v[s], parity);
-          mbar_expect_tx(&full_v[s], S::kTileBytes);
-          load_tile(smem + S::kV + s * S::kTileBytes, &tv, &tv_pool, &full_v[s], n);
-        }
+        load_kv<D, kBlockM>(smem, &tk, &tv, &tk_pool, &tv_pool, full_k, empty_k, full_v, empty_v, p, t, g);
       }
-      // Every CTA has made its last claim (the one past the end) once all have counted
-      // themselves done: the last to do so zeroes the counter for the next launch on its stream.
-      if (p.tile_counter != nullptr) {
-        __threadfence();
-        if (atomicAdd(p.tile_counter + 1, 1) == (int)gridDim.x - 1) {
-          atomicExch(p.tile_counter, 0);
-          atomicExch(p.tile_counter + 1, 0);
-        }
-      }
+      scheduler.finish();
     }
     return;
   }
@@ -416,57 +229,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    // m: the rows' exponent base in raw-score units (their running max, or with lazy rescaling
-    // a stale max at most kRescaleLog2 below it); l: running sum of exponentials
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-
-    // mask (past the sequence end; causal), online softmax in the log2 domain with the scale
-    // folded into one FFMA per score: leaves the exponentials in sc and returns each row's
+    OnlineSoftmax sm;  // the rows' exponent base and running sums (dense/softmax.cuh)
+    // score tile n: mask, online softmax; leaves the exponentials in sc and returns each row's
     // rescale factor for O
     auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
-      const bool edge =
-          (n + 1) * kBlockN > t.sk || (p.causal && (n + 1) * kBlockN - 1 > t.m_block * kBlockM + c * 64 + t.diag);
-      // Masking is one compare and select per score against each row's key limit, in its own
-      // loop behind one branch: written inside the max loop, ptxas turned it into a branch per
-      // score (BSSY/BSYNC pairs in every tile, masked or not), 7-10% slower at D 128.
-      if (edge) {
-        int limit[2];  // keys at or past it are masked: the sequence end, causally row + diag + 1
-#pragma unroll
-        for (int r = 0; r < 2; ++r) limit[r] = p.causal ? min(t.sk, rows[r] + t.diag + 1) : t.sk;
-        const int col0 = n * kBlockN + 2 * (lane % 4);
-#pragma unroll
-        for (int i = 0; i < kBlockN / 2; ++i) {
-          const int col = col0 + (i / 4) * 8 + (i % 2);
-          sc[i] = col < limit[(i / 2) % 2] ? sc[i] : -INFINITY;
-        }
-      }
-      float mx[2][2] = {{m[0], m[0]}, {m[1], m[1]}};  // two partial maxima per row: shorter chains
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) mx[(i / 2) % 2][i % 2] = fmaxf(mx[(i / 2) % 2][i % 2], sc[i]);
-      float base[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float row_max = fmaxf(mx[r][0], mx[r][1]);
-        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, 1));
-        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, 2));
-        // lazy: keep the base while this tile's max stays within 2^kRescaleLog2 of it, so most
-        // tiles need no rescale of O (the final O / l and LSE use the same base: exact)
-        const bool keep = m[r] != -INFINITY && (row_max - m[r]) * p.scale_log2 <= kRescaleLog2;
-        if (keep) row_max = m[r];
-        base[r] = row_max == -INFINITY ? 0.f : row_max * p.scale_log2;  // a row that sees nothing yet stays at 0
-        alpha[r] = m[r] == -INFINITY ? 0.f : (keep ? 1.f : exp2_ftz(m[r] * p.scale_log2 - base[r]));
-        m[r] = row_max;
-        l[r] *= alpha[r];
-      }
-      float sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // two partial sums per row: shorter add chains
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) {
-        const int r = (i / 2) % 2;
-        sc[i] = exp2_ftz(fmaf(sc[i], p.scale_log2, -base[r]));
-        sum[r][i % 2] += sc[i];
-      }
-      l[0] += sum[0][0] + sum[0][1];
-      l[1] += sum[1][0] + sum[1][1];
+      sm.update(sc, n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
     };
 
     const int n_tiles = t.n_tiles;
@@ -525,10 +292,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         mbar_arrive(&empty_v[gv % kStages]);
-        if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {  // warp-uniform skip
-#pragma unroll
-          for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
-        }
+        OnlineSoftmax::rescale_o(o, alpha);
         pack_p(sc, pa);
       }
       const int last = g + n_tiles - 1;
@@ -544,68 +308,12 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
       g += n_tiles;
     }
 
-    // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence. One MUFU
-    // each for 1 / l and log2 l, and no branch but the stores' predicates: with IEEE division and
-    // logf (slow-path branches, divergent under lane % 4 == 0) this part took a third of the
-    // epilogue, which short sequences pay at every work tile.
+    // epilogue: normalise, write O and the natural-log LSE of rows inside the sequence
     float inv[2], lse[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-      const bool seen = l[r] > 0.f;
-      inv[r] = seen ? rcp_approx(l[r]) : 0.f;
-      lse[r] = seen ? (m[r] * p.scale_log2 + log2_approx(l[r])) * kLn2 : -INFINITY;
-    }
-    T* out_rows = reinterpret_cast<T*>(p.out) + (int64_t)t.q0 * p.out_stride_row + (int64_t)t.hq * p.out_stride_head;
-    const int warp_row0 = t.m_block * kBlockM + c * 64 + warp * 16;  // this warp's first row
-    {
-      // The warp's 16 rows as D / 64 boxes of 16 x 128 bytes in the 128-byte swizzle (16-byte
-      // piece k of row r at piece k ^ (r % 8): the accumulator layout's 4-byte writes hit 32
-      // banks). Rows all inside the request: one TMA store a box, and the warp goes on to its
-      // next tile while the copy engine writes them; a request's last rows are written here
-      // (a box clips only at the tensor's end, and the rows past a request are the next one's).
-      constexpr int kBox = 16 * 128;
-      const uint32_t stage = smem_addr(smem + S::kStage) + (c * 4 + warp) * S::kStageSwizzledWarp;
-      if (lane == 0) tma_store_wait_read();  // the warp's previous tile has left the slice
-      __syncwarp();
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = lane / 4 + 8 * r;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j)
-          st_shared_u32(stage + (j / 8) * kBox + row * 128 + (((j % 8) ^ (row % 8)) * 16) + (lane % 4) * 4,
-                        Pack2<T>::from_floats(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]));
-      }
-      if (warp_row0 + 16 <= t.sq) {
-        fence_async_shared();
-        __syncwarp();
-        if (lane == 0) {
-#pragma unroll
-          for (int box = 0; box < D / 64; ++box) tma_store_3d(&to, smem + S::kStage + (c * 4 + warp) * S::kStageSwizzledWarp + box * kBox, box * 64, t.hq, t.q0 + warp_row0);
-          tma_store_commit();
-        }
-      } else {
-        __syncwarp();
-        constexpr int kPieces = D * 2 / 16;  // 16-byte pieces of a row
-        constexpr int kRowsPerStore = 32 / kPieces;
-        const int row = lane / kPieces, piece = lane % kPieces;
-        T* dst = out_rows + (int64_t)(warp_row0 + row) * p.out_stride_row + piece * 8;
-#pragma unroll
-        for (int it = 0; it < 16 / kRowsPerStore; ++it) {
-          const int rr = row + it * kRowsPerStore;
-          const uint4 v = ld_shared_v4(stage + (piece / 8) * kBox + rr * 128 + (((piece % 8) ^ (rr % 8)) * 16));
-          if (warp_row0 + rr < t.sq) *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v;
-        }
-        __syncwarp();
-      }
-    }
-    // the LSE after O: a global store before the async-proxy fence would make it wait
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (rows[r] < t.sq && lane % 4 == 0) p.lse[(int64_t)(t.q0 + rows[r]) * p.num_q_heads + t.hq] = lse[r];
+    sm.finalize(p.scale_log2, inv, lse);
+    store_o_lse<T, D, W>(o, inv, lse, rows, p, t, smem, &to, c, warp, lane);
   }
-  if (lane == 0) tma_store_wait_read();  // shared memory outlives the stores' reads
+  epilogue_drain(lane);
   if (c == 0) named_bar_sync(1, 256);  // the last consumer's final arrive
 }
 
@@ -640,21 +348,6 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
   return encode(map, dtype, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Causal CTA order: how many (request, query head) pairs make one L2 section, so that the K/V
-// the section's CTAs read at once stays in L2 (about half of the H100's 50 MB) while each
-// section still runs its heaviest query blocks first. Whole GQA groups: query heads of one KV
-// head share its K/V.
-template <int D>
-int causal_section_pairs(const DenseFwdArgs& a) {
-  constexpr int64_t kL2Budget = (int64_t)kDenseL2SectionMiB << 20;
-  const int group = a.num_q_heads / a.num_kv_heads;
-  const int64_t keys = std::max<int64_t>(std::max<int64_t>(a.total_k / std::max(a.batch, 1), a.max_seqlen_q), 1);
-  const int64_t kv_bytes_per_pair = std::max<int64_t>(keys * D * 2 * 2 / group, 1);  // K and V, 16-bit
-  const int64_t pairs = (int64_t)a.batch * a.num_q_heads;
-  int64_t section = std::max<int64_t>(kL2Budget / kv_bytes_per_pair / group, 1) * group;
-  return (int)std::min(section, pairs);
 }
 
 template <typename T, int D, int W>
