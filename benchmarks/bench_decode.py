@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore.decode import DecodePlanner  # noqa: E402
-from bench_util import base_parser, copy_bandwidth_tbs, report, require_cuda, time_interleaved, time_ms, wall_ms  # noqa: E402
+from bench_util import (base_parser, copy_bandwidth_tbs, report, require_agreement, require_cuda,  # noqa: E402
+                        time_interleaved, time_ms, wall_ms)
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -129,7 +130,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
     qd = q.unsqueeze(2)
     fns = {"ours": ours, "api": api}
     row = dict(B=batch, Hq=hq, Hkv=hkv, ctx=context, D=d, page=page, shared=frac)
-    row["maxdiff_api"] = (api_out.float() - out.float()).abs().max().item()
+    row["maxdiff_api"] = require_agreement(f"fc.paged_decode at {row}", api_out, out)
     for name, backend in (("cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
                           ("fa2", torch.nn.attention.SDPBackend.FLASH_ATTENTION)):
         def sdpa(backend=backend):
@@ -142,7 +143,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
             print(f"  {name} SDPA unavailable for this shape: {str(exc).splitlines()[0][:120]}")
             continue
         fns[name] = sdpa
-        row[f"maxdiff_{name}"] = (ref.squeeze(2).float() - out.float()).abs().max().item()
+        row[f"maxdiff_{name}"] = require_agreement(f"{name} at {row}", out, ref.squeeze(2))
     ms = time_interleaved(fns, repeats=repeats, rounds=rounds)
     ours_ms, api_ms = ms["ours"], ms["api"]
     # the bound: every unique token once (the layout's runs, finer than the planner's chunks)
@@ -171,7 +172,7 @@ def run_point(batch, hq, hkv, context, d, page, frac, copy_tbs, dtype, repeats, 
             fi = flashinfer_decode(q, fi_kv, r2t, page, batch, context, tensor_cores)
             row[f"{name}_ms"] = time_ms(fi, repeats=repeats)
             row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / ours_ms
-            row[f"maxdiff_{name}"] = (fi().float() - out.float()).abs().max().item()
+            row[f"maxdiff_{name}"] = require_agreement(f"{name} at {row}", out, fi())
         except Exception as exc:  # noqa: BLE001 - a baseline that fails to build or run is reported, not fatal
             print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     fi_kv = planner = None

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_util import base_parser, report, require_cuda, time_interleaved  # noqa: E402
+from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved  # noqa: E402
 
 
 def grid():
@@ -58,7 +58,7 @@ def run(b, s, hq, hkv, d, causal, dtype, repeats, rounds=4):
             print(f"  {name} unavailable for {b},{s},{hq},{hkv},{d}: {str(exc).splitlines()[0][:100]}")
             continue
         fns[name] = sdpa
-        row[f"maxdiff_{name}"] = (ref.transpose(1, 2).float() - out.float()).abs().max().item()
+        row[f"maxdiff_{name}"] = require_agreement(f"{name} at {row}", out, ref.transpose(1, 2))
     ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)
     row.update(ours_ms=ms["ours"], ours_TF=flops / ms["ours"] / 1e9)
     for name in fns:

@@ -186,3 +186,19 @@ def report(args, info: Dict, rows: List[Dict], columns: Sequence[str], title: st
         save_json(args.json, info, rows)
     if args.plot:
         bar_plot(args.plot, labels, series, ylabel, f"{title} on {info['device']}")
+
+
+# Largest |ours - baseline| a benchmark accepts before it times anything: attention outputs are
+# convex combinations of V rows (|o| <= max |v|, about 4 for the benchmarks' unit normals), so
+# these are a few units in the last place of the dtype at that magnitude.
+AGREE_ATOL = {torch.float16: 8e-3, torch.bfloat16: 6e-2, torch.float32: 1e-4}
+
+
+def require_agreement(what: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The max |ours - theirs|; exits the benchmark (status 2) when it is over ``AGREE_ATOL`` or
+    not finite, so that a wrong result is never timed."""
+    diff = (ours.float() - theirs.float()).abs().max().item() if ours.numel() else 0.0
+    if not diff <= AGREE_ATOL[ours.dtype]:
+        raise SystemExit(f"{what}: max |ours - reference| = {diff:.3g} > {AGREE_ATOL[ours.dtype]} ({ours.dtype}); "
+                         "not timing a wrong result")
+    return diff

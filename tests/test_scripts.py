@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 HERE = os.path.dirname(__file__)
@@ -453,3 +454,14 @@ def test_decode_grid_chunk_specs():
     assert chunk_for("w1", lengths, 8, 4, 396, 10**6, cpu) == wave_chunk(lengths, 8, 1, 396, 1)
     pow2 = pow2_chunk(lengths, 8, 10**6, cpu)
     assert chunk_for("pow2", lengths, 8, 4, 396, 10**6, cpu) == pow2 and pow2 & (pow2 - 1) == 0
+
+
+def test_benchmarks_refuse_to_time_a_wrong_result():
+    from bench_util import require_agreement
+
+    a = torch.zeros(4, 8, dtype=torch.float16)
+    assert require_agreement("same", a, a.clone()) == 0.0
+    with pytest.raises(SystemExit, match="not timing a wrong result"):
+        require_agreement("off by 0.1", a, a + 0.1)
+    with pytest.raises(SystemExit, match="nan"):
+        require_agreement("nan", a, a + float("nan"))
