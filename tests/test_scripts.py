@@ -123,6 +123,15 @@ def test_serving_warmup_is_small_and_shares_no_prompt_with_the_measured_runs():
     assert warmup_workloads(args) == []
 
 
+def test_serving_check_prompts_share_no_prefix_with_the_measured_runs():
+    from bench_serving import CHECK_SEED_OFFSET, build_workloads, check_prompts, parse_args
+
+    args = parse_args(["--workloads", "shared,random,long", "--long-context", "2000"])
+    check = {tuple(p[:64]) for p in check_prompts(args.seed + CHECK_SEED_OFFSET) if len(p) >= 64}
+    measured = {tuple(r.input_ids[:64]) for w in build_workloads(args) for r in w.requests}
+    assert check and not check & measured
+
+
 def test_serving_summary_and_greedy_comparison():
     from bench_serving import RequestResult, compare_greedy, first_divergence, summarize
 
