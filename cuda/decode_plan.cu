@@ -335,7 +335,7 @@ __device__ __forceinline__ int split_part_count(bool guided, int parts, int tile
 // 0.5-1.8% faster; with 8 (a wave of 50, a quarter of a 32 x 8K batch) the even split read -2% to
 // +4% depending on the machine, and the guided one -0.2% to +3.3% over the wave-filling chunks
 // (within one wave it lost 1.6%, hence the same more-than-a-wave rule; H200,
-// benchmarks/results/h200/decode_s19).
+// docs/performance.md).
 __device__ __forceinline__ int split_items(const TablePlanArgs& a, long long wave, long long tasks, long long splittable,
                                            int parts) {
   if (wave == 0 || tasks <= wave || a.grid_work <= tasks) return 0;

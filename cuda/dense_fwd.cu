@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   // moved by each GEMM's offset (desc_advance: one add, where rebuilding a descriptor from its
   // address costs about five instructions a wgmma; 2-3% fewer in the main loop). That was
   // faster on 70 of 76 grid points, up to 7.5%, but 1-2% slower on the causal 128-row D 64
-  // kernel's points (S <= 1K; dense_ab/desc_advance_ab.json): that kernel rebuilds them.
+  // kernel's points (S <= 1K; docs/performance.md): that kernel rebuilds them.
   constexpr bool kDescAdvance = !(D == 64 && W == 2);
   const uint64_t q_desc = smem_desc_sw128(smem + S::kQ + c * 64 * kRowBytes, 16, 1024);
   const uint64_t k_desc = smem_desc_sw128(smem + S::kK, 16, 1024);
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         // pa and o are free again. ptxas moves this wait to the top of the softmax's basic block
         // (after the mask branch), and V's stage goes back right after it. A block boundary
         // holds it later: after the softmax or halfway through it, long D 128 sequences gained
-        // up to 3-6% but D 64 and S <= 1K lost 1-7% (results/h200/dense_ab/README.md).
+        // up to 3-6% but D 64 and S <= 1K lost 1-7% (docs/experiments.md).
         wgmma_wait<0>();
         fence_regs(o);
         mbar_arrive(&empty_v[gv % kStages]);

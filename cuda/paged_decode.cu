@@ -419,7 +419,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   constexpr int kChunks = Tile::kChunks;
   // Each thread copies two 16-byte columns of a tile row, so a row's slot lookup and address
   // arithmetic serve two copies: on the H200 this read 3-5% more of cuDNN's speed with 8 KV heads
-  // than one column per thread (benchmarks/results/h200/decode_kernel_ab).
+  // than one column per thread (docs/performance.md).
   constexpr int kChunksPerThread = 2;
   constexpr int kThreadsPerRow = kChunks / kChunksPerThread;
   constexpr int kRowsPerPass = kThreads / kThreadsPerRow;
@@ -469,7 +469,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   // wide multiply-add for K and one for V after a 32-bit clamp of the slot. The general path
   // below clamps in 64 bits and splits each row's slot into a page and an offset; the loop's
   // earlier form, which took that path for every pool, made the kernel execute a third more
-  // instructions (ncu: 1,010 M against 763 M, benchmarks/results/h200/decode_s20).
+  // instructions (ncu: 1,010 M against 763 M, docs/performance.md).
   const bool linear_rows = p.linear_rows;
   const int row_bytes = (int)(p.kv_stride_tok * sizeof(T));
   const int last_slot = (int)min(p.num_slots - 1, (int64_t)INT_MAX);

@@ -60,7 +60,7 @@ def serialized_wgmma_kernels(sass: str) -> List[str]:
     results) stands between every two of them. ptxas does that when it cannot follow the
     accumulators through the kernel's control flow (C7519/C7520 in its output, though not
     always); our attention tiles chain 4 to 8 k-steps per wait, and the kernel runs 30-40%
-    slower when they are serialized (benchmarks/results/h200/dense_ab/README.md, session 14)."""
+    slower when they are serialized (docs/performance.md)."""
     found = []
     for name, lines in sass_functions(sass).items():
         run, longest, count = 0, 0, 0

@@ -94,7 +94,7 @@ struct TablePlanArgs {
   // tasks leave the last wave of resident_ctas at least kWaveFillNum / kWaveFillDen full, and
   // no shorter than half the power-of-two choice. Why: a last wave on a part of the GPU costs up
   // to 10% with 8 KV heads, and a task's start-up argues against simply shorter chunks
-  // (benchmarks/results/h200/decode_waves_s17).
+  // (docs/performance.md).
   int wave_max_chunk;
 };
 

@@ -24,7 +24,7 @@ struct DenseShape {
   static_assert(W == 2 || W == 3, "two or three consumer warpgroups");
   // the pool setmaxnreg redistributes is what the launch gave the CTA: 65536 / kThreads rounded
   // down to 8, times kThreads (64,512 at 384 threads); a consumer's setmaxnreg.inc past it waits
-  // forever (benchmarks/results/h200/dense_s21)
+  // forever
   static_assert(128 * kProducerRegs + 128 * W * kConsumerRegs <= 65536 / kThreads / 8 * 8 * kThreads, "register file");
 };
 
