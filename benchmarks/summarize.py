@@ -158,6 +158,8 @@ def decode_page(data: Dict) -> Tuple[List[str], List[str]]:
 def extend_baseline(rows: List[Dict]) -> Tuple[str, str]:
     """(label, ratio column) of the extend table's baseline: cuDNN where the run named it, else the
     unnamed SDPA of older runs (FlashAttention-2 or memory-efficient, never cuDNN)."""
+    if any("backend_over_best_plus_gather" in r for r in rows):
+        return "best of cuDNN/FA2", "backend_over_best_plus_gather"
     if any("backend_over_cudnn_plus_gather" in r for r in rows):
         return "cuDNN", "backend_over_cudnn_plus_gather"
     return "SDPA (FA2/efficient)", "backend_over_sdpa_plus_gather"
@@ -180,8 +182,13 @@ def extend_page(data: Dict) -> Tuple[List[str], List[str]]:
     cols = [("page", "page"), ("B", "B"), ("L", "L"), ("prefix", "prefix"), ("new", "new"),
             ("backend ms", lambda r: fmt(r["backend_ms"], 3)), ("backend TF", lambda r: fmt(r["backend_TF"], 0)),
             ("plan ms", lambda r: fmt(r["plan_ms"], 3)), ("our dense TF", lambda r: fmt(r["dense_TF"], 0)),
-            ("backend/dense", "backend_over_dense"), (f"{name} TF", lambda r: fmt(r.get(tf), 0)),
-            (f"({name}+gather)/backend", lambda r: fmt(r.get(ratio), 2))]
+            ("backend/dense", "backend_over_dense")]
+    if ratio == "backend_over_best_plus_gather":
+        cols += [("cuDNN TF", lambda r: fmt(r.get("cudnn_TF"), 0)), ("FA2 TF", lambda r: fmt(r.get("fa2_TF"), 0)),
+                 ("best", "best"), ("shared/distinct", lambda r: fmt(r.get("shared_speedup"), 2))]
+    else:
+        cols += [(f"{name} TF", lambda r: fmt(r.get(tf), 0))]
+    cols += [(f"({name}+gather)/backend", lambda r: fmt(r.get(ratio), 2))]
     return summary, table(rows, cols)
 
 
