@@ -107,7 +107,7 @@ def gather() -> Facts:
     from torch.utils.cpp_extension import is_ninja_available
 
     # the cache and the build's source hash, never the extension (tests/test_doctor.py checks)
-    import sglang_flashcore._jit as jit
+    from . import _jit as jit  # build facts only (paths, hashes, nvcc): it never loads the extension
     from . import config
     from .plugin import SUPPORTED_SGLANG
 
