@@ -245,3 +245,19 @@ def test_cuda_graph_buffers_refuse_an_oversized_batch():
     fixture.backend.init_cuda_graph_state(max_bs=2, max_num_tokens=2)
     with pytest.raises(ValueError, match="CUDA-graph batch of 3 requests exceeds the 2 sized at init_cuda_graph_state"):
         fixture.backend.init_forward_metadata_out_graph(fixture.forward_batch, in_capture=True)
+
+
+@pytest.mark.parametrize("capture_bs", [4, 8])
+@pytest.mark.parametrize("case", [c for c in kit.make_dense_cases(NAME) if c.forward_mode.is_decode()],
+                         ids=lambda c: c.name)
+def test_kit_cuda_graph_decode_runner_replays_padded_batches(case, capture_bs):
+    """SGLang's CUDA-graph decode runner mode on CPU: it captures at ``capture_bs`` requests and
+    replays a different batch padded up to it, whose output must match the reference (stale
+    buffers from the capture would not)."""
+    from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_runner as cg_runner
+
+    with torch.no_grad():
+        cg_runner.run_dense_cuda_graph_decode_case(
+            _NoSkip(), case, device="cpu", dtype=torch.float32,
+            cuda_graph_capture_batch_size=max(capture_bs, case.batch_size),
+        )
