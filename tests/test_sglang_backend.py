@@ -254,7 +254,12 @@ def test_kit_cuda_graph_decode_runner_replays_padded_batches(case, capture_bs):
     """SGLang's CUDA-graph decode runner mode on CPU: it captures at ``capture_bs`` requests and
     replays a different batch padded up to it, whose output must match the reference (stale
     buffers from the capture would not)."""
-    from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_runner as cg_runner
+    try:
+        from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_runner as cg_runner
+    except ImportError as exc:  # SGLang 0.5.17's runner modes load sgl_kernel, which needs libcuda
+        if torch.cuda.is_available():
+            raise
+        pytest.skip(f"this SGLang's kit runner modes do not import without a GPU: {str(exc).strip()[:200]}")
 
     with torch.no_grad():
         cg_runner.run_dense_cuda_graph_decode_case(
