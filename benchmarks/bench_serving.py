@@ -13,7 +13,7 @@ token-id requests), then:
   latency, time to first token; and ours over each other backend.
 
 Order matters on a fresh machine: there the first server started reads 12-14% slower on the
-shared workload than the same server started again (H200, session 12: 4710 vs 5515 tokens/s, TTFT
+shared workload than the same server started again (H200: 4710 vs 5515 tokens/s, TTFT
 625 vs 374 ms), even after the per-server warm-up (``--warmup-requests``). ``--prime`` first starts
 the first backend's server once, unmeasured, so that every measured server finds a warm box.
 
@@ -374,7 +374,7 @@ def parse_args(argv=None):
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="no run: combine the --json files of runs made one backend at a time (same box session)")
+                   help="no run: combine the --json files of runs made one backend at a time (the same warm machine)")
     return p.parse_args(argv)
 
 

@@ -15,7 +15,6 @@ It never loads the compiled extension; it only looks at where it would come from
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import sys
