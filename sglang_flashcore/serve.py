@@ -2,8 +2,10 @@
 
 With no ``--model-path`` it serves the tiny Llama config shipped in ``configs/tiny_llama`` with
 dummy weights (``--load-format dummy``) and no tokenizer (``--skip-tokenizer-init``: send token
-ids), so nothing is downloaded. Every other argument goes to ``sglang.launch_server`` unchanged.
-``--dry-run`` prints the command instead of running it.
+ids), so nothing is downloaded; ``--shipped-config NAME`` picks another config of ``configs/``. Every
+other argument goes to ``sglang.launch_server`` unchanged (SGLang's own ``--config`` YAML file too);
+attention-backend flags may only name ``flashcore_sparse``. ``--dry-run`` prints the command instead
+of running it.
 """
 
 from __future__ import annotations
@@ -32,27 +34,62 @@ def _has(args: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
+# SGLang's flags that pick an attention backend: all of them must name ours (or be left out)
+BACKEND_FLAGS = ("--attention-backend", "--decode-attention-backend", "--prefill-attention-backend")
+
+
+def _flag_values(args: Sequence[str], flag: str) -> List[Optional[str]]:
+    """Every value given to ``flag`` (``--flag v`` or ``--flag=v``; None when it has no value)."""
+    values = []
+    for i, a in enumerate(args):
+        if a == flag:
+            values.append(args[i + 1] if i + 1 < len(args) else None)
+        elif a.startswith(flag + "="):
+            values.append(a.split("=", 1)[1])
+    return values
+
+
+def _without_flag(args: Sequence[str], flag: str) -> List[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def build_command(argv: Sequence[str]) -> Tuple[List[str], bool]:
-    """The ``sglang.launch_server`` command line for our arguments, and whether it is a dry run."""
+    """The ``sglang.launch_server`` command line for our arguments, and whether it is a dry run.
+    A bad argument is a usage error (``SystemExit(2)`` with one line), before anything starts."""
     parser = argparse.ArgumentParser(prog="python -m sglang_flashcore.serve", add_help=True,
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", default=None,
                         help=f"model folder or hub id (default: the shipped {DEFAULT_MODEL} config, dummy weights)")
-    parser.add_argument("--config", default=None, help="a config shipped in configs/ (e.g. llama3_8b), dummy weights")
+    # not --config: SGLang's own --config (a YAML file of server arguments) passes through unchanged
+    parser.add_argument("--shipped-config", default=None,
+                        help="a model config shipped in configs/ (e.g. llama3_8b), served with dummy weights")
     parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
     ours, rest = parser.parse_known_args(list(argv))
-    if _has(rest, "--attention-backend"):
-        value = next((a.split("=", 1)[1] if "=" in a else rest[i + 1]
-                      for i, a in enumerate(rest) if a.startswith("--attention-backend")), None)
-        if value != BACKEND:
-            parser.error(f"--attention-backend: this wrapper always serves {BACKEND}; got {value!r}. "
+    for flag in BACKEND_FLAGS:
+        values = _flag_values(rest, flag)
+        wrong = [v for v in values if v != BACKEND]
+        if wrong:
+            parser.error(f"{flag}: this wrapper always serves {BACKEND}; got {wrong[0]!r}. "
                          f"Run `python -m sglang.launch_server` directly for other backends.")
-        rest = [a for i, a in enumerate(rest) if not (a.startswith("--attention-backend")
-                or (i > 0 and rest[i - 1] == "--attention-backend"))]
-    if ours.model_path and ours.config:
-        parser.error("--model-path and --config: give one of them")
+        if flag == "--attention-backend":
+            rest = _without_flag(rest, flag)
+    if ours.model_path is not None and not ours.model_path.strip():
+        parser.error("--model-path: expected a model folder or hub id, got an empty value")
+    if ours.model_path and ours.shipped_config:
+        parser.error("--model-path and --shipped-config: give one of them")
     shipped = ours.model_path is None
-    model = ours.model_path or config_dir(ours.config or DEFAULT_MODEL)
+    try:
+        model = ours.model_path or config_dir(ours.shipped_config or DEFAULT_MODEL)
+    except FileNotFoundError as exc:
+        parser.error(f"--shipped-config: {exc}")
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--attention-backend", BACKEND]
     if shipped:  # an architecture-only config: random weights, token-id requests
         if not _has(rest, "--load-format"):

@@ -26,7 +26,7 @@ def test_user_arguments_pass_through_and_a_real_model_gets_no_dummy_defaults():
     assert cmd[cmd.index("--model-path") + 1] == "/models/x"
     assert "--load-format" not in cmd and "--skip-tokenizer-init" not in cmd
     assert cmd[-4:] == ["--port", "30001", "--tp", "1"]
-    cmd, _ = build_command(["--config", "llama3_8b", "--load-format", "dummy"])
+    cmd, _ = build_command(["--shipped-config", "llama3_8b", "--load-format", "dummy"])
     assert cmd.count("--load-format") == 1
     cfg = json.load(open(os.path.join(config_dir("llama3_8b"), "config.json")))
     assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (32, 32, 8, 128)
@@ -35,12 +35,31 @@ def test_user_arguments_pass_through_and_a_real_model_gets_no_dummy_defaults():
 def test_attention_backend_is_ours_only():
     cmd, _ = build_command(["--attention-backend", "flashcore_sparse"])
     assert cmd.count("--attention-backend") == 1
-    with pytest.raises(SystemExit):
-        build_command(["--attention-backend", "triton"])
-    with pytest.raises(SystemExit):
-        build_command(["--model-path", "a", "--config", "tiny_llama"])
-    with pytest.raises(FileNotFoundError, match="no shipped model config named 'nope'"):
-        build_command(["--config", "nope"])
+    cmd, _ = build_command(["--decode-attention-backend=flashcore_sparse"])
+    assert "--decode-attention-backend=flashcore_sparse" in cmd
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--attention-backend", "triton"], "--attention-backend: this wrapper always serves flashcore_sparse; got 'triton'"),
+    (["--attention-backend", "flashcore_sparse", "--attention-backend=triton"], "got 'triton'"),
+    (["--decode-attention-backend", "triton"], "--decode-attention-backend: this wrapper always serves"),
+    (["--prefill-attention-backend=fa3"], "--prefill-attention-backend: this wrapper always serves"),
+    (["--model-path", "a", "--shipped-config", "tiny_llama"], "give one of them"),
+    (["--shipped-config", "nope"], "--shipped-config: no shipped model config named 'nope'"),
+    (["--model-path="], "--model-path: expected a model folder or hub id"),
+])
+def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_command(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m sglang_flashcore.serve: error:")
+
+
+def test_sglang_config_file_passes_through():
+    cmd, _ = build_command(["--config", "server.yaml", "--port", "1"])
+    assert cmd[-4:] == ["--config", "server.yaml", "--port", "1"]
+    assert cmd[cmd.index("--model-path") + 1] == config_dir("tiny_llama")
 
 
 def test_dry_run_prints_the_command(capsys):
