@@ -281,8 +281,9 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
                                           prefix_lens, cu_seqlens_q, page_size, softmax_scale)
     layout = ops.layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens)
     table, rows, prefix = layout.page_table()
+    ext = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     pre_host = [int(x) for x in prefix.tolist()]
-    ext_host = [int(x) for x in (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist()]
+    ext_host = [int(x) for x in ext.tolist()]
     width = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
     if width > table.shape[1]:  # room for the new tokens' positions (their slots come from out_cache_loc)
         table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
@@ -290,6 +291,6 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
              and pages_in_place(table, prefix, page_size))
     total_q = q.shape[0]
     placeholder_slots = torch.zeros(total_q, dtype=torch.int64, device=q.device)  # replaced by k_new/v_new
-    plan = plan_extend(table, rows, prefix, cu_seqlens_q[1:] - cu_seqlens_q[:-1], placeholder_slots,
+    plan = plan_extend(table, rows, prefix, ext, placeholder_slots,
                        prefix_lens_cpu=pre_host, extend_lens_cpu=ext_host, page_size=page_size, paged=paged)
     return extend_attention(q, k_new, v_new, k_cache, v_cache, plan, softmax_scale, new_kv_in_cache=False)

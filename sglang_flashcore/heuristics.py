@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 # ---------------------------------------------------------------- mirrored in heuristics.h
-DECODE_MAX_CHUNK_TOKENS = 1024  # tokens of one work item of a SharingPlan (its chunk bound)
+DECODE_MAX_CHUNK_TOKENS = 1024  # the largest page size the decode bindings take; the automatic chunk is twice it at most
 DECODE_TILE_TOKENS = 64  # tokens per pipeline stage of the decode kernel; the tail split cuts between tiles
 DECODE_ROWS_PER_TASK = 32  # query rows (readers x GQA group) of one decode CTA
 DECODE_CTAS_PER_SM = 3  # resident decode CTAs per SM: the fixed grid is this times the SM count
@@ -85,16 +85,6 @@ def target_chunks(num_kv_heads: int, device: torch.device) -> int:
     over all KV heads."""
     ctas = TARGET_WAVES * TARGET_CTAS_PER_SM * num_sms(device)
     return -(-ctas // max(num_kv_heads, 1))
-
-
-def auto_chunk_tokens(tokens: int, page_size: int, num_kv_heads: int, device: torch.device) -> int:
-    """A SharingPlan's chunk for ``tokens`` requested tokens (host numbers only): the largest power of
-    two up to DECODE_MAX_CHUNK_TOKENS that still gives the policy's target of chunks."""
-    target = target_chunks(num_kv_heads, device)
-    chunk = DECODE_MAX_CHUNK_TOKENS
-    while chunk > MIN_CHUNK_TOKENS and tokens < target * chunk:
-        chunk //= 2
-    return max(chunk, min(page_size, DECODE_MAX_CHUNK_TOKENS))
 
 
 def wave_tasks(resident_ctas: int, num_kv_heads: int) -> int:
