@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -70,9 +71,10 @@ void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* name) {
 
 void check_rows_16b(const at::Tensor& t, const char* name) {
   FC_CHECK(t.stride(-1) == 1, name, ": expected the last dimension contiguous, got strides ", t.strides());
+  const int64_t per_16b = 16 / (int64_t)t.element_size();
   for (int64_t i = 0; i + 1 < t.dim(); ++i)
-    FC_CHECK(t.size(i) <= 1 || t.stride(i) % 8 == 0, name, ": stride ", t.stride(i), " of dim ", i,
-             " must be a multiple of 8 elements (16-byte rows)");
+    FC_CHECK(t.size(i) <= 1 || t.stride(i) % per_16b == 0, name, ": stride ", t.stride(i), " of dim ", i,
+             " must be a multiple of ", per_16b, " elements (16-byte rows)");
   FC_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": data must be 16-byte aligned");
 }
 
@@ -83,15 +85,26 @@ const int* index_ptr(const at::Tensor& t, const at::Tensor& like, const char* na
   return t.data_ptr<int>();
 }
 
+// The decode kernel's code for a pool's element type: q's own, or an FP8 format.
+int kv_dtype_code(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  FC_CHECK(k.scalar_type() == v.scalar_type(), "k_cache/v_cache: expected one dtype, got ", k.scalar_type(), " and ",
+           v.scalar_type());
+  if (k.scalar_type() == q.scalar_type()) return flashcore::kDecodeKvSameAsQuery;
+  if (k.scalar_type() == at::kFloat8_e4m3fn) return flashcore::kDecodeKvFp8E4m3;
+  if (k.scalar_type() == at::kFloat8_e5m2) return flashcore::kDecodeKvFp8E5m2;
+  FC_CHECK(false, "k_cache/v_cache: expected dtype ", q.scalar_type(), ", float8_e4m3fn or float8_e5m2, got ",
+           k.scalar_type());
+  return -1;
+}
+
 // Checks q and the pools and fills the launch parameters they determine.
 flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                         int64_t page_size, double scale, int* dtype) {
+                                         int64_t page_size, double scale, int* dtype, int* kv_dtype) {
   check_cuda(q, q, "q");
   check_cuda(k, q, "k_cache");
   check_cuda(v, q, "v_cache");
   *dtype = dtype_code(q, "q");
-  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-           "k_cache/v_cache: expected dtype ", q.scalar_type());
+  *kv_dtype = kv_dtype_code(q, k, v);
   FC_CHECK(q.dim() == 3, "q: expected [B, Hq, D], got ", q.sizes());
   FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
   FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
@@ -104,7 +117,8 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   check_rows_16b(q, "q");
   check_rows_16b(k, "k_cache");
   check_rows_16b(v, "v_cache");
-  FC_CHECK((k.numel() + 7) / 8 <= (int64_t)UINT32_MAX, "k_cache: pools over 2^35 elements are not supported");
+  FC_CHECK((k.numel() * (int64_t)k.element_size() + 15) / 16 <= (int64_t)UINT32_MAX,
+           "k_cache: pools over 2^36 bytes are not supported");
 
   flashcore::PagedDecodeParams p{};
   p.q = q.data_ptr();
@@ -130,6 +144,7 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   p.num_kv_heads = (int)Hkv;
   p.group = (int)(Hq / Hkv);
   p.scale_log2 = (float)(scale * 1.4426950408889634);
+  p.v_scale = 1.f;
   p.batch = (int)q.size(0);
   return p;
 }
@@ -189,7 +204,7 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
                        const at::Tensor& ints, const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
                        int64_t group, int64_t fixed_chunk, int64_t min_chunk, int64_t max_auto_chunk,
                        int64_t target_items, int64_t num_kv_heads, int64_t grid_work, int64_t split_parts,
-                       int64_t wave_max_chunk) {
+                       int64_t wave_max_chunk, bool share) {
   flashcore::TablePlanArgs a{};
   fill_page_table(a, req_to_token, req_pool_indices, seq_lens);
   FC_CHECK(seq_lens.numel() <= max_batch, "seq_lens: ", seq_lens.numel(), " requests, the planner holds ", max_batch);
@@ -205,6 +220,7 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
   a.group = (int)group;
   a.rows_per_task = flashcore::kDecodeRowsPerCta;
   a.fixed_chunk = (int)fixed_chunk;
+  a.share = share;
   a.min_chunk = (int)min_chunk;
   a.max_auto_chunk = (int)max_auto_chunk;
   a.target_items = target_items;
@@ -220,8 +236,9 @@ void plan_decode_table(const at::Tensor& req_to_token, const at::Tensor& req_poo
   FC_CHECK_CUDA(err, "decode planner launch");
 }
 
-std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at::Tensor& q, int dtype,
-                                      float* partial_o, float* partial_lse) {
+std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at::Tensor& q, const at::Tensor& k,
+                                      int dtype, int kv_dtype, float* partial_o, float* partial_lse,
+                                      bool fixed_merge) {
   auto out = at::empty_like(q);
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   p.partial_o = partial_o;
@@ -231,15 +248,17 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   // more blocks resident (H200: 16 groups read 3-4% faster at 2-4 requests, 1-2.5% slower at
   // 32-64).
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.merge_groups = q.size(0) * q.size(1) <= flashcore::kDecodeMergeFewBlocksPerSm * sms ? flashcore::kDecodeMergeGroupsFew
-                                                                                        : flashcore::kDecodeMergeGroupsMany;
+  // (fixed_merge: one merge shape for every batch, so a request's sum order never depends on it)
+  p.merge_groups = !fixed_merge && q.size(0) * q.size(1) <= flashcore::kDecodeMergeFewBlocksPerSm * sms
+                       ? flashcore::kDecodeMergeGroupsFew
+                       : flashcore::kDecodeMergeGroupsMany;
   // SGLang's pool: the copy loop's short address path (a row's bytes fit 32 bits)
-  p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)q.element_size() <= INT32_MAX;
+  p.linear_rows = p.slots_linear && p.kv_stride_tok * (int64_t)k.element_size() <= INT32_MAX;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
   p.out_stride_h = out.stride(1);
-  cudaError_t err = flashcore::paged_decode_launch(p, dtype, (int)q.size(2), at::cuda::getCurrentCUDAStream());
+  cudaError_t err = flashcore::paged_decode_launch(p, dtype, kv_dtype, (int)q.size(2), at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "paged_decode launch");
   return {out, lse};
 }
@@ -269,9 +288,13 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
                                            const at::Tensor& req_to_token, const at::Tensor& ints,
                                            const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
                                            int64_t page_size, double scale, const at::Tensor& partial_o,
-                                           const at::Tensor& partial_lse, int64_t grid_work) {
-  int dtype;
-  auto p = pool_params(q, k, v, page_size, scale, &dtype);
+                                           const at::Tensor& partial_lse, int64_t grid_work, double k_scale,
+                                           double v_scale, bool fixed_merge) {
+  int dtype, kv_dtype;
+  FC_CHECK(std::isfinite(k_scale) && k_scale > 0 && std::isfinite(v_scale) && v_scale > 0,
+           "k_scale/v_scale: expected finite positive dequantization scales, got ", k_scale, " and ", v_scale);
+  auto p = pool_params(q, k, v, page_size, scale * k_scale, &dtype, &kv_dtype);
+  p.v_scale = (float)v_scale;
   check_cuda(req_to_token, q, "req_to_token");
   FC_CHECK(req_to_token.scalar_type() == at::kInt && req_to_token.dim() == 2 && req_to_token.stride(1) == 1,
            "req_to_token: the decode kernel reads int32 slots in contiguous rows, got ", req_to_token.scalar_type(),
@@ -302,7 +325,8 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   p.max_rows = (int)std::min<int64_t>(std::max<int64_t>(q.size(0) * p.group, 1), flashcore::kDecodeRowsPerCta);
   p.grid_work = (int)std::max<int64_t>(grid_work, 1);
   const at::cuda::CUDAGuard guard(q.device());
-  return launch_decode(p, q, dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>());
+  return launch_decode(p, q, k, dtype, kv_dtype, partial_o.data_ptr<float>(), partial_lse.data_ptr<float>(),
+                       fixed_merge);
 }
 
 // The dense kernel's claim counter for the current stream (int[2], zeroed once): each launch

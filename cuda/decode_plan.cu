@@ -265,7 +265,7 @@ __global__ void plan_leaders_kernel(const TablePlanArgs a, const TablePlanBuffer
   for (int i = (blockIdx.x * blockDim.x + threadIdx.x) / 32; i < P; i += warps) {
     const int cand = buf.hash_min_chunk[buf.chunk_hash_slot[i]];
     int leader = i;
-    if (cand != i) {
+    if (cand != i && a.share) {
       const Chunk mine = load_chunk(a, buf, i, buf.chunk_request[i]);
       const Chunk theirs = load_chunk(a, buf, cand, buf.chunk_request[cand]);
       // (warp-uniform loop: every lane votes each round)

@@ -15,6 +15,7 @@
 #include <float.h>
 #include <limits.h>
 
+#include "flashcore/fp8.cuh"
 #include "flashcore/mma.cuh"
 #include "flashcore/paged_decode.h"
 
@@ -27,16 +28,21 @@ constexpr int kStages = 2;
 constexpr int kRowTile = 16;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Shared memory: the K/V ring, then one 16-row Q tile per row tile the launch can need (so a
-// launch without sharing fits three CTAs per SM).
-template <int D>
+// Shared memory: the K/V ring as loaded (TKV), for an FP8 pool one K/V tile widened to the
+// model's 16-bit type, then one 16-row Q tile per row tile the launch can need (so a launch
+// without sharing fits three CTAs per SM; an FP8 pool's ring and widened tile take the bytes of
+// a 16-bit ring).
+template <int D, typename TKV>
 struct DecodeSmem {
-  static constexpr int kKvElems = kStages * 2 * kTileN * D;
+  static constexpr int kTileBytes = kTileN * D * (int)sizeof(TKV);  // one K or V tile as loaded
+  static constexpr int kRingBytes = kStages * 2 * kTileBytes;
+  static constexpr int kWidenedBytes = kIsFp8<TKV> ? 2 * kTileN * D * 2 : 0;
+  static constexpr int kQOffset = kRingBytes + kWidenedBytes;
   static __host__ __device__ int q_tiles(int max_rows) {
     return min(kDecodeRowsPerCta / kRowTile, (max_rows + kRowTile - 1) / kRowTile);
   }
   static __host__ __device__ size_t bytes(int max_rows) {
-    return (size_t)(kKvElems + q_tiles(max_rows) * kRowTile * D) * 2;
+    return (size_t)kQOffset + (size_t)q_tiles(max_rows) * kRowTile * D * 2;
   }
 };
 
@@ -327,10 +333,10 @@ __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const 
     }
     const int part = partial_index(p, s.r0, row, part_of_item);
     const int qh = h * p.group + row % p.group;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = l != 0.f ? p.v_scale / l : 0.f;  // (a NaN sum stays NaN)
     *reinterpret_cast<float4*>(p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D + d0) =
         make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (d0 == 0) p.partial_lse[(int64_t)part * p.num_q_heads + qh] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
+    if (d0 == 0) p.partial_lse[(int64_t)part * p.num_q_heads + qh] = l != 0.f ? m * kLn2 + logf(l) : -INFINITY;
   }
 }
 
@@ -398,7 +404,7 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
     if (row >= s.rows) continue;
     int part = partial_index(p, s.r0, row, part_of_item);
     int qh = h * p.group + row % p.group;
-    float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
+    float inv = st.l[r] != 0.f ? p.v_scale / st.l[r] : 0.f;  // (a NaN sum stays NaN)
     float* dst = p.partial_o + ((int64_t)part * p.num_q_heads + qh) * D;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
@@ -406,17 +412,41 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
       *reinterpret_cast<float2*>(dst + j * 8 + 2 * (lane % 4)) = val;
     }
     if (lane % 4 == 0)
-      p.partial_lse[(int64_t)part * p.num_q_heads + qh] = st.l[r] > 0.f ? st.m[r] * kLn2 + logf(st.l[r]) : -INFINITY;
+      p.partial_lse[(int64_t)part * p.num_q_heads + qh] = st.l[r] != 0.f ? st.m[r] * kLn2 + logf(st.l[r]) : -INFINITY;
+  }
+}
+
+// An FP8 K/V tile pair of the ring (row-major, D bytes a row) widened into the swizzled 16-bit
+// tiles the MMA loops read: each thread widens 16-byte chunks (16 values) into two 16-byte chunks.
+template <typename T, typename TKV, int D>
+__device__ __forceinline__ void widen_tiles(const unsigned char* ring_stage, T* widened) {
+  using Tile = SwizzledTile<D>;
+  constexpr int kChunksPerRow = D / 16;
+  constexpr int kChunksPerTile = kTileN * kChunksPerRow;
+  for (int i = threadIdx.x; i < 2 * kChunksPerTile; i += kThreads) {
+    const int kv = i / kChunksPerTile, r = (i % kChunksPerTile) / kChunksPerRow, c = i % kChunksPerRow;
+    const uint4 raw = *reinterpret_cast<const uint4*>(ring_stage + kv * kTileN * D + r * D + c * 16);
+    uint4 a, b;
+    widen_fp8x4<T, TKV>(raw.x, a.x, a.y);
+    widen_fp8x4<T, TKV>(raw.y, a.z, a.w);
+    widen_fp8x4<T, TKV>(raw.z, b.x, b.y);
+    widen_fp8x4<T, TKV>(raw.w, b.z, b.w);
+    T* tile = widened + kv * kTileN * D;
+    *reinterpret_cast<uint4*>(tile + Tile::offset(r, c * 16)) = a;
+    *reinterpret_cast<uint4*>(tile + Tile::offset(r, c * 16 + 8)) = b;
   }
 }
 
 // One task of a work item (kDecodeRowsPerCta rows, or one part of a one-reader item that the
-// tail split cut; see PagedDecodeParams::chunk_partial) for KV head h.
-template <typename T, int D>
+// tail split cut; see PagedDecodeParams::chunk_partial) for KV head h. TKV: the pool's element
+// type, T or an FP8 type (loaded as is, widened in shared memory tile by tile).
+template <typename T, typename TKV, int D>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
                                                  const int task_rows, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
-  constexpr int kChunks = Tile::kChunks;
+  using Smem = DecodeSmem<D, TKV>;
+  constexpr bool kFp8 = kIsFp8<TKV>;
+  constexpr int kChunks = D * (int)sizeof(TKV) / 16;  // 16-byte chunks of a K/V row as loaded
   // Each thread copies two 16-byte columns of a tile row, so a row's slot lookup and address
   // arithmetic serve two copies: on the H200 this read 3-5% more of cuDNN's speed with 8 KV heads
   // than one column per thread (docs/performance.md).
@@ -424,8 +454,8 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   constexpr int kThreadsPerRow = kChunks / kChunksPerThread;
   constexpr int kRowsPerPass = kThreads / kThreadsPerRow;
   constexpr int kRowsPerThread = kTileN / kRowsPerPass;  // tile rows each thread copies
-  T* kv_smem = reinterpret_cast<T*>(smem_raw);
-  T* q_smem = kv_smem + DecodeSmem<D>::kKvElems;
+  T* widened = reinterpret_cast<T*>(smem_raw + Smem::kRingBytes);  // FP8 pools: the tiles the MMAs read
+  T* q_smem = reinterpret_cast<T*>(smem_raw + Smem::kQOffset);
 
   const int row_base = max(task_rows, 0);
   const RowSplit s = row_split(p, w, row_base);
@@ -450,8 +480,8 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   const int* slots = p.req_to_token + (int64_t)p.work_row[w] * p.r2t_stride + p.work_pos0[w] + first;
   load_query_rows<T, D>(p, s, h, row_base, q_smem);
 
-  const T* kg = reinterpret_cast<const T*>(p.k) + (int64_t)h * p.kv_stride_head;
-  const T* vg = reinterpret_cast<const T*>(p.v) + (int64_t)h * p.kv_stride_head;
+  const TKV* kg = reinterpret_cast<const TKV*>(p.k) + (int64_t)h * p.kv_stride_head;
+  const TKV* vg = reinterpret_cast<const TKV*>(p.v) + (int64_t)h * p.kv_stride_head;
   const int ntiles = (ntok + kTileN - 1) / kTileN;
   // Thread i copies 16-byte columns i % kThreadsPerRow + j * kThreadsPerRow of tile rows
   // i / kThreadsPerRow + k * kRowsPerPass (one copy instruction covers whole 128-byte lines).
@@ -471,13 +501,16 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   // earlier form, which took that path for every pool, made the kernel execute a third more
   // instructions (ncu: 1,010 M against 763 M, docs/performance.md).
   const bool linear_rows = p.linear_rows;
-  const int row_bytes = (int)(p.kv_stride_tok * sizeof(T));
+  const int row_bytes = (int)(p.kv_stride_tok * sizeof(TKV));
   const int last_slot = (int)min(p.num_slots - 1, (int64_t)INT_MAX);
   const char* k_col = reinterpret_cast<const char*>(kg) + my_c * 16;
   const char* v_col = reinterpret_cast<const char*>(vg) + my_c * 16;
+  // a 16-byte chunk's byte offset in a K or V tile: swizzled 16-bit rows (read by ldmatrix), or
+  // plain FP8 rows (read once by widen_tiles)
+  auto chunk_at = [](int r, int chunk) { return kFp8 ? r * D + chunk * 16 : Tile::offset(r, chunk * 8) * 2; };
   auto load_tile = [&](int tile) {
-    T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
-    T* vs = ks + kTileN * D;
+    unsigned char* ks = smem_raw + (tile % kStages) * 2 * Smem::kTileBytes;
+    unsigned char* vs = ks + Smem::kTileBytes;
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
       const int r = my_r + k * kRowsPerPass;
@@ -488,15 +521,15 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
         const uint32_t slot = (uint32_t)min(max(next_slot[k], 0), last_slot);  // (a 32 x 32-bit wide multiply)
         off = (int64_t)((uint64_t)slot * (uint32_t)row_bytes);
       } else {
-        off = t < ntok ? slot_offset(p, next_slot[k]) * (int64_t)sizeof(T) : 0;
+        off = t < ntok ? slot_offset(p, next_slot[k]) * (int64_t)sizeof(TKV) : 0;
       }
       const char* k_row = k_col + off;
       const char* v_row = v_col + off;
 #pragma unroll
       for (int j = 0; j < kChunksPerThread; ++j) {
-        const int col = (my_c + j * kThreadsPerRow) * 8;
-        cp_async_16(ks + Tile::offset(r, col), k_row + j * kThreadsPerRow * 16, bytes);
-        cp_async_16(vs + Tile::offset(r, col), v_row + j * kThreadsPerRow * 16, bytes);
+        const int at = chunk_at(r, my_c + j * kThreadsPerRow);
+        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, bytes);
+        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, bytes);
       }
     }
   };
@@ -514,12 +547,18 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
-      const T* ks = kv_smem + (tile % kStages) * 2 * kTileN * D;
-      attend(tile, ks, ks + kTileN * D);
-      __syncthreads();  // the stage is reloaded next iteration
+      const unsigned char* stage = smem_raw + (tile % kStages) * 2 * Smem::kTileBytes;
+      if constexpr (kFp8) {
+        widen_tiles<T, TKV, D>(stage, widened);
+        __syncthreads();
+        attend(tile, widened, widened + kTileN * D);
+      } else {
+        attend(tile, reinterpret_cast<const T*>(stage), reinterpret_cast<const T*>(stage + Smem::kTileBytes));
+      }
+      __syncthreads();  // the stage (and the widened tiles) are rewritten next iteration
     }
   };
-  // (after the stream the K/V ring is free: the finishing merge's scratch)
+  // (after the stream the K/V ring, and the widened tiles, are free: the finishing merge's scratch)
   float* scratch = reinterpret_cast<float*>(smem_raw);
   if (s.rows <= kDecodeNarrowRows) {  // one task holds the item's rows: row_base is 0
     NarrowState<D> st;
@@ -550,7 +589,7 @@ __device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait
 // the grid's fastest index (blockIdx.x), so the CTAs resident at one time read every head of
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
-template <typename T, int D>
+template <typename T, typename TKV, int D>
 __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   allow_merge_launch();
@@ -559,7 +598,7 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table
   const int first = blockIdx.y;
   const int stride = gridDim.y;
   for (int t = first; t < num_tasks; t += stride) {
-    decode_work_item<T, D>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
+    decode_work_item<T, TKV, D>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
     __syncthreads();
   }
 }
@@ -587,16 +626,18 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
   auto part_at = [](int i) -> int64_t { return i; };
   auto lse_at = [&](int i) { return lse_col[part_at(i) * p.num_q_heads]; };
 
-  // pass 1: the block's largest LSE
+  // pass 1: the block's largest LSE; a NaN partial (NaN or +inf scores) makes it NaN, and so the
+  // output and LSE (fmaxf alone would drop it and, were every partial NaN, return an empty row)
+  auto nan_max = [](float a, float b) { return a != a || b != b ? __int_as_float(0x7fffffff) : fmaxf(a, b); };
   float m = -INFINITY;
-  for (int i = i0 + g * kLanes + x; i < i1; i += kLanes * kMergeSplit) m = fmaxf(m, lse_at(i));
+  for (int i = i0 + g * kLanes + x; i < i1; i += kLanes * kMergeSplit) m = nan_max(m, lse_at(i));
 #pragma unroll
-  for (int off = kLanes / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off, kLanes));
+  for (int off = kLanes / 2; off > 0; off /= 2) m = nan_max(m, __shfl_xor_sync(0xffffffff, m, off, kLanes));
   if (x == 0) s_m[g] = m;
   __syncthreads();
   m = s_m[0];
 #pragma unroll
-  for (int j = 1; j < kMergeSplit; ++j) m = fmaxf(m, s_m[j]);
+  for (int j = 1; j < kMergeSplit; ++j) m = nan_max(m, s_m[j]);
 
   // pass 2: this group's partials i0 + g, i0 + g + kSplit, ...
   float l = 0.f;
@@ -629,22 +670,25 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
     acc.z += s_acc[j][x].z;
     acc.w += s_acc[j][x].w;
   }
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float inv = l != 0.f ? 1.f / l : 0.f;
   T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
   out[0] = Pack2<T>::from_float(acc.x * inv);
   out[1] = Pack2<T>::from_float(acc.y * inv);
   out[2] = Pack2<T>::from_float(acc.z * inv);
   out[3] = Pack2<T>::from_float(acc.w * inv);
-  if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l > 0.f ? m + logf(l) : -INFINITY;
+  if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l != 0.f ? m + logf(l) : -INFINITY;
 }
 
-template <typename T, int D>
-cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
-  if (p.batch == 0) return cudaSuccess;
-  if (p.tasks == nullptr) return cudaErrorInvalidValue;
+template <typename T, typename TKV, int D>
+cudaError_t launch(const PagedDecodeParams& params, cudaStream_t stream) {
+  if (params.batch == 0) return cudaSuccess;
+  if (params.tasks == nullptr) return cudaErrorInvalidValue;
+  PagedDecodeParams p = params;
+  p.scale_log2 *= widened_unscale<T, TKV>();  // the MMAs see K and V times 2^-112 (fp8.cuh)
+  p.v_scale *= widened_unscale<T, TKV>();
   {
-    const size_t smem = DecodeSmem<D>::bytes(p.max_rows);
-    auto kernel = paged_decode_table_kernel<T, D>;
+    const size_t smem = DecodeSmem<D, TKV>::bytes(p.max_rows);
+    auto kernel = paged_decode_table_kernel<T, TKV, D>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(p.num_kv_heads, p.grid_work, 1);
@@ -667,13 +711,27 @@ cudaError_t launch(const PagedDecodeParams& p, cudaStream_t stream) {
   return merged;
 }
 
+template <typename T, typename TKV>
+cudaError_t launch_head_dim(const PagedDecodeParams& p, int head_dim, cudaStream_t stream) {
+  if (head_dim == 64) return launch<T, TKV, 64>(p, stream);
+  if (head_dim == 128) return launch<T, TKV, 128>(p, stream);
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t launch_kv(const PagedDecodeParams& p, int kv_dtype, int head_dim, cudaStream_t stream) {
+  if (kv_dtype == kDecodeKvSameAsQuery) return launch_head_dim<T, T>(p, head_dim, stream);
+  if (kv_dtype == kDecodeKvFp8E4m3) return launch_head_dim<T, __nv_fp8_e4m3>(p, head_dim, stream);
+  if (kv_dtype == kDecodeKvFp8E5m2) return launch_head_dim<T, __nv_fp8_e5m2>(p, head_dim, stream);
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
-cudaError_t paged_decode_launch(const PagedDecodeParams& p, int dtype, int head_dim, cudaStream_t stream) {
-  if (dtype == 0 && head_dim == 64) return launch<__half, 64>(p, stream);
-  if (dtype == 0 && head_dim == 128) return launch<__half, 128>(p, stream);
-  if (dtype == 1 && head_dim == 64) return launch<__nv_bfloat16, 64>(p, stream);
-  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128>(p, stream);
+cudaError_t paged_decode_launch(const PagedDecodeParams& p, int dtype, int kv_dtype, int head_dim,
+                                cudaStream_t stream) {
+  if (dtype == 0) return launch_kv<__half>(p, kv_dtype, head_dim, stream);
+  if (dtype == 1) return launch_kv<__nv_bfloat16>(p, kv_dtype, head_dim, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -12,12 +12,14 @@ from .checks import (
     check_cu_seqlens,
     check_head_dim,
     check_heads,
+    check_kv_scale,
     check_len,
+    check_nonnegative_int,
     check_pools,
     check_positive_int,
-    check_range,
     check_same,
     check_tensor,
+    reads_values,
     softmax_scale_for,
 )
 from .decode import paged_decode_table
@@ -41,11 +43,28 @@ def _check_qkv_like(q_name, q, names_tensors, token_dims: int):
     return head_dim
 
 
-def _check_layout_bounds(layout: PagedLayout, num_slots: int) -> None:
-    if layout.nnz == 0:
-        return
-    ends = layout.cols.to(torch.int64) * layout.page_size + layout.page_offsets + layout.counts
-    check_range("layout.cols", ends - 1, 0, num_slots, "last KV slot of a page run")
+def _check_layout_values(layout: PagedLayout, num_slots: int, check_bounds: bool) -> None:
+    """Offsets, runs and slots of the layout (``PagedLayout.check``): always on CPU, on CUDA
+    with ``check_bounds`` (device syncs)."""
+    if reads_values(check_bounds, layout.row_offsets):
+        layout.check(num_slots)
+
+
+def _max_seqlen(name: str, cu: Tensor, given: Optional[int], total: int) -> int:
+    """The longest segment of the offsets ``cu`` (``total`` tokens in all): computed on the host,
+    or the caller's bound, checked when the values can be read (a bound below it would make the
+    kernels skip rows). While torch.compile traces, nothing is read: the caller's bound is trusted
+    and without one the total serves (correct, but the kernel then walks more empty tiles)."""
+    if given is not None:
+        check_nonnegative_int(name, given)
+    if not reads_values(True, cu):
+        return total if given is None else given
+    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    if given is None:
+        return longest
+    if given < longest:
+        raise ValueError(f"{name}: {given} is below the longest sequence of the batch, {longest}")
+    return given
 
 
 def attention(
@@ -82,13 +101,12 @@ def attention(
         check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
         check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
         check_len("cu_seqlens_k", cu_seqlens_k, cu_seqlens_q.shape[0], "B+1, like cu_seqlens_q")
-        if max_seqlen_q is None:
-            max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
-        if max_seqlen_k is None:
-            max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max()) if cu_seqlens_k.numel() > 1 else 0
+        max_seqlen_q = _max_seqlen("max_seqlen_q", cu_seqlens_q, max_seqlen_q, q.shape[0])
+        max_seqlen_k = _max_seqlen("max_seqlen_k", cu_seqlens_k, max_seqlen_k, k.shape[0])
         cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
     else:
         check_same("q", q.shape[0], "k", k.shape[0], "batch size")
+        check_same("q", q.shape[0], "v", v.shape[0], "batch size")
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
             softmax_scale_for(softmax_scale, head_dim))
@@ -116,6 +134,8 @@ def paged_decode(
     softmax_scale: Optional[float] = None,
     chunk_tokens: Optional[int] = None,
     check_bounds: bool = True,
+    k_scale: Union[float, Tensor] = 1.0,
+    v_scale: Union[float, Tensor] = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Decode attention: one query token per request over the KV pages of its layout row.
 
@@ -125,7 +145,10 @@ def paged_decode(
             or head-major pages [num_pages, Hkv, page_size, D].
         layout: from ``from_sglang`` or ``build_layout``; B rows.
         chunk_tokens: a fixed split-KV chunk; default: the planner's automatic chunk.
-        check_bounds: check every page run lies inside the pool (one device sync).
+        check_bounds: check the layout's offsets and runs, and that every run lies inside the pool
+            (a few device syncs). Without it, CUDA inputs are trusted; CPU ones are always checked.
+        k_scale, v_scale: FP8 pools (``float8_e4m3fn``, ``float8_e5m2``) hold K / k_scale and
+            V / v_scale; a float or a one-element tensor.
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty row gives 0 and -inf.
     The layout runs as a page table (``PagedLayout.page_table()``, built once per layout) through
@@ -135,16 +158,16 @@ def paged_decode(
     check_tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, last_dim_contiguous=True)
     check_head_dim("q", q.shape[-1])
     _check_layout(layout, q, q.shape[0])
-    num_slots = check_pools(k_cache, v_cache, q, layout.page_size)
+    num_slots = check_pools(k_cache, v_cache, q, layout.page_size, allow_fp8=True)
     # both pool layouts keep the KV heads in dim 1
     check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
     if chunk_tokens is not None:
         check_positive_int("chunk_tokens", chunk_tokens)
-    if check_bounds:
-        _check_layout_bounds(layout, num_slots)
+    _check_layout_values(layout, num_slots, check_bounds)
     req_to_token, rows, seq_lens = layout.page_table()
     return paged_decode_table(q, k_cache, v_cache, req_to_token, rows, seq_lens, page_size=layout.page_size,
-                              softmax_scale=softmax_scale, chunk_tokens=chunk_tokens, check_bounds=False)
+                              softmax_scale=softmax_scale, chunk_tokens=chunk_tokens, check_bounds=False,
+                              k_scale=k_scale, v_scale=v_scale)
 
 
 def paged_extend(
@@ -159,12 +182,16 @@ def paged_extend(
     softmax_scale: Optional[float] = None,
     max_seqlen_q: Optional[int] = None,
     check_bounds: bool = True,
+    k_scale: Union[float, Tensor] = 1.0,
+    v_scale: Union[float, Tensor] = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Extend (prefill over a cached prefix).
 
     Request b's new tokens ``q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]`` ([Tq, Hq, D]) attend to
     every token of its cached prefix (row b of ``prefix_layout``, pages in ``k_cache``/``v_cache``)
-    and causally to the request's new keys ``k_new``/``v_new`` ([Tq, Hkv, D]).
+    and causally to the request's new keys ``k_new``/``v_new`` ([Tq, Hkv, D]). An FP8 pool
+    (``float8_e4m3fn``, ``float8_e5m2``) holds K / k_scale and V / v_scale; the new keys are used
+    as they are.
 
     Returns ``(out [Tq, Hq, D], lse [Tq, Hq] float32)``. On a Hopper GPU this runs the SGLang
     backend's path: the prefix as a page table, an ``ExtendPlan`` over it (whole prefix pages read
@@ -178,16 +205,16 @@ def paged_extend(
     check_heads("q", q.shape[1], "k_new", k_new.shape[1])
     check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     _check_layout(prefix_layout, q, cu_seqlens_q.shape[0] - 1)
-    num_slots = check_pools(k_cache, v_cache, q, prefix_layout.page_size)
+    num_slots = check_pools(k_cache, v_cache, q, prefix_layout.page_size, allow_fp8=True)
     check_same("k_new", k_new.shape[1], "k_cache", k_cache.shape[1], "KV heads")
-    if check_bounds:
-        _check_layout_bounds(prefix_layout, num_slots)
-    if max_seqlen_q is None:
-        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
+    k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
+    _check_layout_values(prefix_layout, num_slots, check_bounds)
+    max_seqlen_q = _max_seqlen("max_seqlen_q", cu_seqlens_q, max_seqlen_q, q.shape[0])
     L = prefix_layout
     return ops.paged_extend_op(
         q, k_new, v_new, k_cache, v_cache, L.row_offsets, L.cols, L.page_offsets, L.counts, L.seq_lens,
         cu_seqlens_q.to(torch.int32), int(max_seqlen_q), L.page_size, softmax_scale_for(softmax_scale, head_dim),
+        k_scale, v_scale,
     )
 
 
@@ -198,6 +225,8 @@ def merge_states(v_a: Tensor, s_a: Tensor, v_b: Tensor, s_b: Tensor) -> Tuple[Te
     (-inf for an empty part). Returns ``(v [..., H, D] in v_a's dtype, s [..., H] float32)``.
     """
     check_tensor("v_a", v_a, dtypes=ATTENTION_DTYPES)
+    if v_a.dim() < 2:
+        raise ValueError(f"v_a: expected [..., H, D] (at least 2 dimensions), got shape {tuple(v_a.shape)}")
     check_tensor("v_b", v_b, dtypes=(v_a.dtype,), device=v_a.device)
     if v_a.shape != v_b.shape:
         raise ValueError(f"v_a and v_b: expected the same shape, got {tuple(v_a.shape)} and {tuple(v_b.shape)}")

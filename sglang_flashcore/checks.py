@@ -8,14 +8,29 @@ fails in Python before any kernel sees it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Sequence
 
 import torch
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# KV pools may also hold FP8 (SGLang's --kv-cache-dtype fp8_e4m3 / fp8_e5m2), read with a scale each for K and V.
+FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Head dims the float32 reference accepts; the CUDA kernels check their own (kernels.py).
 SUPPORTED_HEAD_DIMS = tuple(range(1, 257))
+# KV slots must fit the int32 page tables of the kernels (and PagedLayout's int32 page ids).
+MAX_SLOTS = 1 << 31
+
+
+def reads_values(requested: bool, t: torch.Tensor) -> bool:
+    """Whether to run the checks that read ``t``'s values on the host: always for CPU tensors
+    (no device sync to save), on other devices when the caller asked (``check_bounds``,
+    ``validate``). Never while torch.compile traces: a host read would break the graph, and the
+    CPU reference checks the ids again when the compiled op runs."""
+    if torch.compiler.is_compiling():
+        return False
+    return requested or t.device.type == "cpu"
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
@@ -97,6 +112,12 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_nonnegative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return value
+
+
 def check_heads(q_name: str, hq: int, kv_name: str, hkv: int) -> int:
     """GQA/MQA: the query head count is a multiple of the KV head count."""
     if hkv <= 0 or hq % hkv != 0:
@@ -123,6 +144,8 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> torch.T
     check_index(name, cu, device=device)
     if cu.shape[0] < 1:
         raise ValueError(f"{name}: expected at least one element (B+1 offsets), got none")
+    if torch.compiler.is_compiling():  # the values are checked by the reference when it runs
+        return cu
     if int(cu[0]) != 0:
         raise ValueError(f"{name}: expected the first offset to be 0, got {int(cu[0])}")
     if cu.shape[0] > 1 and bool((cu[1:] < cu[:-1]).any()):
@@ -138,16 +161,18 @@ def softmax_scale_for(softmax_scale: object, head_dim: int) -> float:
     """The scale to use: ``head_dim ** -0.5`` for None, else a positive finite float."""
     if softmax_scale is None:
         return head_dim ** -0.5
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) \
+    # numbers.Real takes numpy scalars too; a tensor would need a host read (and a sync)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) \
             or not math.isfinite(softmax_scale) or softmax_scale <= 0:
         raise ValueError(f"softmax_scale: expected a positive finite float, got {softmax_scale!r}")
     return float(softmax_scale)
 
 
-def check_cache(name: str, cache: object, q: torch.Tensor, page_size: int) -> int:
-    """A KV pool for ``q``: SGLang's [slots, Hkv, D] or head-major pages [pages, Hkv, page_size, D].
-    Returns its number of slots."""
-    check_tensor(name, cache, ndim=(3, 4), dtypes=(q.dtype,), device=q.device, last_dim_contiguous=True)
+def check_cache(name: str, cache: object, q: torch.Tensor, page_size: int, allow_fp8: bool = False) -> int:
+    """A KV pool for ``q``: SGLang's [slots, Hkv, D] or head-major pages [pages, Hkv, page_size, D],
+    in q's dtype (or, with ``allow_fp8``, an FP8 one). Returns its number of slots."""
+    dtypes = (q.dtype,) + (FP8_KV_DTYPES if allow_fp8 else ())
+    check_tensor(name, cache, ndim=(3, 4), dtypes=dtypes, device=q.device, last_dim_contiguous=True)
     check_same("q", q.shape[-1], name, cache.shape[-1], "head dim")
     if cache.dim() == 4:
         check_same(name + ".shape[2] (tokens per page)", cache.shape[2], "page_size", page_size, "page size")
@@ -155,15 +180,36 @@ def check_cache(name: str, cache: object, q: torch.Tensor, page_size: int) -> in
     return cache.shape[0]
 
 
-def check_pools(k_cache: object, v_cache: object, q: torch.Tensor, page_size: int) -> int:
+def check_pools(k_cache: object, v_cache: object, q: torch.Tensor, page_size: int, allow_fp8: bool = False) -> int:
     """Both pools valid and alike; returns the number of slots."""
-    num_slots = check_cache("k_cache", k_cache, q, page_size)
-    check_cache("v_cache", v_cache, q, page_size)
+    num_slots = check_cache("k_cache", k_cache, q, page_size, allow_fp8)
+    check_cache("v_cache", v_cache, q, page_size, allow_fp8)
     if k_cache.shape != v_cache.shape:
         raise ValueError(
             f"k_cache and v_cache: expected the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
         )
+    if k_cache.dtype != v_cache.dtype:
+        raise TypeError(f"k_cache and v_cache: expected one dtype, got {k_cache.dtype} and {v_cache.dtype}")
     return num_slots
+
+
+def check_kv_scale(name: str, scale: object) -> float:
+    """A pool's dequantization scale (the stored values times ``scale`` are the keys or values):
+    a finite positive number, or a one-element floating tensor (SGLang's ``layer.k_scale``; read
+    on the host, so a GPU tensor syncs). Returns it as a float."""
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"{name}: expected one scale for the whole pool, got a tensor of shape "
+                             f"{tuple(scale.shape)}")
+        if not scale.dtype.is_floating_point:
+            raise TypeError(f"{name}: expected a floating-point scale, got dtype {scale.dtype}")
+        scale = float(scale.reshape(()).item())
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{name}: expected a float or a one-element tensor, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{name}: expected a finite positive scale, got {scale}")
+    return scale
 
 
 def check_table_slots(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,

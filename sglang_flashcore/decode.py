@@ -21,17 +21,18 @@ the chunk and split policies are in ``heuristics.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
 from . import config, kernels
-from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_len, check_pools, check_positive_int,
-                     check_range, check_table_slots, check_tensor, softmax_scale_for)
+from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_kv_scale, check_len, check_pools,
+                     check_positive_int, check_range, check_table_slots, check_tensor, reads_values,
+                     softmax_scale_for)
 from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
-                         DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS,
-                         SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, num_sms, split_guided, split_items,
-                         split_part_count, target_chunks)
+                         DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, DETERMINISTIC_CHUNK_TOKENS,
+                         MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS, SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, num_sms,
+                         split_guided, split_items, split_part_count, target_chunks)
 from .ops import paged_decode_table_op, paged_decode_table_reference
 from .reference import attend_one, gather_kv, merge_states_ref
 
@@ -157,10 +158,15 @@ class DecodePlanner:
         device: a Hopper GPU.
         workspace_bytes: memory for partial results; it bounds the chunks of a step, and the
             planner makes chunks longer when a step would need more.
+        deterministic: batch-invariant decode (SGLang's ``--enable-deterministic-inference``): a
+            request's output does not change by a bit with the other requests of its step. Chunks
+            of ``DETERMINISTIC_CHUNK_TOKENS`` at fixed positions, none shared between requests (a
+            shared prefix is read once per reader), one merge shape. Up to the workspace's chunks:
+            a step that needs more chunks gets longer ones.
     """
 
     def __init__(self, max_batch: int, num_q_heads: int, head_dim: int, device,
-                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, deterministic: bool = False):
         check_positive_int("num_q_heads", num_q_heads)
         check_positive_int("head_dim", head_dim)
         check_positive_int("workspace_bytes", workspace_bytes)
@@ -182,6 +188,7 @@ class DecodePlanner:
         self.partial_o = torch.empty(partials * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
         self.partial_lse = torch.empty(partials * num_q_heads, dtype=torch.float32, device=self.device)
         self.grid_work = DECODE_CTAS_PER_SM * num_sms(self.device)  # the fixed grid loops over the tasks
+        self.deterministic = bool(deterministic)
         self._batch: Optional[int] = None
         self._group = 0
         self._req_to_token: Optional[torch.Tensor] = None
@@ -208,17 +215,21 @@ class DecodePlanner:
             raise ValueError(f"seq_lens: {seq_lens.shape[0]} requests, the planner holds {self.max_batch}")
         if isinstance(group, bool) or not isinstance(group, int) or not 1 <= group <= DECODE_MAX_GROUP:
             raise ValueError(f"group: expected 1..{DECODE_MAX_GROUP} query heads per KV head, got {group!r}")
+        det = self.deterministic
+        if det and chunk_tokens is None:
+            chunk_tokens = DETERMINISTIC_CHUNK_TOKENS
         kernels.plan_decode_table(
             req_to_token, req_pool_indices, seq_lens, self.ints, self.hash, self.max_batch, self.max_chunks,
             group, int(chunk_tokens or 0), MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS,
-            target_chunks(num_kv_heads, self.device), num_kv_heads, self.grid_work, SPLIT_MAX_PARTS,
-            WAVE_MAX_CHUNK_TOKENS,
+            target_chunks(num_kv_heads, self.device), num_kv_heads, self.grid_work, 1 if det else SPLIT_MAX_PARTS,
+            0 if det else WAVE_MAX_CHUNK_TOKENS, not det,
         )
         self._batch, self._group, self._req_to_token = seq_lens.shape[0], group, req_to_token
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, softmax_scale: float,
-            page_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``."""
+            page_size: int = 1, k_scale: float = 1.0, v_scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``. The pools are in q's
+        dtype, or FP8 holding K / k_scale and V / v_scale (floats: fixed in a captured graph)."""
         kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
         if self._batch is None:
             raise RuntimeError("DecodePlanner.run: call plan() first")
@@ -229,7 +240,8 @@ class DecodePlanner:
             raise ValueError(f"q/k_cache: {group} query heads per KV head, the plan was made for at most {self._group}")
         return kernels.run_decode_table(
             q, k_cache, v_cache, self._req_to_token, self.ints, self.hash, self.max_batch, self.max_chunks,
-            page_size, softmax_scale, self.partial_o, self.partial_lse, self.grid_work,
+            page_size, softmax_scale, self.partial_o, self.partial_lse, self.grid_work, k_scale, v_scale,
+            self.deterministic,
         )
 
     # ---- host-side views (each syncs; for reports and tests)
@@ -284,6 +296,8 @@ def paged_decode_table(
     softmax_scale: Optional[float] = None,
     chunk_tokens: Optional[int] = None,
     check_bounds: bool = True,
+    k_scale: Union[float, torch.Tensor] = 1.0,
+    v_scale: Union[float, torch.Tensor] = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Decode straight from SGLang's page table (one query token per request).
 
@@ -297,7 +311,12 @@ def paged_decode_table(
     Args:
         chunk_tokens: a fixed split-KV chunk; default: the planner's automatic chunk.
         check_bounds: check rows, lengths and slots against the table and the pool (one device
-            sync). Without it the inputs are trusted: a slot outside the pool is undefined behaviour.
+            sync). Without it CUDA inputs are trusted: a slot outside the pool is undefined
+            behaviour for the kernel (the SGLang backend passes SGLang's own table). CPU inputs are
+            always checked, and under torch.compile the checks are skipped (a host read would
+            break the graph; the CPU reference still checks when it runs).
+        k_scale, v_scale: the pools hold K / k_scale and V / v_scale (SGLang's FP8 KV cache,
+            ``float8_e4m3fn`` or ``float8_e5m2`` pools); a float or a one-element tensor (read on the host).
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
@@ -308,27 +327,28 @@ def paged_decode_table(
         check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64), device=q.device)
         check_len(name, t, q.shape[0], "one entry per request of q")
     check_positive_int("page_size", page_size)
-    num_slots = check_pools(k_cache, v_cache, q, page_size)
+    num_slots = check_pools(k_cache, v_cache, q, page_size, allow_fp8=True)
     check_heads("q", q.shape[1], "k_cache", k_cache.shape[1])
     if chunk_tokens is not None:
         check_positive_int("chunk_tokens", chunk_tokens)
     scale = softmax_scale_for(softmax_scale, q.shape[-1])
-    if check_bounds:
+    k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
+    if reads_values(check_bounds, q):
         check_range("req_pool_indices", req_pool_indices, 0, req_to_token.shape[0], "request pool row")
         check_range("seq_lens", seq_lens, 0, req_to_token.shape[1] + 1, "sequence length")
         check_table_slots(req_to_token, req_pool_indices, seq_lens, num_slots)
     return paged_decode_table_op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, scale,
-                                 int(chunk_tokens or 0))
+                                 int(chunk_tokens or 0), k_scale, v_scale)
 
 
 @torch.library.register_kernel("flashcore::paged_decode_table", "cuda")
 def _paged_decode_table_cuda(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale,
-                             chunk_tokens):
+                             chunk_tokens, k_scale=1.0, v_scale=1.0):
     if not config.use_kernels(q.device):
         return paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                                            page_size, softmax_scale)
+                                            page_size, softmax_scale, k_scale, v_scale)
     kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     planner = _planner_for(q)
     planner.plan(req_to_token.to(torch.int32), req_pool_indices, seq_lens, k_cache.shape[1],
                  q.shape[1] // k_cache.shape[1], chunk_tokens or None)
-    return planner.run(q, k_cache, v_cache, softmax_scale, page_size)
+    return planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale)

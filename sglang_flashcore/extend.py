@@ -29,10 +29,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import config, ops
-from .checks import check_index, check_len, check_tensor
+from .checks import FP8_KV_DTYPES, check_index, check_len, check_tensor
 from .heuristics import can_page
 from .indexing import exclusive_cumsum
-from .reference import gather_kv
+from .reference import dequantize, gather_kv
 
 Tensor = torch.Tensor
 
@@ -218,6 +218,8 @@ def extend_attention(
     *,
     new_kv_in_cache: bool = True,
     out_cache_loc: Optional[Tensor] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """One layer of an extend batch: ``(out [Tq, Hq, D] in q's dtype, lse [Tq, Hq] float32)``.
 
@@ -229,20 +231,27 @@ def extend_attention(
         new_kv_in_cache: the new K/V were stored in the pool before this call (SGLang's
             ``save_kv_cache``); then all keys come from one gather.
         out_cache_loc: the new tokens' slots, needed when k_new is None and no request has a prefix.
+        k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale. Its rows are gathered and
+            widened to q's dtype once per layer (the dense kernel reads 16-bit keys), so FP8
+            pools take plans with ``paged=False``; passed-in new K/V are used as they are.
     """
     check_tensor("k_cache", k_cache, ndim=(3, 4))
     if plan.paged and k_cache.dim() != 3:
         raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
+    if plan.paged and k_cache.dtype in FP8_KV_DTYPES:
+        raise ValueError(f"k_cache: a {k_cache.dtype} pool is not read in place; plan it with paged=False")
     if k_new is None and not new_kv_in_cache:
         raise ValueError("k_new: needed when the new tokens' K/V are not in the pool (new_kv_in_cache=False)")
     if plan.key_slots is None:  # the packed keys are the new tokens
         if k_new is None:
             if out_cache_loc is None:
                 raise ValueError("out_cache_loc: needed to read the new tokens' K/V from the pool")
-            k_new, v_new = _pool_rows(k_cache, out_cache_loc), _pool_rows(v_cache, out_cache_loc)
+            k_new = dequantize(_pool_rows(k_cache, out_cache_loc), k_scale, q.dtype)
+            v_new = dequantize(_pool_rows(v_cache, out_cache_loc), v_scale, q.dtype)
         keys, values = k_new, v_new
     else:
-        keys, values = _pool_rows(k_cache, plan.key_slots), _pool_rows(v_cache, plan.key_slots)
+        keys = dequantize(_pool_rows(k_cache, plan.key_slots), k_scale, q.dtype)
+        values = dequantize(_pool_rows(v_cache, plan.key_slots), v_scale, q.dtype)
         if not new_kv_in_cache:  # the pool holds stale K/V at the new tokens' slots
             keys[plan.new_key_index] = k_new.to(keys.dtype)
             values[plan.new_key_index] = v_new.to(values.dtype)
@@ -272,13 +281,13 @@ def pages_in_place(req_to_token: Tensor, prefix_lens: Tensor, page_size: int) ->
 
 @torch.library.register_kernel("flashcore::paged_extend", "cuda")
 def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
-                       cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
+                       cu_seqlens_q, max_seqlen_q, page_size, softmax_scale, k_scale=1.0, v_scale=1.0):
     """``paged_extend`` through the backend's path: the prefix layout as a page table, an
     ``ExtendPlan`` over it (whole pages read in place where the pool and the table allow), and
     ``extend_attention`` with the new K/V passed in (they are not in the pool)."""
     if not config.use_kernels(q.device):
         return ops.paged_extend_reference(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts,
-                                          prefix_lens, cu_seqlens_q, page_size, softmax_scale)
+                                          prefix_lens, cu_seqlens_q, page_size, softmax_scale, k_scale, v_scale)
     layout = ops.layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens)
     table, rows, prefix = layout.page_table()
     ext = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
@@ -287,10 +296,11 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     width = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
     if width > table.shape[1]:  # room for the new tokens' positions (their slots come from out_cache_loc)
         table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
-    paged = (k_cache.dim() == 3 and can_page(page_size) and sum(pre_host) > 0
-             and pages_in_place(table, prefix, page_size))
+    paged = (k_cache.dim() == 3 and k_cache.dtype not in FP8_KV_DTYPES and can_page(page_size)
+             and sum(pre_host) > 0 and pages_in_place(table, prefix, page_size))
     total_q = q.shape[0]
     placeholder_slots = torch.zeros(total_q, dtype=torch.int64, device=q.device)  # replaced by k_new/v_new
     plan = plan_extend(table, rows, prefix, ext, placeholder_slots,
                        prefix_lens_cpu=pre_host, extend_lens_cpu=ext_host, page_size=page_size, paged=paged)
-    return extend_attention(q, k_new, v_new, k_cache, v_cache, plan, softmax_scale, new_kv_in_cache=False)
+    return extend_attention(q, k_new, v_new, k_cache, v_cache, plan, softmax_scale, new_kv_in_cache=False,
+                            k_scale=k_scale, v_scale=v_scale)

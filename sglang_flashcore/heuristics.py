@@ -65,6 +65,11 @@ TARGET_WAVES = 2
 # to the longest of at most this many tokens whose tasks fill the last wave (see wave_filling_chunk).
 WAVE_MAX_CHUNK_TOKENS = 4608
 DEFAULT_WORKSPACE_BYTES = 256 << 20  # a DecodePlanner's partial results; bounds the chunks of a step
+# Deterministic (batch-invariant) decode, SGLang's --enable-deterministic-inference: every request
+# is cut at the same positions whatever its batch (a fixed chunk, no tail split, no wave-filling
+# move), no chunk is shared with another request, and the merge has one shape. 1024 tokens keep a
+# lone 128K request at 128 chunks per KV head, and a 4K one at 4.
+DETERMINISTIC_CHUNK_TOKENS = 1024
 MIN_PAGED_PREFILL_PAGE = 8  # the dense kernel reads pool pages in place in TMA boxes of 8 rows
 
 

@@ -114,20 +114,24 @@ def planner_sizes(max_batch: int, max_chunks: int) -> Tuple[int, int, int]:
 def plan_decode_table(req_to_token: Tensor, req_pool_indices: Tensor, seq_lens: Tensor, ints: Tensor, hash_: Tensor,
                       max_batch: int, max_chunks: int, group: int, fixed_chunk: int, min_chunk: int,
                       max_auto_chunk: int, target_chunks: int, num_kv_heads: int, grid_work: int, split_parts: int,
-                      wave_max_chunk: int) -> None:
-    """Plans a decode step into the workspace ``ints``/``hash_`` (five kernels, no host sync)."""
+                      wave_max_chunk: int, share: bool = True) -> None:
+    """Plans a decode step into the workspace ``ints``/``hash_`` (five kernels, no host sync);
+    ``share=False``: no chunk is grouped with another request's."""
     extension().plan_decode_table(req_to_token, req_pool_indices, seq_lens, ints, hash_, max_batch, max_chunks,
                                   group, fixed_chunk, min_chunk, max_auto_chunk, target_chunks, num_kv_heads,
-                                  grid_work, split_parts, wave_max_chunk)
+                                  grid_work, split_parts, wave_max_chunk, share)
 
 
 def run_decode_table(q: Tensor, k_cache: Tensor, v_cache: Tensor, req_to_token: Tensor, ints: Tensor, hash_: Tensor,
                      max_batch: int, max_chunks: int, page_size: int, softmax_scale: float, partial_o: Tensor,
-                     partial_lse: Tensor, grid_work: int) -> Tuple[Tensor, Tensor]:
-    """The decode kernel and the merge over the plan in the workspace (CUDA-graph capturable)."""
+                     partial_lse: Tensor, grid_work: int, k_scale: float = 1.0,
+                     v_scale: float = 1.0, fixed_merge: bool = False) -> Tuple[Tensor, Tensor]:
+    """The decode kernel and the merge over the plan in the workspace (CUDA-graph capturable).
+    The pools are in q's dtype or FP8, holding K / k_scale and V / v_scale."""
     check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     return extension().paged_decode_table(q, k_cache, v_cache, req_to_token, ints, hash_, max_batch, max_chunks,
-                                          page_size, softmax_scale, partial_o, partial_lse, grid_work)
+                                          page_size, softmax_scale, partial_o, partial_lse, grid_work, k_scale,
+                                          v_scale, fixed_merge)
 
 
 def plan_views(ints: Tensor, hash_: Tensor, max_batch: int, max_chunks: int) -> Dict[str, Tensor]:

@@ -32,12 +32,16 @@ import torch
 from .heuristics import DEFAULT_CHUNK_TOKENS
 from .indexing import count_values, exclusive_cumsum, segment_arange
 from .checks import (
+    INDEX_DTYPES,
+    MAX_SLOTS,
     check_index,
     check_len,
     check_nonnegative,
+    check_nonnegative_int,
     check_positive_int,
     check_range,
     check_tensor,
+    reads_values,
 )
 
 __all__ = [
@@ -81,6 +85,52 @@ class PagedLayout:
     max_position: int = 1 << 62  # bound on positions (a host number: no device sync)
     _plan: Optional["SharingPlan"] = field(default=None, repr=False)
     _table: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default=None, repr=False)
+
+    # the entry fields every reader of slots needs; positions and staging_ids may be left empty
+    # by views that do not read them (``ops.layout_view``)
+    _ENTRY_FIELDS = ("cols", "page_offsets", "counts")
+
+    def __post_init__(self) -> None:
+        """Types and shapes (host facts only, no device sync): a hand-built layout fails here,
+        naming the field, instead of deep inside a kernel or the reference."""
+        check_positive_int("layout.page_size", self.page_size)
+        check_nonnegative_int("layout.num_pages", self.num_pages)
+        check_nonnegative_int("layout.max_position", self.max_position)
+        check_index("layout.row_offsets", self.row_offsets)
+        if self.row_offsets.shape[0] < 1:
+            raise ValueError("layout.row_offsets: expected B+1 offsets, got an empty tensor")
+        device = self.row_offsets.device
+        for name in self._ENTRY_FIELDS + ("positions", "staging_ids", "seq_lens"):
+            check_index("layout." + name, getattr(self, name), device=device)
+        for name in self._ENTRY_FIELDS[1:]:
+            check_len("layout." + name, getattr(self, name), self.nnz, "one per entry, like layout.cols")
+        for name in ("positions", "staging_ids"):
+            if getattr(self, name).shape[0] not in (0, self.nnz):
+                check_len("layout." + name, getattr(self, name), self.nnz, "one per entry, like layout.cols")
+        check_len("layout.seq_lens", self.seq_lens, self.batch_size, "one per request, B = len(row_offsets) - 1")
+
+    def check(self, num_slots: Optional[int] = None) -> None:
+        """The values: CSR offsets, runs inside their pages, lengths that add up, and (with
+        ``num_slots``) every slot inside the pool. A few device syncs on CUDA."""
+        ro = self.row_offsets.to(torch.int64)
+        if int(ro[0]) != 0 or int(ro[-1]) != self.nnz or bool((ro[1:] < ro[:-1]).any()):
+            raise ValueError(f"layout.row_offsets: expected non-decreasing offsets from 0 to {self.nnz} "
+                             f"(the number of entries), got {ro.tolist()[:16]}")
+        check_range("layout.counts", self.counts, 1, self.page_size + 1, "tokens of a run")
+        check_range("layout.page_offsets", self.page_offsets, 0, self.page_size, "first slot in the page")
+        check_range("layout.page_offsets", self.page_offsets.to(torch.int64) + self.counts, 0,
+                    self.page_size + 1, "end of a run (page_offsets + counts)")
+        check_range("layout.cols", self.cols, 0, self.num_pages or MAX_SLOTS // self.page_size, "page id")
+        sums = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device).index_add_(
+            0, self.entry_rows(), self.counts.to(torch.int64))
+        bad = sums != self.seq_lens.to(torch.int64)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"layout.seq_lens: request {b} has {int(self.seq_lens[b])} tokens, but its runs "
+                             f"hold {int(sums[b])}")
+        if num_slots is not None and self.nnz:
+            ends = self.cols.to(torch.int64) * self.page_size + self.page_offsets + self.counts
+            check_range("layout.cols", ends - 1, 0, num_slots, "last KV slot of a page run")
 
     @property
     def batch_size(self) -> int:
@@ -300,31 +350,48 @@ def from_sglang(
         req_pool_indices: [B] row of ``req_to_token`` for each request of the batch.
         seq_lens: [B] tokens each request attends to (for an extend's prefix, its prefix length).
         page_size: the server's page size; page id = slot // page_size.
-        num_slots: size of the KV pool, to check slots against (optional).
-        validate: check ranges (one device sync each). Without it, the inputs are trusted.
+        num_slots: size of the KV pool, to check slots against (optional; at most 2**31, as the
+            kernels' page tables hold int32 slots).
+        validate: check rows, lengths, ``total_tokens`` and slots (in [0, num_slots), or below
+            2**31 without it), a few device syncs on CUDA. ``validate=False`` skips them on CUDA
+            tensors, which must then be valid (the SGLang backend never calls this); on CPU
+            tensors the checks cost no sync and always run.
         total_tokens: ``seq_lens.sum()`` if known on the host (SGLang's ``seq_lens_sum``): saves a sync.
     """
     check_positive_int("page_size", page_size)
-    check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32, torch.int64))
+    check_tensor("req_to_token", req_to_token, ndim=2, dtypes=INDEX_DTYPES)
     device = req_to_token.device
     check_index("req_pool_indices", req_pool_indices, device=device)
     check_index("seq_lens", seq_lens, device=device)
     check_len("seq_lens", seq_lens, req_pool_indices.shape[0], "one length per request")
-    max_reqs, max_ctx = req_to_token.shape
-    if validate:
-        check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
-        check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
+    if num_slots is not None and check_nonnegative_int("num_slots", num_slots) > MAX_SLOTS:
+        raise ValueError(f"num_slots: {num_slots} slots do not fit the kernels' int32 page tables (at most 2**31)")
+    if total_tokens is not None:
+        check_nonnegative_int("total_tokens", total_tokens)
+    checked = reads_values(validate, req_to_token)
+    if checked:
+        _check_table_rows(req_to_token, req_pool_indices, seq_lens, total_tokens)
     rows, pos = segment_arange(seq_lens, total_tokens)
     slots = req_to_token[req_pool_indices.to(torch.int64)[rows], pos].to(torch.int64)
-    if num_slots is None:
-        num_slots = int(slots.max()) + 1 if (validate and slots.numel()) else None
-    if validate and num_slots is not None:
-        check_range("req_to_token", slots, 0, num_slots, "KV slot")
+    if checked:  # never let an int64 slot wrap into the int32 page ids below
+        check_range("req_to_token", slots, 0, MAX_SLOTS if num_slots is None else num_slots, "KV slot")
+        if num_slots is None and slots.numel():
+            num_slots = int(slots.max()) + 1
     num_pages = -(-num_slots // page_size) if num_slots else 0
     return _runs_to_layout(
         rows, slots // page_size, slots % page_size, pos,
-        req_pool_indices.shape[0], page_size, num_pages, None, max_position=max_ctx,
+        req_pool_indices.shape[0], page_size, num_pages, None, max_position=req_to_token.shape[1],
     )
+
+
+def _check_table_rows(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                      total_tokens: Optional[int]) -> None:
+    max_reqs, max_ctx = req_to_token.shape
+    check_range("req_pool_indices", req_pool_indices, 0, max_reqs, "request pool row")
+    check_range("seq_lens", seq_lens, 0, max_ctx + 1, "sequence length")
+    if total_tokens is not None and total_tokens != int(seq_lens.to(torch.int64).sum()):
+        raise ValueError(f"total_tokens: expected seq_lens.sum() = {int(seq_lens.to(torch.int64).sum())}, "
+                         f"got {total_tokens}")
 
 
 @dataclass
@@ -396,6 +463,7 @@ class SharingPlan:
 
     def stats(self, num_kv_heads: int, head_dim: int, num_q_heads: int, elem_bytes: int = 2) -> dict:
         """Token, page and byte counts of one decode step (see ``decode_bytes``)."""
+        _check_sizes(num_kv_heads=num_kv_heads, head_dim=head_dim, num_q_heads=num_q_heads, elem_bytes=elem_bytes)
         batch = self.merge_offsets.shape[0] - 1
         total, unique = self.total_tokens, self.unique_tokens
         return {
@@ -414,7 +482,15 @@ class SharingPlan:
 def decode_bytes(kv_tokens: int, batch: int, num_kv_heads: int, num_q_heads: int, head_dim: int,
                  elem_bytes: int = 2) -> int:
     """Bytes a decode step must move: K and V of ``kv_tokens`` tokens, plus Q read and O written."""
+    check_nonnegative_int("kv_tokens", kv_tokens)
+    check_nonnegative_int("batch", batch)
+    _check_sizes(num_kv_heads=num_kv_heads, num_q_heads=num_q_heads, head_dim=head_dim, elem_bytes=elem_bytes)
     return (2 * kv_tokens * num_kv_heads + 2 * batch * num_q_heads) * head_dim * elem_bytes
+
+
+def _check_sizes(**sizes: object) -> None:
+    for name, value in sizes.items():
+        check_positive_int(name, value)
 
 
 # Packed sort key of a run: first slot (31 bits) | position (21 bits) | count (11 bits).

@@ -87,33 +87,40 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page
 
 # ------------------------------------------------------------------ paged decode table
 def paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size,
-                                 softmax_scale):
-    layout = from_sglang(req_to_token, req_pool_indices, seq_lens, page_size, validate=False)
-    out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale)
+                                 softmax_scale, k_scale=1.0, v_scale=1.0):
+    # the reference indexes with these ids, so it checks them (no device sync on CPU) even where the
+    # caller passed check_bounds=False: a bad id is a clear error, never a raw IndexError or a wrap of -1
+    num_slots = k_cache.shape[0] * (page_size if k_cache.dim() == 4 else 1)
+    layout = from_sglang(req_to_token, req_pool_indices, seq_lens, page_size, num_slots=num_slots)
+    out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale, k_scale, v_scale)
     return _as_outputs(q, out, lse)
 
 
 @torch.library.custom_op("flashcore::paged_decode_table", mutates_args=())
 def paged_decode_table_op(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, req_to_token: Tensor, req_pool_indices: Tensor,
-    seq_lens: Tensor, page_size: int, softmax_scale: float, chunk_tokens: int,
+    seq_lens: Tensor, page_size: int, softmax_scale: float, chunk_tokens: int, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Decode of request b over slots ``req_to_token[req_pool_indices[b], :seq_lens[b]]``;
-    ``chunk_tokens`` 0: the planner's automatic chunk (the reference ignores it)."""
+    ``chunk_tokens`` 0: the planner's automatic chunk (the reference ignores it). The pools hold
+    K / k_scale and V / v_scale (FP8 pools)."""
     return paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size,
-                                        softmax_scale)
+                                        softmax_scale, k_scale, v_scale)
 
 
 @paged_decode_table_op.register_fake
-def _(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale, chunk_tokens):
+def _(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale, chunk_tokens,
+      k_scale=1.0, v_scale=1.0):
     return _outputs_like(q)
 
 
 # ---------------------------------------------------------------------- paged extend
 def paged_extend_reference(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
-                           cu_seqlens_q, page_size, softmax_scale):
+                           cu_seqlens_q, page_size, softmax_scale, k_scale=1.0, v_scale=1.0):
     layout = layout_view(row_offsets, cols, page_offsets, counts, page_size, prefix_lens)
-    out, lse = reference.paged_extend_ref(q, k_new, v_new, k_cache, v_cache, layout, cu_seqlens_q, softmax_scale)
+    out, lse = reference.paged_extend_ref(q, k_new, v_new, k_cache, v_cache, layout, cu_seqlens_q, softmax_scale,
+                                          k_scale, v_scale)
     return _as_outputs(q, out, lse)
 
 
@@ -121,15 +128,16 @@ def paged_extend_reference(q, k_new, v_new, k_cache, v_cache, row_offsets, cols,
 def paged_extend_op(
     q: Tensor, k_new: Tensor, v_new: Tensor, k_cache: Tensor, v_cache: Tensor,
     row_offsets: Tensor, cols: Tensor, page_offsets: Tensor, counts: Tensor, prefix_lens: Tensor,
-    cu_seqlens_q: Tensor, max_seqlen_q: int, page_size: int, softmax_scale: float,
+    cu_seqlens_q: Tensor, max_seqlen_q: int, page_size: int, softmax_scale: float, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     return paged_extend_reference(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts,
-                                  prefix_lens, cu_seqlens_q, page_size, softmax_scale)
+                                  prefix_lens, cu_seqlens_q, page_size, softmax_scale, k_scale, v_scale)
 
 
 @paged_extend_op.register_fake
 def _(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, page_offsets, counts, prefix_lens,
-      cu_seqlens_q, max_seqlen_q, page_size, softmax_scale):
+      cu_seqlens_q, max_seqlen_q, page_size, softmax_scale, k_scale=1.0, v_scale=1.0):
     return _outputs_like(q)
 
 

@@ -71,3 +71,18 @@ def register() -> None:
     add_choices, choices = _choices_api()
     if BACKEND_NAME not in choices:
         add_choices([BACKEND_NAME])
+    _register_deterministic()
+
+
+def _register_deterministic() -> None:
+    """Lists the backend for --enable-deterministic-inference (its decode is batch-invariant in
+    that mode). It is not listed as radix-cache safe, so SGLang turns the radix cache off there."""
+    for module in _CHOICES_MODULES:
+        try:
+            mod = importlib.import_module(module)
+            add, choices = mod.add_deterministic_attention_backend_choices, mod.DETERMINISTIC_ATTENTION_BACKEND_CHOICES
+        except (ImportError, AttributeError):
+            continue
+        if BACKEND_NAME not in choices:
+            add([BACKEND_NAME])
+        return  # (a release without the hook just cannot pick us for deterministic inference)

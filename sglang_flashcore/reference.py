@@ -8,6 +8,16 @@ Conventions shared with the kernels:
   keys j <= i + Sk - Sq (SGLang's extend: new tokens after a cached prefix);
 * the LSE is the natural-log log-sum-exp of the scaled scores, shaped like q without D;
   a query that sees no key gets output 0 and LSE -inf.
+
+Non-finite inputs propagate as in torch SDPA (its math backend): a query whose scores include a
+NaN or +inf (NaN or Inf in q, or in a key it sees) gets NaN output and NaN LSE; a NaN or Inf value
+that a query weighs gives NaN or Inf in those output columns and leaves its LSE finite; scores of
+-inf weigh nothing, so a query whose every score is -inf is empty (0, -inf), as SDPA gives 0 for a
+fully masked row. Where SDPA has no counterpart, the LSE: its flash kernel returns NaN for a row
+with a +inf score (``logsumexp`` would say +inf) and so do we, as an online softmax must. A
+non-finite value at a key the causal mask hides from a query may still reach that query through
+the product 0 x NaN (SDPA's math and CPU flash backends do the same; the kernels only within one
+key tile), so no caller should rely on masked keys' values being ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .checks import check_cu_seqlens, check_range
 from .indexing import segment_arange
 from .layout import PagedLayout, SharingPlan
 
@@ -28,6 +39,7 @@ __all__ = [
     "gather_kv",
     "page_list_slots",
     "paged_prefill_ref",
+    "dequantize",
 ]
 
 
@@ -35,12 +47,18 @@ def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
+def _poisoned(lse: torch.Tensor) -> torch.Tensor:
+    """An LSE of +inf means a +inf score: its row's softmax is undefined (NaN), as in SDPA."""
+    return torch.where(lse == float("inf"), torch.full_like(lse, float("nan")), lse)
+
+
 def _softmax_rows(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the last dim that tolerates all -inf rows: (probabilities, lse)."""
-    lse = torch.logsumexp(scores, dim=-1)
-    finite = torch.isfinite(lse)
-    p = torch.exp(scores - torch.where(finite, lse, torch.zeros_like(lse)).unsqueeze(-1))
-    p = torch.where(finite.unsqueeze(-1), p, torch.zeros_like(p))
+    """Softmax over the last dim: (probabilities, lse). A row of -inf scores (no key) gets zeros
+    and -inf; a row with a NaN or +inf score gets NaN (see the module doc)."""
+    lse = _poisoned(torch.logsumexp(scores, dim=-1))
+    empty = lse == float("-inf")
+    # exp(-inf - 0) = 0 for empty rows; NaN lse rows stay NaN
+    p = torch.exp(scores - torch.where(empty, torch.zeros_like(lse), lse).unsqueeze(-1))
     return p, lse
 
 
@@ -88,6 +106,9 @@ def attention_ref(
         return torch.stack(outs), torch.stack(lses)
     out = torch.zeros(q.shape, dtype=cd, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=cd, device=q.device)
+    # the offsets drive the slicing below: bad ones would cut wrong rows silently
+    check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for b in range(len(cq) - 1):
         qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
@@ -96,6 +117,14 @@ def attention_ref(
         o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal)
         out[qs:qe], lse[qs:qe] = o, s
     return out, lse
+
+
+def checked_slots(name: str, slots: torch.Tensor, cache: torch.Tensor, page_size: int) -> torch.Tensor:
+    """``slots`` after checking they lie in the pool: the reference indexes with them, where an id
+    past the pool would be a raw IndexError and -1 would wrap to the last slot."""
+    num_slots = cache.shape[0] * (page_size if cache.dim() == 4 else 1)
+    check_range(name, slots, 0, num_slots, "KV slot")
+    return slots
 
 
 def gather_kv(cache: torch.Tensor, slots: torch.Tensor, page_size: int) -> torch.Tensor:
@@ -122,7 +151,7 @@ def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key
     i64 = torch.int64
     batch = cu_seqlens_q.shape[0] - 1
     po, ck = key_page_offsets.to(i64).tolist(), cu_seqlens_k.to(i64).tolist()
-    page_slots = page_list_slots(key_pages, page_size)
+    page_slots = checked_slots("key_pages", page_list_slots(key_pages, page_size), k_cache, page_size)
     keys, values, lens = [], [], []
     for b in range(batch):
         slots = page_slots[po[b] * page_size: po[b + 1] * page_size]
@@ -145,15 +174,24 @@ def _segment_softmax_attend(scores, values, seg, num_segments):
     d = values.shape[-1]
     cd = scores.dtype
     m = torch.full((num_segments, h), float("-inf"), dtype=cd, device=scores.device)
-    m = m.scatter_reduce(0, seg.unsqueeze(1).expand(n, h), scores, "amax")
+    m = m.scatter_reduce(0, seg.unsqueeze(1).expand(n, h), scores, "amax")  # NaN propagates
+    # a segment whose scores are all -inf shifts by 0, so its weights are 0, not exp(-inf + inf)
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
     e = torch.exp(scores - m[seg])
     denom = torch.zeros((num_segments, h), dtype=cd, device=scores.device).index_add_(0, seg, e)
     acc = torch.zeros((num_segments, h, d), dtype=cd, device=scores.device)
     acc.index_add_(0, seg, e.unsqueeze(-1) * values)
     empty = denom == 0
     out = acc / torch.where(empty, torch.ones_like(denom), denom).unsqueeze(-1)
+    # a +inf score gives m = +inf and a NaN denominator, so a NaN LSE (as _softmax_rows)
     lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(denom))
     return out, lse
+
+
+def dequantize(rows: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """Pool rows as ``dtype`` values: the stored ones times the pool's scale (FP8 pools)."""
+    rows = rows.to(dtype)
+    return rows * scale if scale != 1.0 else rows
 
 
 def paged_decode_ref(
@@ -162,14 +200,18 @@ def paged_decode_ref(
     v_cache: torch.Tensor,
     layout: PagedLayout,
     softmax_scale: Optional[float] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One query token per request over its pages: q [B, Hq, D] -> (out [B, Hq, D], lse [B, Hq])."""
+    """One query token per request over its pages: q [B, Hq, D] -> (out [B, Hq, D], lse [B, Hq]).
+    The pools hold K / k_scale and V / v_scale (FP8 pools; 1 otherwise)."""
     cd = _compute_dtype(q, k_cache, v_cache)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     rows, slots = layout.token_slots()
+    checked_slots("layout", slots, k_cache, layout.page_size)
     group = q.shape[1] // k_cache.shape[-3 if k_cache.dim() == 4 else 1]
-    k = gather_kv(k_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
-    v = gather_kv(v_cache, slots, layout.page_size).to(cd).repeat_interleave(group, dim=1)
+    k = dequantize(gather_kv(k_cache, slots, layout.page_size), k_scale, cd).repeat_interleave(group, dim=1)
+    v = dequantize(gather_kv(v_cache, slots, layout.page_size), v_scale, cd).repeat_interleave(group, dim=1)
     scores = (q.to(cd)[rows] * k).sum(-1) * scale
     return _segment_softmax_attend(scores, v, rows, q.shape[0])
 
@@ -227,14 +269,18 @@ def paged_extend_ref(
     prefix_layout: PagedLayout,
     cu_seqlens_q: torch.Tensor,
     softmax_scale: Optional[float] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Extend: request b's new tokens q[cu[b]:cu[b+1]] attend to all of its cached prefix
-    (pages of ``prefix_layout`` row b) and causally to the new tokens k/v_new[cu[b]:cu[b+1]]."""
+    (pages of ``prefix_layout`` row b, stored as K / k_scale and V / v_scale) and causally to the
+    new tokens k/v_new[cu[b]:cu[b+1]] (as they are)."""
     cd = _compute_dtype(q, k_new, v_new)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     rows, slots = prefix_layout.token_slots()
-    k_pre = gather_kv(k_cache, slots, prefix_layout.page_size)
-    v_pre = gather_kv(v_cache, slots, prefix_layout.page_size)
+    checked_slots("prefix_layout", slots, k_cache, prefix_layout.page_size)
+    k_pre = dequantize(gather_kv(k_cache, slots, prefix_layout.page_size), k_scale, cd)
+    v_pre = dequantize(gather_kv(v_cache, slots, prefix_layout.page_size), v_scale, cd)
     pre_off = torch.zeros(prefix_layout.batch_size + 1, dtype=torch.int64)
     pre_off[1:] = torch.cumsum(prefix_layout.seq_lens.to(torch.int64).cpu(), 0)
     out = torch.zeros(q.shape, dtype=cd, device=q.device)
@@ -257,14 +303,13 @@ def merge_states_ref(
     """Combines two partial attention results over disjoint key sets.
 
     v_* [..., D] are softmax-normalised outputs, s_* [...] their LSEs. Returns the
-    output and LSE over the union of the key sets. Two empty parts (-inf) give 0, -inf.
+    output and LSE over the union of the key sets. Two empty parts (-inf) give 0, -inf; a NaN
+    (or +inf) LSE, or a NaN value, gives NaN, as the product of a NaN weight or value would.
     """
     cd = _compute_dtype(v_a, v_b)
     s_a, s_b = s_a.to(cd), s_b.to(cd)
-    s = torch.logaddexp(s_a, s_b)
-    finite = torch.isfinite(s)
-    s_safe = torch.where(finite, s, torch.zeros_like(s))
-    w_a = torch.where(finite, torch.exp(s_a - s_safe), torch.zeros_like(s))
-    w_b = torch.where(finite, torch.exp(s_b - s_safe), torch.zeros_like(s))
+    s = _poisoned(torch.logaddexp(s_a, s_b))
+    s_safe = torch.where(s == float("-inf"), torch.zeros_like(s), s)  # two empty parts: weights 0
+    w_a, w_b = torch.exp(s_a - s_safe), torch.exp(s_b - s_safe)
     v = v_a.to(cd) * w_a.unsqueeze(-1) + v_b.to(cd) * w_b.unsqueeze(-1)
     return v, s

@@ -25,7 +25,10 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from . import config
 from .decode import DecodePlanner, paged_decode_table
 from .extend import ExtendPlan, extend_attention, plan_extend
+from .checks import FP8_KV_DTYPES
 from .heuristics import DECODE_MAX_GROUP
+from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
+from .speculative import VerifyPlan, verify_attention
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -54,6 +57,7 @@ class ForwardMetadata:
     # CPU decode: each request's pool row and length (the reference reads the page table)
     req_pool_indices: Optional[torch.Tensor] = None
     seq_lens: Optional[torch.Tensor] = None
+    verify: Optional[VerifyPlan] = None  # target verify (and CUDA-graph draft extend): see speculative.py
 
 
 class _GraphBuffers:
@@ -89,6 +93,11 @@ class FlashCoreBackend(AttentionBackend):
         self.req_to_token_pool = model_runner.req_to_token_pool
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
+        # --kv-cache-dtype fp8_e4m3 / fp8_e5m2: the pool holds K / k_scale and V / v_scale
+        self.fp8_kv = getattr(model_runner, "kv_cache_dtype", None) in FP8_KV_DTYPES
+        # --enable-deterministic-inference: batch-invariant decode (DecodePlanner's deterministic mode)
+        self.deterministic = bool(getattr(getattr(model_runner, "server_args", None),
+                                          "enable_deterministic_inference", False))
         self.forward_metadata: Optional[ForwardMetadata] = None
         self._graph: Optional[_GraphBuffers] = None  # CPU: fixed row/length buffers
         self._planner: Optional[DecodePlanner] = None  # GPU: made on first decode
@@ -96,6 +105,9 @@ class FlashCoreBackend(AttentionBackend):
         # total query heads: an upper bound on this rank's, enough to size the planner's workspace
         self._max_q_heads = getattr(cfg, "num_attention_heads", None)
         self._checked_layers: Dict[int, bool] = {}
+        self._verify: Optional[VerifyMetadataBuilder] = None  # made on the first speculative batch
+        # SGLang's speculative workers size verify masks by it when a batch has no host lengths
+        self.max_context_len = int(self.req_to_token_pool.req_to_token.shape[1]) if self.req_to_token_pool else 0
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -112,8 +124,8 @@ class FlashCoreBackend(AttentionBackend):
         if cfg is not None and getattr(cfg, "attention_chunk_size", None):
             raise UnsupportedFeatureError("chunked local attention")
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
-        if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise UnsupportedFeatureError(f"a {kv_dtype} KV cache", "use --kv-cache-dtype auto")
+        if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32) + FP8_KV_DTYPES:
+            raise UnsupportedFeatureError(f"a {kv_dtype} KV cache", "use --kv-cache-dtype auto, fp8_e4m3 or fp8_e5m2")
 
     def _check_layer(self, layer: "RadixAttention") -> None:
         if self._checked_layers.get(layer.layer_id):
@@ -140,8 +152,6 @@ class FlashCoreBackend(AttentionBackend):
         def is_(name: str) -> bool:  # mode predicates differ between SGLang releases
             return bool(getattr(mode, name, lambda: False)())
 
-        if is_("is_target_verify") or is_("is_draft_extend_v2") or is_("is_draft_extend"):
-            raise UnsupportedFeatureError("speculative decoding (custom attention masks)")
         if is_("is_dllm_extend"):
             raise UnsupportedFeatureError("diffusion-LLM block attention")
         if getattr(forward_batch, "encoder_lens", None) is not None:
@@ -158,12 +168,26 @@ class FlashCoreBackend(AttentionBackend):
             if not self._max_q_heads:
                 raise UnsupportedFeatureError("GPU decode for a model config without num_attention_heads")
             self._planner = DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads,
-                                          k0.shape[-1], self.device)
+                                          k0.shape[-1], self.device, deterministic=self.deterministic)
         return self._planner
+
+    def _verify_builder(self) -> VerifyMetadataBuilder:
+        """Plans speculative batches (target verify; draft extend in CUDA graphs): speculative.py."""
+        if self._verify is None:
+            k0 = self.token_to_kv_pool.get_key_buffer(0)
+            if self._use_planner() and not self._max_q_heads:
+                raise UnsupportedFeatureError("GPU verify for a model config without num_attention_heads")
+            self._verify = VerifyMetadataBuilder(
+                self.req_to_token_pool.req_to_token, self.device, use_kernels=self._use_planner(),
+                num_q_heads=self._max_q_heads or k0.shape[1], head_dim=k0.shape[-1], num_kv_heads=k0.shape[1],
+                chunk_tokens=self.chunk_tokens, deterministic=getattr(self, "deterministic", False))
+        return self._verify
 
     def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
+        if is_target_verify(forward_batch.forward_mode):  # draft extends are extends (below)
+            return ForwardMetadata(verify=self._verify_builder().plan(forward_batch))
         if forward_batch.forward_mode.is_decode_or_idle():
             if self._use_planner():
                 planner = self._decode_planner()
@@ -181,6 +205,7 @@ class FlashCoreBackend(AttentionBackend):
             prefix_lens_cpu=getattr(forward_batch, "extend_prefix_lens_cpu", None),
             extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None),
             page_size=self.page_size,
+            paged=False if self.fp8_kv else None,  # FP8 pages are widened by a gather, not read in place
         )
         return ForwardMetadata(extend=plan)
 
@@ -190,6 +215,7 @@ class FlashCoreBackend(AttentionBackend):
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        self._verify_builder().init_cuda_graph_state(max_bs)  # fixed draft-mask buffers, made per width
         if self.device.type != "cuda":
             self._graph = _GraphBuffers(max_bs, self.device)
             return
@@ -203,7 +229,12 @@ class FlashCoreBackend(AttentionBackend):
         fixed buffers the captured launch reads."""
         if self._graph is None and self._planner is None:
             raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
-        if not forward_batch.forward_mode.is_decode_or_idle():
+        mode = forward_batch.forward_mode
+        if is_target_verify(mode) or is_draft_extend(mode):
+            self._check_batch(forward_batch)
+            self.forward_metadata = ForwardMetadata(verify=self._verify_builder().plan(forward_batch, graph=True))
+            return
+        if not mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
         meta = self._build_metadata(forward_batch)
@@ -213,6 +244,14 @@ class FlashCoreBackend(AttentionBackend):
 
     def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch"):
         pass  # everything is prepared outside the graph
+
+    def update_verify_buffers_to_fill_after_draft(self, spec_info, cuda_graph_bs: Optional[int]):
+        """SGLang's overlap plan stream plans a verify replay before the draft has written its
+        tree mask; this reloads the draft mask into the replay's fixed buffer. An eager verify is
+        planned later, from the final mask, so it needs nothing here."""
+        meta = self.forward_metadata
+        if cuda_graph_bs is not None and meta is not None and meta.verify is not None:
+            VerifyMetadataBuilder.refill_draft_mask(meta.verify, spec_info)
 
     def get_cuda_graph_seq_len_fill_value(self):
         return 1  # padded requests read one token, so no row is empty
@@ -224,8 +263,21 @@ class FlashCoreBackend(AttentionBackend):
             self.token_to_kv_pool.get_value_buffer(layer.layer_id),
         )
 
+    def _kv_scales(self, layer) -> tuple:
+        """(k_scale, v_scale) the pool's values are multiplied by: the checkpoint's for an FP8
+        pool (1.0 when it has none), as SGLang's pool divided them out when storing."""
+        if not self.fp8_kv or getattr(layer, "k_scale", None) is None:
+            return 1.0, 1.0
+        return float(layer.k_scale_float or 1.0), float(layer.v_scale_float or 1.0)
+
     def _store_kv(self, layer, forward_batch, k, v, save_kv_cache: bool) -> None:
-        if save_kv_cache and k is not None and v is not None:
+        if not (save_kv_cache and k is not None and v is not None):
+            return
+        if self.fp8_kv and getattr(layer, "k_scale", None) is not None:
+            # SGLang's pool divides by the scales in place; the extend still reads the new k/v
+            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k.clone(), v.clone(),
+                                                layer.k_scale, layer.v_scale)
+        else:
             self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
@@ -234,13 +286,14 @@ class FlashCoreBackend(AttentionBackend):
         meta = self.forward_metadata
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         k_buf, v_buf = self._kv_buffers(layer)
+        k_scale, v_scale = self._kv_scales(layer)
         if meta.planner is not None:
-            out, _ = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size)
+            out, _ = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
         else:
             out, _ = paged_decode_table(
                 q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
                 page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
-                check_bounds=False,
+                check_bounds=False, k_scale=k_scale, v_scale=v_scale,
             )
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
@@ -254,10 +307,19 @@ class FlashCoreBackend(AttentionBackend):
         if k is not None and v is not None:
             k_new = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
-        # stored just now, or (k is None) the model stored them itself
-        in_cache = save_kv_cache or k_new is None
+        if meta.verify is not None:  # target verify, or a draft extend replayed from a CUDA graph
+            k_scale, v_scale = self._kv_scales(layer)
+            out, _ = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
+                                      meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
+                                      v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc)
+            return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+        # stored just now, or (k is None) the model stored them itself; over an FP8 pool the new
+        # tokens attend with their unquantized K/V, as in SGLang's other backends
+        in_cache = (save_kv_cache and not self.fp8_kv) or k_new is None
+        k_scale, v_scale = self._kv_scales(layer)
         out, _ = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
-                                  new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc)
+                                  new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
+                                  k_scale=k_scale, v_scale=v_scale)
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

@@ -142,3 +142,136 @@ def test_plan_errors(decode_case):
     _, layout, *_ = decode_case
     with pytest.raises(ValueError, match=r"chunk_tokens: expected a positive int"):
         fc.plan_sharing(layout, 0)
+
+
+def test_from_sglang_never_truncates_slots():
+    pt = make_page_table("none", [5, 7], 4, seed=0)
+    r2t = pt.req_to_token.to(torch.int64)
+    r2t[int(pt.req_pool_indices[1]), 2] = 2**32 + 9  # would wrap to slot 9 as int32
+    with pytest.raises(ValueError, match=r"req_to_token: KV slot out of range .* got 4294967305, "
+                                         r"expected a value in \[0, 2147483648\)"):
+        fc.from_sglang(r2t, pt.req_pool_indices, pt.seq_lens, 4)
+    with pytest.raises(ValueError, match=r"req_to_token: KV slot out of range .* got 4294967305"):
+        fc.from_sglang(r2t, pt.req_pool_indices, pt.seq_lens, 4, validate=False)  # CPU: checked anyway
+    with pytest.raises(ValueError, match=r"num_slots: 4294967296 slots do not fit"):
+        fc.from_sglang(r2t, pt.req_pool_indices, pt.seq_lens, 4, num_slots=2**32)
+    with pytest.raises(ValueError, match=r"num_slots: expected a non-negative int, got -1"):
+        fc.from_sglang(r2t, pt.req_pool_indices, pt.seq_lens, 4, num_slots=-1)
+
+
+def test_from_sglang_unvalidated_cpu_ids_fail_clearly():
+    pt = make_page_table("none", [5, 7], 4, seed=0)
+    r2t, idx, lens = pt.req_to_token.clone(), pt.req_pool_indices, pt.seq_lens
+    r2t[int(idx[0]), 1] = -1  # would index the last slot
+    with pytest.raises(ValueError, match=r"req_to_token: KV slot out of range .* got -1"):
+        fc.from_sglang(r2t, idx, lens, 4, validate=False)
+    with pytest.raises(ValueError, match=r"req_pool_indices: request pool row out of range .* got -1"):
+        fc.from_sglang(pt.req_to_token, idx - idx - 1, lens, 4, validate=False)
+    with pytest.raises(ValueError, match=r"seq_lens: sequence length out of range .* got -2"):
+        fc.from_sglang(pt.req_to_token, idx, lens - 7, 4, validate=False)
+
+
+def test_from_sglang_total_tokens():
+    pt = make_page_table("none", [5, 7], 4, seed=0)
+    args = (pt.req_to_token, pt.req_pool_indices, pt.seq_lens, 4)
+    assert fc.from_sglang(*args, total_tokens=12).nnz == fc.from_sglang(*args).nnz
+    with pytest.raises(ValueError, match=r"total_tokens: expected seq_lens.sum\(\) = 12, got 5"):
+        fc.from_sglang(*args, total_tokens=5)
+    for bad in (-1, 1.5, "12"):
+        with pytest.raises(ValueError, match=r"total_tokens: expected a non-negative int"):
+            fc.from_sglang(*args, total_tokens=bad)
+
+
+def test_unchecked_decode_on_cpu_still_checks_ids(decode_case):
+    """check_bounds=False is what the backend's CPU decode passes: bad ids still fail clearly."""
+    pt, layout, q, k, v = decode_case
+    row = int(pt.req_pool_indices[1])
+    for bad, msg in ((-1, r"got -1"), (k.shape[0], rf"got {k.shape[0]}"), (2**31 + 5, r"got 2147483653")):
+        r2t = pt.req_to_token.to(torch.int64).clone()
+        r2t[row, 3] = bad
+        with pytest.raises(ValueError, match=r"req_to_token: KV slot out of range .*" + msg):
+            fc.paged_decode_table(q, k, v, r2t, pt.req_pool_indices, pt.seq_lens, page_size=16, check_bounds=False)
+    with pytest.raises(ValueError, match=r"req_pool_indices: request pool row out of range"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices + 99, pt.seq_lens, page_size=16,
+                              check_bounds=False)
+    with pytest.raises(ValueError, match=r"seq_lens: sequence length out of range"):
+        fc.paged_decode_table(q, k, v, pt.req_to_token, pt.req_pool_indices, pt.seq_lens - 100, page_size=16,
+                              check_bounds=False)
+    with pytest.raises(ValueError, match=r"layout.cols: last KV slot of a page run out of range"):
+        fc.paged_decode(q, k[:20], v[:20], layout, check_bounds=False)
+
+
+def test_unchecked_extend_on_cpu_still_checks_ids(decode_case):
+    pt, layout, q, k, v = decode_case
+    qn, kn = torch.randn(5, 4, 64, dtype=torch.float16), torch.randn(5, 2, 64, dtype=torch.float16)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"layout.cols: last KV slot of a page run out of range"):
+        fc.paged_extend(qn, kn, kn, k[:20], v[:20], layout, cu, check_bounds=False)
+
+
+def _layout_fields(layout):
+    return dict(page_size=layout.page_size, num_pages=layout.num_pages, row_offsets=layout.row_offsets,
+                cols=layout.cols, page_offsets=layout.page_offsets, counts=layout.counts,
+                positions=layout.positions, staging_ids=layout.staging_ids, seq_lens=layout.seq_lens)
+
+
+def test_hand_built_layout_is_checked(decode_case):
+    pt, layout, q, k, v = decode_case
+    fields = _layout_fields(layout)
+    for change, error, msg in (
+        (dict(page_size=0), ValueError, r"layout.page_size: expected a positive int, got 0"),
+        (dict(num_pages=-3), ValueError, r"layout.num_pages: expected a non-negative int"),
+        (dict(cols=layout.cols.float()), TypeError, r"layout.cols: expected dtype int32 or int64"),
+        (dict(counts=layout.counts[:-1]), ValueError, r"layout.counts: expected length"),
+        (dict(seq_lens=layout.seq_lens[:1]), ValueError, r"layout.seq_lens: expected length 2"),
+        (dict(row_offsets=layout.row_offsets[:0]), ValueError, r"layout.row_offsets: expected B\+1 offsets"),
+        (dict(cols=layout.cols.reshape(1, -1)), ValueError, r"layout.cols: expected 1 dimensions"),
+    ):
+        with pytest.raises(error, match=msg):
+            fc.PagedLayout(**{**fields, **change})
+    bad_values = (
+        (dict(counts=layout.counts * 0), r"layout.counts: tokens of a run out of range .* got 0"),
+        (dict(page_offsets=layout.page_offsets + 16), r"layout.page_offsets: first slot in the page out of range"),
+        (dict(cols=layout.cols - layout.cols - 1), r"layout.cols: page id out of range .* got -1"),
+        (dict(seq_lens=layout.seq_lens + 1), r"layout.seq_lens: request 0 has 21 tokens, but its runs hold 20"),
+        (dict(row_offsets=layout.row_offsets.flip(0)), r"layout.row_offsets: expected non-decreasing offsets"),
+    )
+    for change, msg in bad_values:
+        hand = fc.PagedLayout(**{**fields, **change})
+        for check_bounds in (True, False):  # CPU layouts are checked either way
+            with pytest.raises(ValueError, match=msg):
+                fc.paged_decode(q, k, v, hand, check_bounds=check_bounds)
+
+
+def test_sizes_of_reports_must_be_positive(decode_case):
+    _, layout, *_ = decode_case
+    plan = layout.plan()
+    assert plan.stats(num_kv_heads=2, head_dim=64, num_q_heads=4)["bytes_dense"] > 0
+    for bad in (dict(num_kv_heads=-1), dict(head_dim=0), dict(num_q_heads=2.5), dict(elem_bytes=True)):
+        args = {**dict(num_kv_heads=2, head_dim=64, num_q_heads=4), **bad}
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=rf"{name}: expected a positive int"):
+            plan.stats(**args)
+        with pytest.raises(ValueError, match=rf"{name}: expected a positive int"):
+            fc.decode_bytes(10, 2, **args)
+    with pytest.raises(ValueError, match=r"kv_tokens: expected a non-negative int, got -10"):
+        fc.decode_bytes(-10, 2, 2, 4, 64)
+
+
+def test_merge_states_needs_heads_and_dims():
+    for shape in ((), (8,)):
+        v, s = torch.randn(shape), torch.randn(shape[:-1])
+        with pytest.raises(ValueError, match=r"v_a: expected \[\.\.\., H, D\]"):
+            fc.merge_states(v, s, v, s)
+
+
+def test_max_seqlen_is_checked():
+    q, k = torch.randn(6, 4, 64), torch.randn(5, 4, 64)
+    cq, ck = torch.tensor([0, 2, 6], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32)
+    out, _ = fc.attention(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=6, max_seqlen_k=4)
+    torch.testing.assert_close(out, fc.attention(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck)[0])
+    with pytest.raises(ValueError, match=r"max_seqlen_q: 3 is below the longest sequence of the batch, 4"):
+        fc.attention(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=3)
+    for bad in (-1, 2.5, None.__class__):
+        with pytest.raises(ValueError, match=r"max_seqlen_k: expected a non-negative int"):
+            fc.attention(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_k=bad)

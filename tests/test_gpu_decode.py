@@ -105,3 +105,30 @@ def test_cuda_kernel_errors_name_the_argument():
     ref_o, ref_l = paged_decode_ref(q64, k64, k64, layout)
     torch.testing.assert_close(out.float(), ref_o, **TOL[torch.float16])
     torch.testing.assert_close(lse, ref_l, atol=2e-3, rtol=1e-4)
+
+
+def test_deterministic_mode_is_batch_invariant():
+    """DecodePlanner(deterministic=True): one request's output and LSE are bit-identical alone and
+    in batches of 2, 17 and 64 with other requests, some sharing its prefix."""
+    from sglang_flashcore.decode import DecodePlanner
+
+    hq, hkv, d, page = 32, 8, 128, 16
+    lengths = [7000] + [random.Random(i).randint(1, 9000) for i in range(63)]
+    pt = make_page_table("prefix", lengths, page, seed=4, shared=4096)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q = torch.randn(64, hq, d, device="cuda", generator=g).to(torch.bfloat16)
+    k = torch.randn(pt.num_slots, hkv, d, device="cuda", generator=g).to(torch.bfloat16)
+    v = torch.randn(pt.num_slots, hkv, d, device="cuda", generator=g).to(torch.bfloat16)
+    r2t = pt.req_to_token.cuda().to(torch.int32)
+    rows, lens = pt.req_pool_indices.cuda(), pt.seq_lens.cuda()
+    planner = DecodePlanner(64, hq, d, "cuda", deterministic=True)
+    results = []
+    for batch in (1, 2, 17, 64):
+        planner.plan(r2t, rows[:batch], lens[:batch], hkv, hq // hkv)
+        out, lse = planner.run(q[:batch], k, v, d ** -0.5, page)
+        results.append((out[0].clone(), lse[0].clone()))
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+    layout = fc.from_sglang(r2t, rows[:1], lens[:1], page)
+    ref_o, _ = paged_decode_ref(q[:1], k, v, layout)
+    torch.testing.assert_close(results[0][0].float(), ref_o[0], **TOL[torch.bfloat16])

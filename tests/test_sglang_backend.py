@@ -177,7 +177,7 @@ def _fake_runner(**overrides):
     ({"use_mla_backend": True}, "MLA"),
     ({"sliding_window_size": 4096}, "sliding-window"),
     ({"model_config": SimpleNamespace(is_encoder_decoder=True)}, "encoder-decoder"),
-    ({"kv_cache_dtype": torch.float8_e4m3fn}, "KV cache"),
+    ({"kv_cache_dtype": torch.uint8}, "KV cache"),  # e.g. SGLang's FP4 KV cache
 ])
 def test_unsupported_models_fail_at_construction(overrides, feature):
     with pytest.raises(UnsupportedFeatureError, match=feature):
@@ -196,10 +196,11 @@ def test_unsupported_layers_fail_at_first_use(attr, value, feature):
         _run(kit.run_dense_fixture_eager, fixture)
 
 
-def test_speculative_batches_fail_clearly():
+def test_diffusion_batches_fail_clearly():
+    # speculative batches are served: tests/test_sglang_speculative.py
     fixture = _build(_case("decode", ForwardMode.DECODE, [10, 20]))
-    fixture.forward_batch.forward_mode = ForwardMode.TARGET_VERIFY
-    with pytest.raises(UnsupportedFeatureError, match="speculative decoding"):
+    fixture.forward_batch.forward_mode = ForwardMode.DLLM_EXTEND
+    with pytest.raises(UnsupportedFeatureError, match="diffusion-LLM block attention"):
         fixture.backend.init_forward_metadata(fixture.forward_batch)
 
 
@@ -266,3 +267,27 @@ def test_kit_cuda_graph_decode_runner_replays_padded_batches(case, capture_bs):
             _NoSkip(), case, device="cpu", dtype=torch.float32,
             cuda_graph_capture_batch_size=max(capture_bs, case.batch_size),
         )
+
+
+# ------------------------------------------------------ deterministic inference
+def test_listed_for_deterministic_inference_but_not_as_radix_safe():
+    from sglang_flashcore.plugin import _CHOICES_MODULES
+    import importlib
+
+    for module in _CHOICES_MODULES:  # (0.5.17 has no arg_groups package)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "DETERMINISTIC_ATTENTION_BACKEND_CHOICES"):
+            assert mod.DETERMINISTIC_ATTENTION_BACKEND_CHOICES.count(NAME) == 1
+            # SGLang turns the radix cache off for backends not in its radix-safe list
+            assert NAME not in getattr(mod, "RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND", [])
+            return
+    pytest.fail("no SGLang module holds DETERMINISTIC_ATTENTION_BACKEND_CHOICES")
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_backend_follows_enable_deterministic_inference(flag):
+    runner = _fake_runner(server_args=SimpleNamespace(enable_deterministic_inference=flag))
+    assert FlashCoreBackend(runner).deterministic is flag

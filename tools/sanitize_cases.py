@@ -67,8 +67,13 @@ def main() -> int:
         out_layout, _ = fc.paged_decode(q, k, v, layout, chunk_tokens=chunk)
         out_table, _ = fc.paged_decode_table(q, k, v, pt.req_to_token.cuda(), pt.req_pool_indices.cuda(),
                                              pt.seq_lens.cuda(), page_size=page, chunk_tokens=chunk)
-        for name, out in (("layout", out_layout), ("table", out_table)):
-            err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
+        # the same batch over an FP8 pool (its own reference)
+        fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)[i % 2]
+        k8, v8 = (k / 0.5).to(fp8), (v * 0.5).to(fp8)
+        ref8, _ = paged_decode_ref(q, k8, v8, layout, None, 0.5, 2.0)
+        out_fp8, _ = fc.paged_decode(q, k8, v8, layout, chunk_tokens=chunk, k_scale=0.5, v_scale=2.0)
+        for name, out, want in (("layout", out_layout, ref), ("table", out_table, ref), ("fp8", out_fp8, ref8)):
+            err = (out.float() - want).abs().max().item() if out.numel() else 0.0
             ok = err < 2e-2
             bad += not ok
             print(f"decode case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")

@@ -78,6 +78,8 @@ struct TablePlanArgs {
   int group;         // query heads per KV head (sizes the tasks)
   int rows_per_task; // query rows of one task (kDecodeRowsPerCta)
   int fixed_chunk;   // > 0: use this C; 0: choose from the lengths
+  bool share;        // group identical chunks of different requests into one work item; off, every
+                     // chunk is its own (a request's arithmetic then never depends on its batch)
   int min_chunk, max_auto_chunk;  // bounds of the automatic choice
   int64_t target_items;           // work items x KV heads the automatic choice aims for
   // Tail split: with more than one wave of tasks (resident_ctas / num_kv_heads of them run at

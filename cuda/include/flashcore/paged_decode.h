@@ -21,7 +21,8 @@ struct PagedDecodeParams {
   int64_t q_stride_b, q_stride_h;
   int64_t kv_stride_page, kv_stride_head, kv_stride_tok;
   int num_q_heads, num_kv_heads, group;
-  float scale_log2;  // softmax scale * log2(e)
+  float scale_log2;  // softmax scale * K's dequantization scale (FP8 pools) * log2(e)
+  float v_scale;     // V's dequantization scale (FP8 pools; 1 for 16-bit pools)
 
   // The plan (the page-table planner of decode_plan.h), int32: work item w reads positions
   // work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; its readers are
@@ -66,7 +67,14 @@ struct PagedDecodeParams {
   int64_t out_stride_b, out_stride_h;
 };
 
-// dtype: 0 = fp16, 1 = bf16. Returns a CUDA error code (cudaSuccess when launched).
-cudaError_t paged_decode_launch(const PagedDecodeParams& p, int dtype, int head_dim, cudaStream_t stream);
+// The K/V pool's element type (paged_decode_launch's kv_dtype).
+constexpr int kDecodeKvSameAsQuery = 0;
+constexpr int kDecodeKvFp8E4m3 = 1;
+constexpr int kDecodeKvFp8E5m2 = 2;
+
+// dtype (q and out): 0 = fp16, 1 = bf16; kv_dtype: one of the codes above. Returns a CUDA error
+// code (cudaSuccess when launched).
+cudaError_t paged_decode_launch(const PagedDecodeParams& p, int dtype, int kv_dtype, int head_dim,
+                                cudaStream_t stream);
 
 }  // namespace flashcore

@@ -92,7 +92,7 @@ struct OnlineSoftmax {
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-      const bool seen = l[r] > 0.f;
+      const bool seen = l[r] != 0.f;  // a NaN sum (a NaN or +inf score) stays NaN, like SDPA
       inv[r] = seen ? rcp_approx(l[r]) : 0.f;
       lse[r] = seen ? (m[r] * scale_log2 + log2_approx(l[r])) * kLn2 : -INFINITY;
     }
