@@ -17,7 +17,10 @@ against our dense kernel on the gathered K/V before anything is timed:
   copy they need), each named by the kernel that runs: ``cudnn`` (SDPA's cuDNN backend: with
   no prefix through ``is_causal``, with one through an explicit bottom-right boolean mask),
   ``fa2`` (SDPA's FlashAttention-2 backend with ``causal_lower_right``). A baseline the torch
-  build cannot run for a shape is reported as unavailable, with the reason.
+  build cannot run for a shape is reported as unavailable, with the reason;
+* what SGLang's ``fa3`` and ``flashinfer`` backends run, reading the pool's pages in place like the
+  backend (``serving_baselines``: ``fa3``, ``flashinfer``, ``flashinfer_fa3``), when installed;
+  those that are not are named under ``skipped``.
 
 All timed functions alternate in rounds. B requests of L tokens; the first f*L tokens of every
 request are one cached prefix (the same pages for all B), the rest are new.
@@ -39,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_decode import shared_page_table  # noqa: E402
+from bench_decode import shared_page_table, skip_reason  # noqa: E402
 from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved, wall_ms  # noqa: E402
 from sglang_flashcore import kernels  # noqa: E402
 from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
@@ -79,6 +82,54 @@ def baselines(qb, kg, vg, new, length, gqa):
     return found
 
 
+SERVING_BASELINES = ["fa3", "flashinfer", "flashinfer_fa3"]
+
+
+def serving_baselines(q, k_cache, v_cache, r2t, page, new, length, scale, row):
+    """What SGLang's ``fa3`` and ``flashinfer`` backends run for this extend, reading the pool's pages
+    in place like ours (no gather): FA3's ``flash_attn_with_kvcache`` (sgl-kernel's, or on the GPU
+    box the build of tools/build_baselines.py), and FlashInfer's paged prefill over the whole
+    length, causal, with its FA2 kernel (SGLang's paged prefill wrapper) and its sm90 one
+    (``flashinfer_fa3``: the kernel of SGLang's ragged wrapper on Hopper). {name: callable}; one that
+    is not installed or cannot run is named in ``row["skipped"]``."""
+    batch, hkv, d = r2t.shape[0], k_cache.shape[1], k_cache.shape[2]
+    pages_per_req = -(-length // page)
+    table = (r2t[:, ::page] // page).to(torch.int32).contiguous()
+    kc, vc = k_cache.view(-1, page, hkv, d), v_cache.view(-1, page, hkv, d)
+    cu_q = torch.arange(batch + 1, device=q.device, dtype=torch.int32) * new
+    fns, skipped = {}, {}
+    try:
+        from sgl_kernel.flash_attn import flash_attn_with_kvcache
+
+        seq = torch.full((batch,), length, device=q.device, dtype=torch.int32)
+        fns["fa3"] = lambda: flash_attn_with_kvcache(q, kc, vc, page_table=table, cache_seqlens=seq, cu_seqlens_q=cu_q,
+                                                     max_seqlen_q=new, softmax_scale=scale, causal=True)
+        fns["fa3"]()
+    except Exception as exc:  # noqa: BLE001 - a baseline that is absent or fails to run is reported, not fatal
+        skipped["fa3"] = skip_reason(exc)
+        fns.pop("fa3", None)
+    for name, backend in (("flashinfer", "fa2"), ("flashinfer_fa3", "fa3")):
+        try:
+            import flashinfer
+
+            ws = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=q.device)
+            wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend=backend)
+            indptr = torch.arange(batch + 1, device=q.device, dtype=torch.int32) * pages_per_req
+            last = torch.full((batch,), length - (pages_per_req - 1) * page, device=q.device, dtype=torch.int32)
+            wrapper.plan(cu_q, indptr, table.reshape(-1), last, q.shape[1], hkv, d, page, causal=True,
+                         sm_scale=scale, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
+            fns[name] = lambda wrapper=wrapper: wrapper.run(q, (kc, vc))
+            fns[name]()
+        except Exception as exc:  # noqa: BLE001 - as above
+            skipped[name] = skip_reason(exc)
+            fns.pop(name, None)
+    for name, why in skipped.items():
+        print(f"  {name} unavailable: {why}")
+    if skipped:
+        row["skipped"] = skipped
+    return fns
+
+
 def add_best_baseline(row: dict) -> None:
     """The faster of the named baselines at this point (``best``) and the backend over it plus the
     gather: cuDNN through a boolean mask is slower than FA2 once there is a prefix."""
@@ -88,7 +139,7 @@ def add_best_baseline(row: dict) -> None:
         row["backend_over_best_plus_gather"] = (timed[row["best"]] + row["gather_ms"]) / row["backend_ms"]
 
 
-def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
+def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4, kv_dtype=None):
     dev = "cuda"
     prefix = (int(frac * length) // page) * page
     new = length - prefix
@@ -136,9 +187,22 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
                 fns[f"order{order}"] = backend(forced)
             row["grid_order"] = int(plan.grid_order.item())
     fns.update(baselines(q.view(batch, new, hq, d), kg, vg, new, length, hq != hkv))
+    fns.update(serving_baselines(q, k_cache, v_cache, r2t, page, new, length, scale, row))
     for name, fn in fns.items():
         if name != "gather":
             row[f"maxdiff_{name}"] = require_agreement(f"{name} at {row}", fn().reshape(want.shape), want)
+    if kv_dtype is not None:
+        # the backend over an FP8 pool (K / 0.5, V / 2, as SGLang stores them): a gathered plan whose
+        # keys are widened to bf16 on the gather, the new tokens' unquantized K/V placed among them
+        k8, v8 = (k_cache / 0.5).to(kv_dtype), (v_cache / 2.0).to(kv_dtype)
+        kn8, vn8 = k8[new_slots].to(dtype) * 0.5, v8[new_slots].to(dtype) * 2.0
+        fp8_plan = make_plan(paged=False)
+        fns["backend_fp8"] = lambda: extend_attention(q, kn8, vn8, k8, v8, fp8_plan, scale, new_kv_in_cache=False,
+                                                      k_scale=0.5, v_scale=2.0)[0]
+        *_, dense_fp8 = dense_on(k8.to(dtype) * 0.5, v8.to(dtype) * 2.0, r2t)
+        row["maxdiff_backend_fp8"] = require_agreement(f"backend over {kv_dtype} at {row}", fns["backend_fp8"](),
+                                                       dense_fp8())
+        dense_fp8 = None
     if plan.paged and batch > 1:  # no page shared, on a pool sized for its own table
         distinct, distinct_slots = shared_page_table(batch, length, page, 0.0, dev)
         kd = torch.randn(distinct_slots, hkv, d, device=dev, dtype=dtype)
@@ -150,11 +214,16 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4):
         row["maxdiff_distinct"] = require_agreement(f"distinct at {row}", fns["distinct"](), dense_distinct())
     ms = time_interleaved(fns, repeats=repeats, rounds=rounds, flush=False)
     row.update({f"{name}_ms": t for name, t in ms.items()})
-    for name in ("backend", "ours", "dense", "cudnn", "fa2"):
+    for name in ("backend", "ours", "dense", "cudnn", "fa2", *SERVING_BASELINES):
         if name in ms:
             row[f"{name}_TF"] = flops / ms[name] / 1e9
+    for name in SERVING_BASELINES:  # they read the pool in place, as the backend does
+        if name in ms:
+            row[f"backend_over_{name}"] = ms[name] / ms["backend"]
     if "backend_gather" in ms:
         row["paged_over_gather"] = ms["backend_gather"] / ms["backend"]
+    if "backend_fp8" in ms:
+        row["fp8_over_bf16"] = ms["backend"] / ms["backend_fp8"]  # speed of FP8 relative to bf16
     if "distinct" in ms:
         row["shared_speedup"] = ms["distinct"] / ms["backend"]
     row["ours_over_dense"] = ms["dense"] / ms["ours"]
@@ -176,7 +245,10 @@ def main():
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--fractions", default="0,0.5,0.9")
     parser.add_argument("--pages", default="64,1")
+    parser.add_argument("--kv-dtype", choices=["auto", "fp8_e4m3", "fp8_e5m2"], default="auto",
+                        help="also time the backend over an FP8 pool of this format (SGLang's --kv-cache-dtype)")
     args = parser.parse_args()
+    kv_dtype = {"auto": None, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[args.kv_dtype]
     info = require_cuda("bench_extend")
     rows = []
     for page in map(int, args.pages.split(",")):
@@ -185,9 +257,11 @@ def main():
                 if batch * length > 131072 or (page == 1 and batch * length > 32768):
                     continue  # keep one call within memory and time
                 for frac in map(float, args.fractions.split(",")):
-                    rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats, args.rounds))
+                    rows.append(run(batch, length, frac, page, 32, 8, 128, torch.bfloat16, args.repeats, args.rounds,
+                                    kv_dtype))
                     r = rows[-1]
-                    extra = "".join(f", {k} {r[k]:.2f}" for k in ("paged_over_gather", "shared_speedup") if k in r)
+                    extra = "".join(f", {k} {r[k]:.2f}" for k in ("paged_over_gather", "shared_speedup", "fp8_over_bf16")
+                                    if k in r)
                     print(f"  page {page} B{batch} L{length} prefix {r['prefix']}: backend {r['backend_TF']:.0f} TF "
                           f"(plan {r['plan_ms']:.3f} ms{extra}), paged_extend {r['ours_TF']:.0f} TF, "
                           f"dense {r['dense_TF']:.0f} TF, cuDNN {r.get('cudnn_TF', float('nan')):.0f} TF, "
@@ -195,12 +269,18 @@ def main():
     cols = ["page", "B", "L", "prefix", "new", "backend_ms", "backend_TF", "plan_ms", "backend_gather_ms",
             "paged_over_gather", "order0_ms", "order1_ms", "distinct_ms", "shared_speedup", "ours_ms", "ours_TF",
             "dense_TF", "backend_over_dense", "ours_over_dense", "gather_ms", "cudnn_TF", "fa2_TF",
-            "best", "backend_over_best_plus_gather", "backend_over_cudnn_plus_gather", "backend_over_fa2_plus_gather"]
+            "best", "backend_over_best_plus_gather", "backend_over_cudnn_plus_gather", "backend_over_fa2_plus_gather",
+            "fa3_TF", "backend_over_fa3", "flashinfer_TF", "backend_over_flashinfer", "flashinfer_fa3_TF",
+            "backend_over_flashinfer_fa3"] + (["backend_fp8_ms", "fp8_over_bf16"] if kv_dtype is not None else [])
     labels = [f"p{r['page']} B{r['B']} L{r['L'] // 1024}K pre{r['prefix'] * 100 // r['L']}%" for r in rows]
     report(args, info, rows, cols, "extend (bf16, Hq 32, Hkv 8, D 128)", labels,
            {"backend (ExtendPlan)": [r["backend_TF"] for r in rows], "paged_extend": [r["ours_TF"] for r in rows], "our dense, pre-gathered": [r["dense_TF"] for r in rows],
             "cuDNN SDPA (gather not counted)": [r.get("cudnn_TF") for r in rows],
-            "FA2 SDPA (gather not counted)": [r.get("fa2_TF") for r in rows]}, "TFLOPS")
+            "FA2 SDPA (gather not counted)": [r.get("fa2_TF") for r in rows],
+            **{label: [r.get(f"{name}_TF") for r in rows] for name, label in (
+                ("fa3", "FA3 flash_attn_with_kvcache (paged)"), ("flashinfer", "FlashInfer paged prefill (FA2)"),
+                ("flashinfer_fa3", "FlashInfer paged prefill (sm90)")) if any(f"{name}_TF" in r for r in rows)}},
+           "TFLOPS")
 
 
 if __name__ == "__main__":

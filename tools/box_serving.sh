@@ -1,7 +1,10 @@
 #!/bin/bash
 # On the GPU box (no network): unpack the SGLang site that tools/pack_box_site.py packed into
 # .carry/boxsite.tar.xz, install this checkout into it (for the sglang.srt.plugins entry point),
-# then run the given command with it on PYTHONPATH. Idempotent on a warm box.
+# then run the given command with it on PYTHONPATH. Idempotent on a warm box. When
+# .carry/baselines.tar.xz (tools/build_baselines.py: FlashInfer's AOT modules, FlashAttention-3 and
+# its sgl_kernel.flash_attn) is carried too, it is unpacked over the site (again when it changes),
+# so that the flashinfer and fa3 attention backends run.
 #   bash tools/box_serving.sh python3 benchmarks/bench_serving.py --check
 set -euo pipefail
 SITE=${FLASHCORE_BOX_SITE:-/tmp/site}
@@ -10,6 +13,13 @@ if [ ! -f "$SITE/.flashcore_ready" ]; then
     tar -xJf .carry/boxsite.tar.xz -C "$SITE"
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" .
     touch "$SITE/.flashcore_ready"
+fi
+if [ -f .carry/baselines.tar.xz ]; then
+    stamp=$(stat -c '%s %Y' .carry/baselines.tar.xz)
+    if [ "$(cat "$SITE/.baselines_ready" 2>/dev/null)" != "$stamp" ]; then
+        tar -xJf .carry/baselines.tar.xz -C "$SITE"
+        echo "$stamp" > "$SITE/.baselines_ready"
+    fi
 fi
 export PYTHONPATH="$SITE" FLASHCORE_CACHE="${FLASHCORE_CACHE:-/tmp/fc}"
 "$@"
