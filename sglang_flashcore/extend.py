@@ -220,6 +220,7 @@ def extend_attention(
     out_cache_loc: Optional[Tensor] = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    causal: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """One layer of an extend batch: ``(out [Tq, Hq, D] in q's dtype, lse [Tq, Hq] float32)``.
 
@@ -234,6 +235,8 @@ def extend_attention(
         k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale. Its rows are gathered and
             widened to q's dtype once per layer (the dense kernel reads 16-bit keys), so FP8
             pools take plans with ``paged=False``; passed-in new K/V are used as they are.
+        causal: each new token sees the prefix and the new tokens up to itself (decoders); False:
+            every key of its request (encoder-only layers of embedding models).
     """
     check_tensor("k_cache", k_cache, ndim=(3, 4))
     if plan.paged and k_cache.dim() != 3:
@@ -259,9 +262,9 @@ def extend_attention(
     if plan.paged:
         return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
                                     plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
-                                    True, softmax_scale, plan.grid_order)
+                                    causal, softmax_scale, plan.grid_order)
     return ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
-                            plan.max_seqlen_k, True, softmax_scale)
+                            plan.max_seqlen_k, causal, softmax_scale)
 
 
 def pages_in_place(req_to_token: Tensor, prefix_lens: Tensor, page_size: int) -> bool:

@@ -132,9 +132,6 @@ class FlashCoreBackend(AttentionBackend):
             return
         if getattr(layer, "is_cross_attention", False):
             raise UnsupportedFeatureError("cross attention")
-        attn_type = getattr(layer, "attn_type", None)
-        if attn_type is not None and getattr(attn_type, "name", "") == "ENCODER_ONLY":
-            raise UnsupportedFeatureError("encoder-only (non-causal) attention")
         if (getattr(layer, "sliding_window_size", -1) or -1) > -1:
             raise UnsupportedFeatureError("sliding-window attention")
         if (getattr(layer, "logit_cap", 0.0) or 0.0) > 0:
@@ -280,8 +277,15 @@ class FlashCoreBackend(AttentionBackend):
         else:
             self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
 
+    @staticmethod
+    def _encoder_only(layer) -> bool:
+        """An embedding model's bidirectional layer (SGLang's AttentionType.ENCODER_ONLY)."""
+        return getattr(getattr(layer, "attn_type", None), "name", "") == "ENCODER_ONLY"
+
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
         self._check_layer(layer)
+        if self._encoder_only(layer):
+            raise UnsupportedFeatureError("decode steps of an encoder-only layer", "embedding models only prefill")
         self._store_kv(layer, forward_batch, k, v, save_kv_cache)
         meta = self.forward_metadata
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
@@ -319,7 +323,7 @@ class FlashCoreBackend(AttentionBackend):
         k_scale, v_scale = self._kv_scales(layer)
         out, _ = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
                                   new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
-                                  k_scale=k_scale, v_scale=v_scale)
+                                  k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer))
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

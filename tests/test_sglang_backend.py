@@ -291,3 +291,28 @@ def test_listed_for_deterministic_inference_but_not_as_radix_safe():
 def test_backend_follows_enable_deterministic_inference(flag):
     runner = _fake_runner(server_args=SimpleNamespace(enable_deterministic_inference=flag))
     assert FlashCoreBackend(runner).deterministic is flag
+
+
+# ------------------------------------------------------- encoder-only layers
+ENCODER_CASES = [
+    _case("encoder_no_prefix_ragged", ForwardMode.EXTEND, [0, 0, 0], [1, 17, 40], heads=(8, 2)),
+    _case("encoder_over_prefix_page16", ForwardMode.EXTEND, [32, 5], [9, 30], heads=(4, 4)),
+    _case("encoder_over_prefix_page64", ForwardMode.EXTEND, [64, 64], [3, 70], heads=(8, 1), page=64),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ENCODER_CASES, ids=lambda c: c.name)
+def test_encoder_only_layers_attend_both_ways_like_torch_native(case, dtype):
+    from sglang.srt.layers.radix_attention import AttentionType
+
+    fixture = _build(case, dtype=dtype)
+    fixture.actual_module.attn.attn_type = AttentionType.ENCODER_ONLY
+    ours = _run(kit.run_dense_fixture_eager, fixture)
+    native = ATTENTION_BACKENDS["torch_native"](fixture.runner)
+    theirs = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, native))
+    _assert_close(ours, theirs, dtype)
+    # and it is not the causal answer
+    fixture.actual_module.attn.attn_type = AttentionType.DECODER
+    causal = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, FlashCoreBackend(fixture.runner)))
+    assert not torch.allclose(ours, causal, atol=1e-3)
