@@ -19,6 +19,10 @@
 #include "flashcore/dense_fwd.h"
 #include "flashcore/heuristics.h"
 #include "flashcore/paged_decode.h"
+#ifdef FLASHCORE_PREBUILT
+// written by setup.py for an ahead-of-time build: the torch and CUDA versions it is built against
+#include "flashcore_prebuilt.h"
+#endif
 
 namespace {
 
@@ -473,6 +477,11 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
+#ifdef FLASHCORE_PREBUILT
+  // sglang_flashcore/_jit.py uses this module only under the torch and CUDA it was built for
+  m.attr("TORCH_VERSION") = FLASHCORE_TORCH_VERSION;
+  m.attr("CUDA_VERSION") = FLASHCORE_CUDA_VERSION;
+#endif
   m.def("plan_decode_table", &plan_decode_table, "Plans a decode step from SGLang's page table on the GPU");
   m.def("paged_decode_table", &paged_decode_table, "Decode over a page-table plan (CUDA-graph capturable)");
   m.def("table_plan_views", &table_plan_views, "Named views of a planner workspace (for stats and tests)");

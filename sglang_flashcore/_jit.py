@@ -1,8 +1,9 @@
 """Finds or builds the CUDA kernels of ``cuda/``: a prebuilt module if one matches, else a JIT build.
 
-1. ``prebuilt()``: an importable ``sglang_flashcore._kernels`` (an ahead-of-time build, none is
-   shipped yet) whose recorded ``TORCH_VERSION`` and ``CUDA_VERSION`` are this torch's. If there
-   is none, ``load()`` says in one line why the JIT build runs instead.
+1. ``prebuilt()``: an importable ``sglang_flashcore._kernels`` (the ahead-of-time build of a wheel
+   made with ``FLASHCORE_BUILD_KERNELS=1``: setup.py) whose recorded ``TORCH_VERSION`` and
+   ``CUDA_VERSION`` are this torch's. If there is none, ``load()`` says in one line why the JIT
+   build runs instead.
 2. The JIT build, cached under ``$FLASHCORE_CACHE`` (default ``~/.cache/flashcore``) in a folder
    named by a hash of the sources, the torch version and the flags (``build_dir()``). It is
    complete when its ``BUILT`` marker is there; later processes import the module from it in
@@ -67,6 +68,11 @@ def sources() -> List[Path]:
 
 def headers() -> List[Path]:
     return sorted((cuda_dir() / "include").rglob("*.cuh")) + sorted((cuda_dir() / "include").rglob("*.h"))
+
+
+def include_dirs() -> List[str]:
+    """The header folders of the build (the JIT build's and setup.py's)."""
+    return [str(cuda_dir() / "include")] + wheel_cuda_includes()
 
 
 def source_hash() -> str:
@@ -175,7 +181,7 @@ def _build(folder: Path, digest: str):
     return load_extension(
         name=module_name(digest),
         sources=[str(s) for s in sources()],
-        extra_include_paths=[str(cuda_dir() / "include")] + wheel_cuda_includes(),
+        extra_include_paths=include_dirs(),
         extra_cflags=CXX_FLAGS,
         extra_cuda_cflags=NVCC_FLAGS,
         build_directory=str(folder),

@@ -50,6 +50,7 @@ class Facts:
     build_dir: Optional[str] = None
     built: Optional[str] = None  # the module file of a complete JIT build
     prebuilt: bool = False
+    prebuilt_file: Optional[str] = None  # the module file of the prebuilt kernels, when they are used
     prebuilt_reason: str = ""
     sources_error: Optional[str] = None  # cuda/ is missing
     impl: str = "auto"
@@ -133,6 +134,7 @@ def gather() -> Facts:
         facts.sources_error = str(exc)
     module, facts.prebuilt_reason = jit.prebuilt()
     facts.prebuilt = module is not None
+    facts.prebuilt_file = getattr(module, "__file__", None)
     try:
         facts.impl = config.impl_mode()
     except ValueError as exc:
@@ -230,7 +232,9 @@ def check_plugin(f: Facts) -> Check:
 
 def check_kernels(f: Facts) -> Check:
     if f.prebuilt:
-        return Check("kernels", True, f"prebuilt (sglang_flashcore._kernels for torch {f.torch_version})")
+        where = f": {f.prebuilt_file}" if f.prebuilt_file else ""
+        return Check("kernels", True, f"prebuilt{where} (for torch {f.torch_version}, CUDA {f.torch_cuda}; "
+                     "no JIT build)")
     if f.built:
         return Check("kernels", True, f"built: {f.built}", extra=[f.prebuilt_reason])
     if f.sources_error:

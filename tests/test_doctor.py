@@ -89,6 +89,16 @@ def test_built_or_prebuilt_kernels_need_no_nvcc_or_ninja():
     assert "no prebuilt kernels" in line(lines, "kernels")[1]
 
 
+def test_the_kernels_line_says_which_build_is_used():
+    so = "/site/sglang_flashcore/_kernels.cpython-312-x86_64-linux-gnu.so"
+    lines, _ = doctor.report(hopper(prebuilt=True, prebuilt_file=so, prebuilt_reason=""))
+    found = line(lines, "kernels")[0]
+    assert found.split()[0] == "ok" and f"prebuilt: {so} (for torch 2.11.0+cu130, CUDA 13.0; no JIT build)" in found
+    other = "the prebuilt kernels are for torch 2.10.0+cu129 with CUDA 12.9; this is torch 2.11.0+cu130 with CUDA 13.0"
+    lines, _ = doctor.report(hopper(prebuilt_reason=other))
+    assert "the first use builds them" in line(lines, "kernels")[0] and other in line(lines, "kernels")[1]
+
+
 @pytest.mark.parametrize("changes, text", [
     (dict(sglang=None), "not installed"),
     (dict(sglang="0.5.24"), "outside the tested"),

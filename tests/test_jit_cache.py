@@ -1,8 +1,10 @@
 """The JIT cache on CPU, with a fake build: processes that start together build once and all load
 the same module; a complete build is imported without the lock; a matching prebuilt module is
-used before the JIT build, and one line says why it is not."""
+used before the JIT build, and one line says why it is not; setup.py compiles the kernels only
+with FLASHCORE_BUILD_KERNELS=1, from the JIT build's sources and flags."""
 
 import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
@@ -185,3 +187,71 @@ def test_a_prebuilt_module_without_versions_is_not_used(monkeypatch):
     _install_fake_kernels(monkeypatch)
     module, reason = _jit.prebuilt()
     assert module is None and "torch None with CUDA None" in reason
+
+
+def test_a_prebuilt_module_file_in_the_package_is_found_and_used(fresh, monkeypatch, tmp_path):
+    """What an ahead-of-time wheel installs: a module file ``_kernels`` inside the package (here a
+    Python file standing in for the .so) that records the torch and CUDA it was built for."""
+    import sglang_flashcore
+
+    folder = tmp_path / "wheel"
+    folder.mkdir()
+    (folder / "_kernels.py").write_text(f"TORCH_VERSION = {torch.__version__!r}\nCUDA_VERSION = {torch.version.cuda!r}\n")
+    monkeypatch.setattr(sglang_flashcore, "__path__", list(sglang_flashcore.__path__) + [str(folder)])
+    monkeypatch.delitem(sys.modules, _jit.PREBUILT_MODULE, raising=False)
+    monkeypatch.setattr(_jit, "_prebuilt", None)
+    module, reason = _jit.prebuilt()
+    assert reason == "" and Path(module.__file__) == folder / "_kernels.py"
+    monkeypatch.setattr(_jit, "_jit_load", lambda: pytest.fail("the JIT build must not run"))
+    assert _jit.load() is module
+
+
+# ------------------------------------------------------------------ setup.py (the ahead-of-time build)
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("flashcore_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: setup() does not run
+    return module
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_the_build_compiles_no_kernels_by_default(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("FLASHCORE_BUILD_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("FLASHCORE_BUILD_KERNELS", value)
+    assert _setup_module().kernel_build() == {}
+
+
+def test_the_kernel_build_uses_the_jit_builds_sources_and_flags(monkeypatch):
+    """FLASHCORE_BUILD_KERNELS=1: one extension, sglang_flashcore._kernels, of the JIT build's
+    sources, headers and flags, and a build_ext that records the versions (nothing compiles here)."""
+    from torch.utils import cpp_extension
+
+    made = {}
+    monkeypatch.setattr(cpp_extension, "CUDAExtension", lambda **kw: made.update(kw) or "extension")
+    monkeypatch.setenv("FLASHCORE_BUILD_KERNELS", "1")
+    setup = _setup_module()
+    if torch.version.cuda is None:
+        with pytest.raises(SystemExit, match="CUDA build of torch"):
+            setup.kernel_build()
+        return
+    options = setup.kernel_build()
+    assert options["ext_modules"] == ["extension"]
+    assert issubclass(options["cmdclass"]["build_ext"], cpp_extension.BuildExtension)
+    assert made["name"] == _jit.PREBUILT_MODULE == "sglang_flashcore._kernels"
+    assert [ROOT / s for s in made["sources"]] == _jit.sources() and not any(Path(s).is_absolute() for s in made["sources"])
+    assert made["include_dirs"] == _jit.include_dirs()
+    assert made["extra_compile_args"]["nvcc"] == _jit.NVCC_FLAGS
+    assert made["extra_compile_args"]["cxx"][:len(_jit.CXX_FLAGS)] == _jit.CXX_FLAGS
+    assert "-DFLASHCORE_PREBUILT" in made["extra_compile_args"]["cxx"]
+
+
+def test_the_binding_records_the_versions_setup_writes():
+    """cuda/binding.cpp includes setup.py's header and sets the attributes _jit.prebuilt() reads."""
+    binding = (ROOT / "cuda" / "binding.cpp").read_text()
+    setup = (ROOT / "setup.py").read_text()
+    assert f'#include "{_setup_module().PREBUILT_HEADER}"' in binding
+    for attribute in ("TORCH_VERSION", "CUDA_VERSION"):
+        assert f'm.attr("{attribute}") = FLASHCORE_{attribute};' in binding
+        assert f'"FLASHCORE_{attribute}"' in setup
