@@ -80,6 +80,25 @@ class _GraphBuffers:
         return ForwardMetadata(req_pool_indices=self.req_pool_indices[:b], seq_lens=self.seq_lens[:b])
 
 
+def _attention_tp_size() -> int:
+    """Ranks the attention heads are split over (SGLang's attention tensor parallelism); 1 where
+    SGLang's parallel state is not set up (its test kit)."""
+    try:
+        from sglang.srt.runtime_context import get_parallel
+
+        return max(1, int(get_parallel().attn_tp_size))
+    except Exception:  # noqa: BLE001 - no parallel state: one rank
+        return 1
+
+
+def _rank_q_heads(cfg) -> Optional[int]:
+    """Query heads of one attention rank (as SGLang's own backends count them), None without a config."""
+    total = getattr(cfg, "num_attention_heads", None)
+    if not total:
+        return None
+    return max(1, int(total) // _attention_tp_size())
+
+
 class FlashCoreBackend(AttentionBackend):
     """Sharing-aware paged attention for dense MHA/GQA/MQA decoder models."""
 
@@ -102,8 +121,8 @@ class FlashCoreBackend(AttentionBackend):
         self._graph: Optional[_GraphBuffers] = None  # CPU: fixed row/length buffers
         self._planner: Optional[DecodePlanner] = None  # GPU: made on first decode
         cfg = getattr(model_runner, "model_config", None)
-        # total query heads: an upper bound on this rank's, enough to size the planner's workspace
-        self._max_q_heads = getattr(cfg, "num_attention_heads", None)
+        # this rank's query heads: size the planner's workspace and its GQA group
+        self._max_q_heads = _rank_q_heads(cfg)
         self._checked_layers: Dict[int, bool] = {}
         self._verify: Optional[VerifyMetadataBuilder] = None  # made on the first speculative batch
         # SGLang's speculative workers size verify masks by it when a batch has no host lengths

@@ -316,3 +316,19 @@ def test_encoder_only_layers_attend_both_ways_like_torch_native(case, dtype):
     fixture.actual_module.attn.attn_type = AttentionType.DECODER
     causal = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, FlashCoreBackend(fixture.runner)))
     assert not torch.allclose(ours, causal, atol=1e-3)
+
+
+# ------------------------------------------------------------ tensor parallelism
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_planner_is_sized_for_this_ranks_heads(monkeypatch, tp):
+    """Under TP each rank holds Hq/TP query heads and Hkv/TP KV heads: the planner's GQA group is
+    Hq/Hkv on every rank, not TP times it."""
+    import sglang.srt.runtime_context as rc
+
+    from sglang_flashcore import sglang_backend
+
+    monkeypatch.setattr(rc, "get_parallel", lambda: SimpleNamespace(attn_tp_size=tp))
+    cfg = SimpleNamespace(is_encoder_decoder=False, attention_chunk_size=None, num_attention_heads=64)
+    backend = FlashCoreBackend(_fake_runner(model_config=cfg))
+    assert backend._max_q_heads == 64 // tp
+    assert sglang_backend._rank_q_heads(SimpleNamespace()) is None
