@@ -26,7 +26,7 @@ from . import config
 from .decode import DecodePlanner, paged_decode_table
 from .extend import ExtendPlan, extend_attention, plan_extend
 from .checks import FP8_KV_DTYPES
-from .heuristics import DECODE_MAX_GROUP
+from .heuristics import DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DENSE_HEAD_DIMS
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
 from .speculative import VerifyPlan, verify_attention
 
@@ -142,9 +142,31 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("sliding-window attention")
         if cfg is not None and getattr(cfg, "attention_chunk_size", None):
             raise UnsupportedFeatureError("chunked local attention")
+        FlashCoreBackend._reject_unsupported_layers(cfg, torch.device(getattr(model_runner, "device", "cpu")))
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
         if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32) + FP8_KV_DTYPES:
             raise UnsupportedFeatureError(f"a {kv_dtype} KV cache", "use --kv-cache-dtype auto, fp8_e4m3 or fp8_e5m2")
+
+    @staticmethod
+    def _reject_unsupported_layers(cfg, device: torch.device) -> None:
+        """What the model config already says about its attention layers, so that the server fails
+        when it is built rather than at its first forward (each layer is checked again then)."""
+        if cfg is None:
+            return
+        hf = getattr(cfg, "hf_text_config", None) or getattr(cfg, "hf_config", None)
+        if (getattr(hf, "attn_logit_softcapping", None) or 0) > 0:
+            raise UnsupportedFeatureError("logit soft-capping (attn_logit_softcapping)")
+        architectures = getattr(getattr(cfg, "hf_config", None), "architectures", None) or []
+        if any("GptOss" in name for name in architectures):
+            raise UnsupportedFeatureError("attention sinks (gpt-oss)")
+        head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
+        if head_dim and v_head_dim and head_dim != v_head_dim:
+            raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
+        kernel_dims = sorted(set(DECODE_HEAD_DIMS) & set(DENSE_HEAD_DIMS))
+        if head_dim and head_dim not in kernel_dims and config.use_kernels(device):
+            raise UnsupportedFeatureError(f"head dim {head_dim} on the CUDA kernels (they take "
+                                          f"{' and '.join(map(str, kernel_dims))})",
+                                          "FLASHCORE_IMPL=reference runs the float32 reference")
 
     def _check_layer(self, layer: "RadixAttention") -> None:
         if self._checked_layers.get(layer.layer_id):

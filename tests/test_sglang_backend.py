@@ -184,6 +184,28 @@ def test_unsupported_models_fail_at_construction(overrides, feature):
         FlashCoreBackend(_fake_runner(**overrides))
 
 
+def _cfg(**fields):
+    return SimpleNamespace(is_encoder_decoder=False, attention_chunk_size=None, num_attention_heads=8, **fields)
+
+
+@pytest.mark.parametrize("cfg,device,feature", [
+    (_cfg(hf_text_config=SimpleNamespace(attn_logit_softcapping=50.0)), "cpu", r"logit soft-capping"),
+    (_cfg(hf_config=SimpleNamespace(architectures=["GptOssForCausalLM"])), "cpu", "attention sinks"),
+    (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
+    (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64 and 128\)"),
+    (_cfg(head_dim=256), "cuda:0", "head dim 256"),
+])
+def test_layer_features_the_config_names_fail_when_the_server_is_built(cfg, device, feature):
+    with pytest.raises(UnsupportedFeatureError, match=feature):
+        FlashCoreBackend(_fake_runner(model_config=cfg, device=device))
+
+
+def test_head_dims_outside_the_kernels_build_on_cpu_and_with_the_reference(monkeypatch):
+    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=96)))  # the CPU reference serves any head dim
+    monkeypatch.setenv("FLASHCORE_IMPL", "reference")
+    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=96), device="cuda"))
+
+
 @pytest.mark.parametrize("attr,value,feature", [
     ("sliding_window_size", 8, "sliding-window"),
     ("logit_cap", 30.0, "logit soft-capping"),
