@@ -1,6 +1,8 @@
 """SGLang's attention-backend kit on the GPU: every dense case on ``device="cuda"`` in fp16 and
 bf16 (our CUDA kernels behind the backend), and the kit's CUDA-graph decode runner mode, which
-captures a real CUDA graph of our decode and replays it with a padded batch."""
+captures a real CUDA graph of our decode and replays it with a padded batch; and our own cases
+(shared prefixes, pages 1/16/64, long prefixes, a mixed batch of a chunk and decodes) on CUDA
+against SGLang's torch_native backend over the same pools."""
 
 import os
 
@@ -15,7 +17,9 @@ from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_r
 
 from sglang_flashcore import plugin  # noqa: E402
 
-from test_sglang_backend import LOC_LAYOUTS, _NoSkip  # noqa: E402
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS  # noqa: E402
+
+from test_sglang_backend import LOC_LAYOUTS, OWN_CASES, _assert_close, _NoSkip, _share_prefix  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -49,3 +53,18 @@ def test_kit_cuda_graph_decode_runner(case, dtype, head_dim):
         _NoSkip(), case, head_dim=head_dim, hidden_size=2 * head_dim, max_context_len=256,
         dtype=DTYPES[dtype], device="cuda", cuda_graph_capture_batch_size=capture_bs,
     )
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("case,shared", OWN_CASES, ids=[c.name for c, _ in OWN_CASES])
+def test_own_cases_cuda_match_torch_native(case, shared, dtype):
+    with torch.no_grad():
+        fixture = kit.build_dense_attention_fixture(
+            _NoSkip(), case, head_dim=128, hidden_size=256, max_context_len=2304, dtype=DTYPES[dtype],
+            device="cuda", loc_layout="shuffled_pages")
+        if shared:
+            _share_prefix(fixture, shared)
+        ours = kit.run_dense_fixture_eager(fixture)
+        native = ATTENTION_BACKENDS["torch_native"](fixture.runner)
+        theirs = kit.run_dense_fixture_eager(kit.replace_backend(fixture, native))
+    _assert_close(ours.float(), theirs.float(), DTYPES[dtype])
