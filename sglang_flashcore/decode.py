@@ -231,6 +231,9 @@ class DecodePlanner:
         """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``. The pools are in q's
         dtype, or FP8 holding K / k_scale and V / v_scale (floats: fixed in a captured graph)."""
         kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
+        softmax_scale = softmax_scale_for(softmax_scale, q.shape[-1])
+        check_positive_int("page_size", page_size)
+        k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
         if self._batch is None:
             raise RuntimeError("DecodePlanner.run: call plan() first")
         if q.shape[0] != self._batch:

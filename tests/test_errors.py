@@ -275,3 +275,25 @@ def test_max_seqlen_is_checked():
     for bad in (-1, 2.5, None.__class__):
         with pytest.raises(ValueError, match=r"max_seqlen_k: expected a non-negative int"):
             fc.attention(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_k=bad)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(softmax_scale=float("nan")), ValueError, "softmax_scale: expected a positive finite float"),
+    (dict(softmax_scale=-1.0), ValueError, "softmax_scale"),
+    (dict(page_size=0), ValueError, "page_size"),
+    (dict(k_scale=float("inf")), ValueError, "k_scale: expected a finite positive scale"),
+    (dict(v_scale=torch.ones(3)), ValueError, "v_scale: expected one scale"),
+])
+def test_decode_planner_run_validates_its_scalars(kwargs, error, match):
+    """DecodePlanner.run (the backend's per-layer call) checks what it is given before any kernel
+    sees it (built without __init__: the planner itself needs a GPU)."""
+    from sglang_flashcore.decode import DecodePlanner
+
+    planner = DecodePlanner.__new__(DecodePlanner)
+    planner._batch, planner._group = 1, 4
+    q = torch.zeros(1, 8, 128, dtype=torch.bfloat16)
+    k = torch.zeros(16, 2, 128, dtype=torch.bfloat16)
+    args = dict(softmax_scale=0.1, page_size=1)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        planner.run(q, k, k, **args)
