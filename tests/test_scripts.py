@@ -466,3 +466,24 @@ def test_benchmarks_refuse_to_time_a_wrong_result():
         require_agreement("off by 0.1", a, a + 0.1)
     with pytest.raises(SystemExit, match="nan"):
         require_agreement("nan", a, a + float("nan"))
+
+
+def test_verify_benchmark_shares_exactly_the_context_pages():
+    """bench_verify's table: every request's first `shared` tokens on the same pages, the draft
+    tokens on pages of their own."""
+    for page, context, draft in ((1, 8192, 4), (64, 8192, 4), (64, 1000, 3)):
+        shared = (context // page) * page
+        length = context + draft
+        r2t, _ = shared_page_table(3, length, page, (shared + 0.5) / length, "cpu")
+        assert (r2t[:, :shared] == r2t[0, :shared]).all()
+        tail = r2t[:, shared:]
+        assert len(set(tail.reshape(-1).tolist())) == tail.numel()
+
+
+def test_verify_benchmark_parses_and_needs_a_gpu():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "bench_verify.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "--draft" in res.stdout

@@ -58,6 +58,7 @@ PROFILES: Dict[str, Profile] = {
     "bench_extend.py": Profile(("page", "B", "L", "prefix", "new", "Hq", "Hkv", "D"), "backend_ms", False,
                                "backend_over_sdpa_plus_gather"),
     "bench_ragged.py": Profile(("batch", "Hq", "Hkv", "D", "causal", "dtype"), "ours_ms", False, "ours_over_fa2"),
+    "bench_verify.py": Profile(("page", "B", "N", "ctx", "shared"), "ours_ms", False, "ours_over_best_builtin"),
 }
 
 # the seed points (../shared/BENCHMARKS.md): bench_dense's B16 H16 S2048 D64, bench_decode's grid
