@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sglang_flashcore as fc  # noqa: E402
-from bench_decode import shared_page_table, skip_reason  # noqa: E402
+from bench_decode import fp8_pools, shared_page_table, skip_reason  # noqa: E402
 from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved, wall_ms  # noqa: E402
 from sglang_flashcore import kernels  # noqa: E402
 from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
@@ -194,12 +194,13 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4, kv_dtyp
     if kv_dtype is not None:
         # the backend over an FP8 pool (K / 0.5, V / 2, as SGLang stores them): a gathered plan whose
         # keys are widened to bf16 on the gather, the new tokens' unquantized K/V placed among them
-        k8, v8 = (k_cache / 0.5).to(kv_dtype), (v_cache / 2.0).to(kv_dtype)
-        kn8, vn8 = k8[new_slots].to(dtype) * 0.5, v8[new_slots].to(dtype) * 2.0
+        k8, v8, k_deq, v_deq = fp8_pools(k_cache, v_cache, kv_dtype, 0.5, 2.0)
+        kn8, vn8 = k_deq[new_slots], v_deq[new_slots]
         fp8_plan = make_plan(paged=False)
         fns["backend_fp8"] = lambda: extend_attention(q, kn8, vn8, k8, v8, fp8_plan, scale, new_kv_in_cache=False,
                                                       k_scale=0.5, v_scale=2.0)[0]
-        *_, dense_fp8 = dense_on(k8.to(dtype) * 0.5, v8.to(dtype) * 2.0, r2t)
+        *_, dense_fp8 = dense_on(k_deq, v_deq, r2t)
+        k_deq = v_deq = None
         row["maxdiff_backend_fp8"] = require_agreement(f"backend over {kv_dtype} at {row}", fns["backend_fp8"](),
                                                        dense_fp8())
         dense_fp8 = None

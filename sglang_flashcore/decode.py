@@ -42,6 +42,7 @@ __all__ = [
     "paged_decode_table",
     "plan_table_reference",
     "execute_plan_ref",
+    "planner_group",
 ]
 
 META_FIELDS = ("chunk_tokens", "chunks", "work_items", "tasks", "tokens", "unique_tokens", "clamped", "hash_size")
@@ -144,6 +145,12 @@ def execute_plan_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         for i in range(plan.chunk_base[b], plan.chunk_base[b + 1]):
             out[b], lse[b] = merge_states_ref(out[b], lse[b], parts_o[i], parts_lse[i])
     return out, lse
+
+
+def planner_group(num_q_heads: int, num_kv_heads: int) -> int:
+    """The GQA group a planner sizes its tasks for: query heads per KV head, at least 1 and at most
+    what the decode kernel takes (``DECODE_MAX_GROUP``)."""
+    return max(1, min(DECODE_MAX_GROUP, num_q_heads // max(num_kv_heads, 1)))
 
 
 class DecodePlanner:

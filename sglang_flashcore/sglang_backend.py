@@ -23,10 +23,10 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import config
-from .decode import DecodePlanner, paged_decode_table
+from .decode import DecodePlanner, paged_decode_table, planner_group
 from .extend import ExtendPlan, extend_attention, plan_extend
 from .checks import FP8_KV_DTYPES
-from .heuristics import DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DENSE_HEAD_DIMS
+from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
 from .speculative import VerifyPlan, verify_attention
 
@@ -218,7 +218,7 @@ class FlashCoreBackend(AttentionBackend):
             self._verify = VerifyMetadataBuilder(
                 self.req_to_token_pool.req_to_token, self.device, use_kernels=self._use_planner(),
                 num_q_heads=self._max_q_heads or k0.shape[1], head_dim=k0.shape[-1], num_kv_heads=k0.shape[1],
-                chunk_tokens=self.chunk_tokens, deterministic=getattr(self, "deterministic", False))
+                chunk_tokens=self.chunk_tokens, deterministic=self.deterministic)
         return self._verify
 
     def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
@@ -230,10 +230,8 @@ class FlashCoreBackend(AttentionBackend):
             if self._use_planner():
                 planner = self._decode_planner()
                 num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
-                # query heads per KV head on this rank, bounded by the model's total over this rank's KV heads
-                group = max(1, min(DECODE_MAX_GROUP, self._max_q_heads // num_kv_heads))
                 planner.plan(req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens, num_kv_heads,
-                             group, self.chunk_tokens)
+                             planner_group(self._max_q_heads, num_kv_heads), self.chunk_tokens)
                 return ForwardMetadata(planner=planner)
             return ForwardMetadata(req_pool_indices=forward_batch.req_pool_indices, seq_lens=forward_batch.seq_lens)
         # extend (and mixed: decode requests arrive as extends of length 1)

@@ -19,8 +19,7 @@ from typing import Optional
 
 import torch
 
-from .decode import DecodePlanner
-from .heuristics import DECODE_MAX_GROUP
+from .decode import DecodePlanner, planner_group
 from .speculative import (VerifyBufferSet, VerifyPlan, chain_mask, draft_mask_from_sglang, plan_verify,
                           tokens_per_request)
 
@@ -47,8 +46,8 @@ class VerifyMetadataBuilder:
     Args:
         req_to_token: SGLang's page table [rows, max_context].
         device: the model's device; ``use_kernels`` selects the GPU planner (else the reference).
-        num_q_heads: the model's query heads (an upper bound on this rank's), head_dim,
-            num_kv_heads: this rank's pool shape; they size the planner.
+        num_q_heads: this rank's query heads, head_dim, num_kv_heads: this rank's pool shape; they
+            size the planner.
         chunk_tokens: a fixed split-KV chunk for the planner (None: automatic).
         deterministic: the planner's batch-invariant mode (``--enable-deterministic-inference``).
     """
@@ -59,8 +58,7 @@ class VerifyMetadataBuilder:
         self.device = device
         self.use_kernels = use_kernels
         self.num_q_heads, self.head_dim, self.num_kv_heads = num_q_heads, head_dim, num_kv_heads
-        # query heads per KV head on this rank, bounded by the model's total over this rank's KV heads
-        self.group = max(1, min(DECODE_MAX_GROUP, num_q_heads // max(num_kv_heads, 1)))
+        self.group = planner_group(num_q_heads, num_kv_heads)
         self.chunk_tokens = chunk_tokens
         self.deterministic = deterministic
         self.planner: Optional[DecodePlanner] = None

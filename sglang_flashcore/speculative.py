@@ -35,7 +35,7 @@ import torch
 from .checks import check_len, check_positive_int, check_tensor
 from .decode import DecodePlanner, paged_decode_table
 from .indexing import exclusive_cumsum
-from .reference import merge_states_ref
+from .reference import dequantize, merge_states_ref
 
 Tensor = torch.Tensor
 
@@ -214,8 +214,8 @@ def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cach
     if k is None or v is None:
         if out_cache_loc is None:
             raise ValueError("out_cache_loc: needed to read the draft tokens' K/V from the pool when k/v are None")
-        k = k_cache[out_cache_loc].to(q.dtype) * k_scale
-        v = v_cache[out_cache_loc].to(q.dtype) * v_scale
+        k = dequantize(k_cache[out_cache_loc], k_scale, q.dtype)
+        v = dequantize(v_cache[out_cache_loc], v_scale, q.dtype)
     if plan.planner is not None:
         out_c, lse_c = plan.planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale)
     else:
