@@ -28,6 +28,7 @@ from .extend import ExtendPlan, extend_attention, plan_extend
 from .checks import FP8_KV_DTYPES
 from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
+from .sinks import apply_sinks
 from .speculative import VerifyPlan, verify_attention
 
 if TYPE_CHECKING:
@@ -158,7 +159,8 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("logit soft-capping (attn_logit_softcapping)")
         architectures = getattr(getattr(cfg, "hf_config", None), "architectures", None) or []
         if any("GptOss" in name for name in architectures):
-            raise UnsupportedFeatureError("attention sinks (gpt-oss)")
+            # its sinks are served (apply_sinks); its alternating 128-token windows are not yet
+            raise UnsupportedFeatureError("sliding-window attention (gpt-oss)")
         head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
         if head_dim and v_head_dim and head_dim != v_head_dim:
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
@@ -321,7 +323,12 @@ class FlashCoreBackend(AttentionBackend):
         """An embedding model's bidirectional layer (SGLang's AttentionType.ENCODER_ONLY)."""
         return getattr(getattr(layer, "attn_type", None), "name", "") == "ENCODER_ONLY"
 
-    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+    @staticmethod
+    def _with_sinks(out, lse, sinks):
+        """gpt-oss-style layers pass ``sinks`` (one logit per query head): sinks.py."""
+        return out if sinks is None else apply_sinks(out, lse, sinks)[0]
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, sinks=None, **kwargs):
         self._check_layer(layer)
         if self._encoder_only(layer):
             raise UnsupportedFeatureError("decode steps of an encoder-only layer", "embedding models only prefill")
@@ -331,16 +338,16 @@ class FlashCoreBackend(AttentionBackend):
         k_buf, v_buf = self._kv_buffers(layer)
         k_scale, v_scale = self._kv_scales(layer)
         if meta.planner is not None:
-            out, _ = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
+            out, lse = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
         else:
-            out, _ = paged_decode_table(
+            out, lse = paged_decode_table(
                 q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
                 page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
                 check_bounds=False, k_scale=k_scale, v_scale=v_scale,
             )
-        return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+        return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, sinks=None, **kwargs):
         self._check_layer(layer)
         self._store_kv(layer, forward_batch, k, v, save_kv_cache)
         meta = self.forward_metadata
@@ -352,18 +359,18 @@ class FlashCoreBackend(AttentionBackend):
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
         if meta.verify is not None:  # target verify, or a draft extend replayed from a CUDA graph
             k_scale, v_scale = self._kv_scales(layer)
-            out, _ = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
-                                      meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
-                                      v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc)
-            return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+            out, lse = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
+                                        meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
+                                        v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc)
+            return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
         # stored just now, or (k is None) the model stored them itself; over an FP8 pool the new
         # tokens attend with their unquantized K/V, as in SGLang's other backends
         in_cache = (save_kv_cache and not self.fp8_kv) or k_new is None
         k_scale, v_scale = self._kv_scales(layer)
-        out, _ = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
-                                  new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
-                                  k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer))
-        return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+        out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
+                                    new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
+                                    k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer))
+        return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):
         return False

@@ -190,7 +190,7 @@ def _cfg(**fields):
 
 @pytest.mark.parametrize("cfg,device,feature", [
     (_cfg(hf_text_config=SimpleNamespace(attn_logit_softcapping=50.0)), "cpu", r"logit soft-capping"),
-    (_cfg(hf_config=SimpleNamespace(architectures=["GptOssForCausalLM"])), "cpu", "attention sinks"),
+    (_cfg(hf_config=SimpleNamespace(architectures=["GptOssForCausalLM"])), "cpu", r"sliding-window attention \(gpt-oss\)"),
     (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
     (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64 and 128\)"),
     (_cfg(head_dim=256), "cuda:0", "head dim 256"),
@@ -354,3 +354,40 @@ def test_planner_is_sized_for_this_ranks_heads(monkeypatch, tp):
     backend = FlashCoreBackend(_fake_runner(model_config=cfg))
     assert backend._max_q_heads == 64 // tp
     assert sglang_backend._rank_q_heads(SimpleNamespace()) is None
+
+
+# ------------------------------------------------------------ attention sinks
+def _with_sinks(fixture, sinks):
+    """The attention output (before the kit's output projection) of a layer called with
+    ``sinks=``, as gpt-oss's layers call their RadixAttention; the kit's module passes none."""
+    attn = fixture.actual_module.attn
+    plain = type(attn).forward.__get__(attn)
+    seen = []
+
+    def forward(*args, **kwargs):
+        seen.append(plain(*args, **kwargs) if sinks is None else plain(*args, sinks=sinks, **kwargs))
+        return seen[-1]
+
+    attn.forward = forward
+    _run(kit.run_dense_fixture_eager, fixture)
+    return seen[-1].reshape(-1, fixture.case.num_heads, 64)
+
+
+@pytest.mark.parametrize("case", [OWN_CASES[0][0], OWN_CASES[4][0], OWN_CASES[9][0]], ids=lambda c: c.name)
+def test_sinks_rescale_each_row_by_its_own_softmax_mass(case):
+    """With sinks s1 and s2 every row is the sink-free row times sigmoid(lse - s), and both
+    ratios must name the same lse; a sink of -inf changes nothing."""
+    fixture = _build(case, dtype=torch.float32)
+    heads = case.num_heads
+    plain = _with_sinks(fixture, None)
+    none = _with_sinks(fixture, torch.full((heads,), float("-inf")))
+    torch.testing.assert_close(none, plain, atol=0, rtol=0)
+    s1, s2 = torch.linspace(-2.0, 3.0, heads), torch.linspace(1.0, -1.0, heads)
+    lses = []
+    for s in (s1, s2):
+        got = _with_sinks(fixture, s)
+        ratio = (got / plain).median(dim=-1).values  # sigmoid(lse - s), the same over D
+        torch.testing.assert_close(got, plain * ratio.unsqueeze(-1), atol=1e-5, rtol=1e-4)
+        assert (ratio > 0).all() and (ratio < 1).all()
+        lses.append(s + torch.log(ratio / (1 - ratio)))
+    torch.testing.assert_close(lses[0], lses[1], atol=2e-3, rtol=1e-3)
