@@ -350,8 +350,8 @@ int* stream_claim_counter(const at::Tensor& like) {
 // Shared by the packed and the paged entry points: checks q/k/v and launches.
 std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
-                                      bool causal, double scale, const char* k_name, const char* v_name,
-                                      flashcore::DenseFwdArgs a) {
+                                      bool causal, double scale, int64_t window_left, const char* k_name,
+                                      const char* v_name, flashcore::DenseFwdArgs a) {
   check_cuda(q, q, "q");
   check_cuda(k, q, k_name);
   check_cuda(v, q, v_name);
@@ -366,6 +366,9 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");
   // the kernel takes row maxima of the raw scores, which is only right for a positive scale
   FC_CHECK(scale > 0, "softmax_scale: expected a positive scale, got ", scale);
+  FC_CHECK(window_left >= -1 && window_left < INT32_MAX, "window_left: expected -1 (no window) or a key count, got ",
+           window_left);
+  FC_CHECK(window_left < 0 || causal, "window_left: a sliding window needs causal=True");
   FC_CHECK(k.size(0) < INT32_MAX, k_name, ": over 2^31 rows are not supported");
   check_rows_16b(q, "q");
   check_rows_16b(k, k_name);
@@ -400,6 +403,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.max_seqlen_q = (int)max_seqlen_q;
   a.softmax_scale = (float)scale;
   a.causal = causal;
+  a.window_left = (int)window_left;
   if (q.size(0) == 0) return {out, lse};
   at::Tensor tile_counter;  // the persistent schedule's work-tile counter, when a fresh one
   at::Tensor tile_list, select_temp;  // ragged batches: the tiles that hold rows (dense_fwd.h)
@@ -430,8 +434,9 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
-                                      bool causal, double scale) {
-  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, "k", "v", flashcore::DenseFwdArgs{});
+                                      bool causal, double scale, int64_t window_left) {
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, "k", "v",
+                       flashcore::DenseFwdArgs{});
 }
 
 // Keys of request b: its whole pages of the pool [slots, Hkv, D], read in place through its page
@@ -440,7 +445,7 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
                                             const at::Tensor& cu_q, const at::Tensor& cu_k, const at::Tensor& k_cache,
                                             const at::Tensor& v_cache, const at::Tensor& key_pages,
                                             const at::Tensor& key_page_offsets, int64_t page_size,
-                                            int64_t max_seqlen_q, bool causal, double scale,
+                                            int64_t max_seqlen_q, bool causal, double scale, int64_t window_left,
                                             const c10::optional<at::Tensor>& grid_order) {
   FC_CHECK(page_size >= 1 && page_size <= INT32_MAX && flashcore::dense_page_box_rows((int)page_size) > 0,
            "page_size: the paged dense kernel needs a multiple of 8, got ", page_size);
@@ -470,7 +475,7 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
   a.v_pool_stride_row = v_cache.stride(0);
   a.v_pool_stride_head = v_cache.stride(1);
   if (grid_order.has_value()) a.grid_order = index_ptr(*grid_order, q, "grid_order");
-  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, "k", "v", a);
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, "k", "v", a);
 }
 
 }  // namespace

@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     // score tile n: mask, online softmax; leaves the exponentials in sc and returns each row's
     // rescale factor for O
     auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
-      sm.update(sc, n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
+      sm.update(sc, t.n_first + n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
     };
 
     const int n_tiles = t.n_tiles;
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     // row of this warpgroup sees past its 64th key, S and P V run over those 64 keys only.
     // Bit-identical: the other half's exponentials are exact zeros.
     const int key_limit = p.causal ? min(t.sk, t.m_block * kBlockM + c * 64 + 64 + t.diag) : t.sk;
-    const bool half_last = n_tiles > 0 && key_limit <= (n_tiles - 1) * kBlockN + kBlockN / 2;
+    const bool half_last = n_tiles > 0 && key_limit <= (t.n_first + n_tiles - 1) * kBlockN + kBlockN / 2;
     // (its S runs half-width only when it is the work tile's only key tile, and its P V as the
     // last: a half-width wgmma inside the loop, beside the P V in flight, makes ptxas serialize
     // the loop's wgmmas)
@@ -388,6 +388,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   p.group = a.num_q_heads / a.num_kv_heads;
   p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
   p.causal = a.causal ? 1 : 0;
+  p.window_left = a.causal && a.window_left >= 0 ? a.window_left : -1;
   p.batch = a.batch;
   p.m_blocks = m_blocks;
   p.num_work = (int)work;

@@ -19,6 +19,7 @@ from .checks import (
     check_positive_int,
     check_same,
     check_tensor,
+    check_window,
     reads_values,
     softmax_scale_for,
 )
@@ -78,12 +79,16 @@ def attention(
     cu_seqlens_k: Optional[Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     max_seqlen_k: Optional[int] = None,
+    window_left: int = -1,
 ) -> Tuple[Tensor, Tensor]:
     """Dense multi-head attention with GQA/MQA, causal masking and the LSE.
 
     Batched: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D]. Ragged (varlen): q [Tq, Hq, D],
     k/v [Tk, Hkv, D] with ``cu_seqlens_q``/``cu_seqlens_k`` [B+1] int32 offsets.
-    Causal masks are aligned bottom-right (query i of Sq sees keys j <= i + Sk - Sq).
+    Causal masks are aligned bottom-right (query i of Sq sees keys j <= i + Sk - Sq);
+    ``window_left`` >= 0 (causal only) is a sliding window: query i then sees only keys
+    j >= i + Sk - Sq - window_left (SGLang's ``sliding_window_size``, FlashAttention's
+    ``window_size[0]``).
 
     Returns ``(out, lse)``: out like q (q's dtype); lse float32, shaped like q without D.
     CUDA tensors on Hopper run our TMA/WGMMA kernel once it is built (``kernels.py``); CPU
@@ -108,8 +113,9 @@ def attention(
         check_same("q", q.shape[0], "k", k.shape[0], "batch size")
         check_same("q", q.shape[0], "v", v.shape[0], "batch size")
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+    check_window("window_left", window_left, bool(causal))
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
-            softmax_scale_for(softmax_scale, head_dim))
+            softmax_scale_for(softmax_scale, head_dim), window_left)
     if q.is_cuda and not torch.compiler.is_compiling():
         # eager CUDA calls skip the custom op's dispatch (tens of microseconds of host time per call);
         # the kernel and its result are the op's own

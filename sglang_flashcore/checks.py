@@ -112,6 +112,15 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_window(name: str, value: object, causal: bool = True) -> int:
+    """A causal sliding window's left extent: -1 (none) or the keys before the query it sees."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"{name}: expected -1 (no window) or a non-negative int, got {value!r}")
+    if value >= 0 and not causal:
+        raise ValueError(f"{name}: a sliding window needs causal=True")
+    return value
+
+
 def check_nonnegative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {value!r}")

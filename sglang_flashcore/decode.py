@@ -27,7 +27,7 @@ import torch
 
 from . import config, kernels
 from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_kv_scale, check_len, check_pools,
-                     check_positive_int, check_range, check_table_slots, check_tensor, reads_values,
+                     check_positive_int, check_range, check_table_slots, check_tensor, check_window, reads_values,
                      softmax_scale_for)
 from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
                          DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, DETERMINISTIC_CHUNK_TOKENS,
@@ -35,6 +35,7 @@ from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP,
                          split_guided, split_items, split_part_count, target_chunks)
 from .ops import paged_decode_table_op, paged_decode_table_reference
 from .reference import attend_one, gather_kv, merge_states_ref
+from .window import window_table
 
 __all__ = [
     "DecodePlanner",
@@ -308,6 +309,7 @@ def paged_decode_table(
     check_bounds: bool = True,
     k_scale: Union[float, torch.Tensor] = 1.0,
     v_scale: Union[float, torch.Tensor] = 1.0,
+    window_left: int = -1,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Decode straight from SGLang's page table (one query token per request).
 
@@ -327,6 +329,8 @@ def paged_decode_table(
             break the graph; the CPU reference still checks when it runs).
         k_scale, v_scale: the pools hold K / k_scale and V / v_scale (SGLang's FP8 KV cache,
             ``float8_e4m3fn`` or ``float8_e5m2`` pools); a float or a one-element tensor (read on the host).
+        window_left: a sliding window (the query, at position ``seq_lens[b] - 1``, sees the last
+            ``window_left + 1`` keys; ``window.py``); -1: every key.
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
@@ -343,10 +347,14 @@ def paged_decode_table(
         check_positive_int("chunk_tokens", chunk_tokens)
     scale = softmax_scale_for(softmax_scale, q.shape[-1])
     k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
+    check_window("window_left", window_left)
     if reads_values(check_bounds, q):
         check_range("req_pool_indices", req_pool_indices, 0, req_to_token.shape[0], "request pool row")
         check_range("seq_lens", seq_lens, 0, req_to_token.shape[1] + 1, "sequence length")
         check_table_slots(req_to_token, req_pool_indices, seq_lens, num_slots)
+    if window_left >= 0:
+        req_to_token, seq_lens = window_table(req_to_token, req_pool_indices, seq_lens, window_left)
+        req_pool_indices = torch.arange(q.shape[0], dtype=req_pool_indices.dtype, device=q.device)
     return paged_decode_table_op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, scale,
                                  int(chunk_tokens or 0), k_scale, v_scale)
 

@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import config, ops
-from .checks import FP8_KV_DTYPES, check_index, check_len, check_tensor
+from .checks import FP8_KV_DTYPES, check_index, check_len, check_tensor, check_window
 from .heuristics import can_page
 from .indexing import exclusive_cumsum
 from .reference import dequantize, gather_kv
@@ -100,6 +100,8 @@ def plan_extend(
     extend_lens_cpu: Optional[Sequence[int]] = None,
     page_size: int = 1,
     paged: Optional[bool] = None,
+    key_start: Optional[Tensor] = None,
+    key_start_cpu: Optional[Sequence[int]] = None,
 ) -> ExtendPlan:
     """Plans an extend batch (see the module docstring).
 
@@ -112,6 +114,11 @@ def plan_extend(
         page_size: tokens per page; a paged plan assumes SGLang's page-aligned table for the
             prefixes (position j at slot ``page * page_size + j % page_size``).
         paged: read pages in place (default: whenever ``can_page(page_size)``).
+        key_start, key_start_cpu: [B] the first prefix position each request's keys include (a
+            sliding window's layers: the positions before it are neither read nor, in SGLang's
+            hybrid SWA pool, still valid); paged plans start at the page holding it. The dense
+            kernel's causal and window masks are relative to the last key, so keys that start
+            later than position 0 give the same answer. None: 0.
     """
     device = req_to_token.device
     check_index("req_to_token", req_to_token, ndim=2, device=device)
@@ -122,24 +129,36 @@ def plan_extend(
     check_index("out_cache_loc", out_cache_loc, device=device)
     pre_host = _host_ints("prefix_lens_cpu", prefix_lens_cpu, prefix_lens)
     ext_host = _host_ints("extend_lens_cpu", extend_lens_cpu, extend_lens)
-    total_q, total_prefix = sum(ext_host), sum(pre_host)
-    check_len("out_cache_loc", out_cache_loc, total_q, "one slot per new token")
+    check_len("out_cache_loc", out_cache_loc, sum(ext_host), "one slot per new token")
     if any(p + e > req_to_token.shape[1] for p, e in zip(pre_host, ext_host)):
         raise ValueError(f"prefix_lens + extend_lens: a request is longer than req_to_token's "
                          f"{req_to_token.shape[1]} positions")
+    if paged is None:
+        paged = can_page(page_size)
+    if paged and not can_page(page_size):
+        raise ValueError(f"page_size: paged plans need a multiple of 8 tokens, got {page_size}")
 
     i64 = torch.int64
     ext, pre = extend_lens.to(i64), prefix_lens.to(i64)
+    start = torch.zeros_like(pre)
+    if key_start is not None:
+        check_index("key_start", key_start, device=device)
+        check_len("key_start", key_start, pre.shape[0], "one entry per request")
+        start_host = _host_ints("key_start_cpu", key_start_cpu, key_start)
+        if any(s < 0 or s > p for s, p in zip(start_host, pre_host)):
+            raise ValueError("key_start: expected 0 <= key_start <= prefix_lens for every request")
+        unit = page_size if paged else 1  # a paged plan reads whole pages from the one holding the start
+        start_host = [s - s % unit for s in start_host]
+        start = torch.div(key_start.to(i64), unit, rounding_mode="floor") * unit
+        pre = pre - start
+        pre_host = [p - s for p, s in zip(pre_host, start_host)]
+    total_q, total_prefix = sum(ext_host), sum(pre_host)
     cu_q = exclusive_cumsum(ext)
     max_q = max(ext_host, default=0)
     if total_prefix == 0:
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_q)
 
     batch = ext.shape[0]
-    if paged is None:
-        paged = can_page(page_size)
-    if paged and not can_page(page_size):
-        raise ValueError(f"page_size: paged plans need a multiple of 8 tokens, got {page_size}")
     # whole prefix pages read in place (paged plans); the prefix's remainder is packed
     full_host = [p // page_size if paged else 0 for p in pre_host]
     paged = paged and sum(full_host) > 0
@@ -149,7 +168,7 @@ def plan_extend(
     pages = offsets = order = None
     if paged:
         full = torch.div(pre, page_size, rounding_mode="floor")
-        pages, offsets, order = _page_lists(req_to_token, rows, full, page_size, sum(full_host))
+        pages, offsets, order = _page_lists(req_to_token, rows, start, full, page_size, sum(full_host))
     if not any(tail_host):  # packed keys = the new tokens
         return ExtendPlan(cu_q.to(torch.int32), cu_q.to(torch.int32), None, None, max_q, max_k, page_size,
                           pages, offsets, order)
@@ -162,7 +181,7 @@ def plan_extend(
     r = torch.repeat_interleave(torch.arange(batch, device=device), tail_pre + ext, output_size=total_k)
     i = torch.arange(total_k, device=device) - cu_k[r]
     in_prefix = i < tail_pre[r]
-    from_table = req_to_token[rows[r], skip[r] + i].to(i64)
+    from_table = req_to_token[rows[r], start[r] + skip[r] + i].to(i64)
     from_new = out_cache_loc.to(i64)[(cu_q[r] + i - tail_pre[r]).clamp(0, max(total_q - 1, 0))] if total_q else from_table
     key_slots = torch.where(in_prefix, from_table, from_new)
     return ExtendPlan(cu_q.to(torch.int32), cu_k.to(torch.int32), key_slots, new_key_index, max_q, max_k,
@@ -180,16 +199,17 @@ def packed_key_offsets(tail: Tensor, ext: Tensor, cu_q: Tensor, total_q: int) ->
     return cu_k, new_key_index
 
 
-def _page_lists(req_to_token: Tensor, rows: Tensor, counts: Tensor, page_size: int, total_pages: int):
-    """The first ``counts[b]`` pages of each request (page id = slot of the page start over
-    page_size), their CSR offsets, and the kernel's grid-order flag: 1 when two requests start
+def _page_lists(req_to_token: Tensor, rows: Tensor, start: Tensor, counts: Tensor, page_size: int,
+                total_pages: int):
+    """``counts[b]`` pages of each request from position ``start[b]`` on (a multiple of page_size;
+    page id = slot of the page start over page_size), their CSR offsets, and the kernel's grid-order flag: 1 when two requests start
     on the same page (the radix cache hands out one page list for a common prefix)."""
     device = req_to_token.device
     batch = counts.shape[0]
     offsets = exclusive_cumsum(counts)
     r = torch.repeat_interleave(torch.arange(batch, device=device), counts, output_size=total_pages)
     j = torch.arange(total_pages, device=device) - offsets[r]
-    pages = torch.div(req_to_token[rows[r], j * page_size], page_size, rounding_mode="floor").to(torch.int32)
+    pages = torch.div(req_to_token[rows[r], start[r] + j * page_size], page_size, rounding_mode="floor").to(torch.int32)
     # requests without pages get distinct negative ids; few ops, as each launch costs the host
     first = torch.where(counts > 0, pages[offsets[:-1].clamp(max=total_pages - 1)].to(torch.int64),
                         -1 - torch.arange(batch, device=device))
@@ -221,6 +241,7 @@ def extend_attention(
     k_scale: float = 1.0,
     v_scale: float = 1.0,
     causal: bool = True,
+    window_left: int = -1,
 ) -> Tuple[Tensor, Tensor]:
     """One layer of an extend batch: ``(out [Tq, Hq, D] in q's dtype, lse [Tq, Hq] float32)``.
 
@@ -237,8 +258,11 @@ def extend_attention(
             pools take plans with ``paged=False``; passed-in new K/V are used as they are.
         causal: each new token sees the prefix and the new tokens up to itself (decoders); False:
             every key of its request (encoder-only layers of embedding models).
+        window_left: a causal sliding window (``attention``'s), -1 for none; plan such layers with
+            ``key_start`` at ``prefix_lens - window_left`` so that no key left of it is read.
     """
     check_tensor("k_cache", k_cache, ndim=(3, 4))
+    check_window("window_left", window_left, causal)
     if plan.paged and k_cache.dim() != 3:
         raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
     if plan.paged and k_cache.dtype in FP8_KV_DTYPES:
@@ -262,9 +286,9 @@ def extend_attention(
     if plan.paged:
         return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
                                     plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
-                                    causal, softmax_scale, plan.grid_order)
+                                    causal, softmax_scale, plan.grid_order, window_left)
     return ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
-                            plan.max_seqlen_k, causal, softmax_scale)
+                            plan.max_seqlen_k, causal, softmax_scale, window_left)
 
 
 def pages_in_place(req_to_token: Tensor, prefix_lens: Tensor, page_size: int) -> bool:

@@ -63,10 +63,11 @@ def _rows_16b(t: Tensor) -> Tensor:
 
 
 def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
-                   max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float) -> Tuple[Tensor, Tensor]:
+                   max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+                   window_left: int = -1) -> Tuple[Tensor, Tensor]:
     """The dense kernel on validated inputs (``api.attention`` checked them)."""
     if config.impl_mode() == "reference":
-        return ops.attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale)
+        return ops.attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left)
     check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
     batched = cu_seqlens_q is None
     if batched:  # the kernel is varlen: fixed lengths become offsets
@@ -74,7 +75,7 @@ def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tenso
         cu_seqlens_q, cu_seqlens_k = _fixed_offsets(b, sq, q.device), _fixed_offsets(b, sk, q.device)
         q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
     out, lse = extension().attention_fwd(_rows_16b(q), _rows_16b(k), _rows_16b(v), cu_seqlens_q, cu_seqlens_k,
-                                         max_seqlen_q, causal, softmax_scale)
+                                         max_seqlen_q, causal, softmax_scale, window_left)
     if batched:
         out = out.view(b, sq, *out.shape[1:])
         lse = lse.view(b, sq, lse.shape[-1])
@@ -82,16 +83,16 @@ def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tenso
 
 
 def paged_prefill_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                       page_size, max_seqlen_q, causal, softmax_scale, grid_order=None):
+                       page_size, max_seqlen_q, causal, softmax_scale, grid_order=None, window_left=-1):
     if config.impl_mode() == "reference":
         return ops.paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                           key_page_offsets, page_size, causal, softmax_scale)
+                                           key_page_offsets, page_size, causal, softmax_scale, window_left)
     check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
     if not can_page(page_size):
         raise ValueError(f"page_size: the paged dense kernel reads pages of a multiple of 8 tokens, got {page_size}")
     return extension().attention_fwd_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
                                            key_page_offsets, page_size, max_seqlen_q, causal, softmax_scale,
-                                           grid_order)
+                                           window_left, grid_order)
 
 
 torch.library.register_kernel("flashcore::attention", "cuda", attention_cuda)

@@ -38,9 +38,9 @@ def layout_view(row_offsets, cols, page_offsets, counts, page_size, seq_lens=Non
 
 
 # -------------------------------------------------------------------------- attention
-def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale):
+def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left=-1):
     out, lse = reference.attention_ref(q, k, v, causal=causal, softmax_scale=softmax_scale,
-                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, window_left=window_left)
     return _as_outputs(q, out, lse)
 
 
@@ -48,21 +48,22 @@ def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_sca
 def attention_op(
     q: Tensor, k: Tensor, v: Tensor,
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, window_left: int = -1,
 ) -> Tuple[Tensor, Tensor]:
-    return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale)
+    """``window_left`` >= 0: causal sliding window (query at position i sees keys i - window_left .. i)."""
+    return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left)
 
 
 @attention_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_left=-1):
     return _outputs_like(q)
 
 
 # ---------------------------------------------------------------------- paged prefill
 def paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                            page_size, causal, softmax_scale):
+                            page_size, causal, softmax_scale, window_left=-1):
     out, lse = reference.paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                           key_page_offsets, page_size, causal, softmax_scale)
+                                           key_page_offsets, page_size, causal, softmax_scale, window_left)
     return _as_outputs(q, out, lse)
 
 
@@ -71,17 +72,18 @@ def paged_prefill_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
     k_cache: Tensor, v_cache: Tensor, key_pages: Tensor, key_page_offsets: Tensor, page_size: int,
     max_seqlen_q: int, causal: bool, softmax_scale: float, grid_order: Optional[Tensor] = None,
+    window_left: int = -1,
 ) -> Tuple[Tensor, Tensor]:
     """Varlen attention whose request b attends to its whole pages of the pool [slots, Hkv, D]
     (read in place) followed by its packed k/v rows; ``grid_order``: the kernel's CTA order flag
-    (see ``extend.ExtendPlan``)."""
+    (see ``extend.ExtendPlan``); ``window_left``: as for ``attention``."""
     return paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                   key_page_offsets, page_size, causal, softmax_scale)
+                                   key_page_offsets, page_size, causal, softmax_scale, window_left)
 
 
 @paged_prefill_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets, page_size, max_seqlen_q,
-      causal, softmax_scale, grid_order=None):
+      causal, softmax_scale, grid_order=None, window_left=-1):
     return _outputs_like(q)
 
 

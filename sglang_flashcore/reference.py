@@ -62,8 +62,10 @@ def _softmax_rows(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return p, lse
 
 
-def attend_one(q, k, v, scale: float, causal: bool):
-    """q [Sq, Hq, D], k/v [Sk, Hkv, D] (compute dtype) -> out [Sq, Hq, D], lse [Sq, Hq]."""
+def attend_one(q, k, v, scale: float, causal: bool, window_left: int = -1):
+    """q [Sq, Hq, D], k/v [Sk, Hkv, D] (compute dtype) -> out [Sq, Hq, D], lse [Sq, Hq]. Causal:
+    query i (position i + Sk - Sq) sees keys j <= i + Sk - Sq, and with ``window_left`` >= 0 only
+    those with j >= i + Sk - Sq - window_left."""
     sq, hq, _ = q.shape
     sk, hkv, _ = k.shape
     group = hq // hkv
@@ -74,6 +76,8 @@ def attend_one(q, k, v, scale: float, causal: bool):
         i = torch.arange(sq, device=q.device).unsqueeze(1)
         j = torch.arange(sk, device=q.device).unsqueeze(0)
         scores = scores.masked_fill(j > i + (sk - sq), float("-inf"))
+        if window_left >= 0:
+            scores = scores.masked_fill(j < i + (sk - sq) - window_left, float("-inf"))
     p, lse = _softmax_rows(scores)
     out = torch.matmul(p, vh)  # [Hq, Sq, D]
     return out.transpose(0, 1), lse.transpose(0, 1)
@@ -88,9 +92,11 @@ def attention_ref(
     softmax_scale: Optional[float] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     cu_seqlens_k: Optional[torch.Tensor] = None,
+    window_left: int = -1,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Dense attention. Batched: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D].
-    Ragged: q [Tq, Hq, D], k/v [Tk, Hkv, D] with cu_seqlens_q/k [B+1].
+    Ragged: q [Tq, Hq, D], k/v [Tk, Hkv, D] with cu_seqlens_q/k [B+1]. ``window_left``: the
+    causal sliding window (``attend_one``), -1 for none.
 
     Returns (out, lse) in the compute dtype: out shaped like q, lse like q without D.
     """
@@ -98,7 +104,7 @@ def attention_ref(
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     if cu_seqlens_q is None:
         outs, lses = zip(*(
-            attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal)
+            attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal, window_left)
             for b in range(q.shape[0])
         )) if q.shape[0] else ((), ())
         if not outs:
@@ -114,7 +120,7 @@ def attention_ref(
         qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
         if qe == qs:
             continue
-        o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal)
+        o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal, window_left)
         out[qs:qe], lse[qs:qe] = o, s
     return out, lse
 
@@ -145,7 +151,7 @@ def page_list_slots(key_pages: torch.Tensor, page_size: int) -> torch.Tensor:
 
 
 def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                      page_size: int, causal: bool, softmax_scale: float):
+                      page_size: int, causal: bool, softmax_scale: float, window_left: int = -1):
     """Varlen attention whose request b attends to its whole pool pages (``key_pages[key_page_offsets[b]:
     key_page_offsets[b+1]]`` of the pool [slots, Hkv, D]) followed by its packed k/v rows."""
     i64 = torch.int64
@@ -162,7 +168,7 @@ def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key
     hkv, d = k_cache.shape[1], k_cache.shape[2]
     cat = lambda ts: torch.cat(ts) if ts else k_cache.new_zeros(0, hkv, d)  # noqa: E731
     return attention_ref(q, cat(keys), cat(values), causal=causal, softmax_scale=softmax_scale,
-                         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_all)
+                         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_all, window_left=window_left)
 
 
 def _segment_softmax_attend(scores, values, seg, num_segments):

@@ -29,6 +29,7 @@ from .checks import FP8_KV_DTYPES
 from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
 from .sinks import apply_sinks
+from .window import extend_key_start, window_table, window_width
 from .speculative import VerifyPlan, verify_attention
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class ForwardMetadata:
     req_pool_indices: Optional[torch.Tensor] = None
     seq_lens: Optional[torch.Tensor] = None
     verify: Optional[VerifyPlan] = None  # target verify (and CUDA-graph draft extend): see speculative.py
+    # the sliding-window layers' view of the same batch (window.py): their extend plan, starting at
+    # each request's window, and their GPU decode planner (on CPU the reference takes the window)
+    window_extend: Optional[ExtendPlan] = None
+    window_planner: Optional[DecodePlanner] = None
 
 
 class _GraphBuffers:
@@ -92,6 +97,21 @@ def _attention_tp_size() -> int:
         return 1
 
 
+def _is_hybrid_swa_pool(pool) -> bool:
+    """SGLang's hybrid SWA pool (windowed layers in a sub-pool of their own), in any release."""
+    try:
+        from sglang.srt.mem_cache.base_swa_memory_pool import BaseSWAKVPool
+    except ImportError:  # pragma: no cover - releases without it name the sub-pool alike
+        return hasattr(pool, "swa_kv_pool")
+    return isinstance(pool, BaseSWAKVPool)
+
+
+def _layer_window(layer) -> int:
+    """A layer's sliding window (SGLang's ``sliding_window_size``: keys i - w .. i), -1 for none."""
+    window = getattr(layer, "sliding_window_size", -1)
+    return int(window) if window is not None and window > -1 else -1
+
+
 def _rank_q_heads(cfg) -> Optional[int]:
     """Query heads of one attention rank (as SGLang's own backends count them), None without a config."""
     total = getattr(cfg, "num_attention_heads", None)
@@ -113,6 +133,12 @@ class FlashCoreBackend(AttentionBackend):
         self.req_to_token_pool = model_runner.req_to_token_pool
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.kv_index_translator = getattr(model_runner, "kv_index_translator", None)
+        # the model's sliding window (SGLang's model_runner.sliding_window_size: every windowed layer
+        # has it); -1: no windowed layer
+        window = getattr(model_runner, "sliding_window_size", None)
+        self.window_left = int(window) if window is not None and window > -1 else -1
+        self._window_planner: Optional[DecodePlanner] = None  # GPU: made on the first windowed decode
+        self._window_buffers = None  # CUDA graphs: the window table's fixed (table, lens, rows)
         # --kv-cache-dtype fp8_e4m3 / fp8_e5m2: the pool holds K / k_scale and V / v_scale
         self.fp8_kv = getattr(model_runner, "kv_cache_dtype", None) in FP8_KV_DTYPES
         # --enable-deterministic-inference: batch-invariant decode (DecodePlanner's deterministic mode)
@@ -137,12 +163,12 @@ class FlashCoreBackend(AttentionBackend):
         cfg = getattr(model_runner, "model_config", None)
         if cfg is not None and getattr(cfg, "is_encoder_decoder", False):
             raise UnsupportedFeatureError("encoder-decoder (cross) attention")
-        if getattr(model_runner, "is_hybrid_swa", False) or (
-            getattr(model_runner, "sliding_window_size", None) not in (None, -1)
-        ):
-            raise UnsupportedFeatureError("sliding-window attention")
         if cfg is not None and getattr(cfg, "attention_chunk_size", None):
             raise UnsupportedFeatureError("chunked local attention")
+        if _is_hybrid_swa_pool(getattr(model_runner, "token_to_kv_pool", None)):
+            # its windowed layers keep K/V in a pool of their own, addressed through a slot mapping
+            raise UnsupportedFeatureError("SGLang's hybrid SWA memory pool",
+                                          "launch with --disable-hybrid-swa-memory (one pool, windows by mask)")
         FlashCoreBackend._reject_unsupported_layers(cfg, torch.device(getattr(model_runner, "device", "cpu")))
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
         if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32) + FP8_KV_DTYPES:
@@ -157,10 +183,6 @@ class FlashCoreBackend(AttentionBackend):
         hf = getattr(cfg, "hf_text_config", None) or getattr(cfg, "hf_config", None)
         if (getattr(hf, "attn_logit_softcapping", None) or 0) > 0:
             raise UnsupportedFeatureError("logit soft-capping (attn_logit_softcapping)")
-        architectures = getattr(getattr(cfg, "hf_config", None), "architectures", None) or []
-        if any("GptOss" in name for name in architectures):
-            # its sinks are served (apply_sinks); its alternating 128-token windows are not yet
-            raise UnsupportedFeatureError("sliding-window attention (gpt-oss)")
         head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
         if head_dim and v_head_dim and head_dim != v_head_dim:
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
@@ -175,8 +197,10 @@ class FlashCoreBackend(AttentionBackend):
             return
         if getattr(layer, "is_cross_attention", False):
             raise UnsupportedFeatureError("cross attention")
-        if (getattr(layer, "sliding_window_size", -1) or -1) > -1:
-            raise UnsupportedFeatureError("sliding-window attention")
+        window = _layer_window(layer)
+        if window > -1 and window != self.window_left:
+            raise UnsupportedFeatureError(f"a layer window of {window} in a model whose window is {self.window_left}",
+                                          "one sliding window per model, as SGLang's model_runner.sliding_window_size")
         if (getattr(layer, "logit_cap", 0.0) or 0.0) > 0:
             raise UnsupportedFeatureError("logit soft-capping")
         if layer.qk_head_dim != layer.v_head_dim:
@@ -211,6 +235,45 @@ class FlashCoreBackend(AttentionBackend):
                                           k0.shape[-1], self.device, deterministic=self.deterministic)
         return self._planner
 
+    def _window_decode_planner(self) -> DecodePlanner:
+        """The windowed layers' decode planner: plans over the window table (window.py)."""
+        if self._window_planner is None:
+            k0 = self.token_to_kv_pool.get_key_buffer(0)
+            self._window_planner = DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads,
+                                                 k0.shape[-1], self.device, deterministic=self.deterministic)
+        return self._window_planner
+
+    def _plan_window_decode(self, forward_batch: "ForwardBatch", num_kv_heads: int, graph: bool) -> DecodePlanner:
+        """Each request's last window_left + 1 slots into a table (fixed buffers under CUDA graphs)
+        and the windowed layers' plan over it."""
+        req_to_token = self.req_to_token_pool.req_to_token
+        rows, lens = forward_batch.req_pool_indices, forward_batch.seq_lens
+        if graph:
+            buf_table, buf_lens, buf_rows = self._window_buffers
+            table, keys = window_table(req_to_token, rows, lens, self.window_left, out=buf_table, out_lens=buf_lens)
+            table_rows = buf_rows[: lens.shape[0]]
+        else:
+            table, keys = window_table(req_to_token, rows, lens, self.window_left)
+            table_rows = torch.arange(lens.shape[0], device=lens.device)
+        planner = self._window_decode_planner()
+        planner.plan(table, table_rows, keys, num_kv_heads, planner_group(self._max_q_heads, num_kv_heads),
+                     self.chunk_tokens)
+        return planner
+
+    def _plan_window_extend(self, forward_batch: "ForwardBatch", plan: ExtendPlan) -> ExtendPlan:
+        """The windowed layers' extend plan: each request's keys from its first new token's window on
+        (the full plan itself when no window starts past position 0)."""
+        prefix_cpu = getattr(forward_batch, "extend_prefix_lens_cpu", None)
+        start_cpu = None if prefix_cpu is None else [max(0, int(p) - self.window_left) for p in prefix_cpu]
+        if start_cpu is not None and not any(start_cpu):
+            return plan
+        return plan_extend(
+            self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, forward_batch.extend_prefix_lens,
+            forward_batch.extend_seq_lens, forward_batch.out_cache_loc, prefix_lens_cpu=prefix_cpu,
+            extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None), page_size=self.page_size,
+            paged=False if self.fp8_kv else None,
+            key_start=extend_key_start(forward_batch.extend_prefix_lens, self.window_left), key_start_cpu=start_cpu)
+
     def _verify_builder(self) -> VerifyMetadataBuilder:
         """Plans speculative batches (target verify; draft extend in CUDA graphs): speculative.py."""
         if self._verify is None:
@@ -223,10 +286,12 @@ class FlashCoreBackend(AttentionBackend):
                 chunk_tokens=self.chunk_tokens, deterministic=self.deterministic)
         return self._verify
 
-    def _build_metadata(self, forward_batch: "ForwardBatch") -> ForwardMetadata:
+    def _build_metadata(self, forward_batch: "ForwardBatch", graph: bool = False) -> ForwardMetadata:
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
         if is_target_verify(forward_batch.forward_mode):  # draft extends are extends (below)
+            if self.window_left >= 0:
+                raise UnsupportedFeatureError("speculative decoding (target verify) with sliding-window layers")
             return ForwardMetadata(verify=self._verify_builder().plan(forward_batch))
         if forward_batch.forward_mode.is_decode_or_idle():
             if self._use_planner():
@@ -234,7 +299,9 @@ class FlashCoreBackend(AttentionBackend):
                 num_kv_heads = self.token_to_kv_pool.get_key_buffer(0).shape[1]
                 planner.plan(req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens, num_kv_heads,
                              planner_group(self._max_q_heads, num_kv_heads), self.chunk_tokens)
-                return ForwardMetadata(planner=planner)
+                window = (self._plan_window_decode(forward_batch, num_kv_heads, graph and self._window_buffers is not None)
+                          if self.window_left >= 0 else None)
+                return ForwardMetadata(planner=planner, window_planner=window)
             return ForwardMetadata(req_pool_indices=forward_batch.req_pool_indices, seq_lens=forward_batch.seq_lens)
         # extend (and mixed: decode requests arrive as extends of length 1)
         plan = plan_extend(
@@ -245,7 +312,8 @@ class FlashCoreBackend(AttentionBackend):
             page_size=self.page_size,
             paged=False if self.fp8_kv else None,  # FP8 pages are widened by a gather, not read in place
         )
-        return ForwardMetadata(extend=plan)
+        window = self._plan_window_extend(forward_batch, plan) if self.window_left >= 0 else None
+        return ForwardMetadata(extend=plan, window_extend=window)
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch"):
         """Eager path: one plan per forward batch, shared by all layers."""
@@ -261,6 +329,13 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("CUDA-graph decode with FLASHCORE_IMPL=reference",
                                           "launch with --disable-cuda-graph")
         self._decode_planner()  # allocated before capture: replays read its buffers
+        if self.window_left >= 0:  # the window table's fixed buffers, and its planner
+            width = window_width(self.window_left, self.req_to_token_pool.req_to_token.shape[1])
+            self._window_buffers = (
+                torch.zeros(max_bs, width, dtype=self.req_to_token_pool.req_to_token.dtype, device=self.device),
+                torch.zeros(max_bs, dtype=torch.int64, device=self.device),
+                torch.arange(max_bs, device=self.device))
+            self._window_decode_planner()
 
     def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False):
         """Before capture and before each replay: the batch's plan (GPU) or rows (CPU) into the
@@ -275,7 +350,7 @@ class FlashCoreBackend(AttentionBackend):
         if not mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
                                           "leave piecewise CUDA graphs off")
-        meta = self._build_metadata(forward_batch)
+        meta = self._build_metadata(forward_batch, graph=True)
         if meta.planner is None:
             meta = self._graph.load(meta)
         self.forward_metadata = meta
@@ -337,13 +412,15 @@ class FlashCoreBackend(AttentionBackend):
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         k_buf, v_buf = self._kv_buffers(layer)
         k_scale, v_scale = self._kv_scales(layer)
-        if meta.planner is not None:
-            out, lse = meta.planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
+        window = _layer_window(layer)
+        planner = meta.window_planner if window >= 0 else meta.planner
+        if planner is not None:
+            out, lse = planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
         else:
             out, lse = paged_decode_table(
                 q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
                 page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
-                check_bounds=False, k_scale=k_scale, v_scale=v_scale,
+                check_bounds=False, k_scale=k_scale, v_scale=v_scale, window_left=window,
             )
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
@@ -367,9 +444,12 @@ class FlashCoreBackend(AttentionBackend):
         # tokens attend with their unquantized K/V, as in SGLang's other backends
         in_cache = (save_kv_cache and not self.fp8_kv) or k_new is None
         k_scale, v_scale = self._kv_scales(layer)
-        out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, meta.extend, layer.scaling,
+        window = _layer_window(layer)
+        plan = meta.window_extend if window >= 0 else meta.extend
+        out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, plan, layer.scaling,
                                     new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
-                                    k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer))
+                                    k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer),
+                                    window_left=window)
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

@@ -173,9 +173,19 @@ def _fake_runner(**overrides):
     return runner
 
 
+def _hybrid_swa_pool():
+    """An object of SGLang's hybrid SWA pool class (its constructor needs a whole allocator)."""
+    from sglang.srt.mem_cache.base_swa_memory_pool import BaseSWAKVPool
+
+    cls = type("HybridPool", (BaseSWAKVPool,), {})
+    cls.__abstractmethods__ = frozenset()
+    return object.__new__(cls)
+
+
 @pytest.mark.parametrize("overrides,feature", [
     ({"use_mla_backend": True}, "MLA"),
-    ({"sliding_window_size": 4096}, "sliding-window"),
+    ({"sliding_window_size": 4096, "is_hybrid_swa": True, "token_to_kv_pool": _hybrid_swa_pool()},
+     r"hybrid SWA memory pool yet; launch with --disable-hybrid-swa-memory"),
     ({"model_config": SimpleNamespace(is_encoder_decoder=True)}, "encoder-decoder"),
     ({"kv_cache_dtype": torch.uint8}, "KV cache"),  # e.g. SGLang's FP4 KV cache
 ])
@@ -190,7 +200,6 @@ def _cfg(**fields):
 
 @pytest.mark.parametrize("cfg,device,feature", [
     (_cfg(hf_text_config=SimpleNamespace(attn_logit_softcapping=50.0)), "cpu", r"logit soft-capping"),
-    (_cfg(hf_config=SimpleNamespace(architectures=["GptOssForCausalLM"])), "cpu", r"sliding-window attention \(gpt-oss\)"),
     (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
     (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64 and 128\)"),
     (_cfg(head_dim=256), "cuda:0", "head dim 256"),
@@ -207,7 +216,7 @@ def test_head_dims_outside_the_kernels_build_on_cpu_and_with_the_reference(monke
 
 
 @pytest.mark.parametrize("attr,value,feature", [
-    ("sliding_window_size", 8, "sliding-window"),
+    ("sliding_window_size", 8, r"a layer window of 8 in a model whose window is -1"),
     ("logit_cap", 30.0, "logit soft-capping"),
     ("is_cross_attention", True, "cross attention"),
 ])
@@ -391,3 +400,90 @@ def test_sinks_rescale_each_row_by_its_own_softmax_mass(case):
         assert (ratio > 0).all() and (ratio < 1).all()
         lses.append(s + torch.log(ratio / (1 - ratio)))
     torch.testing.assert_close(lses[0], lses[1], atol=2e-3, rtol=1e-3)
+
+
+# ------------------------------------------------------------ sliding windows
+SWA_KIT_CASES = (kit.make_swa_no_prefix_input_config_cases(NAME) + kit.make_swa_prefix_input_config_cases(NAME))
+
+
+@pytest.mark.parametrize("case", SWA_KIT_CASES, ids=lambda c: c.name)
+def test_sglang_kit_sliding_window_cases(case):
+    _run(kit.run_dense_attention_case, _NoSkip(), case, device="cpu", dtype=torch.float32)
+
+
+def _swa_case(name, mode, prefix, extend=(), heads=(8, 2), page=16, window=37):
+    return kit.DenseAttentionCase(
+        name=name, backend=NAME, forward_mode=mode, num_heads=heads[0], num_kv_heads=heads[1], page_size=page,
+        prefix_lens=tuple(prefix), extend_lens=tuple(extend), sliding_window_size=window,
+    )
+
+
+SWA_CASES = [
+    (_swa_case("swa_decode_page1", ForwardMode.DECODE, [5, 38, 39, 200], page=1), 0),
+    (_swa_case("swa_decode_page16_window1", ForwardMode.DECODE, [1, 17, 90], window=1), 0),
+    (_swa_case("swa_decode_shared_prefix_page64", ForwardMode.DECODE, [300, 300, 301], page=64, window=100), 256),
+    (_swa_case("swa_extend_long_prefix_page16", ForwardMode.EXTEND, [150, 20, 0], [9, 40, 70]), 0),
+    (_swa_case("swa_extend_shared_prefix_page64", ForwardMode.EXTEND, [128, 192], [64, 3], page=64, window=63), 128),
+    (_swa_case("swa_extend_page1_past_window", ForwardMode.EXTEND, [60, 2], [50, 1], page=1, window=10), 0),
+    (_swa_case("swa_mixed_chunk_and_decodes", ForwardMode.MIXED, [16, 80, 7], [40, 1, 1], window=20), 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case,shared", SWA_CASES, ids=[c.name for c, _ in SWA_CASES])
+def test_sliding_window_layers_match_torch_native(case, shared, dtype):
+    """Windows over long and shared prefixes, pages 1/16/64, decode, extend and mixed batches: our
+    backend against SGLang's torch_native (a mask over the whole sequence) on the same pools."""
+    fixture = _build(case, dtype=dtype, shared=shared)
+    ours = _run(kit.run_dense_fixture_eager, fixture)
+    native = ATTENTION_BACKENDS["torch_native"](fixture.runner)
+    theirs = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, native))
+    _assert_close(ours, theirs, dtype)
+    # and the window matters for these lengths
+    fixture.actual_module.attn.sliding_window_size = -1
+    backend = FlashCoreBackend(fixture.runner)
+    backend.window_left = -1
+    unwindowed = _run(kit.run_dense_fixture_eager, kit.replace_backend(fixture, backend))
+    assert not torch.allclose(ours.float(), unwindowed.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize("capture_bs", [4, 8])
+def test_kit_cuda_graph_decode_runner_replays_sliding_window_decode(monkeypatch, capture_bs):
+    """The graph runner mode (fixed window-table buffers on a GPU; on CPU the reference takes the
+    window) against the kit's reference, which needs each backend's decode window rule: ours is
+    fa3's and flashinfer's (keys i - w .. i)."""
+    try:
+        from sglang.test.kits.attention_unittest.runner_modes import cuda_graph_decode_runner as cg_runner
+    except ImportError as exc:  # SGLang 0.5.17's runner modes load sgl_kernel, which needs libcuda
+        if torch.cuda.is_available():
+            raise
+        pytest.skip(f"this SGLang's kit runner modes do not import without a GPU: {str(exc).strip()[:200]}")
+    monkeypatch.setattr(kit, "_SWA_DECODE_EXTEND_WINDOW", kit._SWA_DECODE_EXTEND_WINDOW | {NAME})
+    case = _swa_case("swa_graph_decode", ForwardMode.DECODE, [3, 30, 50], window=20)  # (the runner holds 64 positions)
+    with torch.no_grad():
+        cg_runner.run_dense_cuda_graph_decode_case(_NoSkip(), case, device="cpu", dtype=torch.float32,
+                                                   cuda_graph_capture_batch_size=capture_bs)
+
+
+def test_speculative_verify_with_windows_is_refused_clearly():
+    case = _swa_case("swa_decode", ForwardMode.DECODE, [10, 20])
+    fixture = _build(case)
+    fb = SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY, encoder_lens=None)
+    with pytest.raises(UnsupportedFeatureError, match="target verify"):
+        fixture.backend._build_metadata(fb)
+
+
+def test_the_shipped_gemma3_config_reaches_the_backend_with_its_window():
+    """configs/tiny_gemma3_swa as SGLang reads it: one pool (Gemma 3 is not a hybrid-SWA model),
+    layers with window 63 (HF's 64 keys counted with the query), which our backend accepts."""
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.models.gemma3_causal import get_attention_sliding_window_size
+
+    from sglang_flashcore.serve import config_dir
+
+    mc = ModelConfig(str(config_dir("tiny_gemma3_swa")))
+    assert not mc.is_hybrid_swa and mc.head_dim == 128
+    window = get_attention_sliding_window_size(mc.hf_text_config)
+    assert window == 63
+    backend = FlashCoreBackend(_fake_runner(model_config=mc, sliding_window_size=window))
+    assert backend.window_left == 63

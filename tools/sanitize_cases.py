@@ -39,12 +39,15 @@ def decode_cases():
 
 
 def dense_cases():
-    # q lengths, k lengths, Hq, Hkv, D, causal, dtype
-    yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16
-    yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16
-    yield [257], [257], 8, 1, 128, False, torch.float16
+    # q lengths, k lengths, Hq, Hkv, D, causal, dtype, sliding window (-1: none)
+    yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16, -1
+    yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16, -1
+    yield [257], [257], 8, 1, 128, False, torch.float16, -1
     # over 132 work tiles (the persistent CTAs claim the rest), rows that see no key, empty rows
-    yield [300, 129, 0, 1, 200], [300, 500, 7, 1, 50], 48, 12, 64, True, torch.bfloat16
+    yield [300, 129, 0, 1, 200], [300, 500, 7, 1, 50], 48, 12, 64, True, torch.bfloat16, -1
+    # sliding windows: key tiles skipped left of a work tile's window, masks on both edges
+    yield [700, 5, 130], [900, 400, 130], 8, 2, 128, True, torch.bfloat16, 200
+    yield [300, 64], [1000, 64], 12, 4, 64, True, torch.float16, 0
 
 
 def extend_cases():
@@ -77,14 +80,14 @@ def main() -> int:
             ok = err < 2e-2
             bad += not ok
             print(f"decode case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    for i, (lq, lk, hq, hkv, d, causal, dtype) in enumerate(dense_cases()):
+    for i, (lq, lk, hq, hkv, d, causal, dtype, window) in enumerate(dense_cases()):
         cq = torch.tensor([0] + lq, device="cuda").cumsum(0).int()
         ck = torch.tensor([0] + lk, device="cuda").cumsum(0).int()
         q = torch.randn(sum(lq), hq, d, device="cuda").to(dtype)
         k = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
         v = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
-        out, _ = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
-        ref, _ = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
+        out, _ = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
+        ref, _ = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
         err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
         ok = err < 2e-2
         bad += not ok

@@ -27,6 +27,10 @@ struct DenseFwdArgs {
   // query blocks with the most key tiles first, so the light ones fill the tail of the grid, in
   // L2-sized sections of heads (dense_fwd.cu)
   bool causal;
+  // Causal sliding window (SGLang's layer.sliding_window_size, FlashAttention's window_size_left):
+  // the query at position i sees keys j with i - window_left <= j <= i; -1: no window. Key tiles
+  // wholly left of a work tile's window are not loaded.
+  int window_left = -1;
   // Persistent schedule (required): one CTA per SM looping over the work tiles, claiming them
   // from this device int[2] (claims, CTAs done), zero when the launch starts; the kernel's last
   // CTA zeroes both again as it ends, so a counter kept per stream needs no reset between

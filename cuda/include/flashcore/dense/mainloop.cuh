@@ -85,10 +85,10 @@ __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* 
     const uint32_t parity = ((g / kStages) - 1) & 1;
     if (g >= kStages) mbar_wait(&empty_k[s], parity);
     mbar_expect_tx(&full_k[s], S::kTileBytes);
-    load_tile(smem + S::kK + s * S::kTileBytes, tk, tk_pool, &full_k[s], n);
+    load_tile(smem + S::kK + s * S::kTileBytes, tk, tk_pool, &full_k[s], t.n_first + n);
     if (g >= kStages) mbar_wait(&empty_v[s], parity);
     mbar_expect_tx(&full_v[s], S::kTileBytes);
-    load_tile(smem + S::kV + s * S::kTileBytes, tv, tv_pool, &full_v[s], n);
+    load_tile(smem + S::kV + s * S::kTileBytes, tv, tv_pool, &full_v[s], t.n_first + n);
   }
 }
 

@@ -62,6 +62,7 @@ struct DenseFwdParams {
   float scale_log2;
   // causal (aligned bottom-right); the query blocks are then claimed heaviest first
   int causal;
+  int window_left;  // causal sliding window (DenseFwdArgs::window_left); -1: none
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;

@@ -41,8 +41,9 @@ struct WorkTile {
   int k0, sk;         // its packed key rows start at k0; sk keys in all (pages first)
   int paged_keys;     // keys read from whole pool pages
   const int* pages;   // its page list, or nullptr
-  int diag;           // causal: row i sees keys <= i + diag
-  int n_tiles;        // key tiles to visit
+  int diag;           // causal: row i sees keys <= i + diag (and, with a window, >= i + diag - window_left)
+  int n_first;        // the first key tile to visit (0 without a window)
+  int n_tiles;        // key tiles to visit: n_first, n_first + 1, ...
 };
 
 // Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
@@ -89,6 +90,12 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
   if (p.causal) {
     const int last_key = min(t.sk - 1, t.m_block * kBlockM + kBlockM - 1 + t.diag);
     t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
+  }
+  t.n_first = 0;
+  if (p.window_left >= 0) {  // (causal only) the tiles left of the block's first row's window are skipped
+    const int first_key = max(0, t.m_block * kBlockM + t.diag - p.window_left);
+    t.n_first = min(first_key / kBlockN, t.n_tiles);
+    t.n_tiles -= t.n_first;
   }
   return true;
 }
