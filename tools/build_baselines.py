@@ -22,14 +22,16 @@ generators read at plan time, before they look for the module (``flashinfer/data
 * ``prefill_fa2_fp8kv`` (2.3 MiB, 260 s) / ``decode_fp8kv`` (0.5 MiB, 50 s): the two decode paths
   with bf16 queries over an FP8-e4m3 KV cache (bench_decode's ``_fp8`` baselines; also what the
   server plans for ``--kv-cache-dtype fp8_e4m3``).
+* ``prefill_fa2_swa`` / ``decode_swa``: the FA2 paged prefill and the CUDA-core decode with a
+  sliding window (``window_left``), bench_window.py's FlashInfer baselines.
 
 FlashAttention-3 (``--fa3-src``; 3.5 MiB, 560 s for its 9 compile units): the Hopper forward of
 Dao-AILab/flash-attention's ``hopper/`` folder (built from commit 0251105a with CUTLASS 4.3.4, the
 commit its ``csrc/cutlass`` pins; ``--cutlass`` absent: the CUTLASS inside the FlashInfer wheel),
 restricted by its own ``FLASHATTENTION_DISABLE_*`` switches (``FA3_DISABLE``) to the sm90 forward,
 bf16, head dim 128, variable lengths, paged KV (TMA and not), split-KV with its combine kernel,
-GQA packing, causal or not, and the scheduler-metadata kernel; no backward, fp16/fp8, soft-cap,
-local window, append-KV, cluster launch or sm80 kernels. It is torch's stable-ABI extension
+GQA packing, causal or not, local (sliding-window) attention, and the scheduler-metadata kernel;
+no backward, fp16/fp8, soft-cap, append-KV, cluster launch or sm80 kernels. It is torch's stable-ABI extension
 (``flash_api_stable.cpp``, for torch >= 2.9), built against torch 2.11: ``fa3_hopper/_C.so``
 registering ``torch.ops.flash_attn_3``. ``tools/fa3_sgl_kernel_shim.py`` goes over
 ``sgl_kernel/flash_attn.py``: the module SGLang 0.5.17's ``fa3`` backend imports
@@ -71,15 +73,18 @@ FLASHINFER_WHEELS = ["flashinfer-python==0.6.15.post1", "apache-tvm-ffi==0.1.11"
 _BF16, _FP8, _I32 = "torch.bfloat16", "torch.float8_e4m3fn", "torch.int32"
 # (q, kv, o, index dtype, head dim qk, head dim vo, pos encoding NONE, sliding window, soft-cap[, fp16 qk])
 _PREFILL = "flashinfer.jit:gen_batch_prefill_module('{b}', {q}, {kv}, " + _BF16 + ", " + _I32 + \
-    ", 128, 128, 0, False, False, False)"
-_DECODE = "flashinfer.jit:gen_batch_decode_module({q}, {kv}, " + _BF16 + ", " + _I32 + ", 128, 128, 0, False, False)"
+    ", 128, 128, 0, {swa}, False, False)"
+_DECODE = "flashinfer.jit:gen_batch_decode_module({q}, {kv}, " + _BF16 + ", " + _I32 + ", 128, 128, 0, {swa}, False)"
 FLASHINFER_MODULES = {  # in build order: what the server needs first
-    "prefill_fa2": _PREFILL.format(b="fa2", q=_BF16, kv=_BF16),
+    "prefill_fa2": _PREFILL.format(b="fa2", q=_BF16, kv=_BF16, swa=False),
     "cascade": "flashinfer.jit.cascade:gen_cascade_module()",
-    "prefill_fa3": _PREFILL.format(b="fa3", q=_BF16, kv=_BF16),
-    "decode": _DECODE.format(q=_BF16, kv=_BF16),
-    "prefill_fa2_fp8kv": _PREFILL.format(b="fa2", q=_BF16, kv=_FP8),
-    "decode_fp8kv": _DECODE.format(q=_BF16, kv=_FP8),
+    "prefill_fa3": _PREFILL.format(b="fa3", q=_BF16, kv=_BF16, swa=False),
+    "decode": _DECODE.format(q=_BF16, kv=_BF16, swa=False),
+    "prefill_fa2_fp8kv": _PREFILL.format(b="fa2", q=_BF16, kv=_FP8, swa=False),
+    "decode_fp8kv": _DECODE.format(q=_BF16, kv=_FP8, swa=False),
+    # sliding windows (window_left >= 0): the paged prefill and decode bench_window.py compares
+    "prefill_fa2_swa": _PREFILL.format(b="fa2", q=_BF16, kv=_BF16, swa=True),
+    "decode_swa": _DECODE.format(q=_BF16, kv=_BF16, swa=True),
 }
 
 
@@ -113,7 +118,7 @@ def build_flashinfer(out: Path, stage: Path, python: str, labels: list[str]) -> 
 
 # FlashAttention-3's own switches (hopper/setup.py): everything but the sm90 bf16 head-dim-128 forward
 # with paged KV, split-KV, GQA packing and variable lengths
-FA3_DISABLE = ["BACKWARD", "SOFTCAP", "LOCAL", "APPENDKV", "FP16", "FP8", "CLUSTER", "HDIM64", "HDIM96", "HDIM192",
+FA3_DISABLE = ["BACKWARD", "SOFTCAP", "APPENDKV", "FP16", "FP8", "CLUSTER", "HDIM64", "HDIM96", "HDIM192",
                "HDIM256", "SM8x", "HDIMDIFF64", "HDIMDIFF192"]
 FA3_KERNELS = ["", "_split", "_paged", "_paged_split", "_packgqa"]  # hdim128 bf16 sm90 instantiations
 FA3_BUILD = """

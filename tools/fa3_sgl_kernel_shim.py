@@ -3,13 +3,13 @@
 sgl-kernel's own module loads ``flash_ops`` (1.1 GB, too large to carry) and calls
 ``torch.ops.sgl_kernel.fwd``. ``build_baselines.py`` installs this file in its place, next to
 ``fa3_hopper/_C.so``: FlashAttention-3's Hopper forward from Dao-AILab/flash-attention's ``hopper/``
-folder, restricted to bf16, head dim 128, paged KV, split-KV and GQA packing (sm90a). The functions
+folder, restricted to bf16, head dim 128, paged KV, split-KV, GQA packing and local windows (sm90a). The functions
 keep sgl-kernel 0.4.5's signatures, which SGLang 0.5.17's ``fa3`` backend calls
 (``flash_attn_with_kvcache``, ``flash_attn_varlen_func``, ``get_scheduler_metadata``), and pass the
 arguments to ``torch.ops.flash_attn_3`` (upstream's schema: sgl-kernel's without ``sinks``,
 ``sparse_mask_fine`` and ``only_qv``). Features outside the build (attention sinks, ``only_qv``,
-soft-cap, a sliding window, appending K/V, fp16/fp8, other head dims) raise instead of computing
-something else.
+soft-cap, appending K/V, fp16/fp8, other head dims) raise instead of computing something else; its
+sliding windows (``window_size``) are FlashAttention-3's local attention.
 
 Importable without a GPU or the library for tests: ``FA3_OPS`` is None then, and the calls raise.
 """
