@@ -19,7 +19,7 @@ from sglang_flashcore import plugin  # noqa: E402
 
 from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS  # noqa: E402
 
-from test_sglang_backend import LOC_LAYOUTS, OWN_CASES, _assert_close, _NoSkip, _share_prefix  # noqa: E402
+from test_sglang_backend import LOC_LAYOUTS, OWN_CASES, SWA_CASES, _assert_close, _NoSkip, _share_prefix  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -56,8 +56,9 @@ def test_kit_cuda_graph_decode_runner(case, dtype, head_dim):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
-@pytest.mark.parametrize("case,shared", OWN_CASES, ids=[c.name for c, _ in OWN_CASES])
+@pytest.mark.parametrize("case,shared", OWN_CASES + SWA_CASES, ids=[c.name for c, _ in OWN_CASES + SWA_CASES])
 def test_own_cases_cuda_match_torch_native(case, shared, dtype):
+    """Our cases, sliding windows among them (the dense kernel's window masks, decode's window tables)."""
     with torch.no_grad():
         fixture = kit.build_dense_attention_fixture(
             _NoSkip(), case, head_dim=128, hidden_size=256, max_context_len=2304, dtype=DTYPES[dtype],
