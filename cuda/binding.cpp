@@ -293,12 +293,14 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
                                            const at::Tensor& hash, int64_t max_batch, int64_t max_chunks,
                                            int64_t page_size, double scale, const at::Tensor& partial_o,
                                            const at::Tensor& partial_lse, int64_t grid_work, double k_scale,
-                                           double v_scale, bool fixed_merge) {
+                                           double v_scale, bool fixed_merge, double softcap) {
   int dtype, kv_dtype;
   FC_CHECK(std::isfinite(k_scale) && k_scale > 0 && std::isfinite(v_scale) && v_scale > 0,
            "k_scale/v_scale: expected finite positive dequantization scales, got ", k_scale, " and ", v_scale);
   auto p = pool_params(q, k, v, page_size, scale * k_scale, &dtype, &kv_dtype);
   p.v_scale = (float)v_scale;
+  FC_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap: expected 0 (none) or a positive cap, got ", softcap);
+  p.softcap_log2 = (float)(softcap * 1.4426950408889634);
   check_cuda(req_to_token, q, "req_to_token");
   FC_CHECK(req_to_token.scalar_type() == at::kInt && req_to_token.dim() == 2 && req_to_token.stride(1) == 1,
            "req_to_token: the decode kernel reads int32 slots in contiguous rows, got ", req_to_token.scalar_type(),
@@ -350,8 +352,8 @@ int* stream_claim_counter(const at::Tensor& like) {
 // Shared by the packed and the paged entry points: checks q/k/v and launches.
 std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
-                                      bool causal, double scale, int64_t window_left, const char* k_name,
-                                      const char* v_name, flashcore::DenseFwdArgs a) {
+                                      bool causal, double scale, int64_t window_left, double softcap,
+                                      const char* k_name, const char* v_name, flashcore::DenseFwdArgs a) {
   check_cuda(q, q, "q");
   check_cuda(k, q, k_name);
   check_cuda(v, q, v_name);
@@ -369,6 +371,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   FC_CHECK(window_left >= -1 && window_left < INT32_MAX, "window_left: expected -1 (no window) or a key count, got ",
            window_left);
   FC_CHECK(window_left < 0 || causal, "window_left: a sliding window needs causal=True");
+  FC_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap: expected 0 (none) or a positive cap, got ", softcap);
   FC_CHECK(k.size(0) < INT32_MAX, k_name, ": over 2^31 rows are not supported");
   check_rows_16b(q, "q");
   check_rows_16b(k, k_name);
@@ -404,6 +407,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.softmax_scale = (float)scale;
   a.causal = causal;
   a.window_left = (int)window_left;
+  a.softcap = (float)softcap;
   if (q.size(0) == 0) return {out, lse};
   at::Tensor tile_counter;  // the persistent schedule's work-tile counter, when a fresh one
   at::Tensor tile_list, select_temp;  // ragged batches: the tiles that hold rows (dense_fwd.h)
@@ -434,8 +438,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_seqlen_q,
-                                      bool causal, double scale, int64_t window_left) {
-  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, "k", "v",
+                                      bool causal, double scale, int64_t window_left, double softcap) {
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, softcap, "k", "v",
                        flashcore::DenseFwdArgs{});
 }
 
@@ -446,7 +450,7 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
                                             const at::Tensor& v_cache, const at::Tensor& key_pages,
                                             const at::Tensor& key_page_offsets, int64_t page_size,
                                             int64_t max_seqlen_q, bool causal, double scale, int64_t window_left,
-                                            const c10::optional<at::Tensor>& grid_order) {
+                                            double softcap, const c10::optional<at::Tensor>& grid_order) {
   FC_CHECK(page_size >= 1 && page_size <= INT32_MAX && flashcore::dense_page_box_rows((int)page_size) > 0,
            "page_size: the paged dense kernel needs a multiple of 8, got ", page_size);
   check_cuda(k_cache, q, "k_cache");
@@ -475,7 +479,7 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
   a.v_pool_stride_row = v_cache.stride(0);
   a.v_pool_stride_head = v_cache.stride(1);
   if (grid_order.has_value()) a.grid_order = index_ptr(*grid_order, q, "grid_order");
-  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, "k", "v", a);
+  return dense_forward(q, k, v, cu_q, cu_k, max_seqlen_q, causal, scale, window_left, softcap, "k", "v", a);
 }
 
 }  // namespace

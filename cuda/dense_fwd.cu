@@ -389,6 +389,8 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
   p.causal = a.causal ? 1 : 0;
   p.window_left = a.causal && a.window_left >= 0 ? a.window_left : -1;
+  p.softcap_raw = a.softcap > 0.f ? a.softcap / a.softmax_scale : 0.f;
+  p.softcap_in = a.softcap > 0.f ? a.softmax_scale / a.softcap : 0.f;
   p.batch = a.batch;
   p.m_blocks = m_blocks;
   p.num_work = (int)work;

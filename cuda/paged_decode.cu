@@ -125,6 +125,11 @@ struct SoftmaxState {
 template <int D>
 using RowState = SoftmaxState<D / 8>;
 
+// A raw score q.k (times the widening's factor) in the softmax's log2 domain, soft-capped or not.
+__device__ __forceinline__ float score_log2(const PagedDecodeParams& p, float raw) {
+  return p.softcap_in != 0.f ? p.softcap_log2 * tanh_fast(raw * p.softcap_in) : raw * p.scale_log2;
+}
+
 // One 64-token K/V tile in shared memory (ks, vs) against this warp's 16 query rows: its token
 // split's 16-token steps, each S = Q K^T, online softmax (log2 domain), O += P V.
 template <typename T, int D>
@@ -151,7 +156,7 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         int tok = tok0 + j * 8 + 2 * (lane % 4) + (e & 1);
-        sc[j][e] = tok < ntok ? sc[j][e] * p.scale_log2 : -INFINITY;
+        sc[j][e] = tok < ntok ? score_log2(p, sc[j][e]) : -INFINITY;
         mx[e / 2] = fmaxf(mx[e / 2], sc[j][e]);
       }
 #pragma unroll
@@ -240,7 +245,7 @@ __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, c
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int tok = tok0 + lane / 4 + 8 * (e / 2);
-    sc[e] = tok < ntok ? (sa[e] + sb[e]) * p.scale_log2 : -INFINITY;
+    sc[e] = tok < ntok ? score_log2(p, sa[e] + sb[e]) : -INFINITY;
     mx[e % 2] = fmaxf(mx[e % 2], sc[e]);
   }
 #pragma unroll
@@ -686,6 +691,7 @@ cudaError_t launch(const PagedDecodeParams& params, cudaStream_t stream) {
   PagedDecodeParams p = params;
   p.scale_log2 *= widened_unscale<T, TKV>();  // the MMAs see K and V times 2^-112 (fp8.cuh)
   p.v_scale *= widened_unscale<T, TKV>();
+  p.softcap_in = p.softcap_log2 > 0.f ? p.scale_log2 / p.softcap_log2 : 0.f;
   {
     const size_t smem = DecodeSmem<D, TKV>::bytes(p.max_rows);
     auto kernel = paged_decode_table_kernel<T, TKV, D>;

@@ -18,6 +18,7 @@ from .checks import (
     check_pools,
     check_positive_int,
     check_same,
+    check_softcap,
     check_tensor,
     check_window,
     reads_values,
@@ -80,6 +81,7 @@ def attention(
     max_seqlen_q: Optional[int] = None,
     max_seqlen_k: Optional[int] = None,
     window_left: int = -1,
+    softcap: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
     """Dense multi-head attention with GQA/MQA, causal masking and the LSE.
 
@@ -88,7 +90,8 @@ def attention(
     Causal masks are aligned bottom-right (query i of Sq sees keys j <= i + Sk - Sq);
     ``window_left`` >= 0 (causal only) is a sliding window: query i then sees only keys
     j >= i + Sk - Sq - window_left (SGLang's ``sliding_window_size``, FlashAttention's
-    ``window_size[0]``).
+    ``window_size[0]``). ``softcap`` > 0: each scaled score s becomes ``softcap * tanh(s / softcap)``
+    before the softmax (SGLang's ``logit_cap``, Gemma 2's ``attn_logit_softcapping``).
 
     Returns ``(out, lse)``: out like q (q's dtype); lse float32, shaped like q without D.
     CUDA tensors on Hopper run our TMA/WGMMA kernel once it is built (``kernels.py``); CPU
@@ -115,7 +118,7 @@ def attention(
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
     check_window("window_left", window_left, bool(causal))
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
-            softmax_scale_for(softmax_scale, head_dim), window_left)
+            softmax_scale_for(softmax_scale, head_dim), window_left, check_softcap("softcap", softcap))
     if q.is_cuda and not torch.compiler.is_compiling():
         # eager CUDA calls skip the custom op's dispatch (tens of microseconds of host time per call);
         # the kernel and its result are the op's own

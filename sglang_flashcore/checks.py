@@ -121,6 +121,13 @@ def check_window(name: str, value: object, causal: bool = True) -> int:
     return value
 
 
+def check_softcap(name: str, value: object) -> float:
+    """A logit soft-cap: 0 (none) or a finite positive cap (SGLang's layer.logit_cap)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected 0 (no cap) or a finite positive float, got {value!r}")
+    return float(value)
+
+
 def check_nonnegative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {value!r}")

@@ -27,7 +27,8 @@ import torch
 
 from . import config, kernels
 from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_kv_scale, check_len, check_pools,
-                     check_positive_int, check_range, check_table_slots, check_tensor, check_window, reads_values,
+                     check_positive_int, check_range, check_softcap, check_table_slots, check_tensor, check_window,
+                     reads_values,
                      softmax_scale_for)
 from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
                          DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, DETERMINISTIC_CHUNK_TOKENS,
@@ -235,13 +236,16 @@ class DecodePlanner:
         self._batch, self._group, self._req_to_token = seq_lens.shape[0], group, req_to_token
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, softmax_scale: float,
-            page_size: int = 1, k_scale: float = 1.0, v_scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+            page_size: int = 1, k_scale: float = 1.0, v_scale: float = 1.0,
+            softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
         """Decode over the last plan: ``(out [B, Hq, D], lse [B, Hq] float32)``. The pools are in q's
-        dtype, or FP8 holding K / k_scale and V / v_scale (floats: fixed in a captured graph)."""
+        dtype, or FP8 holding K / k_scale and V / v_scale (floats: fixed in a captured graph);
+        ``softcap`` > 0: the logit soft-cap."""
         kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
         softmax_scale = softmax_scale_for(softmax_scale, q.shape[-1])
         check_positive_int("page_size", page_size)
         k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
+        softcap = check_softcap("softcap", softcap)
         if self._batch is None:
             raise RuntimeError("DecodePlanner.run: call plan() first")
         if q.shape[0] != self._batch:
@@ -252,7 +256,7 @@ class DecodePlanner:
         return kernels.run_decode_table(
             q, k_cache, v_cache, self._req_to_token, self.ints, self.hash, self.max_batch, self.max_chunks,
             page_size, softmax_scale, self.partial_o, self.partial_lse, self.grid_work, k_scale, v_scale,
-            self.deterministic,
+            self.deterministic, softcap,
         )
 
     # ---- host-side views (each syncs; for reports and tests)
@@ -310,6 +314,7 @@ def paged_decode_table(
     k_scale: Union[float, torch.Tensor] = 1.0,
     v_scale: Union[float, torch.Tensor] = 1.0,
     window_left: int = -1,
+    softcap: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Decode straight from SGLang's page table (one query token per request).
 
@@ -331,6 +336,7 @@ def paged_decode_table(
             ``float8_e4m3fn`` or ``float8_e5m2`` pools); a float or a one-element tensor (read on the host).
         window_left: a sliding window (the query, at position ``seq_lens[b] - 1``, sees the last
             ``window_left + 1`` keys; ``window.py``); -1: every key.
+        softcap: the logit soft-cap (each scaled score s becomes softcap * tanh(s / softcap)); 0: none.
 
     Returns ``(out [B, Hq, D], lse [B, Hq] float32)``; an empty request gives 0 and -inf.
     """
@@ -348,6 +354,7 @@ def paged_decode_table(
     scale = softmax_scale_for(softmax_scale, q.shape[-1])
     k_scale, v_scale = check_kv_scale("k_scale", k_scale), check_kv_scale("v_scale", v_scale)
     check_window("window_left", window_left)
+    softcap = check_softcap("softcap", softcap)
     if reads_values(check_bounds, q):
         check_range("req_pool_indices", req_pool_indices, 0, req_to_token.shape[0], "request pool row")
         check_range("seq_lens", seq_lens, 0, req_to_token.shape[1] + 1, "sequence length")
@@ -356,17 +363,17 @@ def paged_decode_table(
         req_to_token, seq_lens = window_table(req_to_token, req_pool_indices, seq_lens, window_left)
         req_pool_indices = torch.arange(q.shape[0], dtype=req_pool_indices.dtype, device=q.device)
     return paged_decode_table_op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, scale,
-                                 int(chunk_tokens or 0), k_scale, v_scale)
+                                 int(chunk_tokens or 0), k_scale, v_scale, softcap)
 
 
 @torch.library.register_kernel("flashcore::paged_decode_table", "cuda")
 def _paged_decode_table_cuda(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale,
-                             chunk_tokens, k_scale=1.0, v_scale=1.0):
+                             chunk_tokens, k_scale=1.0, v_scale=1.0, softcap=0.0):
     if not config.use_kernels(q.device):
         return paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                                            page_size, softmax_scale, k_scale, v_scale)
+                                            page_size, softmax_scale, k_scale, v_scale, softcap)
     kernels.check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     planner = _planner_for(q)
     planner.plan(req_to_token.to(torch.int32), req_pool_indices, seq_lens, k_cache.shape[1],
                  q.shape[1] // k_cache.shape[1], chunk_tokens or None)
-    return planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale)
+    return planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale, softcap)

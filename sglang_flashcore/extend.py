@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import config, ops
-from .checks import FP8_KV_DTYPES, check_index, check_len, check_tensor, check_window
+from .checks import FP8_KV_DTYPES, check_index, check_len, check_softcap, check_tensor, check_window
 from .heuristics import can_page
 from .indexing import exclusive_cumsum
 from .reference import dequantize, gather_kv
@@ -242,6 +242,7 @@ def extend_attention(
     v_scale: float = 1.0,
     causal: bool = True,
     window_left: int = -1,
+    softcap: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
     """One layer of an extend batch: ``(out [Tq, Hq, D] in q's dtype, lse [Tq, Hq] float32)``.
 
@@ -260,9 +261,11 @@ def extend_attention(
             every key of its request (encoder-only layers of embedding models).
         window_left: a causal sliding window (``attention``'s), -1 for none; plan such layers with
             ``key_start`` at ``prefix_lens - window_left`` so that no key left of it is read.
+        softcap: the logit soft-cap (``attention``'s), 0 for none.
     """
     check_tensor("k_cache", k_cache, ndim=(3, 4))
     check_window("window_left", window_left, causal)
+    softcap = check_softcap("softcap", softcap)
     if plan.paged and k_cache.dim() != 3:
         raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
     if plan.paged and k_cache.dtype in FP8_KV_DTYPES:
@@ -286,9 +289,9 @@ def extend_attention(
     if plan.paged:
         return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
                                     plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
-                                    causal, softmax_scale, plan.grid_order, window_left)
+                                    causal, softmax_scale, plan.grid_order, window_left, softcap)
     return ops.attention_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q,
-                            plan.max_seqlen_k, causal, softmax_scale, window_left)
+                            plan.max_seqlen_k, causal, softmax_scale, window_left, softcap)
 
 
 def pages_in_place(req_to_token: Tensor, prefix_lens: Tensor, page_size: int) -> bool:

@@ -64,10 +64,11 @@ def _rows_16b(t: Tensor) -> Tensor:
 
 def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
                    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
-                   window_left: int = -1) -> Tuple[Tensor, Tensor]:
+                   window_left: int = -1, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
     """The dense kernel on validated inputs (``api.attention`` checked them)."""
     if config.impl_mode() == "reference":
-        return ops.attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left)
+        return ops.attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left,
+                                       softcap)
     check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
     batched = cu_seqlens_q is None
     if batched:  # the kernel is varlen: fixed lengths become offsets
@@ -75,7 +76,7 @@ def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tenso
         cu_seqlens_q, cu_seqlens_k = _fixed_offsets(b, sq, q.device), _fixed_offsets(b, sk, q.device)
         q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
     out, lse = extension().attention_fwd(_rows_16b(q), _rows_16b(k), _rows_16b(v), cu_seqlens_q, cu_seqlens_k,
-                                         max_seqlen_q, causal, softmax_scale, window_left)
+                                         max_seqlen_q, causal, softmax_scale, window_left, softcap)
     if batched:
         out = out.view(b, sq, *out.shape[1:])
         lse = lse.view(b, sq, lse.shape[-1])
@@ -83,16 +84,16 @@ def attention_cuda(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tenso
 
 
 def paged_prefill_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                       page_size, max_seqlen_q, causal, softmax_scale, grid_order=None, window_left=-1):
+                       page_size, max_seqlen_q, causal, softmax_scale, grid_order=None, window_left=-1, softcap=0.0):
     if config.impl_mode() == "reference":
         return ops.paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                           key_page_offsets, page_size, causal, softmax_scale, window_left)
+                                           key_page_offsets, page_size, causal, softmax_scale, window_left, softcap)
     check_kernel_input(q, "dense attention", DENSE_HEAD_DIMS)
     if not can_page(page_size):
         raise ValueError(f"page_size: the paged dense kernel reads pages of a multiple of 8 tokens, got {page_size}")
     return extension().attention_fwd_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
                                            key_page_offsets, page_size, max_seqlen_q, causal, softmax_scale,
-                                           window_left, grid_order)
+                                           window_left, softcap, grid_order)
 
 
 torch.library.register_kernel("flashcore::attention", "cuda", attention_cuda)
@@ -126,13 +127,14 @@ def plan_decode_table(req_to_token: Tensor, req_pool_indices: Tensor, seq_lens: 
 def run_decode_table(q: Tensor, k_cache: Tensor, v_cache: Tensor, req_to_token: Tensor, ints: Tensor, hash_: Tensor,
                      max_batch: int, max_chunks: int, page_size: int, softmax_scale: float, partial_o: Tensor,
                      partial_lse: Tensor, grid_work: int, k_scale: float = 1.0,
-                     v_scale: float = 1.0, fixed_merge: bool = False) -> Tuple[Tensor, Tensor]:
+                     v_scale: float = 1.0, fixed_merge: bool = False, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
     """The decode kernel and the merge over the plan in the workspace (CUDA-graph capturable).
-    The pools are in q's dtype or FP8, holding K / k_scale and V / v_scale."""
+    The pools are in q's dtype or FP8, holding K / k_scale and V / v_scale; ``softcap`` > 0 caps
+    each scaled score at softcap * tanh(s / softcap)."""
     check_kernel_input(q, "decode", DECODE_HEAD_DIMS)
     return extension().paged_decode_table(q, k_cache, v_cache, req_to_token, ints, hash_, max_batch, max_chunks,
                                           page_size, softmax_scale, partial_o, partial_lse, grid_work, k_scale,
-                                          v_scale, fixed_merge)
+                                          v_scale, fixed_merge, softcap)
 
 
 def plan_views(ints: Tensor, hash_: Tensor, max_batch: int, max_chunks: int) -> Dict[str, Tensor]:

@@ -38,9 +38,10 @@ def layout_view(row_offsets, cols, page_offsets, counts, page_size, seq_lens=Non
 
 
 # -------------------------------------------------------------------------- attention
-def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left=-1):
+def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left=-1, softcap=0.0):
     out, lse = reference.attention_ref(q, k, v, causal=causal, softmax_scale=softmax_scale,
-                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, window_left=window_left)
+                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, window_left=window_left,
+                                       softcap=softcap)
     return _as_outputs(q, out, lse)
 
 
@@ -49,21 +50,24 @@ def attention_op(
     q: Tensor, k: Tensor, v: Tensor,
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
     max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, window_left: int = -1,
+    softcap: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
-    """``window_left`` >= 0: causal sliding window (query at position i sees keys i - window_left .. i)."""
-    return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left)
+    """``window_left`` >= 0: causal sliding window (query at position i sees keys i - window_left .. i);
+    ``softcap`` > 0: each scaled score s becomes softcap * tanh(s / softcap)."""
+    return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window_left, softcap)
 
 
 @attention_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_left=-1):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_left=-1,
+      softcap=0.0):
     return _outputs_like(q)
 
 
 # ---------------------------------------------------------------------- paged prefill
 def paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                            page_size, causal, softmax_scale, window_left=-1):
+                            page_size, causal, softmax_scale, window_left=-1, softcap=0.0):
     out, lse = reference.paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                           key_page_offsets, page_size, causal, softmax_scale, window_left)
+                                           key_page_offsets, page_size, causal, softmax_scale, window_left, softcap)
     return _as_outputs(q, out, lse)
 
 
@@ -72,29 +76,29 @@ def paged_prefill_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
     k_cache: Tensor, v_cache: Tensor, key_pages: Tensor, key_page_offsets: Tensor, page_size: int,
     max_seqlen_q: int, causal: bool, softmax_scale: float, grid_order: Optional[Tensor] = None,
-    window_left: int = -1,
+    window_left: int = -1, softcap: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
     """Varlen attention whose request b attends to its whole pages of the pool [slots, Hkv, D]
     (read in place) followed by its packed k/v rows; ``grid_order``: the kernel's CTA order flag
-    (see ``extend.ExtendPlan``); ``window_left``: as for ``attention``."""
+    (see ``extend.ExtendPlan``); ``window_left``, ``softcap``: as for ``attention``."""
     return paged_prefill_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages,
-                                   key_page_offsets, page_size, causal, softmax_scale, window_left)
+                                   key_page_offsets, page_size, causal, softmax_scale, window_left, softcap)
 
 
 @paged_prefill_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets, page_size, max_seqlen_q,
-      causal, softmax_scale, grid_order=None, window_left=-1):
+      causal, softmax_scale, grid_order=None, window_left=-1, softcap=0.0):
     return _outputs_like(q)
 
 
 # ------------------------------------------------------------------ paged decode table
 def paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size,
-                                 softmax_scale, k_scale=1.0, v_scale=1.0):
+                                 softmax_scale, k_scale=1.0, v_scale=1.0, softcap=0.0):
     # the reference indexes with these ids, so it checks them (no device sync on CPU) even where the
     # caller passed check_bounds=False: a bad id is a clear error, never a raw IndexError or a wrap of -1
     num_slots = k_cache.shape[0] * (page_size if k_cache.dim() == 4 else 1)
     layout = from_sglang(req_to_token, req_pool_indices, seq_lens, page_size, num_slots=num_slots)
-    out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale, k_scale, v_scale)
+    out, lse = reference.paged_decode_ref(q, k_cache, v_cache, layout, softmax_scale, k_scale, v_scale, softcap)
     return _as_outputs(q, out, lse)
 
 
@@ -102,18 +106,18 @@ def paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_ind
 def paged_decode_table_op(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, req_to_token: Tensor, req_pool_indices: Tensor,
     seq_lens: Tensor, page_size: int, softmax_scale: float, chunk_tokens: int, k_scale: float = 1.0,
-    v_scale: float = 1.0,
+    v_scale: float = 1.0, softcap: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
     """Decode of request b over slots ``req_to_token[req_pool_indices[b], :seq_lens[b]]``;
     ``chunk_tokens`` 0: the planner's automatic chunk (the reference ignores it). The pools hold
-    K / k_scale and V / v_scale (FP8 pools)."""
+    K / k_scale and V / v_scale (FP8 pools); ``softcap`` as for ``attention``."""
     return paged_decode_table_reference(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size,
-                                        softmax_scale, k_scale, v_scale)
+                                        softmax_scale, k_scale, v_scale, softcap)
 
 
 @paged_decode_table_op.register_fake
 def _(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, page_size, softmax_scale, chunk_tokens,
-      k_scale=1.0, v_scale=1.0):
+      k_scale=1.0, v_scale=1.0, softcap=0.0):
     return _outputs_like(q)
 
 

@@ -62,16 +62,21 @@ def _softmax_rows(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return p, lse
 
 
-def attend_one(q, k, v, scale: float, causal: bool, window_left: int = -1):
+def capped(scores: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Logit soft-cap (Gemma 2, Grok): ``softcap * tanh(s / softcap)`` of the scaled scores; 0: none."""
+    return softcap * torch.tanh(scores / softcap) if softcap > 0 else scores
+
+
+def attend_one(q, k, v, scale: float, causal: bool, window_left: int = -1, softcap: float = 0.0):
     """q [Sq, Hq, D], k/v [Sk, Hkv, D] (compute dtype) -> out [Sq, Hq, D], lse [Sq, Hq]. Causal:
     query i (position i + Sk - Sq) sees keys j <= i + Sk - Sq, and with ``window_left`` >= 0 only
-    those with j >= i + Sk - Sq - window_left."""
+    those with j >= i + Sk - Sq - window_left. ``softcap``: see ``capped``."""
     sq, hq, _ = q.shape
     sk, hkv, _ = k.shape
     group = hq // hkv
     kh = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, Sk, D]
     vh = v.repeat_interleave(group, dim=1).transpose(0, 1)
-    scores = torch.matmul(q.transpose(0, 1), kh.transpose(1, 2)) * scale  # [Hq, Sq, Sk]
+    scores = capped(torch.matmul(q.transpose(0, 1), kh.transpose(1, 2)) * scale, softcap)  # [Hq, Sq, Sk]
     if causal:
         i = torch.arange(sq, device=q.device).unsqueeze(1)
         j = torch.arange(sk, device=q.device).unsqueeze(0)
@@ -93,10 +98,11 @@ def attention_ref(
     cu_seqlens_q: Optional[torch.Tensor] = None,
     cu_seqlens_k: Optional[torch.Tensor] = None,
     window_left: int = -1,
+    softcap: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Dense attention. Batched: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D].
     Ragged: q [Tq, Hq, D], k/v [Tk, Hkv, D] with cu_seqlens_q/k [B+1]. ``window_left``: the
-    causal sliding window (``attend_one``), -1 for none.
+    causal sliding window (``attend_one``), -1 for none; ``softcap``: the logit soft-cap, 0 for none.
 
     Returns (out, lse) in the compute dtype: out shaped like q, lse like q without D.
     """
@@ -104,7 +110,7 @@ def attention_ref(
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     if cu_seqlens_q is None:
         outs, lses = zip(*(
-            attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal, window_left)
+            attend_one(q[b].to(cd), k[b].to(cd), v[b].to(cd), scale, causal, window_left, softcap)
             for b in range(q.shape[0])
         )) if q.shape[0] else ((), ())
         if not outs:
@@ -120,7 +126,7 @@ def attention_ref(
         qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
         if qe == qs:
             continue
-        o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal, window_left)
+        o, s = attend_one(q[qs:qe].to(cd), k[ks:ke].to(cd), v[ks:ke].to(cd), scale, causal, window_left, softcap)
         out[qs:qe], lse[qs:qe] = o, s
     return out, lse
 
@@ -151,7 +157,8 @@ def page_list_slots(key_pages: torch.Tensor, page_size: int) -> torch.Tensor:
 
 
 def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key_pages, key_page_offsets,
-                      page_size: int, causal: bool, softmax_scale: float, window_left: int = -1):
+                      page_size: int, causal: bool, softmax_scale: float, window_left: int = -1,
+                      softcap: float = 0.0):
     """Varlen attention whose request b attends to its whole pool pages (``key_pages[key_page_offsets[b]:
     key_page_offsets[b+1]]`` of the pool [slots, Hkv, D]) followed by its packed k/v rows."""
     i64 = torch.int64
@@ -168,7 +175,7 @@ def paged_prefill_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, k_cache, v_cache, key
     hkv, d = k_cache.shape[1], k_cache.shape[2]
     cat = lambda ts: torch.cat(ts) if ts else k_cache.new_zeros(0, hkv, d)  # noqa: E731
     return attention_ref(q, cat(keys), cat(values), causal=causal, softmax_scale=softmax_scale,
-                         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_all, window_left=window_left)
+                         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_all, window_left=window_left, softcap=softcap)
 
 
 def _segment_softmax_attend(scores, values, seg, num_segments):
@@ -208,9 +215,10 @@ def paged_decode_ref(
     softmax_scale: Optional[float] = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    softcap: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One query token per request over its pages: q [B, Hq, D] -> (out [B, Hq, D], lse [B, Hq]).
-    The pools hold K / k_scale and V / v_scale (FP8 pools; 1 otherwise)."""
+    The pools hold K / k_scale and V / v_scale (FP8 pools; 1 otherwise); ``softcap``: ``capped``."""
     cd = _compute_dtype(q, k_cache, v_cache)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     rows, slots = layout.token_slots()
@@ -218,7 +226,7 @@ def paged_decode_ref(
     group = q.shape[1] // k_cache.shape[-3 if k_cache.dim() == 4 else 1]
     k = dequantize(gather_kv(k_cache, slots, layout.page_size), k_scale, cd).repeat_interleave(group, dim=1)
     v = dequantize(gather_kv(v_cache, slots, layout.page_size), v_scale, cd).repeat_interleave(group, dim=1)
-    scores = (q.to(cd)[rows] * k).sum(-1) * scale
+    scores = capped((q.to(cd)[rows] * k).sum(-1) * scale, softcap)
     return _segment_softmax_attend(scores, v, rows, q.shape[0])
 
 

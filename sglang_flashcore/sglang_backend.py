@@ -112,6 +112,12 @@ def _layer_window(layer) -> int:
     return int(window) if window is not None and window > -1 else -1
 
 
+def _layer_softcap(layer) -> float:
+    """A layer's logit soft-cap (SGLang's ``logit_cap``: cap * tanh(s / cap)), 0 for none."""
+    cap = getattr(layer, "logit_cap", 0.0)
+    return float(cap) if cap is not None and cap > 0 else 0.0
+
+
 def _rank_q_heads(cfg) -> Optional[int]:
     """Query heads of one attention rank (as SGLang's own backends count them), None without a config."""
     total = getattr(cfg, "num_attention_heads", None)
@@ -180,9 +186,6 @@ class FlashCoreBackend(AttentionBackend):
         when it is built rather than at its first forward (each layer is checked again then)."""
         if cfg is None:
             return
-        hf = getattr(cfg, "hf_text_config", None) or getattr(cfg, "hf_config", None)
-        if (getattr(hf, "attn_logit_softcapping", None) or 0) > 0:
-            raise UnsupportedFeatureError("logit soft-capping (attn_logit_softcapping)")
         head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
         if head_dim and v_head_dim and head_dim != v_head_dim:
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
@@ -201,8 +204,6 @@ class FlashCoreBackend(AttentionBackend):
         if window > -1 and window != self.window_left:
             raise UnsupportedFeatureError(f"a layer window of {window} in a model whose window is {self.window_left}",
                                           "one sliding window per model, as SGLang's model_runner.sliding_window_size")
-        if (getattr(layer, "logit_cap", 0.0) or 0.0) > 0:
-            raise UnsupportedFeatureError("logit soft-capping")
         if layer.qk_head_dim != layer.v_head_dim:
             raise UnsupportedFeatureError(
                 f"different Q/K and V head dims ({layer.qk_head_dim} vs {layer.v_head_dim})"
@@ -414,13 +415,14 @@ class FlashCoreBackend(AttentionBackend):
         k_scale, v_scale = self._kv_scales(layer)
         window = _layer_window(layer)
         planner = meta.window_planner if window >= 0 else meta.planner
+        softcap = _layer_softcap(layer)
         if planner is not None:
-            out, lse = planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale)
+            out, lse = planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale, softcap)
         else:
             out, lse = paged_decode_table(
                 q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
                 page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
-                check_bounds=False, k_scale=k_scale, v_scale=v_scale, window_left=window,
+                check_bounds=False, k_scale=k_scale, v_scale=v_scale, window_left=window, softcap=softcap,
             )
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
@@ -435,6 +437,8 @@ class FlashCoreBackend(AttentionBackend):
             k_new = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
         if meta.verify is not None:  # target verify, or a draft extend replayed from a CUDA graph
+            if _layer_softcap(layer):
+                raise UnsupportedFeatureError("speculative decoding (target verify) with logit soft-capping")
             k_scale, v_scale = self._kv_scales(layer)
             out, lse = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
                                         meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
@@ -449,7 +453,7 @@ class FlashCoreBackend(AttentionBackend):
         out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, plan, layer.scaling,
                                     new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
                                     k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer),
-                                    window_left=window)
+                                    window_left=window, softcap=_layer_softcap(layer))
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def support_triton(self):

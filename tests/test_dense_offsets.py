@@ -21,7 +21,7 @@ def test_offsets_are_kept_per_shape():
 def test_fixed_length_call_matches_reference(monkeypatch):
     seen = []
 
-    def attention_fwd(q, k, v, cu_q, cu_k, max_q, causal, scale, window_left):
+    def attention_fwd(q, k, v, cu_q, cu_k, max_q, causal, scale, window_left, softcap):
         seen.append((cu_q, cu_k))
         return reference.attention_ref(q, k, v, causal=causal, softmax_scale=scale, cu_seqlens_q=cu_q,
                                        cu_seqlens_k=cu_k)

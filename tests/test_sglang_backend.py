@@ -199,7 +199,6 @@ def _cfg(**fields):
 
 
 @pytest.mark.parametrize("cfg,device,feature", [
-    (_cfg(hf_text_config=SimpleNamespace(attn_logit_softcapping=50.0)), "cpu", r"logit soft-capping"),
     (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
     (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64 and 128\)"),
     (_cfg(head_dim=256), "cuda:0", "head dim 256"),
@@ -217,7 +216,6 @@ def test_head_dims_outside_the_kernels_build_on_cpu_and_with_the_reference(monke
 
 @pytest.mark.parametrize("attr,value,feature", [
     ("sliding_window_size", 8, r"a layer window of 8 in a model whose window is -1"),
-    ("logit_cap", 30.0, "logit soft-capping"),
     ("is_cross_attention", True, "cross attention"),
 ])
 def test_unsupported_layers_fail_at_first_use(attr, value, feature):
@@ -487,3 +485,31 @@ def test_the_shipped_gemma3_config_reaches_the_backend_with_its_window():
     assert window == 63
     backend = FlashCoreBackend(_fake_runner(model_config=mc, sliding_window_size=window))
     assert backend.window_left == 63
+
+
+# ------------------------------------------------------------ logit soft-cap
+@pytest.mark.parametrize("case", [OWN_CASES[0][0], OWN_CASES[4][0], OWN_CASES[9][0], SWA_CASES[3][0]],
+                         ids=lambda c: c.name)
+def test_logit_cap_reaches_every_kernel_call_and_changes_the_answer(monkeypatch, case):
+    """A layer's logit_cap goes to the decode and extend calls as their softcap (whose math
+    tests/test_softcap.py checks against tanh of the scores); a huge cap changes nothing."""
+    import sglang_flashcore.sglang_backend as backend_module
+
+    seen = []
+    for name in ("extend_attention", "paged_decode_table"):
+        real = getattr(backend_module, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs.get("softcap"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(backend_module, name, spy)
+    fixture = _build(case, dtype=torch.float32, shared=0)
+    plain = _run(kit.run_dense_fixture_eager, fixture)
+    fixture.actual_module.attn.logit_cap = 1e6
+    loose = _run(kit.run_dense_fixture_eager, fixture)
+    fixture.actual_module.attn.logit_cap = 0.05
+    tight = _run(kit.run_dense_fixture_eager, fixture)
+    assert seen == [0.0, 1e6, 0.05]
+    torch.testing.assert_close(loose, plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(tight, plain, atol=1e-3)

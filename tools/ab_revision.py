@@ -59,6 +59,7 @@ PROFILES: Dict[str, Profile] = {
                                "backend_over_sdpa_plus_gather"),
     "bench_ragged.py": Profile(("batch", "Hq", "Hkv", "D", "causal", "dtype"), "ours_ms", False, "ours_over_fa2"),
     "bench_verify.py": Profile(("page", "B", "N", "ctx", "shared"), "ours_ms", False, "ours_over_best_builtin"),
+    "bench_window.py": Profile(("op", "B", "S", "C", "W", "page"), "ours_ms", False, "ours_over_fa3"),
 }
 
 # the seed points (../shared/BENCHMARKS.md): bench_dense's B16 H16 S2048 D64, bench_decode's grid

@@ -31,6 +31,9 @@ struct DenseFwdArgs {
   // the query at position i sees keys j with i - window_left <= j <= i; -1: no window. Key tiles
   // wholly left of a work tile's window are not loaded.
   int window_left = -1;
+  // Logit soft-cap (SGLang's layer.logit_cap, Gemma 2's attn_logit_softcapping): each score s =
+  // softmax_scale * q.k becomes softcap * tanh(s / softcap) before the softmax; 0: none.
+  float softcap = 0.f;
   // Persistent schedule (required): one CTA per SM looping over the work tiles, claiming them
   // from this device int[2] (claims, CTAs done), zero when the launch starts; the kernel's last
   // CTA zeroes both again as it ends, so a counter kept per stream needs no reset between

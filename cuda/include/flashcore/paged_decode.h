@@ -23,6 +23,10 @@ struct PagedDecodeParams {
   int num_q_heads, num_kv_heads, group;
   float scale_log2;  // softmax scale * K's dequantization scale (FP8 pools) * log2(e)
   float v_scale;     // V's dequantization scale (FP8 pools; 1 for 16-bit pools)
+  // Logit soft-cap (SGLang's layer.logit_cap): a score's log2-domain value becomes
+  // softcap_log2 * tanh(raw * softcap_in), softcap_log2 = cap * log2(e), softcap_in = scale_log2 /
+  // softcap_log2 (set at launch, after the FP8 widening's factor joins scale_log2); 0: none
+  float softcap_log2 = 0.f, softcap_in = 0.f;
 
   // The plan (the page-table planner of decode_plan.h), int32: work item w reads positions
   // work_pos0[w] + [0, work_ntok[w]) of req_to_token row work_row[w]; its readers are

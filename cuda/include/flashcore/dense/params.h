@@ -63,6 +63,10 @@ struct DenseFwdParams {
   // causal (aligned bottom-right); the query blocks are then claimed heaviest first
   int causal;
   int window_left;  // causal sliding window (DenseFwdArgs::window_left); -1: none
+  // logit soft-cap in raw-score units (the softmax scale stays folded into the exponent):
+  // s_raw -> softcap_raw * tanh(s_raw * softcap_in), softcap_raw = cap / scale, softcap_in = scale /
+  // cap; softcap_in 0: none
+  float softcap_raw, softcap_in;
   int batch, m_blocks, num_work;
   int section_pairs;  // causal CTA order (see make_work_tile)
   // persistent schedule: CTAs claim work tiles past the first gridDim.x from this zeroed counter;

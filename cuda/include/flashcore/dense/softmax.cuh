@@ -31,6 +31,10 @@ struct OnlineSoftmax {
   // sequence; rows: this thread's two.
   __device__ __forceinline__ void update(float (&sc)[kBlockN / 2], int n, float (&alpha)[2], const DenseFwdParams& p,
                                          const WorkTile& t, int first_row, const int (&rows)[2], int lane) {
+    if (p.softcap_in != 0.f) {  // (a launch-wide branch) the soft-cap, still in raw-score units
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) sc[i] = p.softcap_raw * tanh_fast(sc[i] * p.softcap_in);
+    }
     // (a window's left edge: some row of the warpgroup's 64 starts its window inside or past this tile)
     const bool edge = (n + 1) * kBlockN > t.sk || (p.causal && (n + 1) * kBlockN - 1 > first_row + t.diag) ||
                       (p.window_left >= 0 && n * kBlockN < first_row + 63 + t.diag - p.window_left);
