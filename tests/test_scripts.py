@@ -487,3 +487,23 @@ def test_verify_benchmark_parses_and_needs_a_gpu():
     res = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "bench_verify.py"), "--help"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "--draft" in res.stdout
+
+
+# ------------------------------------------------------------ check_embeddings
+def test_embedding_check_inputs_compare_and_server_flags():
+    from check_embeddings import compare, inputs, parse_args
+
+    batch = inputs(0, 5, 40)
+    assert [len(x) for x in batch[:2]] == [1, 40] and all(1 <= len(x) <= 40 for x in batch)
+    assert all(100 <= t < 4096 for x in batch for t in x)
+    assert inputs(0, 5, 40) == batch
+    same = compare([[1.0, 2.0], [0.0, 3.0]], [[2.0, 4.0], [0.0, 3.0]])
+    assert abs(same["min_cosine"] - 1.0) < 1e-12 and same["max_abs_diff"] == 2.0
+    opposite = compare([[1.0, 0.0]], [[-1.0, 0.0]])
+    assert opposite["min_cosine"] == -1.0
+    assert compare([[float("nan"), 1.0]], [[1.0, 1.0]])["min_cosine"] == -1.0  # a NaN never passes
+    with pytest.raises(ValueError, match="embedding sizes differ"):
+        compare([[1.0]], [[1.0, 2.0]])
+    args = parse_args(["--server-arg=--chunked-prefill-size", "--server-arg=256"])
+    assert args.server_arg == ["--is-embedding", "--chunked-prefill-size", "256"]
+    assert args.config == "tiny_bert_embedding"
