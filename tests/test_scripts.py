@@ -507,3 +507,34 @@ def test_embedding_check_inputs_compare_and_server_flags():
     args = parse_args(["--server-arg=--chunked-prefill-size", "--server-arg=256"])
     assert args.server_arg == ["--is-embedding", "--chunked-prefill-size", "256"]
     assert args.config == "tiny_bert_embedding"
+
+
+# ------------------------------------------------------------ serve_faults
+def test_fault_scenarios_prompts_and_server_arguments():
+    from serve_faults import (chunked_prompts, evict_prompts, load_workload, parse_args, retract_prompts,
+                              scenario_server_args)
+
+    long = chunked_prompts(0, length=4096, shared=3072)
+    assert [len(p) for p in long] == [4096, 4096] and long[0][:3072] == long[1][:3072] and long[0] != long[1]
+    ev = evict_prompts(0, systems=3, per_system=2, system_tokens=50)
+    assert len(ev) == 6 and ev[0][:50] == ev[3][:50] and ev[0][:50] != ev[1][:50]  # interleaved systems
+    assert len(retract_prompts(0, 5, 100)) == 5 and retract_prompts(0, 5, 100) == retract_prompts(0, 5, 100)
+    wl = load_workload(0, requests=10, concurrency=4)
+    assert len(wl.requests) == 10 and wl.concurrency == 4
+    args = parse_args(["--retract-tokens", "1234"])
+    assert scenario_server_args("retract", args) == ["--max-total-tokens", "1234"]
+    assert "--page-size" in scenario_server_args("chunked", args, page=16)
+    with pytest.raises(SystemExit):
+        parse_args(["--scenarios", "retract,meltdown"])
+
+
+def test_fault_judgement_counts_lost_requests_dead_servers_and_memory_growth():
+    from serve_faults import judge
+
+    good = {"healthy_at_end": True, "counts": {"finished": 3, "aborted": 3, "failed": 0},
+            "runs": [{"failed": 0, "requests": 9, "gpu_mib": 1000}, {"failed": 0, "requests": 9, "gpu_mib": 1100}]}
+    assert judge({"abort": {"a": good}}, ["a"], 256) == []
+    bad = dict(good, healthy_at_end=False, counts={"finished": 1, "aborted": 3, "failed": 2},
+               runs=[{"failed": 1, "requests": 9, "gpu_mib": 1000}, {"failed": 0, "requests": 9, "gpu_mib": 2000}])
+    problems = judge({"load": {"a": bad}, "retract": {"b": {"error": "server exited with 1"}}}, ["a", "b"], 256)
+    assert len(problems) == 5 and any("grew 1000 MiB" in p for p in problems) and any("exited" in p for p in problems)
