@@ -67,7 +67,9 @@ using namespace dense;
 // to the consumers decoded, through a shared-memory slot published with the Q barrier (m_block -1:
 // no more work), so they do not repeat its global loads at every tile boundary.
 // The K/V ring's stage and phase follow a running tile count shared by producer and consumers.
-template <typename T, int D, int W>
+// kScoreMods: sliding windows and soft-caps (OnlineSoftmax::update); launches without them run the
+// kernel that has neither.
+template <typename T, int D, int W, bool kScoreMods>
 __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     dense_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                      const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tk_pool,
@@ -104,7 +106,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         prefetch_tensor_map(&tk_pool);
         prefetch_tensor_map(&tv_pool);
       }
-      const TileScheduler<kBlockM> scheduler(p, order);
+      const TileScheduler<kBlockM, kScoreMods> scheduler(p, order);
       int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
       for (int i = scheduler.first_claim();; i = scheduler.claim()) {
         WorkTile t;
@@ -119,7 +121,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         }
         load_q<D, kBlockM>(smem, &tq, q_full, t);
         ++w;
-        load_kv<D, kBlockM>(smem, &tk, &tv, &tk_pool, &tv_pool, full_k, empty_k, full_v, empty_v, p, t, g);
+        load_kv<D, kBlockM, kScoreMods>(smem, &tk, &tv, &tk_pool, &tv_pool, full_k, empty_k, full_v, empty_v, p, t, g);
       }
       scheduler.finish();
     }
@@ -230,10 +232,11 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     OnlineSoftmax sm;  // the rows' exponent base and running sums (dense/softmax.cuh)
+    const int n_first = kScoreMods ? t.n_first : 0;  // key tiles skipped left of a window (none without one)
     // score tile n: mask, online softmax; leaves the exponentials in sc and returns each row's
     // rescale factor for O
     auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
-      sm.update(sc, t.n_first + n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
+      sm.update<kScoreMods>(sc, n_first + n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
     };
 
     const int n_tiles = t.n_tiles;
@@ -241,7 +244,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     // row of this warpgroup sees past its 64th key, S and P V run over those 64 keys only.
     // Bit-identical: the other half's exponentials are exact zeros.
     const int key_limit = p.causal ? min(t.sk, t.m_block * kBlockM + c * 64 + 64 + t.diag) : t.sk;
-    const bool half_last = n_tiles > 0 && key_limit <= (t.n_first + n_tiles - 1) * kBlockN + kBlockN / 2;
+    const bool half_last = n_tiles > 0 && key_limit <= (n_first + n_tiles - 1) * kBlockN + kBlockN / 2;
     // (its S runs half-width only when it is the work tile's only key tile, and its P V as the
     // last: a half-width wgmma inside the loop, beside the P V in flight, makes ptxas serialize
     // the loop's wgmmas)
@@ -350,7 +353,7 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int D, int W>
+template <typename T, int D, int W, bool kScoreMods>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
   constexpr int kBlockM = DenseShape<W>::kBlockM;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
@@ -426,7 +429,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
     p.tile_list = a.tile_list + 1;
     p.num_tiles_dev = a.tile_list;
   }
-  auto kernel = dense_fwd_kernel<T, D, W>;
+  auto kernel = dense_fwd_kernel<T, D, W, kScoreMods>;
   constexpr int smem = DenseSmem<D, kBlockM>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
@@ -434,23 +437,32 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   return cudaGetLastError();
 }
 
+// Head dim 64: three consumer warpgroups (192-row work tiles), except causal with at most 1024
+// query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with the
+// tile's height) and launches with a window or a soft-cap (with three, their bounds and the
+// soft-cap's registers spill: 152 bytes, against 8 without them); 128: always two (three would
+// not fit their accumulators in the register file). The kernel with windows and soft-caps only
+// for launches that use them.
+template <typename T>
+cudaError_t launch_dtype(const DenseFwdArgs& a, int head_dim, CUtensorMapDataType dtype, cudaStream_t stream) {
+  constexpr int kShort = kDenseWarpgroupsD64ShortCausal, kLong = kDenseWarpgroupsD64, k128 = kDenseWarpgroupsD128;
+  static_assert(kShort == 2, "score modifications run two consumer warpgroups at head dim 64");
+  const bool mods = (a.causal && a.window_left >= 0) || a.softcap > 0.f;
+  const bool short_causal = a.causal && a.max_seqlen_q <= kDenseShortCausalMaxRows;
+  if (head_dim == 64) {
+    if (mods) return launch<T, 64, kShort, true>(a, dtype, stream);
+    return short_causal ? launch<T, 64, kShort, false>(a, dtype, stream) : launch<T, 64, kLong, false>(a, dtype, stream);
+  }
+  if (head_dim == 128)
+    return mods ? launch<T, 128, k128, true>(a, dtype, stream) : launch<T, 128, k128, false>(a, dtype, stream);
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 cudaError_t dense_fwd_launch(const DenseFwdArgs& a, int dtype, int head_dim, cudaStream_t stream) {
-  const CUtensorMapDataType f16 = CU_TENSOR_MAP_DATA_TYPE_FLOAT16, bf16 = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  // head dim 64: three consumer warpgroups (192-row work tiles), except causal with at most 1024
-  // query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with
-  // the tile's height); 128: always two (three would not fit their accumulators in the
-  // register file)
-  constexpr int kShort = kDenseWarpgroupsD64ShortCausal, kLong = kDenseWarpgroupsD64, k128 = kDenseWarpgroupsD128;
-  const bool short_causal = a.causal && a.max_seqlen_q <= kDenseShortCausalMaxRows;
-  if (dtype == 0 && head_dim == 64)
-    return short_causal ? launch<__half, 64, kShort>(a, f16, stream) : launch<__half, 64, kLong>(a, f16, stream);
-  if (dtype == 0 && head_dim == 128) return launch<__half, 128, k128>(a, f16, stream);
-  if (dtype == 1 && head_dim == 64)
-    return short_causal ? launch<__nv_bfloat16, 64, kShort>(a, bf16, stream)
-                        : launch<__nv_bfloat16, 64, kLong>(a, bf16, stream);
-  if (dtype == 1 && head_dim == 128) return launch<__nv_bfloat16, 128, k128>(a, bf16, stream);
+  if (dtype == 0) return launch_dtype<__half>(a, head_dim, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, stream);
+  if (dtype == 1) return launch_dtype<__nv_bfloat16>(a, head_dim, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -2,7 +2,10 @@
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
 # benchmarks, and an A/B of the seed points against a git revision, with logs and results under
 # $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|ab ...]   (default: all four)
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|ab|coverage ...]   (default: the first four)
+# coverage: the benchmarks of FP8 KV (decode, extend), target verify and sliding windows against
+# SGLang's fa3/flashinfer kernels, through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
+# .carry/baselines.tar.xz).
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
@@ -52,11 +55,24 @@ for step in $steps; do
       echo "dense seed rc=$?"; tail -6 "$OUT/dense_seed.txt" | cut -c1-200
       python3 benchmarks/bench_extend.py --json "$OUT/extend.json" --plot "$OUT/extend.png" > "$OUT/extend.txt" 2>&1
       echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
+    coverage)
+      serve="bash tools/box_serving.sh python3"
+      $serve benchmarks/bench_decode.py --config 16,32,32768,128,128,0.7 --config 8,32,131072,128,128,0.7 --hkv 8 \
+        --kv-dtype fp8_e4m3 --deterministic --repeats 10 --rounds 3 --json "$OUT/decode_fp8.json" \
+        --plot "$OUT/decode_fp8.png" > "$OUT/decode_fp8.txt" 2>&1
+      echo "decode fp8 rc=$?"; grep -E "^  B|unavailable" "$OUT/decode_fp8.txt" | cut -c1-300
+      $serve benchmarks/bench_extend.py --kv-dtype fp8_e4m3 --lengths 4096 --batches 8 --fractions 0,0.9 \
+        --json "$OUT/extend_fp8.json" > "$OUT/extend_fp8.txt" 2>&1
+      echo "extend fp8 rc=$?"; grep -E "^  page|unavailable" "$OUT/extend_fp8.txt" | cut -c1-300
+      $serve benchmarks/bench_verify.py --json "$OUT/verify.json" --plot "$OUT/verify.png" > "$OUT/verify.txt" 2>&1
+      echo "verify rc=$?"; grep -E "^  page|unavailable" "$OUT/verify.txt" | cut -c1-300
+      $serve benchmarks/bench_window.py --json "$OUT/window.json" --plot "$OUT/window.png" > "$OUT/window.txt" 2>&1
+      echo "window rc=$?"; grep -E "^  (prefill|decode)|unavailable" "$OUT/window.txt" | cut -c1-300 ;;
     ab)
       python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
       echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
     *)
-      echo "unknown step $step (tests, sanitize, bench, ab)" ;;
+      echo "unknown step $step (tests, sanitize, bench, ab, coverage)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done

@@ -60,8 +60,9 @@ __device__ __forceinline__ void load_q(unsigned char* smem, const CUtensorMap* t
 }
 
 // The work tile's K and V tiles into the rings, each stage once the consumers released it; g:
-// K/V tiles loaded so far (moved past this work tile's).
-template <int D, int kBlockM>
+// K/V tiles loaded so far (moved past this work tile's). kScoreMods: the kernel serves sliding
+// windows, whose work tiles start at key tile n_first (0 otherwise).
+template <int D, int kBlockM, bool kScoreMods>
 __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* tk, const CUtensorMap* tv,
                                         const CUtensorMap* tk_pool, const CUtensorMap* tv_pool, uint64_t* full_k,
                                         uint64_t* empty_k, uint64_t* full_v, uint64_t* empty_v,
@@ -80,15 +81,16 @@ __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* 
         tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, full, db * 64, t.hk, row);
     }
   };
+  const int n_first = kScoreMods ? t.n_first : 0;
   for (int n = 0; n < t.n_tiles; ++n, ++g) {
     const int s = g % kStages;
     const uint32_t parity = ((g / kStages) - 1) & 1;
     if (g >= kStages) mbar_wait(&empty_k[s], parity);
     mbar_expect_tx(&full_k[s], S::kTileBytes);
-    load_tile(smem + S::kK + s * S::kTileBytes, tk, tk_pool, &full_k[s], t.n_first + n);
+    load_tile(smem + S::kK + s * S::kTileBytes, tk, tk_pool, &full_k[s], n_first + n);
     if (g >= kStages) mbar_wait(&empty_v[s], parity);
     mbar_expect_tx(&full_v[s], S::kTileBytes);
-    load_tile(smem + S::kV + s * S::kTileBytes, tv, tv_pool, &full_v[s], t.n_first + n);
+    load_tile(smem + S::kV + s * S::kTileBytes, tv, tv_pool, &full_v[s], n_first + n);
   }
 }
 

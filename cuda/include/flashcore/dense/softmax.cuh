@@ -25,19 +25,25 @@ struct OnlineSoftmax {
   // kRescaleLog2 below it); l: the thread's share of the running sum of exponentials
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  // Score tile n of S (this thread's 64 scores of the accumulator layout): mask (past the
-  // sequence end; causal; left of a sliding window), then the online update. Leaves the exponentials in sc and returns
+  // Score tile n of S (this thread's 64 scores of the accumulator layout): the soft-cap, the mask
+  // (past the sequence end; causal; left of a sliding window), then the online update.
+  // kScoreMods: the kernel serves sliding windows and soft-caps (launch arguments); without it
+  // neither costs an instruction or a register. Leaves the exponentials in sc and returns
   // each row's rescale factor for O. first_row: the warpgroup's first query row in the
   // sequence; rows: this thread's two.
+  template <bool kScoreMods>
   __device__ __forceinline__ void update(float (&sc)[kBlockN / 2], int n, float (&alpha)[2], const DenseFwdParams& p,
                                          const WorkTile& t, int first_row, const int (&rows)[2], int lane) {
-    if (p.softcap_in != 0.f) {  // (a launch-wide branch) the soft-cap, still in raw-score units
+    const bool windowed = kScoreMods && p.window_left >= 0;
+    if constexpr (kScoreMods) {
+      if (p.softcap_in != 0.f) {  // (a launch-wide branch) the soft-cap, still in raw-score units
 #pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) sc[i] = p.softcap_raw * tanh_fast(sc[i] * p.softcap_in);
+        for (int i = 0; i < kBlockN / 2; ++i) sc[i] = p.softcap_raw * tanh_fast(sc[i] * p.softcap_in);
+      }
     }
     // (a window's left edge: some row of the warpgroup's 64 starts its window inside or past this tile)
     const bool edge = (n + 1) * kBlockN > t.sk || (p.causal && (n + 1) * kBlockN - 1 > first_row + t.diag) ||
-                      (p.window_left >= 0 && n * kBlockN < first_row + 63 + t.diag - p.window_left);
+                      (windowed && n * kBlockN < first_row + 63 + t.diag - p.window_left);
     // Masking is one compare and select per score against each row's key limit, in its own
     // loop behind one branch: written inside the max loop, ptxas turned it into a branch per
     // score (BSSY/BSYNC pairs in every tile, masked or not), 7-10% slower at D 128.
@@ -47,14 +53,14 @@ struct OnlineSoftmax {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         limit[r] = p.causal ? min(t.sk, rows[r] + t.diag + 1) : t.sk;
-        low[r] = p.window_left >= 0 ? rows[r] + t.diag - p.window_left : 0;
+        low[r] = windowed ? rows[r] + t.diag - p.window_left : 0;
       }
       const int col0 = n * kBlockN + 2 * (lane % 4);
 #pragma unroll
       for (int i = 0; i < kBlockN / 2; ++i) {
         const int col = col0 + (i / 4) * 8 + (i % 2);
         const int r = (i / 2) % 2;
-        sc[i] = col < limit[r] && col >= low[r] ? sc[i] : -INFINITY;
+        sc[i] = col < limit[r] && (!windowed || col >= low[r]) ? sc[i] : -INFINITY;
       }
     }
     float mx[2][2] = {{m[0], m[0]}, {m[1], m[1]}};  // two partial maxima per row: shorter chains

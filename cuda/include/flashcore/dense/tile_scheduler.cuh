@@ -42,13 +42,14 @@ struct WorkTile {
   int paged_keys;     // keys read from whole pool pages
   const int* pages;   // its page list, or nullptr
   int diag;           // causal: row i sees keys <= i + diag (and, with a window, >= i + diag - window_left)
-  int n_first;        // the first key tile to visit (0 without a window)
   int n_tiles;        // key tiles to visit: n_first, n_first + 1, ...
+  int n_first;        // the first key tile to visit (0 without a window)
 };
 
 // Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
 // block lies past its request's rows.
-template <int kBlockM>
+// kScoreMods: the kernel serves sliding windows (n_first is 0 otherwise).
+template <int kBlockM, bool kScoreMods = false>
 __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
   int m_idx, b;
   if (order == 1) {
@@ -92,7 +93,7 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
     t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
   }
   t.n_first = 0;
-  if (p.window_left >= 0) {  // (causal only) the tiles left of the block's first row's window are skipped
+  if (kScoreMods && p.window_left >= 0) {  // (causal only) the tiles left of the block's first row's window are skipped
     const int first_key = max(0, t.m_block * kBlockM + t.diag - p.window_left);
     t.n_first = min(first_key / kBlockN, t.n_tiles);
     t.n_tiles -= t.n_first;
@@ -117,7 +118,7 @@ struct TileHasRows {
 
 // The producer's side of the persistent schedule: claims go first to blockIdx.x, then to the
 // counter (past the first gridDim.x); with no counter a CTA takes its one work tile.
-template <int kBlockM>
+template <int kBlockM, bool kScoreMods>
 struct TileScheduler {
   const DenseFwdParams& p;
   const int order;
@@ -135,7 +136,8 @@ struct TileScheduler {
   __device__ __forceinline__ bool next_tile(int& i, WorkTile& t) const {
     bool valid = false;
     for (; i < num_claims; i = claim())
-      if ((valid = make_work_tile<kBlockM>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t))) break;
+      if ((valid = make_work_tile<kBlockM, kScoreMods>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t)))
+        break;
     return valid;
   }
   // After the CTA's last claim (the one past the end): every CTA has made its last claim once all
