@@ -437,12 +437,11 @@ class FlashCoreBackend(AttentionBackend):
             k_new = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v_new = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
         if meta.verify is not None:  # target verify, or a draft extend replayed from a CUDA graph
-            if _layer_softcap(layer):
-                raise UnsupportedFeatureError("speculative decoding (target verify) with logit soft-capping")
             k_scale, v_scale = self._kv_scales(layer)
             out, lse = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
                                         meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
-                                        v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc)
+                                        v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc,
+                                        softcap=_layer_softcap(layer))
             return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
         # stored just now, or (k is None) the model stored them itself; over an FP8 pool the new
         # tokens attend with their unquantized K/V, as in SGLang's other backends

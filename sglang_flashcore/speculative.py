@@ -35,7 +35,7 @@ import torch
 from .checks import check_len, check_positive_int, check_tensor
 from .decode import DecodePlanner, paged_decode_table
 from .indexing import exclusive_cumsum
-from .reference import dequantize, merge_states_ref
+from .reference import capped, dequantize, merge_states_ref
 
 Tensor = torch.Tensor
 
@@ -126,13 +126,14 @@ def draft_mask_from_sglang(custom_mask: Tensor, prefix_lens: Tensor, num_draft: 
 
 
 def draft_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
-                    softmax_scale: float) -> Tuple[Tensor, Tensor]:
+                    softmax_scale: float, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
     """Attention of each request's N draft tokens among themselves, in float32.
 
     Args:
         q: [B*N, Hq, D] request-major; k, v: [B*N, Hkv, D] (Hkv dividing Hq).
         mask: bool [B, N, N], every row with at least one True (``draft_mask_from_sglang``,
             ``chain_mask``).
+        softcap: the logit soft-cap (``reference.capped``), 0 for none.
 
     Returns ``(out [B*N, Hq, D] float32, lse [B*N, Hq] float32)``. A few batched matmuls with
     fixed shapes: N is at most a few dozen, so this costs little next to the context part.
@@ -148,7 +149,7 @@ def draft_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     qf = q.float().view(batch, n, hkv, group, d)
     kf = k.float().view(batch, n, hkv, d)
     vf = v.float().view(batch, n, hkv, d)
-    scores = torch.einsum("bihgd,bjhd->bhgij", qf, kf) * softmax_scale
+    scores = capped(torch.einsum("bihgd,bjhd->bhgij", qf, kf) * softmax_scale, softcap)
     scores = scores.masked_fill(~mask.view(batch, 1, 1, n, n), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # finite: every row sees its own token
     p = torch.exp(scores - lse.unsqueeze(-1))
@@ -201,7 +202,7 @@ def plan_verify(req_to_token: Tensor, req_pool_indices: Tensor, prefix_lens: Ten
 def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cache: Tensor, v_cache: Tensor,
                      req_to_token: Tensor, plan: VerifyPlan, softmax_scale: float, *, page_size: int = 1,
                      k_scale: float = 1.0, v_scale: float = 1.0,
-                     out_cache_loc: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                     out_cache_loc: Optional[Tensor] = None, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
     """One layer of a verify batch: ``(out [B*N, Hq, D] in q's dtype, lse [B*N, Hq] float32)``.
 
     Args:
@@ -210,6 +211,7 @@ def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cach
             them (then read at ``out_cache_loc``).
         k_cache, v_cache: SGLang's pool [slots, Hkv, D] holding each request's context.
         k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale.
+        softcap: the logit soft-cap (both parts), 0 for none.
     """
     if k is None or v is None:
         if out_cache_loc is None:
@@ -217,12 +219,12 @@ def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cach
         k = dequantize(k_cache[out_cache_loc], k_scale, q.dtype)
         v = dequantize(v_cache[out_cache_loc], v_scale, q.dtype)
     if plan.planner is not None:
-        out_c, lse_c = plan.planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale)
+        out_c, lse_c = plan.planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale, softcap)
     else:
         out_c, lse_c = paged_decode_table(q, k_cache, v_cache, req_to_token, plan.draft_rows, plan.draft_prefix_lens,
                                           page_size=page_size, softmax_scale=softmax_scale, check_bounds=False,
-                                          k_scale=k_scale, v_scale=v_scale)
-    out_d, lse_d = draft_attention(q, k, v, plan.draft_mask, softmax_scale)
+                                          k_scale=k_scale, v_scale=v_scale, softcap=softcap)
+    out_d, lse_d = draft_attention(q, k, v, plan.draft_mask, softmax_scale, softcap)
     out, lse = merge_states_ref(out_c, lse_c, out_d, lse_d)
     return out.to(q.dtype), lse.float()
 

@@ -95,8 +95,9 @@ def make_verify_case(prefix: Sequence[int], num_draft: int, page: int, hq: int, 
     return VerifyCase(table, list(prefix), num_draft, [tree_visibility(p) for p in parents], q, k_cache, v_cache, loc)
 
 
-def verify_oracle(case: VerifyCase, softmax_scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 attention of every draft token over its context and its visible draft tokens."""
+def verify_oracle(case: VerifyCase, softmax_scale: float, softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """float64 attention of every draft token over its context and its visible draft tokens
+    (``softcap`` > 0: each scaled score s as softcap * tanh(s / softcap))."""
     n, hq = case.num_draft, case.q.shape[1]
     group = hq // case.k_cache.shape[1]
     out = torch.zeros(case.q.shape, dtype=torch.float64)
@@ -108,6 +109,8 @@ def verify_oracle(case: VerifyCase, softmax_scale: float) -> Tuple[torch.Tensor,
         q = case.q.cpu()[b * n:(b + 1) * n].double()  # [N, Hq, D]
         seen = torch.cat([torch.ones(n, p, dtype=torch.bool), case.visibility[b]], dim=1)  # [N, P+N]
         scores = torch.einsum("ihd,jhd->hij", q, keys) * softmax_scale
+        if softcap > 0:
+            scores = softcap * torch.tanh(scores / softcap)
         scores = scores.masked_fill(~seen, float("-inf"))
         row_lse = torch.logsumexp(scores, dim=-1)  # [Hq, N]
         probs = torch.exp(scores - row_lse.unsqueeze(-1))

@@ -70,6 +70,19 @@ def test_random_verify_matches_float64_oracle(i):
     torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("trees", [False, True])
+def test_verify_with_a_logit_softcap_matches_the_oracle(trees):
+    case = make_verify_case([40, 0, 90], 6, 16, 8, 2, 64, trees=trees, shared=True, seed=11)
+    out, lse = verify_attention(case.q * 8, case.k_draft, case.v_draft, case.k_cache, case.v_cache,
+                                case.table.req_to_token, _plan(case), SCALE, page_size=16, softcap=1.5)
+    case.q = case.q * 8  # scores of several units, so that the cap bites
+    ref_o, ref_l = verify_oracle(case, SCALE, softcap=1.5)
+    torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=2e-5)
+    plain_o, _ = verify_oracle(case, SCALE)
+    assert not torch.allclose(plain_o, ref_o, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_verify_in_half_precision_matches_the_oracle(dtype):
     case = make_verify_case([33, 70, 70], 5, 16, 8, 2, 64, trees=True, shared=True, dtype=dtype, seed=3)
