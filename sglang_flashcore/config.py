@@ -7,7 +7,7 @@
 * ``FLASHCORE_VERBOSE_BUILD=1``: print the compiler commands of the JIT build.
 
 Nothing else in the package reads the environment: variants of a kernel are compared against a
-git revision (``tools/ab_dense.py``), never switched at run time.
+git revision (``tools/ab_revision.py``), never switched at run time.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ entry point ``flashcore_sparse`` in group ``sglang.srt.plugins`` (see pyproject.
 from __future__ import annotations
 
 import importlib
+import logging
+
+logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "flashcore_sparse"
 SUPPORTED_SGLANG = ">=0.5.17, <=0.5.23"
@@ -55,10 +58,21 @@ def _choices_api():
 
 
 def create_backend(model_runner):
-    """The factory SGLang's registry calls; imports the backend only when it is used."""
-    from .sglang_backend import FlashCoreBackend
+    """The factory SGLang's registry calls; imports the backend only when it is used. A model whose
+    attention our kernels cannot run on the GPU (``sglang_backend.flashinfer_route``) gets SGLang's
+    own ``flashinfer`` backend, with a warning that says why."""
+    from .sglang_backend import FlashCoreBackend, UnsupportedFeatureError, flashinfer_route
 
-    return FlashCoreBackend(model_runner)
+    reason = flashinfer_route(model_runner)
+    if reason is None:
+        return FlashCoreBackend(model_runner)
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    logger.warning("%s: %s; this model's attention runs on SGLang's flashinfer backend", BACKEND_NAME, reason)
+    try:
+        return ATTENTION_BACKENDS["flashinfer"](model_runner)
+    except Exception as exc:  # noqa: BLE001 - say what was tried and why it failed
+        raise UnsupportedFeatureError(reason, f"and SGLang's flashinfer backend could not be built ({exc})") from exc
 
 
 def register() -> None:

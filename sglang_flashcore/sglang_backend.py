@@ -118,6 +118,27 @@ def _layer_softcap(layer) -> float:
     return float(cap) if cap is not None and cap > 0 else 0.0
 
 
+def kernel_head_dims() -> list:
+    """The head dims both of our CUDA kernels (dense/extend and decode) take."""
+    return sorted(set(DECODE_HEAD_DIMS) & set(DENSE_HEAD_DIMS))
+
+
+def flashinfer_route(model_runner) -> Optional[str]:
+    """Why this model's attention goes to SGLang's ``flashinfer`` backend instead of ours, or None
+    when ours serves it: on a GPU, a head dim our kernels do not have (Gemma 2 and 3, Qwen3-Next's
+    full-attention layers: 256; Phi-3: 96). FlashInfer is installed with SGLang and serves them,
+    windows and soft-caps included (plugin.create_backend hands the model over)."""
+    cfg = getattr(model_runner, "model_config", None)
+    head_dim = getattr(cfg, "head_dim", None)
+    device = torch.device(getattr(model_runner, "device", "cpu"))
+    if not head_dim or getattr(model_runner, "use_mla_backend", False) or not config.use_kernels(device):
+        return None
+    dims = kernel_head_dims()
+    if head_dim in dims:
+        return None
+    return f"head dim {head_dim} is not in its CUDA kernels ({' and '.join(map(str, dims))})"
+
+
 def _rank_q_heads(cfg) -> Optional[int]:
     """Query heads of one attention rank (as SGLang's own backends count them), None without a config."""
     total = getattr(cfg, "num_attention_heads", None)
@@ -189,7 +210,7 @@ class FlashCoreBackend(AttentionBackend):
         head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
         if head_dim and v_head_dim and head_dim != v_head_dim:
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
-        kernel_dims = sorted(set(DECODE_HEAD_DIMS) & set(DENSE_HEAD_DIMS))
+        kernel_dims = kernel_head_dims()
         if head_dim and head_dim not in kernel_dims and config.use_kernels(device):
             raise UnsupportedFeatureError(f"head dim {head_dim} on the CUDA kernels (they take "
                                           f"{' and '.join(map(str, kernel_dims))})",

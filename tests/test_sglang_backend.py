@@ -513,3 +513,32 @@ def test_logit_cap_reaches_every_kernel_call_and_changes_the_answer(monkeypatch,
     assert seen == [0.0, 1e6, 0.05]
     torch.testing.assert_close(loose, plain, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(tight, plain, atol=1e-3)
+
+
+# ------------------------------------------------------------ FlashInfer route
+def test_head_dims_without_our_kernels_go_to_sglangs_flashinfer_backend(monkeypatch, caplog):
+    """On a GPU, a model whose head dim our kernels lack gets SGLang's flashinfer backend from
+    our factory (with a warning); ours keeps the rest, and the CPU path keeps every head dim."""
+    built = []
+
+    class FakeFlashInfer:
+        def __init__(self, runner):
+            built.append(runner)
+
+    monkeypatch.setitem(ATTENTION_BACKENDS, "flashinfer", FakeFlashInfer)
+    gemma = _fake_runner(model_config=_cfg(head_dim=256), device="cuda")
+    with caplog.at_level("WARNING"):
+        backend = plugin.create_backend(gemma)
+    assert isinstance(backend, FakeFlashInfer) and built == [gemma]
+    assert "head dim 256 is not in its CUDA kernels (64 and 128)" in caplog.text
+    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=128), device="cuda")),
+                      FlashCoreBackend)
+    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=256), device="cpu")),
+                      FlashCoreBackend)
+
+    def broken(runner):
+        raise ImportError("no flashinfer")
+
+    monkeypatch.setitem(ATTENTION_BACKENDS, "flashinfer", broken)
+    with pytest.raises(UnsupportedFeatureError, match="head dim 96 .* flashinfer backend could not be built"):
+        plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=96), device="cuda"))
