@@ -343,11 +343,29 @@ async def greedy_outputs(url: str, prompts: List[List[int]], max_new_tokens: int
 
 
 # --------------------------------------------------------------------- main
+def add_server_args(p: argparse.ArgumentParser, *, config: str = "llama3_8b", port: int = 30011,
+                    mem_fraction: float = 0.8, cuda_graph_max_bs: int = 128, max_running_requests: int = 128) -> None:
+    """The options ``Server`` reads (the backends, the model, the launch settings, the logs), with
+    each script's defaults; shared by the serving scripts."""
+    p.add_argument("--backends", default=f"{OURS},triton", help="comma-separated; the first is 'ours'")
+    p.add_argument("--config", default=config, help="a model config in configs/ (dummy weights)")
+    p.add_argument("--model-path", default=None, help="a real model instead of --config")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--page-size", type=int, default=1)
+    p.add_argument("--mem-fraction", type=float, default=mem_fraction)
+    p.add_argument("--cuda-graph-max-bs", type=int, default=cuda_graph_max_bs)
+    p.add_argument("--max-running-requests", type=int, default=max_running_requests)
+    p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
+    p.add_argument("--server-log-level", default="warning",
+                   help="the server's --log-level; at info each workload also reports SGLang's prefill batches")
+    p.add_argument("--log-dir", default=".", help="server logs go here")
+    p.add_argument("--json")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", default=f"{OURS},triton", help="comma-separated; the first is 'ours'")
-    p.add_argument("--config", default="llama3_8b", help="a model config in configs/ (dummy weights)")
-    p.add_argument("--model-path", default=None, help="a real model instead of --config")
+    add_server_args(p)
     p.add_argument("--workloads", default="shared,random,long", help="shared,random,long or empty")
     p.add_argument("--check", action="store_true", help="compare greedy token ids across backends")
     p.add_argument("--check-new-tokens", type=int, default=32)
@@ -361,17 +379,6 @@ def parse_args(argv=None):
                    help="start the first backend's server once, unmeasured, before the measured ones")
     p.add_argument("--warmup-requests", type=int, default=16,
                    help="requests of an untimed warm-up per workload on every server (0: none)")
-    p.add_argument("--port", type=int, default=30011)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--page-size", type=int, default=1)
-    p.add_argument("--mem-fraction", type=float, default=0.8)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=128)
-    p.add_argument("--max-running-requests", type=int, default=128)
-    p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
-    p.add_argument("--server-log-level", default="warning",
-                   help="the server's --log-level; at info each workload also reports SGLang's prefill batches")
-    p.add_argument("--log-dir", default=".", help="server logs go here")
-    p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="no run: combine the --json files of runs made one backend at a time (the same warm machine)")

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serving import OURS, Server  # noqa: E402
+from bench_serving import Server, add_server_args  # noqa: E402
 
 
 def inputs(seed: int, count: int, max_len: int, vocab: int = 4096) -> List[List[int]]:
@@ -63,22 +63,11 @@ def compare(ours: Sequence[Sequence[float]], theirs: Sequence[Sequence[float]]) 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", default=f"{OURS},triton", help="comma-separated; the first is 'ours'")
-    p.add_argument("--config", default="tiny_bert_embedding", help="a model config in configs/ (dummy weights)")
-    p.add_argument("--model-path", default=None, help="a real embedding model instead of --config")
+    add_server_args(p, config="tiny_bert_embedding", port=30021, mem_fraction=0.5, cuda_graph_max_bs=32,
+                    max_running_requests=64)
     p.add_argument("--inputs", type=int, default=32)
     p.add_argument("--max-len", type=int, default=500)
     p.add_argument("--min-cosine", type=float, default=0.999)
-    p.add_argument("--port", type=int, default=30021)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--page-size", type=int, default=1)
-    p.add_argument("--mem-fraction", type=float, default=0.5)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=32)
-    p.add_argument("--max-running-requests", type=int, default=64)
-    p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
-    p.add_argument("--server-log-level", default="warning")
-    p.add_argument("--log-dir", default=".")
-    p.add_argument("--json")
     args = p.parse_args(argv)
     args.server_arg = ["--is-embedding"] + args.server_arg
     return args

@@ -37,8 +37,8 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serving import (OURS, Request, Server, Workload, _payload, check_prompts, compare_greedy,  # noqa: E402
-                           greedy_outputs, random_ids, run_workload)
+from bench_serving import (Request, Server, Workload, _payload, add_server_args, check_prompts,  # noqa: E402
+                           compare_greedy, greedy_outputs, random_ids, run_workload)
 
 SCENARIOS = ("retract", "abort", "chunked", "evict", "load")
 
@@ -179,24 +179,12 @@ def judge(results: Dict, backends: List[str], max_growth_mib: int) -> List[str]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", default=f"{OURS},triton", help="comma-separated; the first is ours")
+    add_server_args(p, port=30031, max_running_requests=256)
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--config", default="llama3_8b", help="a model config in configs/ (dummy weights)")
-    p.add_argument("--model-path", default=None)
     p.add_argument("--page-sizes", default="1,16,64", help="the chunked scenario's page sizes")
     p.add_argument("--retract-tokens", type=int, default=20000, help="the retract scenario's --max-total-tokens")
     p.add_argument("--evict-tokens", type=int, default=16384, help="the evict scenario's --max-total-tokens")
     p.add_argument("--max-growth-mib", type=int, default=256)
-    p.add_argument("--port", type=int, default=30031)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--page-size", type=int, default=1)
-    p.add_argument("--mem-fraction", type=float, default=0.8)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=128)
-    p.add_argument("--max-running-requests", type=int, default=256)
-    p.add_argument("--server-arg", action="append", default=[], help="extra launch_server argument (repeat)")
-    p.add_argument("--server-log-level", default="warning")
-    p.add_argument("--log-dir", default=".")
-    p.add_argument("--json")
     args = p.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
