@@ -164,6 +164,9 @@ class FlashCoreBackend(AttentionBackend):
         # has it); -1: no windowed layer
         window = getattr(model_runner, "sliding_window_size", None)
         self.window_left = int(window) if window is not None and window > -1 else -1
+        # SGLang's hybrid SWA pool: windowed layers keep their K/V in a sub-pool of their own, whose
+        # slot of a token is full_to_swa_index_mapping[its slot] (0 once it left every window)
+        self.hybrid_swa = _is_hybrid_swa_pool(self.token_to_kv_pool)
         self._window_planner: Optional[DecodePlanner] = None  # GPU: made on the first windowed decode
         self._window_buffers = None  # CUDA graphs: the window table's fixed (table, lens, rows)
         # --kv-cache-dtype fp8_e4m3 / fp8_e5m2: the pool holds K / k_scale and V / v_scale
@@ -192,10 +195,6 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("encoder-decoder (cross) attention")
         if cfg is not None and getattr(cfg, "attention_chunk_size", None):
             raise UnsupportedFeatureError("chunked local attention")
-        if _is_hybrid_swa_pool(getattr(model_runner, "token_to_kv_pool", None)):
-            # its windowed layers keep K/V in a pool of their own, addressed through a slot mapping
-            raise UnsupportedFeatureError("SGLang's hybrid SWA memory pool",
-                                          "launch with --disable-hybrid-swa-memory (one pool, windows by mask)")
         FlashCoreBackend._reject_unsupported_layers(cfg, torch.device(getattr(model_runner, "device", "cpu")))
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
         if kv_dtype is not None and kv_dtype not in (torch.float16, torch.bfloat16, torch.float32) + FP8_KV_DTYPES:
@@ -272,10 +271,11 @@ class FlashCoreBackend(AttentionBackend):
         rows, lens = forward_batch.req_pool_indices, forward_batch.seq_lens
         if graph:
             buf_table, buf_lens, buf_rows = self._window_buffers
-            table, keys = window_table(req_to_token, rows, lens, self.window_left, out=buf_table, out_lens=buf_lens)
+            table, keys = window_table(req_to_token, rows, lens, self.window_left, slot_map=self._swa_slot_map(),
+                                       out=buf_table, out_lens=buf_lens)
             table_rows = buf_rows[: lens.shape[0]]
         else:
-            table, keys = window_table(req_to_token, rows, lens, self.window_left)
+            table, keys = window_table(req_to_token, rows, lens, self.window_left, slot_map=self._swa_slot_map())
             table_rows = torch.arange(lens.shape[0], device=lens.device)
         planner = self._window_decode_planner()
         planner.plan(table, table_rows, keys, num_kv_heads, planner_group(self._max_q_heads, num_kv_heads),
@@ -287,14 +287,19 @@ class FlashCoreBackend(AttentionBackend):
         (the full plan itself when no window starts past position 0)."""
         prefix_cpu = getattr(forward_batch, "extend_prefix_lens_cpu", None)
         start_cpu = None if prefix_cpu is None else [max(0, int(p) - self.window_left) for p in prefix_cpu]
-        if start_cpu is not None and not any(start_cpu):
+        slot_map = self._swa_slot_map()
+        if slot_map is None and start_cpu is not None and not any(start_cpu):
             return plan
-        return plan_extend(
+        window_plan = plan_extend(
             self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, forward_batch.extend_prefix_lens,
             forward_batch.extend_seq_lens, forward_batch.out_cache_loc, prefix_lens_cpu=prefix_cpu,
             extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None), page_size=self.page_size,
-            paged=False if self.fp8_kv else None,
+            # the SWA sub-pool's pages are not the table's: its slots are gathered through the mapping
+            paged=False if (self.fp8_kv or slot_map is not None) else None,
             key_start=extend_key_start(forward_batch.extend_prefix_lens, self.window_left), key_start_cpu=start_cpu)
+        if slot_map is not None and window_plan.key_slots is not None:
+            window_plan.key_slots = slot_map[window_plan.key_slots]
+        return window_plan
 
     def _verify_builder(self) -> VerifyMetadataBuilder:
         """Plans speculative batches (target verify; draft extend in CUDA graphs): speculative.py."""
@@ -405,15 +410,31 @@ class FlashCoreBackend(AttentionBackend):
             return 1.0, 1.0
         return float(layer.k_scale_float or 1.0), float(layer.v_scale_float or 1.0)
 
+    def _swa_slot_map(self) -> Optional[torch.Tensor]:
+        """The hybrid SWA pool's full -> SWA slot mapping (None for one pool). SGLang's unified
+        memory pool (--enable-unified-memory) has none: its reads go through virtual ids."""
+        if not self.hybrid_swa:
+            return None
+        mapping = getattr(self.token_to_kv_pool, "full_to_swa_index_mapping", None)
+        if mapping is None:
+            raise UnsupportedFeatureError("SGLang's unified memory pool (virtual KV ids)",
+                                          "launch without --enable-unified-memory")
+        return mapping
+
     def _store_kv(self, layer, forward_batch, k, v, save_kv_cache: bool) -> None:
         if not (save_kv_cache and k is not None and v is not None):
             return
+        loc = forward_batch.out_cache_loc
+        slot_map = self._swa_slot_map()
+        if slot_map is not None:  # the pool stores windowed layers at their SWA slots, which we pass
+            from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+            loc = KVWriteLoc(loc, slot_map[loc.to(torch.int64)])
         if self.fp8_kv and getattr(layer, "k_scale", None) is not None:
             # SGLang's pool divides by the scales in place; the extend still reads the new k/v
-            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k.clone(), v.clone(),
-                                                layer.k_scale, layer.v_scale)
+            self.token_to_kv_pool.set_kv_buffer(layer, loc, k.clone(), v.clone(), layer.k_scale, layer.v_scale)
         else:
-            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+            self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v)
 
     @staticmethod
     def _encoder_only(layer) -> bool:
@@ -439,11 +460,15 @@ class FlashCoreBackend(AttentionBackend):
         softcap = _layer_softcap(layer)
         if planner is not None:
             out, lse = planner.run(q3, k_buf, v_buf, layer.scaling, self.page_size, k_scale, v_scale, softcap)
-        else:
+        else:  # CPU: the float32 reference over the table (a window's slots, mapped into a hybrid SWA pool)
+            table, rows, lens = self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens
+            if window >= 0:
+                table, lens = window_table(table, rows, lens, window, slot_map=self._swa_slot_map())
+                rows = torch.arange(lens.shape[0], device=lens.device)
             out, lse = paged_decode_table(
-                q3, k_buf, v_buf, self.req_to_token_pool.req_to_token, meta.req_pool_indices, meta.seq_lens,
-                page_size=self.page_size, softmax_scale=layer.scaling, chunk_tokens=self.chunk_tokens,
-                check_bounds=False, k_scale=k_scale, v_scale=v_scale, window_left=window, softcap=softcap,
+                q3, k_buf, v_buf, table, rows, lens, page_size=self.page_size, softmax_scale=layer.scaling,
+                chunk_tokens=self.chunk_tokens, check_bounds=False, k_scale=k_scale, v_scale=v_scale,
+                softcap=softcap,
             )
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
 
@@ -470,8 +495,11 @@ class FlashCoreBackend(AttentionBackend):
         k_scale, v_scale = self._kv_scales(layer)
         window = _layer_window(layer)
         plan = meta.window_extend if window >= 0 else meta.extend
+        new_loc = forward_batch.out_cache_loc
+        if window >= 0 and self.hybrid_swa and new_loc is not None:
+            new_loc = self._swa_slot_map()[new_loc.to(torch.int64)]
         out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, plan, layer.scaling,
-                                    new_kv_in_cache=in_cache, out_cache_loc=forward_batch.out_cache_loc,
+                                    new_kv_in_cache=in_cache, out_cache_loc=new_loc,
                                     k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer),
                                     window_left=window, softcap=_layer_softcap(layer))
         return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)

@@ -173,19 +173,8 @@ def _fake_runner(**overrides):
     return runner
 
 
-def _hybrid_swa_pool():
-    """An object of SGLang's hybrid SWA pool class (its constructor needs a whole allocator)."""
-    from sglang.srt.mem_cache.base_swa_memory_pool import BaseSWAKVPool
-
-    cls = type("HybridPool", (BaseSWAKVPool,), {})
-    cls.__abstractmethods__ = frozenset()
-    return object.__new__(cls)
-
-
 @pytest.mark.parametrize("overrides,feature", [
     ({"use_mla_backend": True}, "MLA"),
-    ({"sliding_window_size": 4096, "is_hybrid_swa": True, "token_to_kv_pool": _hybrid_swa_pool()},
-     r"hybrid SWA memory pool yet; launch with --disable-hybrid-swa-memory"),
     ({"model_config": SimpleNamespace(is_encoder_decoder=True)}, "encoder-decoder"),
     ({"kv_cache_dtype": torch.uint8}, "KV cache"),  # e.g. SGLang's FP4 KV cache
 ])
