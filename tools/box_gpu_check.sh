@@ -2,10 +2,12 @@
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
 # benchmarks, and an A/B of the seed points against a git revision, with logs and results under
 # $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|ab|coverage ...]   (default: the first four)
-# coverage: the benchmarks of FP8 KV (decode, extend), target verify and sliding windows against
-# SGLang's fa3/flashinfer kernels, through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
-# .carry/baselines.tar.xz).
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|ab|coverage|checks|serving ...]   (default: the first four)
+# The last three run through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
+# .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify and
+# sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
+# against triton's for a Gemma-3-shaped model (windows), an embedding model, an FP8 KV cache and
+# EAGLE3. serving: the serving workloads against fa3 and flashinfer.
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
@@ -68,11 +70,37 @@ for step in $steps; do
       echo "verify rc=$?"; grep -E "^  page|unavailable" "$OUT/verify.txt" | cut -c1-300
       $serve benchmarks/bench_window.py --json "$OUT/window.json" --plot "$OUT/window.png" > "$OUT/window.txt" 2>&1
       echo "window rc=$?"; grep -E "^  (prefill|decode)|unavailable" "$OUT/window.txt" | cut -c1-300 ;;
+    checks)
+      serve="bash tools/box_serving.sh python3"; mkdir -p "$OUT/checks"
+      check="benchmarks/bench_serving.py --backends flashcore_sparse,triton --check --workloads= --log-dir $OUT/checks"
+      $serve $check --config tiny_gemma3_swa --json "$OUT/check_gemma3.json" > "$OUT/check_gemma3.txt" 2>&1
+      echo "gemma3 (windows) rc=$?"; grep -E "equal|FAILED" "$OUT/check_gemma3.txt" | tail -3
+      $serve benchmarks/check_embeddings.py --log-dir "$OUT/checks" --json "$OUT/check_embeddings.json" \
+        > "$OUT/check_embeddings.txt" 2>&1
+      echo "embeddings rc=$?"; tail -2 "$OUT/check_embeddings.txt"
+      $serve $check --server-arg=--kv-cache-dtype --server-arg=fp8_e4m3 --json "$OUT/check_fp8.json" \
+        > "$OUT/check_fp8.txt" 2>&1
+      echo "fp8 kv rc=$?"; grep -E "equal|FAILED" "$OUT/check_fp8.txt" | tail -3
+      draft=$PWD/configs/tiny_llama_eagle3
+      $serve $check --config tiny_llama --server-arg=--speculative-algorithm --server-arg=EAGLE3 \
+        --server-arg=--speculative-draft-model-path --server-arg="$draft" \
+        --server-arg=--speculative-draft-load-format --server-arg=dummy \
+        --server-arg=--speculative-draft-attention-backend --server-arg=triton \
+        --server-arg=--speculative-num-steps --server-arg=3 --server-arg=--speculative-eagle-topk --server-arg=1 \
+        --server-arg=--speculative-num-draft-tokens --server-arg=4 --json "$OUT/check_eagle3.json" \
+        > "$OUT/check_eagle3.txt" 2>&1
+      echo "eagle3 rc=$?"; grep -E "equal|FAILED" "$OUT/check_eagle3.txt" | tail -3 ;;
+    serving)
+      bash tools/box_serving.sh python3 benchmarks/bench_serving.py --backends flashcore_sparse,fa3,flashinfer \
+        --check --check-new-tokens 16 --workloads shared,random --shared-requests 64 --random-requests 64 \
+        --warmup-requests 8 --log-dir "$OUT" --json "$OUT/serving_baselines.json" \
+        --plot "$OUT/serving_baselines.png" > "$OUT/serving.txt" 2>&1
+      echo "serving rc=$?"; tail -20 "$OUT/serving.txt" | cut -c1-220 ;;
     ab)
       python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
       echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
     *)
-      echo "unknown step $step (tests, sanitize, bench, ab, coverage)" ;;
+      echo "unknown step $step (tests, sanitize, bench, ab, coverage, checks, serving)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
 done
