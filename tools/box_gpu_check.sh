@@ -74,13 +74,13 @@ for step in $steps; do
       serve="bash tools/box_serving.sh python3"; mkdir -p "$OUT/checks"
       check="benchmarks/bench_serving.py --backends flashcore_sparse,triton --check --workloads= --log-dir $OUT/checks"
       $serve $check --config tiny_gemma3_swa --json "$OUT/check_gemma3.json" > "$OUT/check_gemma3.txt" 2>&1
-      echo "gemma3 (windows) rc=$?"; grep -E "equal|FAILED" "$OUT/check_gemma3.txt" | tail -3
+      echo "gemma3 (windows) rc=$?"; grep -E "identical|FAILED" "$OUT/check_gemma3.txt" | tail -3
       $serve benchmarks/check_embeddings.py --log-dir "$OUT/checks" --json "$OUT/check_embeddings.json" \
         > "$OUT/check_embeddings.txt" 2>&1
       echo "embeddings rc=$?"; tail -2 "$OUT/check_embeddings.txt"
       $serve $check --server-arg=--kv-cache-dtype --server-arg=fp8_e4m3 --json "$OUT/check_fp8.json" \
         > "$OUT/check_fp8.txt" 2>&1
-      echo "fp8 kv rc=$?"; grep -E "equal|FAILED" "$OUT/check_fp8.txt" | tail -3
+      echo "fp8 kv rc=$?"; grep -E "identical|FAILED" "$OUT/check_fp8.txt" | tail -3
       draft=$PWD/configs/tiny_llama_eagle3
       $serve $check --config tiny_llama --server-arg=--speculative-algorithm --server-arg=EAGLE3 \
         --server-arg=--speculative-draft-model-path --server-arg="$draft" \
@@ -89,7 +89,7 @@ for step in $steps; do
         --server-arg=--speculative-num-steps --server-arg=3 --server-arg=--speculative-eagle-topk --server-arg=1 \
         --server-arg=--speculative-num-draft-tokens --server-arg=4 --json "$OUT/check_eagle3.json" \
         > "$OUT/check_eagle3.txt" 2>&1
-      echo "eagle3 rc=$?"; grep -E "equal|FAILED" "$OUT/check_eagle3.txt" | tail -3 ;;
+      echo "eagle3 rc=$?"; grep -E "identical|FAILED" "$OUT/check_eagle3.txt" | tail -3 ;;
     serving)
       bash tools/box_serving.sh python3 benchmarks/bench_serving.py --backends flashcore_sparse,fa3,flashinfer \
         --check --check-new-tokens 16 --workloads shared,random --shared-requests 64 --random-requests 64 \
