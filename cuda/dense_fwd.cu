@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     OnlineSoftmax sm;  // the rows' exponent base and running sums (dense/softmax.cuh)
-    const int n_first = kScoreMods ? t.n_first : 0;  // key tiles skipped left of a window (none without one)
+    const int n_first = kScoreMods ? window_first_tile<kBlockM>(p, t) : 0;  // key tiles skipped left of a window
     // score tile n: mask, online softmax; leaves the exponentials in sc and returns each row's
     // rescale factor for O
     auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {

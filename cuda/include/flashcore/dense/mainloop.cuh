@@ -61,7 +61,7 @@ __device__ __forceinline__ void load_q(unsigned char* smem, const CUtensorMap* t
 
 // The work tile's K and V tiles into the rings, each stage once the consumers released it; g:
 // K/V tiles loaded so far (moved past this work tile's). kScoreMods: the kernel serves sliding
-// windows, whose work tiles start at key tile n_first (0 otherwise).
+// windows, whose work tiles start at window_first_tile (0 otherwise).
 template <int D, int kBlockM, bool kScoreMods>
 __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* tk, const CUtensorMap* tv,
                                         const CUtensorMap* tk_pool, const CUtensorMap* tv_pool, uint64_t* full_k,
@@ -81,7 +81,7 @@ __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* 
         tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, full, db * 64, t.hk, row);
     }
   };
-  const int n_first = kScoreMods ? t.n_first : 0;
+  const int n_first = kScoreMods ? window_first_tile<kBlockM>(p, t) : 0;
   for (int n = 0; n < t.n_tiles; ++n, ++g) {
     const int s = g % kStages;
     const uint32_t parity = ((g / kStages) - 1) & 1;

@@ -42,13 +42,20 @@ struct WorkTile {
   int paged_keys;     // keys read from whole pool pages
   const int* pages;   // its page list, or nullptr
   int diag;           // causal: row i sees keys <= i + diag (and, with a window, >= i + diag - window_left)
-  int n_tiles;        // key tiles to visit: n_first, n_first + 1, ...
-  int n_first;        // the first key tile to visit (0 without a window)
+  int n_tiles;        // key tiles to visit, from window_first_tile on
 };
+
+// The first key tile a work tile visits: 0, or with a sliding window the tile holding its first
+// row's first key. Computed where it is needed rather than kept in WorkTile: a field more there
+// (the slot the producer hands the consumers) cost the plain kernel 12 bytes of spills.
+template <int kBlockM>
+__device__ __forceinline__ int window_first_tile(const DenseFwdParams& p, const WorkTile& t) {
+  return p.window_left < 0 ? 0 : max(0, t.m_block * kBlockM + t.diag - p.window_left) / kBlockN;
+}
 
 // Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
 // block lies past its request's rows.
-// kScoreMods: the kernel serves sliding windows (n_first is 0 otherwise).
+// kScoreMods: the kernel serves sliding windows (its work tiles then start at window_first_tile).
 template <int kBlockM, bool kScoreMods = false>
 __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
   int m_idx, b;
@@ -92,12 +99,8 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
     const int last_key = min(t.sk - 1, t.m_block * kBlockM + kBlockM - 1 + t.diag);
     t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
   }
-  t.n_first = 0;
-  if (kScoreMods && p.window_left >= 0) {  // (causal only) the tiles left of the block's first row's window are skipped
-    const int first_key = max(0, t.m_block * kBlockM + t.diag - p.window_left);
-    t.n_first = min(first_key / kBlockN, t.n_tiles);
-    t.n_tiles -= t.n_first;
-  }
+  if (kScoreMods && p.window_left >= 0)  // (causal only) the tiles left of the block's first row's window are skipped
+    t.n_tiles = max(0, t.n_tiles - window_first_tile<kBlockM>(p, t));
   return true;
 }
 
