@@ -125,14 +125,17 @@ struct SoftmaxState {
 template <int D>
 using RowState = SoftmaxState<D / 8>;
 
-// A raw score q.k (times the widening's factor) in the softmax's log2 domain, soft-capped or not.
+// A raw score q.k (times the widening's factor) in the softmax's log2 domain. kSoftcap (a template
+// part, so that kernels without a cap execute no select per score): the logit soft-cap.
+template <bool kSoftcap>
 __device__ __forceinline__ float score_log2(const PagedDecodeParams& p, float raw) {
-  return p.softcap_in != 0.f ? p.softcap_log2 * tanh_fast(raw * p.softcap_in) : raw * p.scale_log2;
+  if constexpr (kSoftcap) return p.softcap_log2 * tanh_fast(raw * p.softcap_in);
+  return raw * p.scale_log2;
 }
 
 // One 64-token K/V tile in shared memory (ks, vs) against this warp's 16 query rows: its token
 // split's 16-token steps, each S = Q K^T, online softmax (log2 domain), O += P V.
-template <typename T, int D>
+template <typename T, int D, bool kSoftcap>
 __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const RowSplit& s, const T* q_tile,
                                             const T* ks, const T* vs, int tile, int ntok, RowState<D>& st) {
   using Tile = SwizzledTile<D>;
@@ -156,7 +159,7 @@ __device__ __forceinline__ void attend_tile(const PagedDecodeParams& p, const Ro
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         int tok = tok0 + j * 8 + 2 * (lane % 4) + (e & 1);
-        sc[j][e] = tok < ntok ? score_log2(p, sc[j][e]) : -INFINITY;
+        sc[j][e] = tok < ntok ? score_log2<kSoftcap>(p, sc[j][e]) : -INFINITY;
         mx[e / 2] = fmaxf(mx[e / 2], sc[j][e]);
       }
 #pragma unroll
@@ -223,7 +226,7 @@ __device__ __forceinline__ void load_query_frags(const T* q_tile, uint32_t (&qf)
 }
 
 // One 64-token K/V tile against a narrow task's queries: warp w takes the tile's 16-token step w.
-template <typename T, int D>
+template <typename T, int D, bool kSoftcap>
 __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, const uint32_t (&qf)[D / 16][2],
                                                    const T* ks, const T* vs, int tile, int ntok, NarrowState<D>& st) {
   static_assert(kTileN == 16 * (kThreads / 32), "a 16-token step per warp");
@@ -245,7 +248,7 @@ __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, c
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int tok = tok0 + lane / 4 + 8 * (e / 2);
-    sc[e] = tok < ntok ? score_log2(p, sa[e] + sb[e]) : -INFINITY;
+    sc[e] = tok < ntok ? score_log2<kSoftcap>(p, sa[e] + sb[e]) : -INFINITY;
     mx[e % 2] = fmaxf(mx[e % 2], sc[e]);
   }
 #pragma unroll
@@ -445,7 +448,7 @@ __device__ __forceinline__ void widen_tiles(const unsigned char* ring_stage, T* 
 // One task of a work item (kDecodeRowsPerCta rows, or one part of a one-reader item that the
 // tail split cut; see PagedDecodeParams::chunk_partial) for KV head h. TKV: the pool's element
 // type, T or an FP8 type (loaded as is, widened in shared memory tile by tile).
-template <typename T, typename TKV, int D>
+template <typename T, typename TKV, int D, bool kSoftcap>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
                                                  const int task_rows, unsigned char* smem_raw) {
   using Tile = SwizzledTile<D>;
@@ -571,14 +574,14 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
     uint32_t qf[D / 16][2];
     stream_tiles([&](int tile, const T* ks, const T* vs) {
       if (tile == 0) load_query_frags<T, D>(q_smem, qf);  // landed with tile 0
-      attend_tile_narrow<T, D>(p, qf, ks, vs, tile, ntok, st);
+      attend_tile_narrow<T, D, kSoftcap>(p, qf, ks, vs, tile, ntok, st);
     });
     finish_narrow<D>(p, s, h, part_of_item, st, scratch);
   } else {
     RowState<D> st;
     st.reset();
     const T* q_tile = q_smem + s.my_rt * kRowTile * D;
-    stream_tiles([&](int tile, const T* ks, const T* vs) { attend_tile<T, D>(p, s, q_tile, ks, vs, tile, ntok, st); });
+    stream_tiles([&](int tile, const T* ks, const T* vs) { attend_tile<T, D, kSoftcap>(p, s, q_tile, ks, vs, tile, ntok, st); });
     finish_rows<D>(p, s, h, row_base, part_of_item, st, scratch);
   }
 }
@@ -594,7 +597,7 @@ __device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait
 // the grid's fastest index (blockIdx.x), so the CTAs resident at one time read every head of
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
-template <typename T, typename TKV, int D>
+template <typename T, typename TKV, int D, bool kSoftcap>
 __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   allow_merge_launch();
@@ -603,7 +606,7 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table
   const int first = blockIdx.y;
   const int stride = gridDim.y;
   for (int t = first; t < num_tasks; t += stride) {
-    decode_work_item<T, TKV, D>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
+    decode_work_item<T, TKV, D, kSoftcap>(p, p.tasks[2 * t], h, p.tasks[2 * t + 1], smem_raw);
     __syncthreads();
   }
 }
@@ -694,7 +697,8 @@ cudaError_t launch(const PagedDecodeParams& params, cudaStream_t stream) {
   p.softcap_in = p.softcap_log2 > 0.f ? p.scale_log2 / p.softcap_log2 : 0.f;
   {
     const size_t smem = DecodeSmem<D, TKV>::bytes(p.max_rows);
-    auto kernel = paged_decode_table_kernel<T, TKV, D>;
+    auto kernel = p.softcap_log2 > 0.f ? paged_decode_table_kernel<T, TKV, D, true>
+                                       : paged_decode_table_kernel<T, TKV, D, false>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(p.num_kv_heads, p.grid_work, 1);
