@@ -39,15 +39,16 @@ def decode_cases():
 
 
 def dense_cases():
-    # q lengths, k lengths, Hq, Hkv, D, causal, dtype, sliding window (-1: none)
-    yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16, -1
-    yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16, -1
-    yield [257], [257], 8, 1, 128, False, torch.float16, -1
+    # q lengths, k lengths, Hq, Hkv, D, causal, dtype, sliding window (-1: none), soft-cap (0: none)
+    yield [130, 1, 0], [130, 300, 5], 4, 2, 128, True, torch.bfloat16, -1, 0.0
+    yield [64, 200], [64, 17], 2, 2, 64, False, torch.float16, -1, 0.0
+    yield [257], [257], 8, 1, 128, False, torch.float16, -1, 0.0
     # over 132 work tiles (the persistent CTAs claim the rest), rows that see no key, empty rows
-    yield [300, 129, 0, 1, 200], [300, 500, 7, 1, 50], 48, 12, 64, True, torch.bfloat16, -1
-    # sliding windows: key tiles skipped left of a work tile's window, masks on both edges
-    yield [700, 5, 130], [900, 400, 130], 8, 2, 128, True, torch.bfloat16, 200
-    yield [300, 64], [1000, 64], 12, 4, 64, True, torch.float16, 0
+    yield [300, 129, 0, 1, 200], [300, 500, 7, 1, 50], 48, 12, 64, True, torch.bfloat16, -1, 0.0
+    # sliding windows: key tiles skipped left of a work tile's window, masks on both edges; soft-caps
+    yield [700, 5, 130], [900, 400, 130], 8, 2, 128, True, torch.bfloat16, 200, 0.0
+    yield [300, 64], [1000, 64], 12, 4, 64, True, torch.float16, 0, 30.0
+    yield [100, 40], [100, 300], 4, 4, 64, False, torch.bfloat16, -1, 5.0
 
 
 def extend_cases():
@@ -75,19 +76,29 @@ def main() -> int:
         k8, v8 = (k / 0.5).to(fp8), (v * 0.5).to(fp8)
         ref8, _ = paged_decode_ref(q, k8, v8, layout, None, 0.5, 2.0)
         out_fp8, _ = fc.paged_decode(q, k8, v8, layout, chunk_tokens=chunk, k_scale=0.5, v_scale=2.0)
-        for name, out, want in (("layout", out_layout, ref), ("table", out_table, ref), ("fp8", out_fp8, ref8)):
+        # the soft-capped kernel, with a window over the same table
+        ref_cap, _ = fc.paged_decode_table(q.cpu().float(), k.cpu().float(), v.cpu().float(), pt.req_to_token,
+                                           pt.req_pool_indices, pt.seq_lens, page_size=page, softcap=3.0,
+                                           window_left=40)
+        out_cap, _ = fc.paged_decode_table(q, k, v, pt.req_to_token.cuda(), pt.req_pool_indices.cuda(),
+                                           pt.seq_lens.cuda(), page_size=page, softcap=3.0, window_left=40)
+        out_cap = out_cap.cpu()
+        for name, out, want in (("layout", out_layout, ref), ("table", out_table, ref), ("fp8", out_fp8, ref8),
+                                ("softcap, window", out_cap, ref_cap)):
             err = (out.float() - want).abs().max().item() if out.numel() else 0.0
             ok = err < 2e-2
             bad += not ok
             print(f"decode case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    for i, (lq, lk, hq, hkv, d, causal, dtype, window) in enumerate(dense_cases()):
+    for i, (lq, lk, hq, hkv, d, causal, dtype, window, softcap) in enumerate(dense_cases()):
         cq = torch.tensor([0] + lq, device="cuda").cumsum(0).int()
         ck = torch.tensor([0] + lk, device="cuda").cumsum(0).int()
         q = torch.randn(sum(lq), hq, d, device="cuda").to(dtype)
         k = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
         v = torch.randn(sum(lk), hkv, d, device="cuda").to(dtype)
-        out, _ = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
-        ref, _ = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
+        out, _ = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window,
+                              softcap=softcap)
+        ref, _ = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window,
+                               softcap=softcap)
         err = (out.float() - ref).abs().max().item() if out.numel() else 0.0
         ok = err < 2e-2
         bad += not ok
