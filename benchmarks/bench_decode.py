@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore.decode import DecodePlanner  # noqa: E402
 from bench_util import (base_parser, copy_bandwidth_tbs, report, require_agreement, require_cuda,  # noqa: E402
-                        time_interleaved, time_ms, wall_ms)
+                        time_interleaved, time_ms, timed_series, wall_ms)
 
 SEED_CONFIGS = [  # B, Hq, context, D, page, shared fraction
     (8, 32, 128 * 1024, 128, 128, 0.7),
@@ -327,11 +327,10 @@ def main():
               "lower bound": [r["bound_ms"] for r in rows]}
     if kv_dtype is not None:
         series[f"ours, {args.kv_dtype} KV"] = [r.get("ours_fp8_ms") for r in rows]
-    for name, label in (("flashinfer", "FlashInfer paged"), ("flashinfer_tc", "FlashInfer paged, tensor cores"),
-                        ("flashinfer_tc_fp8", "FlashInfer paged, tensor cores, FP8 KV"),
-                        ("fa3", "FA3 flash_attn_with_kvcache")):
-        if any(f"{name}_ms" in r for r in rows):
-            series[label] = [r.get(f"{name}_ms") for r in rows]
+    series.update(timed_series(rows, (("flashinfer", "FlashInfer paged"),
+                                      ("flashinfer_tc", "FlashInfer paged, tensor cores"),
+                                      ("flashinfer_tc_fp8", "FlashInfer paged, tensor cores, FP8 KV"),
+                                      ("fa3", "FA3 flash_attn_with_kvcache"))))
     report(args, info, rows, cols, "paged decode, " + args.dtype, labels, series, "ms per decode step (one layer)")
 
 

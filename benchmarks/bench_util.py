@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -176,6 +176,13 @@ def bar_plot(path: str, labels: List[str], series: Dict[str, List[float]], ylabe
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def timed_series(rows: List[Dict], names: Sequence[Tuple[str, str]]) -> Dict[str, List[Optional[float]]]:
+    """Plot series {label: each row's ``<name>_ms``} for the (name, label) pairs that some row
+    timed (a baseline that could not run on this box has no column, and no series)."""
+    return {label: [r.get(f"{name}_ms") for r in rows] for name, label in names
+            if any(f"{name}_ms" in r for r in rows)}
 
 
 def report(args, info: Dict, rows: List[Dict], columns: Sequence[str], title: str,

@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_decode import shared_page_table  # noqa: E402
 from bench_extend import baselines, serving_baselines  # noqa: E402
-from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved, wall_ms  # noqa: E402
+from bench_util import (base_parser, report, require_agreement, require_cuda, time_interleaved,  # noqa: E402
+                        timed_series, wall_ms)
 from sglang_flashcore import kernels  # noqa: E402
 from sglang_flashcore.decode import DecodePlanner  # noqa: E402
 from sglang_flashcore.speculative import chain_mask, plan_verify, verify_attention  # noqa: E402
@@ -112,10 +113,10 @@ def main():
             "ours_over_fa2"]
     labels = [f"p{r['page']} {'shared' if r['shared'] else 'unique'}" for r in rows]
     series = {"ours (verify_attention)": [r["ours_ms"] for r in rows]}
-    for name, label in (("fa3", "FA3 flash_attn_with_kvcache"), ("flashinfer", "FlashInfer paged prefill (FA2)"),
-                        ("flashinfer_fa3", "FlashInfer paged prefill (sm90)"), ("cudnn", "cuDNN SDPA (gather apart)")):
-        if any(f"{name}_ms" in r for r in rows):
-            series[label] = [r.get(f"{name}_ms") for r in rows]
+    series.update(timed_series(rows, (("fa3", "FA3 flash_attn_with_kvcache"),
+                                      ("flashinfer", "FlashInfer paged prefill (FA2)"),
+                                      ("flashinfer_fa3", "FlashInfer paged prefill (sm90)"),
+                                      ("cudnn", "cuDNN SDPA (gather apart)"))))
     report(args, info, rows, cols, "target verify (bf16, Hq 32, Hkv 8, D 128, chain)", labels, series,
            "ms per verify step (one layer)")
 

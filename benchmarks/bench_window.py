@@ -31,7 +31,8 @@ import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore.decode import DecodePlanner, planner_group  # noqa: E402
 from sglang_flashcore.window import window_table  # noqa: E402
 from bench_decode import flashinfer_pool, shared_page_table, skip_reason  # noqa: E402
-from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved, wall_ms  # noqa: E402
+from bench_util import (base_parser, report, require_agreement, require_cuda, time_interleaved,  # noqa: E402
+                        timed_series, wall_ms)
 
 HQ, HKV, D = 32, 8, 128  # Llama-3-8B / Gemma-3-27B-like attention (bf16)
 PREFILL = [(4, 8192, 1023), (1, 32768, 4095), (16, 2048, 511)]  # B, S, W
@@ -175,10 +176,8 @@ def main():
     labels = [f"{r['op']} B{r['B']} {'S' + str(r['S']) if 'S' in r else 'C' + str(r['C'])} W{r['W']}"
               + (f" p{r['page']}" if "page" in r else "") for r in rows]
     series = {"ours": [r["ours_ms"] for r in rows]}
-    for name, label in (("fa3", "FA3 (local)"), ("flashinfer", "FlashInfer (window_left)"),
-                        ("ours_no_window", "ours, no window")):
-        if any(f"{name}_ms" in r for r in rows):
-            series[label] = [r.get(f"{name}_ms") for r in rows]
+    series.update(timed_series(rows, (("fa3", "FA3 (local)"), ("flashinfer", "FlashInfer (window_left)"),
+                                      ("ours_no_window", "ours, no window"))))
     report(args, info, rows, cols, "sliding-window attention (bf16, Hq 32, Hkv 8, D 128)", labels, series,
            "ms per call (one layer)")
 

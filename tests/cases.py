@@ -174,6 +174,18 @@ class ExtendCase:
         return cu
 
 
+def varlen_qkv(lq: Sequence[int], lk: Sequence[int], hq: int, hkv: int, d: int, dtype, seed: int,
+               device="cuda"):
+    """Ragged q [sum(lq), Hq, D] and k/v [sum(lk), Hkv, D] (standard normal, then ``dtype``) and
+    their int32 offsets cu_q, cu_k."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(sum(lq), hq, d, device=device, generator=g).to(dtype)
+    k = torch.randn(sum(lk), hkv, d, device=device, generator=g).to(dtype)
+    v = torch.randn(sum(lk), hkv, d, device=device, generator=g).to(dtype)
+    cu = [torch.tensor([0] + list(lens), device=device).cumsum(0).to(torch.int32) for lens in (lq, lk)]
+    return q, k, v, cu[0], cu[1]
+
+
 def make_extend_case(prefix: Sequence[int], extend: Sequence[int], page: int, hq: int, hkv: int, d: int,
                      dtype=torch.float32, device="cpu", seed: int = 0, shared: bool = False) -> ExtendCase:
     """``shared``: every request's prefix is one common page-aligned prefix (a radix-cache hit)."""

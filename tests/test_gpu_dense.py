@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import sglang_flashcore as fc
 from sglang_flashcore.reference import attention_ref
+from cases import varlen_qkv
 
 pytestmark = pytest.mark.gpu
 
@@ -40,11 +41,7 @@ def _cu(lengths, device="cuda"):
 @pytest.mark.parametrize("i", range(320))
 def test_dense_kernel_matches_reference(i):
     d, hq, hkv, causal, dtype, lq, lk = _random_case(i)
-    g = torch.Generator(device="cuda").manual_seed(i)
-    q = torch.randn(sum(lq), hq, d, device="cuda", generator=g).to(dtype)
-    k = torch.randn(sum(lk), hkv, d, device="cuda", generator=g).to(dtype)
-    v = torch.randn(sum(lk), hkv, d, device="cuda", generator=g).to(dtype)
-    cq, ck = _cu(lq), _cu(lk)
+    q, k, v, cq, ck = varlen_qkv(lq, lk, hq, hkv, d, dtype, seed=i)
     out, lse = fc.attention(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
     ref_o, ref_l = attention_ref(q, k, v, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
     torch.testing.assert_close(out.float(), ref_o, **TOL[dtype])

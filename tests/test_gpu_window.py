@@ -11,16 +11,13 @@ import sglang_flashcore as fc
 from sglang_flashcore.extend import extend_attention, plan_extend
 from sglang_flashcore.reference import attention_ref
 from sglang_flashcore.window import extend_key_start
+from cases import varlen_qkv
 
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e-2, rtol=1e-2)}
 # around the 128-key tiles and the 64-row warpgroups: 0, a tile minus/plus one, several tiles
 WINDOWS = [0, 1, 63, 64, 127, 128, 129, 255, 300, 1000, 5000]
-
-
-def _cu(lengths):
-    return torch.tensor([0] + lengths, device="cuda").cumsum(0).int()
 
 
 def _random_case(i):
@@ -42,11 +39,7 @@ def _random_case(i):
 @pytest.mark.parametrize("i", range(160))
 def test_dense_window_matches_reference(i):
     d, hq, hkv, dtype, window, lq, lk = _random_case(i)
-    g = torch.Generator(device="cuda").manual_seed(i)
-    q = torch.randn(sum(lq), hq, d, device="cuda", generator=g).to(dtype)
-    k = torch.randn(sum(lk), hkv, d, device="cuda", generator=g).to(dtype)
-    v = torch.randn(sum(lk), hkv, d, device="cuda", generator=g).to(dtype)
-    cq, ck = _cu(lq), _cu(lk)
+    q, k, v, cq, ck = varlen_qkv(lq, lk, hq, hkv, d, dtype, seed=i)
     out, lse = fc.attention(q, k, v, causal=True, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
     ref_o, ref_l = attention_ref(q, k, v, causal=True, cu_seqlens_q=cq, cu_seqlens_k=ck, window_left=window)
     torch.testing.assert_close(out.float(), ref_o, **TOL[dtype])

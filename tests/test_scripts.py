@@ -538,3 +538,11 @@ def test_fault_judgement_counts_lost_requests_dead_servers_and_memory_growth():
                runs=[{"failed": 1, "requests": 9, "gpu_mib": 1000}, {"failed": 0, "requests": 9, "gpu_mib": 2000}])
     problems = judge({"load": {"a": bad}, "retract": {"b": {"error": "server exited with 1"}}}, ["a", "b"], 256)
     assert len(problems) == 5 and any("grew 1000 MiB" in p for p in problems) and any("exited" in p for p in problems)
+
+
+def test_timed_series_keeps_the_baselines_some_row_timed():
+    from bench_util import timed_series
+
+    rows = [{"fa3_ms": 1.0}, {"fa3_ms": 2.0, "flashinfer_ms": 3.0}]
+    got = timed_series(rows, (("fa3", "FA3"), ("flashinfer", "FlashInfer"), ("cudnn", "cuDNN")))
+    assert got == {"FA3": [1.0, 2.0], "FlashInfer": [None, 3.0]}
