@@ -310,15 +310,14 @@ class FlashCoreBackend(AttentionBackend):
             self._verify = VerifyMetadataBuilder(
                 self.req_to_token_pool.req_to_token, self.device, use_kernels=self._use_planner(),
                 num_q_heads=self._max_q_heads or k0.shape[1], head_dim=k0.shape[-1], num_kv_heads=k0.shape[1],
-                chunk_tokens=self.chunk_tokens, deterministic=self.deterministic)
+                chunk_tokens=self.chunk_tokens, deterministic=self.deterministic, window_left=self.window_left,
+                slot_map=self._swa_slot_map)
         return self._verify
 
     def _build_metadata(self, forward_batch: "ForwardBatch", graph: bool = False) -> ForwardMetadata:
         self._check_batch(forward_batch)
         req_to_token = self.req_to_token_pool.req_to_token
         if is_target_verify(forward_batch.forward_mode):  # draft extends are extends (below)
-            if self.window_left >= 0:
-                raise UnsupportedFeatureError("speculative decoding (target verify) with sliding-window layers")
             return ForwardMetadata(verify=self._verify_builder().plan(forward_batch))
         if forward_batch.forward_mode.is_decode_or_idle():
             if self._use_planner():
@@ -487,7 +486,7 @@ class FlashCoreBackend(AttentionBackend):
             out, lse = verify_attention(q3, k_new, v_new, k_buf, v_buf, self.req_to_token_pool.req_to_token,
                                         meta.verify, layer.scaling, page_size=self.page_size, k_scale=k_scale,
                                         v_scale=v_scale, out_cache_loc=forward_batch.out_cache_loc,
-                                        softcap=_layer_softcap(layer))
+                                        softcap=_layer_softcap(layer), window=_layer_window(layer) >= 0)
             return self._with_sinks(out, lse, sinks).reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
         # stored just now, or (k is None) the model stored them itself; over an FP8 pool the new
         # tokens attend with their unquantized K/V, as in SGLang's other backends

@@ -9,19 +9,22 @@
   backend's extend path).
 
 One ``DecodePlanner`` serves every verify step (sized for B*N draft tokens), and CUDA-graph
-steps copy their draft masks into fixed ``VerifyBuffers``. The mode predicates differ between
+steps copy their draft masks into fixed ``VerifyBuffers``. A model with sliding windows gets a
+second planner for its windowed layers, over each draft token's own window (``VerifyWindow``;
+the draft tokens' positions come from ``forward_batch.positions``). The mode predicates differ between
 SGLang releases, so they are looked up by name.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .decode import DecodePlanner, planner_group
 from .speculative import (VerifyBufferSet, VerifyPlan, chain_mask, draft_mask_from_sglang, plan_verify,
                           tokens_per_request)
+from .window import window_width
 
 __all__ = ["is_target_verify", "is_draft_extend", "VerifyMetadataBuilder"]
 
@@ -50,10 +53,13 @@ class VerifyMetadataBuilder:
             size the planner.
         chunk_tokens: a fixed split-KV chunk for the planner (None: automatic).
         deterministic: the planner's batch-invariant mode (``--enable-deterministic-inference``).
+        window_left: the model's sliding window (-1: none); slot_map: returns the hybrid SWA
+            pool's full -> SWA slot mapping, or None for one pool.
     """
 
     def __init__(self, req_to_token: torch.Tensor, device: torch.device, *, use_kernels: bool, num_q_heads: int,
-                 head_dim: int, num_kv_heads: int, chunk_tokens: Optional[int] = None, deterministic: bool = False):
+                 head_dim: int, num_kv_heads: int, chunk_tokens: Optional[int] = None, deterministic: bool = False,
+                 window_left: int = -1, slot_map: Callable[[], Optional[torch.Tensor]] = lambda: None):
         self.req_to_token = req_to_token
         self.device = device
         self.use_kernels = use_kernels
@@ -62,6 +68,8 @@ class VerifyMetadataBuilder:
         self.chunk_tokens = chunk_tokens
         self.deterministic = deterministic
         self.planner: Optional[DecodePlanner] = None
+        self.window_left, self.slot_map = window_left, slot_map
+        self.window_planner: Optional[DecodePlanner] = None
         self.graph: Optional[VerifyBufferSet] = None
 
     # ------------------------------------------------------------------ sizing
@@ -78,12 +86,16 @@ class VerifyMetadataBuilder:
         rows = max(self.req_to_token.shape[0], self.graph.max_bs if self.graph is not None else 0, batch)
         self.planner = DecodePlanner(rows * num_draft, self.num_q_heads, self.head_dim, self.device,
                                      deterministic=self.deterministic)
+        if self.window_left >= 0:  # the windowed layers' planner, of the same size
+            self.window_planner = DecodePlanner(rows * num_draft, self.num_q_heads, self.head_dim, self.device,
+                                                deterministic=self.deterministic)
         return self.planner
 
     def init_cuda_graph_state(self, max_bs: int) -> None:
         """Before capture: room for ``max_bs`` requests in the fixed draft-mask buffers (made per
         draft width at its first capture; SGLang captures its largest batch first)."""
-        self.graph = VerifyBufferSet(max_bs, self.device)
+        width = window_width(self.window_left, self.req_to_token.shape[1]) if self.window_left >= 0 else 0
+        self.graph = VerifyBufferSet(max_bs, self.device, width, self.req_to_token.dtype)
 
     # ---------------------------------------------------------------- planning
     def plan(self, forward_batch, *, graph: bool = False) -> VerifyPlan:
@@ -112,14 +124,18 @@ class VerifyMetadataBuilder:
         else:
             raise ValueError(f"forward_batch.forward_mode: {mode!r} is not a speculative batch")
         planner = self._planner_for(batch, num_draft) if self.use_kernels else None
+        if graph and self.graph is None:
+            raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
+        buffers = self.graph.buffers(num_draft) if graph else None
+        window = {}
+        if self.window_left >= 0:
+            window = dict(window_left=self.window_left, positions=forward_batch.positions,
+                          window_planner=self.window_planner if self.use_kernels else None,
+                          slot_map=self.slot_map(), window_out=buffers.window_out() if buffers else None)
         plan = plan_verify(self.req_to_token, forward_batch.req_pool_indices, prefix, num_draft, mask,
                            planner=planner, num_kv_heads=self.num_kv_heads, group=self.group,
-                           chunk_tokens=self.chunk_tokens)
-        if graph:
-            if self.graph is None:
-                raise RuntimeError("init_cuda_graph_state must run before CUDA-graph capture")
-            plan = self.graph.load(plan)
-        return plan
+                           chunk_tokens=self.chunk_tokens, **window)
+        return buffers.load(plan) if buffers is not None else plan
 
     @staticmethod
     def refill_draft_mask(plan: VerifyPlan, spec_info) -> None:
@@ -130,3 +146,5 @@ class VerifyMetadataBuilder:
         if custom_mask is None:
             return
         plan.draft_mask.copy_(draft_mask_from_sglang(custom_mask, plan.prefix_lens, plan.num_draft))
+        if plan.window is not None:  # cut to each draft token's window again
+            plan.window.draft_mask.copy_(plan.draft_mask & plan.window.in_window)

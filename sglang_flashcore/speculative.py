@@ -36,6 +36,7 @@ from .checks import check_len, check_positive_int, check_tensor
 from .decode import DecodePlanner, paged_decode_table
 from .indexing import exclusive_cumsum
 from .reference import capped, dequantize, merge_states_ref
+from .window import window_table
 
 Tensor = torch.Tensor
 
@@ -52,6 +53,30 @@ __all__ = [
 
 
 @dataclass
+class VerifyWindow:
+    """The sliding-window layers' view of a verify batch (window.py): draft token t, at position
+    ``positions[t]``, sees its context from ``positions[t] - window_left`` on, and the draft
+    tokens of its mask that lie in that window.
+
+    Attributes:
+        draft_mask: bool [B, N, N], the batch's draft mask and ``in_window``.
+        in_window: bool [B, N, N]: draft token j lies in draft token i's window (kept, so that a
+            refilled draft mask is cut to the window again).
+        planner: GPU: a decode planner over ``table``; None on CPU.
+        table, rows, lens: each draft token's window of context slots as a page table
+            (``window_table``), its rows 0..B*N-1, and how many keys each holds.
+    """
+
+    window_left: int
+    draft_mask: Tensor
+    in_window: Tensor
+    planner: Optional[DecodePlanner]
+    table: Tensor
+    rows: Tensor
+    lens: Tensor
+
+
+@dataclass
 class VerifyPlan:
     """The keys of one verify (or fixed-width draft extend) batch, shared by every layer.
 
@@ -62,6 +87,7 @@ class VerifyPlan:
         planner: GPU: the decode planner, planned over the B*N draft tokens; None on CPU.
         draft_rows, draft_prefix_lens: [B*N] each draft token's pool row and context length
             (what the planner was given; the CPU reference reads them).
+        window: the sliding-window layers' view (models with windows), else None.
     """
 
     num_draft: int
@@ -70,6 +96,7 @@ class VerifyPlan:
     planner: Optional[DecodePlanner]
     draft_rows: Tensor
     draft_prefix_lens: Tensor
+    window: Optional[VerifyWindow] = None
 
     @property
     def batch_size(self) -> int:
@@ -168,7 +195,10 @@ def _draft_rows(req_pool_indices: Tensor, prefix_lens: Tensor, num_draft: int) -
 
 def plan_verify(req_to_token: Tensor, req_pool_indices: Tensor, prefix_lens: Tensor, num_draft: int,
                 draft_mask: Tensor, *, planner: Optional[DecodePlanner] = None, num_kv_heads: int = 1,
-                group: int = 1, chunk_tokens: Optional[int] = None) -> VerifyPlan:
+                group: int = 1, chunk_tokens: Optional[int] = None, window_left: int = -1,
+                positions: Optional[Tensor] = None, window_planner: Optional[DecodePlanner] = None,
+                slot_map: Optional[Tensor] = None,
+                window_out: Optional[Tuple[Tensor, Tensor]] = None) -> VerifyPlan:
     """Plans one verify batch (asynchronously; no host sync).
 
     Args:
@@ -180,6 +210,11 @@ def plan_verify(req_to_token: Tensor, req_pool_indices: Tensor, prefix_lens: Ten
         planner: a ``DecodePlanner`` holding at least B*N requests (GPU); None runs the float32
             reference for the context part.
         num_kv_heads, group, chunk_tokens: as ``DecodePlanner.plan``.
+        window_left: the model's sliding window (-1: none); then ``positions`` [B*N] (each draft
+            token's position: its context length plus its depth in the draft tree) gives the
+            windowed layers' plan (``VerifyWindow``), over ``window_planner`` on a GPU, through
+            ``slot_map`` for SGLang's hybrid SWA pool, into ``window_out`` (fixed table and
+            length buffers) under CUDA graphs.
     """
     check_positive_int("num_draft", num_draft)
     check_tensor("req_pool_indices", req_pool_indices, ndim=1, dtypes=(torch.int32, torch.int64))
@@ -196,13 +231,28 @@ def plan_verify(req_to_token: Tensor, req_pool_indices: Tensor, prefix_lens: Ten
             raise ValueError(f"req_pool_indices: {batch} requests x {num_draft} draft tokens exceed the "
                              f"{planner.max_batch} rows the verify planner holds")
         planner.plan(req_to_token, rows, lens, num_kv_heads, group, chunk_tokens)
-    return VerifyPlan(num_draft, prefix_lens, draft_mask, planner, rows, lens)
+    window = None
+    if window_left >= 0:
+        check_tensor("positions", positions, ndim=1, dtypes=(torch.int32, torch.int64), device=req_pool_indices.device)
+        check_len("positions", positions, batch * num_draft, "one position per draft token")
+        pos = positions.to(torch.int64).view(batch, num_draft)
+        in_window = pos.unsqueeze(1) >= pos.unsqueeze(2) - window_left  # [b, i, j]: j in i's window
+        out, out_lens = window_out if window_out is not None else (None, None)
+        table, keys = window_table(req_to_token, rows, lens, window_left, slot_map=slot_map, query_pos=positions,
+                                   out=out, out_lens=out_lens)
+        if window_planner is not None:
+            window_planner.plan(table, torch.arange(batch * num_draft, device=table.device), keys, num_kv_heads,
+                                group, chunk_tokens)
+        window = VerifyWindow(window_left, draft_mask & in_window, in_window, window_planner, table,
+                              torch.arange(batch * num_draft, device=table.device), keys)
+    return VerifyPlan(num_draft, prefix_lens, draft_mask, planner, rows, lens, window)
 
 
 def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cache: Tensor, v_cache: Tensor,
                      req_to_token: Tensor, plan: VerifyPlan, softmax_scale: float, *, page_size: int = 1,
                      k_scale: float = 1.0, v_scale: float = 1.0,
-                     out_cache_loc: Optional[Tensor] = None, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
+                     out_cache_loc: Optional[Tensor] = None, softcap: float = 0.0,
+                     window: bool = False) -> Tuple[Tensor, Tensor]:
     """One layer of a verify batch: ``(out [B*N, Hq, D] in q's dtype, lse [B*N, Hq] float32)``.
 
     Args:
@@ -212,19 +262,28 @@ def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cach
         k_cache, v_cache: SGLang's pool [slots, Hkv, D] holding each request's context.
         k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale.
         softcap: the logit soft-cap (both parts), 0 for none.
+        window: a sliding-window layer: the plan's ``window`` view (its own context keys and
+            draft mask) instead of the whole context.
     """
     if k is None or v is None:
         if out_cache_loc is None:
             raise ValueError("out_cache_loc: needed to read the draft tokens' K/V from the pool when k/v are None")
         k = dequantize(k_cache[out_cache_loc], k_scale, q.dtype)
         v = dequantize(v_cache[out_cache_loc], v_scale, q.dtype)
-    if plan.planner is not None:
-        out_c, lse_c = plan.planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale, softcap)
+    planner, table, rows, lens, mask = (plan.planner, req_to_token, plan.draft_rows, plan.draft_prefix_lens,
+                                        plan.draft_mask)
+    if window:
+        if plan.window is None:
+            raise ValueError("plan: a windowed layer needs a plan made with window_left (plan_verify)")
+        w = plan.window
+        planner, table, rows, lens, mask = w.planner, w.table, w.rows, w.lens, w.draft_mask
+    if planner is not None:
+        out_c, lse_c = planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale, softcap)
     else:
-        out_c, lse_c = paged_decode_table(q, k_cache, v_cache, req_to_token, plan.draft_rows, plan.draft_prefix_lens,
-                                          page_size=page_size, softmax_scale=softmax_scale, check_bounds=False,
-                                          k_scale=k_scale, v_scale=v_scale, softcap=softcap)
-    out_d, lse_d = draft_attention(q, k, v, plan.draft_mask, softmax_scale, softcap)
+        out_c, lse_c = paged_decode_table(q, k_cache, v_cache, table, rows, lens, page_size=page_size,
+                                          softmax_scale=softmax_scale, check_bounds=False, k_scale=k_scale,
+                                          v_scale=v_scale, softcap=softcap)
+    out_d, lse_d = draft_attention(q, k, v, mask, softmax_scale, softcap)
     out, lse = merge_states_ref(out_c, lse_c, out_d, lse_d)
     return out.to(q.dtype), lse.float()
 
@@ -234,7 +293,8 @@ class VerifyBuffers:
     lengths of up to ``max_bs`` requests of N draft tokens are copied here before capture and
     before each replay, so the captured launches always read the same addresses."""
 
-    def __init__(self, max_bs: int, num_draft: int, device):
+    def __init__(self, max_bs: int, num_draft: int, device, window_width: int = 0,
+                 table_dtype: torch.dtype = torch.int32):
         check_positive_int("max_bs", max_bs)
         check_positive_int("num_draft", num_draft)
         self.max_bs, self.num_draft = max_bs, num_draft
@@ -242,6 +302,18 @@ class VerifyBuffers:
         self.prefix_lens = torch.zeros(max_bs, dtype=torch.int64, device=device)
         self.rows = torch.zeros(max_bs * num_draft, dtype=torch.int64, device=device)
         self.lens = torch.zeros(max_bs * num_draft, dtype=torch.int64, device=device)
+        self.window = None  # (table, lens, rows, draft mask, in-window mask) for windowed models
+        if window_width:
+            tokens = max_bs * num_draft
+            self.window = (torch.zeros(tokens, window_width, dtype=table_dtype, device=device),
+                           torch.zeros(tokens, dtype=torch.int64, device=device),
+                           torch.arange(tokens, device=device),
+                           torch.ones(max_bs, num_draft, num_draft, dtype=torch.bool, device=device),
+                           torch.ones(max_bs, num_draft, num_draft, dtype=torch.bool, device=device))
+
+    def window_out(self) -> Optional[Tuple[Tensor, Tensor]]:
+        """The fixed (table, lens) buffers ``plan_verify`` writes the window view into."""
+        return None if self.window is None else self.window[:2]
 
     def load(self, plan: VerifyPlan) -> VerifyPlan:
         b, n = plan.batch_size, plan.num_draft
@@ -254,19 +326,36 @@ class VerifyBuffers:
         self.prefix_lens[:b].copy_(plan.prefix_lens)
         self.rows[:b * n].copy_(plan.draft_rows)
         self.lens[:b * n].copy_(plan.draft_prefix_lens)
+        window = None
+        if plan.window is not None:
+            if self.window is None:
+                raise ValueError("plan: a windowed plan for buffers made without a window")
+            table, lens, rows, mask, in_window = self.window
+            w = plan.window
+            if w.table.data_ptr() != table.data_ptr():
+                raise ValueError("plan: its window table must be planned into these buffers (window_out)")
+            mask[:b].copy_(w.draft_mask)
+            in_window[:b].copy_(w.in_window)
+            window = VerifyWindow(w.window_left, mask[:b], in_window[:b], w.planner, table[:b * n], rows[:b * n],
+                                  lens[:b * n])
         return VerifyPlan(n, self.prefix_lens[:b], self.draft_mask[:b], plan.planner, self.rows[:b * n],
-                          self.lens[:b * n])
+                          self.lens[:b * n], window)
 
 
 class VerifyBufferSet:
     """One ``VerifyBuffers`` per draft width N, made at the first capture of that width."""
 
-    def __init__(self, max_bs: int, device):
+    def __init__(self, max_bs: int, device, window_width: int = 0, table_dtype: torch.dtype = torch.int32):
         self.max_bs, self.device = max_bs, device
+        self.window_width, self.table_dtype = window_width, table_dtype
         self._by_width: Dict[int, VerifyBuffers] = {}
 
+    def buffers(self, num_draft: int) -> VerifyBuffers:
+        found = self._by_width.get(num_draft)
+        if found is None:
+            found = self._by_width[num_draft] = VerifyBuffers(self.max_bs, num_draft, self.device, self.window_width,
+                                                              self.table_dtype)
+        return found
+
     def load(self, plan: VerifyPlan) -> VerifyPlan:
-        buffers = self._by_width.get(plan.num_draft)
-        if buffers is None:
-            buffers = self._by_width[plan.num_draft] = VerifyBuffers(self.max_bs, plan.num_draft, self.device)
-        return buffers.load(plan)
+        return self.buffers(plan.num_draft).load(plan)

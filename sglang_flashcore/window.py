@@ -40,23 +40,29 @@ def window_table(
     window_left: int,
     *,
     slot_map: Optional[Tensor] = None,
+    query_pos: Optional[Tensor] = None,
     out: Optional[Tensor] = None,
     out_lens: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Each decode request's window as a page-table row: ``(table [B, W], lens [B])``.
 
-    Row b holds the slots of positions ``seq_lens[b] - lens[b] .. seq_lens[b] - 1`` of
-    ``req_to_token[req_pool_indices[b]]`` (through ``slot_map`` when given), ``lens[b] =
-    min(seq_lens[b], W)``, ``W = window_width(window_left, req_to_token.shape[1])``; columns past
-    ``lens[b]`` hold 0. ``out`` [>= B, W] and ``out_lens`` [>= B]: fixed buffers (CUDA graphs) to
-    write into; the views of their first B rows are returned. No host sync.
+    Row b holds the slots of positions ``start[b] .. seq_lens[b] - 1`` of
+    ``req_to_token[req_pool_indices[b]]`` (through ``slot_map`` when given): the cached keys a
+    query at position ``query_pos[b]`` sees, ``start[b] = max(0, query_pos[b] - window_left)``
+    (``query_pos`` default: ``seq_lens - 1``, decode; a speculative draft token sits past its
+    context), ``lens[b] = seq_lens[b] - start[b]`` (at least 0), ``W = window_width(window_left,
+    req_to_token.shape[1])``; columns past ``lens[b]`` hold 0. ``out`` [>= B, W] and
+    ``out_lens`` [>= B]: fixed buffers (CUDA graphs) to write into; the views of their first B
+    rows are returned. No host sync.
     """
     width = window_width(window_left, req_to_token.shape[1])
     i64 = torch.int64
     lens = seq_lens.to(i64)
-    keys = lens.clamp(max=width)
+    qpos = lens - 1 if query_pos is None else query_pos.to(i64)
+    start = (qpos - window_left).clamp(min=0)
+    keys = (lens - start).clamp(min=0, max=width)
     col = torch.arange(width, device=req_to_token.device)
-    pos = (lens - keys).unsqueeze(1) + col  # [B, W]
+    pos = start.unsqueeze(1) + col  # [B, W]
     inside = col < keys.unsqueeze(1)
     pos = torch.where(inside, pos, torch.zeros_like(pos))
     slots = req_to_token[req_pool_indices.to(i64).unsqueeze(1), pos]

@@ -95,9 +95,16 @@ def make_verify_case(prefix: Sequence[int], num_draft: int, page: int, hq: int, 
     return VerifyCase(table, list(prefix), num_draft, [tree_visibility(p) for p in parents], q, k_cache, v_cache, loc)
 
 
-def verify_oracle(case: VerifyCase, softmax_scale: float, softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+def draft_positions(case: VerifyCase) -> torch.Tensor:
+    """[B*N] each draft token's position: its context length plus its depth in the draft tree."""
+    return torch.cat([p + vis.sum(dim=1) - 1 for p, vis in zip(case.prefix, case.visibility)])
+
+
+def verify_oracle(case: VerifyCase, softmax_scale: float, softcap: float = 0.0,
+                  window: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 attention of every draft token over its context and its visible draft tokens
-    (``softcap`` > 0: each scaled score s as softcap * tanh(s / softcap))."""
+    (``softcap`` > 0: each scaled score s as softcap * tanh(s / softcap); ``window`` >= 0: only
+    keys at positions >= its own position - window)."""
     n, hq = case.num_draft, case.q.shape[1]
     group = hq // case.k_cache.shape[1]
     out = torch.zeros(case.q.shape, dtype=torch.float64)
@@ -108,6 +115,10 @@ def verify_oracle(case: VerifyCase, softmax_scale: float, softcap: float = 0.0) 
         values = case.v_cache.cpu()[slots].double().repeat_interleave(group, dim=1)
         q = case.q.cpu()[b * n:(b + 1) * n].double()  # [N, Hq, D]
         seen = torch.cat([torch.ones(n, p, dtype=torch.bool), case.visibility[b]], dim=1)  # [N, P+N]
+        if window >= 0:
+            pos = draft_positions(case)[b * n:(b + 1) * n]
+            key_pos = torch.cat([torch.arange(p), pos])
+            seen &= key_pos.unsqueeze(0) >= (pos - window).unsqueeze(1)
         scores = torch.einsum("ihd,jhd->hij", q, keys) * softmax_scale
         if softcap > 0:
             scores = softcap * torch.tanh(scores / softcap)

@@ -16,7 +16,7 @@ from sglang_flashcore.decode import DecodePlanner, plan_table_reference
 from sglang_flashcore.heuristics import DECODE_CTAS_PER_SM, SPLIT_MAX_PARTS
 from sglang_flashcore.plugin import BACKEND_NAME
 from sglang_flashcore.speculative import VerifyBuffers, draft_mask_from_sglang, plan_verify, verify_attention
-from spec_cases import make_verify_case, random_verify_params, verify_oracle
+from spec_cases import draft_positions, make_verify_case, random_verify_params, verify_oracle
 
 pytestmark = pytest.mark.gpu
 
@@ -43,6 +43,31 @@ def _check(out, lse, case, dtype):
     assert out.dtype == dtype and lse.dtype == torch.float32
     torch.testing.assert_close(out.double().cpu(), ref_o, **TOL[dtype])
     torch.testing.assert_close(lse.double().cpu(), ref_l, atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("i", range(24))
+def test_windowed_verify_kernels_match_the_oracle(i):
+    """Sliding-window layers: a second planner over each draft token's window, the draft mask cut
+    to it; the full layers' plan of the same batch is unchanged."""
+    rng = random.Random(9500 + i)
+    p = random_verify_params(rng, page_sizes=(1, 16, 64), max_context=rng.choice([300, 3000]))
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    window = rng.choice([0, 3, 63, 64, 200, 1000])
+    case = _case(p, dtype, seed=i)
+    t = case.table
+    prefix = torch.tensor(case.prefix, device="cuda")
+    mask = draft_mask_from_sglang(case.custom_mask(), prefix, case.num_draft)
+    hkv = case.k_cache.shape[1]
+    planners = [DecodePlanner(case.q.shape[0], p["hq"], p["d"], "cuda") for _ in range(2)]
+    plan = plan_verify(t.req_to_token.cuda(), t.req_pool_indices.cuda(), prefix, case.num_draft, mask,
+                       planner=planners[0], num_kv_heads=hkv, group=case.q.shape[1] // hkv, window_left=window,
+                       positions=draft_positions(case).cuda(), window_planner=planners[1])
+    args = (case.q, case.k_draft, case.v_draft, case.k_cache, case.v_cache, t.req_to_token.cuda(), plan, SCALE)
+    out, lse = verify_attention(*args, page_size=p["page"], window=True)
+    ref_o, ref_l = verify_oracle(case, SCALE, window=window)
+    torch.testing.assert_close(out.double().cpu(), ref_o, **TOL[dtype])
+    torch.testing.assert_close(lse.double().cpu(), ref_l, atol=2e-3, rtol=1e-4)
+    _check(*verify_attention(*args, page_size=p["page"]), case, dtype)
 
 
 @pytest.mark.parametrize("i", range(120))

@@ -452,14 +452,6 @@ def test_kit_cuda_graph_decode_runner_replays_sliding_window_decode(monkeypatch,
                                                    cuda_graph_capture_batch_size=capture_bs)
 
 
-def test_speculative_verify_with_windows_is_refused_clearly():
-    case = _swa_case("swa_decode", ForwardMode.DECODE, [10, 20])
-    fixture = _build(case)
-    fb = SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY, encoder_lens=None)
-    with pytest.raises(UnsupportedFeatureError, match="target verify"):
-        fixture.backend._build_metadata(fb)
-
-
 def test_the_shipped_gemma3_config_reaches_the_backend_with_its_window():
     """configs/tiny_gemma3_swa as SGLang reads it: one pool (Gemma 3 is not a hybrid-SWA model),
     layers with window 63 (HF's 64 keys counted with the query), which our backend accepts."""

@@ -284,3 +284,24 @@ def test_sglangs_draft_backend_factory_refuses_a_plugin_backend():
         factory.create_draft_extend_backend()
     with pytest.raises(ValueError, match=f"EAGLE is not supported in decode attention backend {NAME}"):
         factory.create_decode_backend()
+
+
+@pytest.mark.parametrize("window", [2, 9, 40])
+@pytest.mark.parametrize("case", [
+    _case("verify_window_chain_page16", ForwardMode.TARGET_VERIFY, [30, 64 + 9, 3], 6, heads=(8, 2)),
+    _case("verify_window_chain_page1", ForwardMode.TARGET_VERIFY, [50, 12], 4, heads=(4, 4), page=1),
+], ids=lambda c: c.name)
+def test_verify_of_windowed_layers_matches_the_kit_reference(case, window):
+    """Target verify of a model with sliding windows (chains: draft token i at position P + i):
+    the kit's reference cuts each draft token's keys at its position - window."""
+    from dataclasses import replace
+
+    case = replace(case, sliding_window_size=window)
+    n = case.extend_lens[0]
+    visibility = [tree_visibility([i - 1 for i in range(n)]) for _ in case.prefix_lens]
+    fixture = _build(case, dtype=torch.float32, shared=0)
+    fb = _verify_batch(fixture, case, visibility)
+    ours = _run_verify(fixture, fb)
+    _assert_close(ours, _verify_expected(fixture, case, visibility), torch.float32)
+    unwindowed = _verify_expected(fixture, replace(case, sliding_window_size=None), visibility)
+    assert not torch.allclose(ours, unwindowed, atol=1e-3)

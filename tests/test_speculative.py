@@ -9,8 +9,8 @@ import torch
 from sglang_flashcore.decode import plan_table_reference
 from sglang_flashcore.speculative import (VerifyBuffers, chain_mask, draft_attention, draft_mask_from_sglang,
                                           plan_verify, tokens_per_request, verify_attention)
-from spec_cases import (flat_mask, make_verify_case, random_parents, random_verify_params, tree_visibility,
-                        verify_oracle)
+from spec_cases import (draft_positions, flat_mask, make_verify_case, random_parents, random_verify_params,
+                        tree_visibility, verify_oracle)
 
 SCALE = 0.11
 
@@ -68,6 +68,50 @@ def test_random_verify_matches_float64_oracle(i):
     ref_o, ref_l = verify_oracle(case, SCALE)
     torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("window", [0, 2, 7, 30, 1000])
+@pytest.mark.parametrize("trees", [False, True])
+def test_windowed_layers_verify_over_each_draft_tokens_own_window(trees, window):
+    """A windowed layer's draft token at position P + depth sees the context from position
+    P + depth - window on and the draft tokens of its mask within the window; the full layers of
+    the same plan keep the whole context."""
+    case = make_verify_case([40, 0, 90, 3], 6, 16, 8, 2, 64, trees=trees, shared=True, seed=window)
+    t = case.table
+    prefix = torch.tensor(case.prefix)
+    plan = plan_verify(t.req_to_token, t.req_pool_indices, prefix, case.num_draft,
+                       draft_mask_from_sglang(case.custom_mask(), prefix, case.num_draft),
+                       window_left=window, positions=draft_positions(case))
+    args = (case.q, case.k_draft, case.v_draft, case.k_cache, case.v_cache, t.req_to_token, plan, SCALE)
+    out, lse = verify_attention(*args, page_size=16, window=True)
+    ref_o, ref_l = verify_oracle(case, SCALE, window=window)
+    torch.testing.assert_close(out.double(), ref_o, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), ref_l, atol=2e-5, rtol=2e-5)
+    full, _ = verify_attention(*args, page_size=16)
+    torch.testing.assert_close(full.double(), verify_oracle(case, SCALE)[0], atol=2e-5, rtol=2e-5)
+    if window < 30:
+        assert not torch.allclose(full, out, atol=1e-3)
+
+
+def test_windowed_verify_buffers_keep_their_addresses_and_refill_the_cut_mask():
+    case = make_verify_case([20, 33], 4, 1, 4, 2, 16, trees=True, shared=False, seed=5)
+    t = case.table
+    prefix = torch.tensor(case.prefix)
+    buffers = VerifyBuffers(3, 4, "cpu", window_width=6, table_dtype=t.req_to_token.dtype)
+    mask = draft_mask_from_sglang(case.custom_mask(), prefix, 4)
+    plan = plan_verify(t.req_to_token, t.req_pool_indices, prefix, 4, mask, window_left=5,
+                       positions=draft_positions(case), window_out=buffers.window_out())
+    loaded = buffers.load(plan)
+    assert loaded.window.table.data_ptr() == buffers.window[0].data_ptr()
+    assert loaded.window.draft_mask.data_ptr() == buffers.window[3].data_ptr()
+    out, _ = verify_attention(case.q, case.k_draft, case.v_draft, case.k_cache, case.v_cache, t.req_to_token, loaded,
+                              SCALE, window=True)
+    torch.testing.assert_close(out.double(), verify_oracle(case, SCALE, window=5)[0], atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError, match="planned into these buffers"):
+        buffers.load(plan_verify(t.req_to_token, t.req_pool_indices, prefix, 4, mask, window_left=5,
+                                 positions=draft_positions(case)))
+    with pytest.raises(TypeError, match="positions: expected a torch.Tensor"):
+        plan_verify(t.req_to_token, t.req_pool_indices, prefix, 4, mask, window_left=5)
 
 
 @pytest.mark.parametrize("trees", [False, True])
