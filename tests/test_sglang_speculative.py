@@ -305,3 +305,30 @@ def test_verify_of_windowed_layers_matches_the_kit_reference(case, window):
     _assert_close(ours, _verify_expected(fixture, case, visibility), torch.float32)
     unwindowed = _verify_expected(fixture, replace(case, sliding_window_size=None), visibility)
     assert not torch.allclose(ours, unwindowed, atol=1e-3)
+
+
+def test_windowed_verify_in_graph_mode_keeps_its_buffers_and_recuts_a_refilled_mask():
+    """CUDA-graph verify of a windowed model: the window table, lengths and cut draft mask live in
+    fixed buffers across replays, and a draft mask written after planning (SGLang's overlap plan
+    stream) is cut to each draft token's window again."""
+    from dataclasses import replace
+
+    case = replace(_case("verify_graph_window", ForwardMode.TARGET_VERIFY, [30, 17, 64], 5, heads=(8, 2)),
+                   sliding_window_size=2)
+    chain = [tree_visibility([i - 1 for i in range(5)]) for _ in range(3)]
+    fixture = _build(case)
+    backend, fb = _graph_verify(fixture, case, [torch.eye(5, dtype=torch.bool)] * 3)  # the stale mask
+    ptrs = None
+    for in_capture in (True, False):
+        with torch.no_grad():
+            fb.spec_info.custom_mask.copy_(flat_mask(case.prefix_lens, [torch.eye(5, dtype=torch.bool)] * 3))
+            backend.init_forward_metadata_out_graph(fb, in_capture=in_capture)
+            fb.spec_info.custom_mask.copy_(flat_mask(case.prefix_lens, chain))  # the draft writes its chain
+            backend.update_verify_buffers_to_fill_after_draft(fb.spec_info, cuda_graph_bs=8)
+            with forward_context(ForwardContext(attn_backend=backend)):
+                out = kit.run_dense_forward(fixture, fb, kit.dense_fixture_inputs(fixture))
+        w = backend.forward_metadata.verify.window
+        now = (w.table.data_ptr(), w.lens.data_ptr(), w.draft_mask.data_ptr())
+        assert ptrs is None or now == ptrs
+        ptrs = now
+        _assert_close(out, _verify_expected(fixture, case, chain), torch.float32)
