@@ -174,14 +174,16 @@ def plan_extend(
                           pages, offsets, order)
     skip = full * page_size if paged else torch.zeros_like(pre)  # prefix positions covered by pages
     tail_pre = pre - skip
+    first_packed = start + skip  # the table position of each request's first packed key
 
     cu_k, new_key_index = packed_key_offsets(tail_pre, ext, cu_q, total_q)
     total_k = total_q + sum(tail_host)
-    # packed key j: request r, position skip[r] + i; a prefix position reads req_to_token, a new one out_cache_loc
+    # packed key j: request r, position first_packed[r] + i; a prefix position reads req_to_token, a new one
+    # out_cache_loc
     r = torch.repeat_interleave(torch.arange(batch, device=device), tail_pre + ext, output_size=total_k)
     i = torch.arange(total_k, device=device) - cu_k[r]
     in_prefix = i < tail_pre[r]
-    from_table = req_to_token[rows[r], start[r] + skip[r] + i].to(i64)
+    from_table = req_to_token[rows[r], first_packed[r] + i].to(i64)
     from_new = out_cache_loc.to(i64)[(cu_q[r] + i - tail_pre[r]).clamp(0, max(total_q - 1, 0))] if total_q else from_table
     key_slots = torch.where(in_prefix, from_table, from_new)
     return ExtendPlan(cu_q.to(torch.int32), cu_k.to(torch.int32), key_slots, new_key_index, max_q, max_k,

@@ -64,6 +64,8 @@ class ForwardMetadata:
     # each request's window, and their GPU decode planner (on CPU the reference takes the window)
     window_extend: Optional[ExtendPlan] = None
     window_planner: Optional[DecodePlanner] = None
+    # SGLang's hybrid SWA pool: the new tokens' slots in the windowed layers' sub-pool
+    swa_loc: Optional[torch.Tensor] = None
 
 
 class _GraphBuffers:
@@ -123,20 +125,26 @@ def kernel_head_dims() -> list:
     return sorted(set(DECODE_HEAD_DIMS) & set(DENSE_HEAD_DIMS))
 
 
+def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
+    """The model's head dim where it runs on our CUDA kernels and they lack it, else None."""
+    head_dim = getattr(cfg, "head_dim", None)
+    if not head_dim or not config.use_kernels(device) or head_dim in kernel_head_dims():
+        return None
+    return int(head_dim)
+
+
 def flashinfer_route(model_runner) -> Optional[str]:
     """Why this model's attention goes to SGLang's ``flashinfer`` backend instead of ours, or None
     when ours serves it: on a GPU, a head dim our kernels do not have (Gemma 2 and 3, Qwen3-Next's
     full-attention layers: 256; Phi-3: 96). FlashInfer is installed with SGLang and serves them,
     windows and soft-caps included (plugin.create_backend hands the model over)."""
-    cfg = getattr(model_runner, "model_config", None)
-    head_dim = getattr(cfg, "head_dim", None)
-    device = torch.device(getattr(model_runner, "device", "cpu"))
-    if not head_dim or getattr(model_runner, "use_mla_backend", False) or not config.use_kernels(device):
+    if getattr(model_runner, "use_mla_backend", False):
         return None
-    dims = kernel_head_dims()
-    if head_dim in dims:
+    head_dim = head_dim_without_kernels(getattr(model_runner, "model_config", None),
+                                        torch.device(getattr(model_runner, "device", "cpu")))
+    if head_dim is None:
         return None
-    return f"head dim {head_dim} is not in its CUDA kernels ({' and '.join(map(str, dims))})"
+    return f"head dim {head_dim} is not in its CUDA kernels ({' and '.join(map(str, kernel_head_dims()))})"
 
 
 def _rank_q_heads(cfg) -> Optional[int]:
@@ -169,6 +177,7 @@ class FlashCoreBackend(AttentionBackend):
         self.hybrid_swa = _is_hybrid_swa_pool(self.token_to_kv_pool)
         self._window_planner: Optional[DecodePlanner] = None  # GPU: made on the first windowed decode
         self._window_buffers = None  # CUDA graphs: the window table's fixed (table, lens, rows)
+        self._swa_loc_buffer: Optional[torch.Tensor] = None  # CUDA graphs: the fixed ForwardMetadata.swa_loc
         # --kv-cache-dtype fp8_e4m3 / fp8_e5m2: the pool holds K / k_scale and V / v_scale
         self.fp8_kv = getattr(model_runner, "kv_cache_dtype", None) in FP8_KV_DTYPES
         # --enable-deterministic-inference: batch-invariant decode (DecodePlanner's deterministic mode)
@@ -209,10 +218,9 @@ class FlashCoreBackend(AttentionBackend):
         head_dim, v_head_dim = getattr(cfg, "head_dim", None), getattr(cfg, "v_head_dim", None)
         if head_dim and v_head_dim and head_dim != v_head_dim:
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
-        kernel_dims = kernel_head_dims()
-        if head_dim and head_dim not in kernel_dims and config.use_kernels(device):
+        if head_dim_without_kernels(cfg, device) is not None:
             raise UnsupportedFeatureError(f"head dim {head_dim} on the CUDA kernels (they take "
-                                          f"{' and '.join(map(str, kernel_dims))})",
+                                          f"{' and '.join(map(str, kernel_head_dims()))})",
                                           "FLASHCORE_IMPL=reference runs the float32 reference")
 
     def _check_layer(self, layer: "RadixAttention") -> None:
@@ -246,22 +254,24 @@ class FlashCoreBackend(AttentionBackend):
     def _use_planner(self) -> bool:
         return config.use_kernels(self.device)
 
+    def _new_decode_planner(self) -> DecodePlanner:
+        """A decode planner sized for every request row of the pool and this rank's query heads."""
+        if not self._max_q_heads:
+            raise UnsupportedFeatureError("GPU decode for a model config without num_attention_heads")
+        head_dim = self.token_to_kv_pool.get_key_buffer(0).shape[-1]
+        return DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads, head_dim, self.device,
+                             deterministic=self.deterministic)
+
     def _decode_planner(self) -> DecodePlanner:
-        """One planner for eager and CUDA-graph decode: sized for every request row of the pool."""
+        """One planner for eager and CUDA-graph decode."""
         if self._planner is None:
-            k0 = self.token_to_kv_pool.get_key_buffer(0)
-            if not self._max_q_heads:
-                raise UnsupportedFeatureError("GPU decode for a model config without num_attention_heads")
-            self._planner = DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads,
-                                          k0.shape[-1], self.device, deterministic=self.deterministic)
+            self._planner = self._new_decode_planner()
         return self._planner
 
     def _window_decode_planner(self) -> DecodePlanner:
         """The windowed layers' decode planner: plans over the window table (window.py)."""
         if self._window_planner is None:
-            k0 = self.token_to_kv_pool.get_key_buffer(0)
-            self._window_planner = DecodePlanner(self.req_to_token_pool.req_to_token.shape[0], self._max_q_heads,
-                                                 k0.shape[-1], self.device, deterministic=self.deterministic)
+            self._window_planner = self._new_decode_planner()
         return self._window_planner
 
     def _plan_window_decode(self, forward_batch: "ForwardBatch", num_kv_heads: int, graph: bool) -> DecodePlanner:
@@ -341,9 +351,25 @@ class FlashCoreBackend(AttentionBackend):
         window = self._plan_window_extend(forward_batch, plan) if self.window_left >= 0 else None
         return ForwardMetadata(extend=plan, window_extend=window)
 
+    def _swa_write_loc(self, forward_batch: "ForwardBatch", graph: bool) -> Optional[torch.Tensor]:
+        """The new tokens' slots in a hybrid SWA pool's windowed sub-pool, once per forward batch
+        for every layer (into a fixed buffer under CUDA graphs); None for one pool, or for a
+        hybrid pool without a mapping (the first layer then says why: _swa_slot_map)."""
+        mapping = getattr(self.token_to_kv_pool, "full_to_swa_index_mapping", None) if self.hybrid_swa else None
+        loc = forward_batch.out_cache_loc
+        if mapping is None or loc is None:
+            return None
+        swa_loc = mapping[loc.to(torch.int64)]
+        if graph and self._swa_loc_buffer is not None:
+            fixed = self._swa_loc_buffer[: swa_loc.shape[0]]
+            fixed.copy_(swa_loc)
+            return fixed
+        return swa_loc
+
     def init_forward_metadata(self, forward_batch: "ForwardBatch"):
         """Eager path: one plan per forward batch, shared by all layers."""
         self.forward_metadata = self._build_metadata(forward_batch)
+        self.forward_metadata.swa_loc = self._swa_write_loc(forward_batch, graph=False)
 
     # ----------------------------------------------------------- CUDA graphs
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
@@ -355,6 +381,8 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError("CUDA-graph decode with FLASHCORE_IMPL=reference",
                                           "launch with --disable-cuda-graph")
         self._decode_planner()  # allocated before capture: replays read its buffers
+        if self.hybrid_swa:
+            self._swa_loc_buffer = torch.zeros(max_num_tokens, dtype=torch.int64, device=self.device)
         if self.window_left >= 0:  # the window table's fixed buffers, and its planner
             width = window_width(self.window_left, self.req_to_token_pool.req_to_token.shape[1])
             self._window_buffers = (
@@ -371,7 +399,8 @@ class FlashCoreBackend(AttentionBackend):
         mode = forward_batch.forward_mode
         if is_target_verify(mode) or is_draft_extend(mode):
             self._check_batch(forward_batch)
-            self.forward_metadata = ForwardMetadata(verify=self._verify_builder().plan(forward_batch, graph=True))
+            self.forward_metadata = ForwardMetadata(verify=self._verify_builder().plan(forward_batch, graph=True),
+                                                    swa_loc=self._swa_write_loc(forward_batch, graph=True))
             return
         if not mode.is_decode_or_idle():
             raise UnsupportedFeatureError("CUDA-graph capture of extend batches",
@@ -379,6 +408,7 @@ class FlashCoreBackend(AttentionBackend):
         meta = self._build_metadata(forward_batch, graph=True)
         if meta.planner is None:
             meta = self._graph.load(meta)
+        meta.swa_loc = self._swa_write_loc(forward_batch, graph=True)
         self.forward_metadata = meta
 
     def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch"):
@@ -424,11 +454,10 @@ class FlashCoreBackend(AttentionBackend):
         if not (save_kv_cache and k is not None and v is not None):
             return
         loc = forward_batch.out_cache_loc
-        slot_map = self._swa_slot_map()
-        if slot_map is not None:  # the pool stores windowed layers at their SWA slots, which we pass
+        if self._swa_slot_map() is not None:  # the pool stores windowed layers at their SWA slots, which we pass
             from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-            loc = KVWriteLoc(loc, slot_map[loc.to(torch.int64)])
+            loc = KVWriteLoc(loc, self.forward_metadata.swa_loc)
         if self.fp8_kv and getattr(layer, "k_scale", None) is not None:
             # SGLang's pool divides by the scales in place; the extend still reads the new k/v
             self.token_to_kv_pool.set_kv_buffer(layer, loc, k.clone(), v.clone(), layer.k_scale, layer.v_scale)
@@ -494,9 +523,7 @@ class FlashCoreBackend(AttentionBackend):
         k_scale, v_scale = self._kv_scales(layer)
         window = _layer_window(layer)
         plan = meta.window_extend if window >= 0 else meta.extend
-        new_loc = forward_batch.out_cache_loc
-        if window >= 0 and self.hybrid_swa and new_loc is not None:
-            new_loc = self._swa_slot_map()[new_loc.to(torch.int64)]
+        new_loc = meta.swa_loc if window >= 0 and self.hybrid_swa else forward_batch.out_cache_loc
         out, lse = extend_attention(q3, k_new, v_new, k_buf, v_buf, plan, layer.scaling,
                                     new_kv_in_cache=in_cache, out_cache_loc=new_loc,
                                     k_scale=k_scale, v_scale=v_scale, causal=not self._encoder_only(layer),

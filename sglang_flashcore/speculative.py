@@ -240,11 +240,10 @@ def plan_verify(req_to_token: Tensor, req_pool_indices: Tensor, prefix_lens: Ten
         out, out_lens = window_out if window_out is not None else (None, None)
         table, keys = window_table(req_to_token, rows, lens, window_left, slot_map=slot_map, query_pos=positions,
                                    out=out, out_lens=out_lens)
+        table_rows = torch.arange(batch * num_draft, device=table.device)
         if window_planner is not None:
-            window_planner.plan(table, torch.arange(batch * num_draft, device=table.device), keys, num_kv_heads,
-                                group, chunk_tokens)
-        window = VerifyWindow(window_left, draft_mask & in_window, in_window, window_planner, table,
-                              torch.arange(batch * num_draft, device=table.device), keys)
+            window_planner.plan(table, table_rows, keys, num_kv_heads, group, chunk_tokens)
+        window = VerifyWindow(window_left, draft_mask & in_window, in_window, window_planner, table, table_rows, keys)
     return VerifyPlan(num_draft, prefix_lens, draft_mask, planner, rows, lens, window)
 
 
