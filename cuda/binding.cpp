@@ -113,7 +113,7 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
   FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(D == 64 || D == 128, "q: the decode kernel supports head dim 64 or 128, got ", D);
+  FC_CHECK(D == 64 || D == 128 || D == 256, "q: the decode kernel supports head dim 64, 128 or 256, got ", D);
   FC_CHECK(k.size(-1) == D, "k_cache: head dim ", k.size(-1), " differs from q's ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k_cache has ", Hkv, ": not a multiple");
   FC_CHECK(page_size >= 1 && page_size <= flashcore::kDecodeMaxChunkTokens, "page_size: expected 1..",
@@ -362,7 +362,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
            ": expected dtype ", q.scalar_type());
   FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/", k_name, "/", v_name, ": expected [tokens, heads, D]");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(D == 64 || D == 128, "q: the dense kernel supports head dim 64 or 128, got ", D);
+  FC_CHECK(D == 64 || D == 128 || D == 256, "q: the dense kernel supports head dim 64, 128 or 256, got ", D);
   FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), k_name, "/", v_name,
            ": shapes ", k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");

@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   constexpr int kBlockM = Shape::kBlockM;
   constexpr int kConsumerThreads = 128 * W;
   using S = DenseSmem<D, kBlockM>;
+  constexpr int kBlockN = S::kBlockN;
   extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle pattern repeats every 1024 bytes: tiles start on such a boundary
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
         prefetch_tensor_map(&tk_pool);
         prefetch_tensor_map(&tv_pool);
       }
-      const TileScheduler<kBlockM, kScoreMods> scheduler(p, order);
+      const TileScheduler<kBlockM, kBlockN, kScoreMods> scheduler(p, order);
       int g = 0, w = 0;  // K/V tiles and work tiles loaded so far
       for (int i = scheduler.first_claim();; i = scheduler.claim()) {
         WorkTile t;
@@ -157,8 +158,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   auto operand = [&](uint64_t desc, int base, int offset, uint32_t lbo) {
     return kDescAdvance ? desc_advance(desc, offset) : smem_desc_sw128(smem + base + offset, lbo, 1024);
   };
-  // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits): into float[64], all
-  // 128 keys; into float[32], the tile's first 64 keys (the first half of the 128-key
+  // S(n) = Q K^T of ring tile g, issued asynchronously (the caller waits): into float[kBlockN / 2],
+  // all kBlockN keys; into float[kBlockN / 4], the tile's first half (the first half of the
   // accumulator layout), for a last tile whose other half every row of this warpgroup masks.
   auto issue_qk = [&](auto& acc, int g) {
     constexpr int kKeys = 2 * (int)(sizeof(acc) / sizeof(float));
@@ -175,8 +176,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     wgmma_commit();
   };
   // O += P V of ring tile g, issued asynchronously; V is [keys][D], read as an MN-major B operand
-  // (kKeys = 64: the first 64 keys only, P being zero past them)
-  auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockN / 16][4], int g, auto keys) {
+  // (kKeys = kBlockN / 2: the first half only, P being zero past it)
+  auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockNFor<D> / 16][4], int g, auto keys) {
     constexpr int kKeys = decltype(keys)::value;
     const int stage_bytes = (g % kStages) * S::kTileBytes;
     const uint64_t dv = desc_advance(v_desc, stage_bytes);
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
   };
   using AllKeys = std::integral_constant<int, kBlockN>;
   using HalfKeys = std::integral_constant<int, kBlockN / 2>;
-  auto pack_p = [&](const float (&sc)[kBlockN / 2], uint32_t (&pa)[kBlockN / 16][4]) {
+  auto pack_p = [&](const float (&sc)[kBlockNFor<D> / 2], uint32_t (&pa)[kBlockNFor<D> / 16][4]) {
 #pragma unroll
     for (int j = 0; j < kBlockN / 8; ++j) {
       pa[j / 2][2 * (j % 2)] = Pack2<T>::from_floats(sc[4 * j], sc[4 * j + 1]);
@@ -232,16 +233,16 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     OnlineSoftmax sm;  // the rows' exponent base and running sums (dense/softmax.cuh)
-    const int n_first = kScoreMods ? window_first_tile<kBlockM>(p, t) : 0;  // key tiles skipped left of a window
+    const int n_first = kScoreMods ? window_first_tile<kBlockM, kBlockN>(p, t) : 0;  // key tiles skipped left of a window
     // score tile n: mask, online softmax; leaves the exponentials in sc and returns each row's
     // rescale factor for O
-    auto softmax = [&](float (&sc)[kBlockN / 2], int n, float (&alpha)[2]) {
+    auto softmax = [&](float (&sc)[kBlockNFor<D> / 2], int n, float (&alpha)[2]) {
       sm.update<kScoreMods>(sc, n_first + n, alpha, p, t, t.m_block * kBlockM + c * 64, rows, lane);
     };
 
     const int n_tiles = t.n_tiles;
     // The last key tile of a causal diagonal (or of a sequence ending in its first half): when no
-    // row of this warpgroup sees past its 64th key, S and P V run over those 64 keys only.
+    // row of this warpgroup sees past the tile's first half, S and P V run over that half only.
     // Bit-identical: the other half's exponentials are exact zeros.
     const int key_limit = p.causal ? min(t.sk, t.m_block * kBlockM + c * 64 + 64 + t.diag) : t.sk;
     const bool half_last = n_tiles > 0 && key_limit <= (n_first + n_tiles - 1) * kBlockN + kBlockN / 2;
@@ -356,11 +357,12 @@ bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int
 template <typename T, int D, int W, bool kScoreMods>
 cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_t stream) {
   constexpr int kBlockM = DenseShape<W>::kBlockM;
+  constexpr int kBlockN = kBlockNFor<D>;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
   CUtensorMap tq, tk, tv, tk_pool, tv_pool, to;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
   const bool paged = a.key_pages != nullptr;
-  const int box_rows = paged ? dense_page_box_rows(a.page_size) : kBlockN;
+  const int box_rows = paged ? std::min(dense_page_box_rows(a.page_size), kBlockN) : kBlockN;
   if (box_rows == 0 || rows_k >= INT32_MAX || (paged && (a.pool_rows < 1 || a.pool_rows >= INT32_MAX)))
     return cudaErrorInvalidValue;
   if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head, kBlockM) ||
@@ -441,11 +443,12 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
 // query rows (there two were 3-4% faster on the H200: the diagonal's masked work grows with the
 // tile's height) and launches with a window or a soft-cap (with three, their bounds and the
 // soft-cap's registers spill: 152 bytes, against 8 without them); 128: always two (three would
-// not fit their accumulators in the register file). The kernel with windows and soft-caps only
-// for launches that use them.
+// not fit their accumulators in the register file); 256: two, over 64-key tiles (params.h). The
+// kernel with windows and soft-caps only for launches that use them.
 template <typename T>
 cudaError_t launch_dtype(const DenseFwdArgs& a, int head_dim, CUtensorMapDataType dtype, cudaStream_t stream) {
-  constexpr int kShort = kDenseWarpgroupsD64ShortCausal, kLong = kDenseWarpgroupsD64, k128 = kDenseWarpgroupsD128;
+  constexpr int kShort = kDenseWarpgroupsD64ShortCausal, kLong = kDenseWarpgroupsD64, k128 = kDenseWarpgroupsD128,
+                k256 = kDenseWarpgroupsD256;
   static_assert(kShort == 2, "score modifications run two consumer warpgroups at head dim 64");
   const bool mods = (a.causal && a.window_left >= 0) || a.softcap > 0.f;
   const bool short_causal = a.causal && a.max_seqlen_q <= kDenseShortCausalMaxRows;
@@ -455,6 +458,8 @@ cudaError_t launch_dtype(const DenseFwdArgs& a, int head_dim, CUtensorMapDataTyp
   }
   if (head_dim == 128)
     return mods ? launch<T, 128, k128, true>(a, dtype, stream) : launch<T, 128, k128, false>(a, dtype, stream);
+  if (head_dim == 256)
+    return mods ? launch<T, 256, k256, true>(a, dtype, stream) : launch<T, 256, k256, false>(a, dtype, stream);
   return cudaErrorInvalidValue;
 }
 

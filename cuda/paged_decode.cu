@@ -28,6 +28,12 @@ constexpr int kStages = 2;
 constexpr int kRowTile = 16;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Decode CTAs resident per SM: kDecodeCtasPerSm, but one at head dim 256, where the 16-bit K/V
+// ring alone takes 128 KiB and a 16-row tile's O 128 accumulators a thread (the launch bounds
+// then leave it every register it needs).
+template <int D>
+constexpr int kCtasPerSm = D == 256 ? 1 : kDecodeCtasPerSm;
+
 // Shared memory: the K/V ring as loaded (TKV), for an FP8 pool one K/V tile widened to the
 // model's 16-bit type, then one 16-row Q tile per row tile the launch can need (so a launch
 // without sharing fits three CTAs per SM; an FP8 pool's ring and widened tile take the bytes of
@@ -598,7 +604,7 @@ __device__ __forceinline__ void merge_wait() { asm volatile("griddepcontrol.wait
 // the same tokens: SGLang's pool keeps a token's heads side by side ([slots, Hkv, D]), and
 // reading them together keeps DRAM rows open instead of visiting each row once per head.
 template <typename T, typename TKV, int D, bool kSoftcap>
-__global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table_kernel(const PagedDecodeParams p) {
+__global__ void __launch_bounds__(kThreads, kCtasPerSm<D>) paged_decode_table_kernel(const PagedDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   allow_merge_launch();
   const int num_tasks = *p.num_tasks_dev;
@@ -611,19 +617,24 @@ __global__ void __launch_bounds__(kThreads, kDecodeCtasPerSm) paged_decode_table
   }
 }
 
-// One block per (request, query head). The block's kMergeSplit groups of D/4 lanes (4 columns
-// per lane) take every kMergeSplit-th partial: pass 1 finds the largest LSE, pass 2 sums weight *
+// One block per (request, query head). The block's kMergeSplit groups of kLanes lanes (D / 4
+// lanes of 4 columns, but 32 lanes of 8 at head dim 256: a group stays within one warp's
+// shuffles) take every kMergeSplit-th partial: pass 1 finds the largest LSE, pass 2 sums weight *
 // partial with independent loads; the groups' sums are then added in group order through shared
 // memory. Every reduction has a fixed shape, so results are deterministic. Few requests with many
 // partials (2 x 128K tokens: 64 chunks each, more after the tail split) leave few blocks, each a
 // chain of dependent load rounds: 16 groups keep that chain short (with 4, the merge of such a
 // batch took 12-22 us on the H200, against 5 for other batches); many blocks run better with 4.
 // The binding picks (PagedDecodeParams::merge_groups).
+template <int D>
+constexpr int kMergeLanes = D / 4 < 32 ? D / 4 : 32;  // lanes per group: 16 (D=64), 32 (D=128, 256)
+
 template <typename T, int D, int kMergeSplit>
-__global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(const PagedDecodeParams p) {
-  constexpr int kLanes = D / 4;  // lanes per group: 32 (D=128) or 16 (D=64)
+__global__ void __launch_bounds__(kMergeLanes<D> * kMergeSplit) merge_partials_kernel(const PagedDecodeParams p) {
+  constexpr int kLanes = kMergeLanes<D>;
+  constexpr int kVec = D / 4 / kLanes;  // float4 columns per lane
   __shared__ float s_m[kMergeSplit], s_l[kMergeSplit];
-  __shared__ float4 s_acc[kMergeSplit][kLanes];
+  __shared__ float4 s_acc[kMergeSplit][kVec][kLanes];
   const int b = blockIdx.x, head = blockIdx.y;
   const int x = threadIdx.x, g = threadIdx.y;
   // the plan was complete before the decode kernel started: read it while the decode finishes
@@ -647,43 +658,58 @@ __global__ void __launch_bounds__(D / 4 * kMergeSplit) merge_partials_kernel(con
 #pragma unroll
   for (int j = 1; j < kMergeSplit; ++j) m = nan_max(m, s_m[j]);
 
-  // pass 2: this group's partials i0 + g, i0 + g + kSplit, ...
+  // pass 2: this group's partials i0 + g, i0 + g + kSplit, ...; lane x has columns 4 (x + v kLanes) ..
   float l = 0.f;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 acc[kVec];
   const int d0 = x * 4;
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) acc[v] = make_float4(0.f, 0.f, 0.f, 0.f);
   if (m != -INFINITY) {
 #pragma unroll 8
     for (int i = i0 + g; i < i1; i += kMergeSplit) {
       const int64_t part = part_at(i);
       const float w = __expf(lse_col[part * p.num_q_heads] - m);
-      const float4 v = *reinterpret_cast<const float4*>(p.partial_o + (part * p.num_q_heads + head) * D + d0);
+      const float* src = p.partial_o + (part * p.num_q_heads + head) * D + d0;
       l += w;
-      acc.x += w * v.x;
-      acc.y += w * v.y;
-      acc.z += w * v.z;
-      acc.w += w * v.w;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        const float4 o = *reinterpret_cast<const float4*>(src + v * 4 * kLanes);
+        acc[v].x += w * o.x;
+        acc[v].y += w * o.y;
+        acc[v].z += w * o.z;
+        acc[v].w += w * o.w;
+      }
     }
   }
-  s_acc[g][x] = acc;
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) s_acc[g][v][x] = acc[v];
   if (x == 0) s_l[g] = l;
   __syncthreads();
   if (g != 0) return;
   l = 0.f;
-  acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) acc[v] = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
   for (int j = 0; j < kMergeSplit; ++j) {  // group order: deterministic
     l += s_l[j];
-    acc.x += s_acc[j][x].x;
-    acc.y += s_acc[j][x].y;
-    acc.z += s_acc[j][x].z;
-    acc.w += s_acc[j][x].w;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      acc[v].x += s_acc[j][v][x].x;
+      acc[v].y += s_acc[j][v][x].y;
+      acc[v].z += s_acc[j][v][x].z;
+      acc[v].w += s_acc[j][v][x].w;
+    }
   }
   const float inv = l != 0.f ? 1.f / l : 0.f;
   T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
-  out[0] = Pack2<T>::from_float(acc.x * inv);
-  out[1] = Pack2<T>::from_float(acc.y * inv);
-  out[2] = Pack2<T>::from_float(acc.z * inv);
-  out[3] = Pack2<T>::from_float(acc.w * inv);
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) {
+    T* dst = out + v * 4 * kLanes;
+    dst[0] = Pack2<T>::from_float(acc[v].x * inv);
+    dst[1] = Pack2<T>::from_float(acc[v].y * inv);
+    dst[2] = Pack2<T>::from_float(acc[v].z * inv);
+    dst[3] = Pack2<T>::from_float(acc[v].w * inv);
+  }
   if (x == 0) p.lse[(int64_t)b * p.num_q_heads + head] = l != 0.f ? m + logf(l) : -INFINITY;
 }
 
@@ -709,7 +735,7 @@ cudaError_t launch(const PagedDecodeParams& params, cudaStream_t stream) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(p.batch, p.num_q_heads);
   const bool few = p.merge_groups == kDecodeMergeGroupsFew;
-  config.blockDim = dim3(D / 4, few ? kDecodeMergeGroupsFew : kDecodeMergeGroupsMany);
+  config.blockDim = dim3(kMergeLanes<D>, few ? kDecodeMergeGroupsFew : kDecodeMergeGroupsMany);
   config.stream = stream;
   cudaLaunchAttribute pdl;
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -725,6 +751,7 @@ template <typename T, typename TKV>
 cudaError_t launch_head_dim(const PagedDecodeParams& p, int head_dim, cudaStream_t stream) {
   if (head_dim == 64) return launch<T, TKV, 64>(p, stream);
   if (head_dim == 128) return launch<T, TKV, 128>(p, stream);
+  if (head_dim == 256) return launch<T, TKV, 256>(p, stream);
   return cudaErrorInvalidValue;
 }
 

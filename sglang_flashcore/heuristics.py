@@ -50,8 +50,8 @@ MIRRORED: Dict[str, str] = {
 
 # ------------------------------------------------------------------------ Python-side policy
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # what the CUDA kernels compute in
-DENSE_HEAD_DIMS = (64, 128)  # head dims of the dense / extend kernel
-DECODE_HEAD_DIMS = (64, 128)  # head dims of the decode kernel
+DENSE_HEAD_DIMS = (64, 128, 256)  # head dims of the dense / extend kernel
+DECODE_HEAD_DIMS = (64, 128, 256)  # head dims of the decode kernel
 
 # The automatic split-KV chunk: the largest power of two in [MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS]
 # that still gives about two waves of (chunk, KV head) tasks. 2048-token chunks timed 2-3% faster

@@ -125,6 +125,12 @@ def kernel_head_dims() -> list:
     return sorted(set(DECODE_HEAD_DIMS) & set(DENSE_HEAD_DIMS))
 
 
+def kernel_head_dims_text() -> str:
+    """``kernel_head_dims()`` in words: "64, 128 and 256"."""
+    dims = [str(d) for d in kernel_head_dims()]
+    return dims[0] if len(dims) == 1 else f"{', '.join(dims[:-1])} and {dims[-1]}"
+
+
 def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
     """The model's head dim where it runs on our CUDA kernels and they lack it, else None."""
     head_dim = getattr(cfg, "head_dim", None)
@@ -136,7 +142,7 @@ def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
 def flashinfer_route(model_runner) -> Optional[str]:
     """Why this model's attention goes to SGLang's ``flashinfer`` backend instead of ours, or None
     when ours serves it: on a GPU, a head dim our kernels do not have (Gemma 2 and 3, Qwen3-Next's
-    full-attention layers: 256; Phi-3: 96). FlashInfer is installed with SGLang and serves them,
+    full-attention layers had 256 before our kernels took it; Phi-3: 96). FlashInfer is installed with SGLang and serves them,
     windows and soft-caps included (plugin.create_backend hands the model over)."""
     if getattr(model_runner, "use_mla_backend", False):
         return None
@@ -144,7 +150,7 @@ def flashinfer_route(model_runner) -> Optional[str]:
                                         torch.device(getattr(model_runner, "device", "cpu")))
     if head_dim is None:
         return None
-    return f"head dim {head_dim} is not in its CUDA kernels ({' and '.join(map(str, kernel_head_dims()))})"
+    return f"head dim {head_dim} is not in its CUDA kernels ({kernel_head_dims_text()})"
 
 
 def _rank_q_heads(cfg) -> Optional[int]:
@@ -220,7 +226,7 @@ class FlashCoreBackend(AttentionBackend):
             raise UnsupportedFeatureError(f"different Q/K and V head dims ({head_dim} vs {v_head_dim})")
         if head_dim_without_kernels(cfg, device) is not None:
             raise UnsupportedFeatureError(f"head dim {head_dim} on the CUDA kernels (they take "
-                                          f"{' and '.join(map(str, kernel_head_dims()))})",
+                                          f"{kernel_head_dims_text()})",
                                           "FLASHCORE_IMPL=reference runs the float32 reference")
 
     def _check_layer(self, layer: "RadixAttention") -> None:

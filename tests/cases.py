@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 PATTERNS = ("none", "prefix", "tree", "identical", "empty_rows")
+HEAD_DIMS = (64, 128, 256)  # what the dense, extend and decode kernels take
 
 
 @dataclass
@@ -209,7 +210,7 @@ def random_decode_case(rng: random.Random, heads=DECODE_HEADS, batches=(1, 2, 3,
     pattern = rng.choice(PATTERNS)
     page = rng.choice([1, 16, 64, 128])
     hq, hkv = rng.choice(heads)
-    d = rng.choice([64, 128])
+    d = rng.choice(HEAD_DIMS)
     dtype = rng.choice([torch.float16, torch.bfloat16])
     batch = rng.choice(batches)
     long = rng.random() < 0.1
@@ -222,7 +223,7 @@ def random_extend_case(rng: random.Random):
     """A randomized extend batch: (page, d, hq, hkv, dtype, prefix lengths, extend lengths, shared);
     half of them share one page-aligned prefix, as the radix cache hands it out."""
     page = rng.choice([1, 16, 64, 128])
-    d = rng.choice([64, 128])
+    d = rng.choice(HEAD_DIMS)
     hkv = rng.choice([1, 2, 8])
     hq = hkv * rng.choice([1, 4, 8])
     dtype = rng.choice([torch.float16, torch.bfloat16])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import sglang_flashcore as fc
 from sglang_flashcore.reference import attention_ref
-from cases import varlen_qkv
+from cases import HEAD_DIMS, varlen_qkv
 
 pytestmark = pytest.mark.gpu
 
@@ -17,7 +17,7 @@ TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e
 
 def _random_case(i):
     rng = random.Random(5000 + i)
-    d = rng.choice([64, 128])
+    d = rng.choice(HEAD_DIMS)
     hkv = rng.choice([1, 2, 4])
     group = rng.choice([1, 4, 8])
     causal = rng.random() < 0.5

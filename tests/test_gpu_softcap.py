@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import sglang_flashcore as fc
+from cases import HEAD_DIMS
 from sglang_flashcore.reference import attention_ref
 
 pytestmark = pytest.mark.gpu
@@ -18,7 +19,7 @@ TOL = {torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.5e
 @pytest.mark.parametrize("i", range(48))
 def test_dense_softcap_matches_reference(i):
     rng = random.Random(700 + i)
-    d, hkv = rng.choice([64, 128]), rng.choice([1, 2, 4])
+    d, hkv = rng.choice(HEAD_DIMS), rng.choice([1, 2, 4])
     hq = hkv * rng.choice([1, 4])
     dtype = rng.choice([torch.float16, torch.bfloat16])
     cap = rng.choice([1.0, 20.0, 50.0])
@@ -44,15 +45,16 @@ def test_dense_softcap_matches_reference(i):
 @pytest.mark.parametrize("kv_dtype", [None, torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
 @pytest.mark.parametrize("cap", [2.0, 30.0])
 @pytest.mark.parametrize("page", [1, 64])
-def test_decode_softcap_matches_reference(kv_dtype, cap, page):
+@pytest.mark.parametrize("d", [128, 256])
+def test_decode_softcap_matches_reference(kv_dtype, cap, page, d):
     from cases import make_page_table
 
     lengths = [1500, 1, 300, 64]
     pt = make_page_table("prefix", lengths, page, seed=int(cap))
     g = torch.Generator(device="cuda").manual_seed(int(cap) + page)
-    q = (torch.randn(len(lengths), 32, 128, device="cuda", generator=g) * 2).bfloat16()
-    k = (torch.randn(pt.num_slots, 8, 128, device="cuda", generator=g) * 2).bfloat16()
-    v = torch.randn(pt.num_slots, 8, 128, device="cuda", generator=g).bfloat16()
+    q = (torch.randn(len(lengths), 32, d, device="cuda", generator=g) * 2).bfloat16()
+    k = (torch.randn(pt.num_slots, 8, d, device="cuda", generator=g) * 2).bfloat16()
+    v = torch.randn(pt.num_slots, 8, d, device="cuda", generator=g).bfloat16()
     scales = {}
     if kv_dtype is not None:
         k, v = (k / 0.5).to(kv_dtype), (v * 0.5).to(kv_dtype)

@@ -193,7 +193,7 @@ def _kit_case(kit, name, mode, prefix, n, heads, page):
                                   extend_lens=(n,) * len(prefix))
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("topk,kind", SPEC, ids=str)
 @pytest.mark.parametrize("name,prefix,heads,page", VERIFY, ids=[c[0] for c in VERIFY])

@@ -11,7 +11,7 @@ import sglang_flashcore as fc
 from sglang_flashcore.extend import extend_attention, plan_extend
 from sglang_flashcore.reference import attention_ref
 from sglang_flashcore.window import extend_key_start
-from cases import varlen_qkv
+from cases import HEAD_DIMS, varlen_qkv
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,7 @@ WINDOWS = [0, 1, 63, 64, 127, 128, 129, 255, 300, 1000, 5000]
 
 def _random_case(i):
     rng = random.Random(9000 + i)
-    d = rng.choice([64, 128])
+    d = rng.choice(HEAD_DIMS)
     hkv = rng.choice([1, 2, 4])
     hq = hkv * rng.choice([1, 4, 8])
     dtype = rng.choice([torch.float16, torch.bfloat16])

@@ -189,8 +189,8 @@ def _cfg(**fields):
 
 @pytest.mark.parametrize("cfg,device,feature", [
     (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
-    (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64 and 128\)"),
-    (_cfg(head_dim=256), "cuda:0", "head dim 256"),
+    (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64, 128 and 256\)"),
+    (_cfg(head_dim=80), "cuda:0", "head dim 80"),
 ])
 def test_layer_features_the_config_names_fail_when_the_server_is_built(cfg, device, feature):
     with pytest.raises(UnsupportedFeatureError, match=feature):
@@ -507,14 +507,15 @@ def test_head_dims_without_our_kernels_go_to_sglangs_flashinfer_backend(monkeypa
             built.append(runner)
 
     monkeypatch.setitem(ATTENTION_BACKENDS, "flashinfer", FakeFlashInfer)
-    gemma = _fake_runner(model_config=_cfg(head_dim=256), device="cuda")
+    phi3 = _fake_runner(model_config=_cfg(head_dim=96), device="cuda")
     with caplog.at_level("WARNING"):
-        backend = plugin.create_backend(gemma)
-    assert isinstance(backend, FakeFlashInfer) and built == [gemma]
-    assert "head dim 256 is not in its CUDA kernels (64 and 128)" in caplog.text
-    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=128), device="cuda")),
-                      FlashCoreBackend)
-    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=256), device="cpu")),
+        backend = plugin.create_backend(phi3)
+    assert isinstance(backend, FakeFlashInfer) and built == [phi3]
+    assert "head dim 96 is not in its CUDA kernels (64, 128 and 256)" in caplog.text
+    for head_dim in (64, 128, 256):  # Gemma 2/3 and Qwen3-Next's full-attention layers: ours
+        assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=head_dim), device="cuda")),
+                          FlashCoreBackend)
+    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=96), device="cpu")),
                       FlashCoreBackend)
 
     def broken(runner):

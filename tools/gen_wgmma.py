@@ -3,7 +3,7 @@ fp16/bf16 inputs) whose inline PTX lists one register per accumulator. Run after
 
 from pathlib import Path
 
-SHAPES = (64, 128)  # N of m64nNk16
+SHAPES = (32, 64, 128, 256)  # N of m64nNk16: half and whole score tiles (32..128 keys), O (64..256 columns)
 TYPES = {"__half": "f16", "__nv_bfloat16": "bf16"}
 OUT = Path(__file__).resolve().parent.parent / "cuda" / "include" / "flashcore" / "wgmma_ops.cuh"
 

@@ -36,6 +36,8 @@ def decode_cases():
     yield "prefix", 16, (64, 1), 64, torch.float16, [100, 50, 33], 16
     # the automatic chunk, moved to fill a wave of 8-KV-head tasks (not a multiple of a tile)
     yield "none", 16, (32, 8), 128, torch.bfloat16, [3000, 2500, 0, 4000], None
+    # head dim 256: one CTA per SM, eight columns per merge lane
+    yield "prefix", 64, (16, 2), 256, torch.bfloat16, [700, 1, 300], 128
 
 
 def dense_cases():
@@ -49,6 +51,9 @@ def dense_cases():
     yield [700, 5, 130], [900, 400, 130], 8, 2, 128, True, torch.bfloat16, 200, 0.0
     yield [300, 64], [1000, 64], 12, 4, 64, True, torch.float16, 0, 30.0
     yield [100, 40], [100, 300], 4, 4, 64, False, torch.bfloat16, -1, 5.0
+    # head dim 256: 64-key tiles, O leaving half a row block at a time; with a window and a soft-cap
+    yield [300, 77], [300, 200], 8, 2, 256, True, torch.bfloat16, -1, 0.0
+    yield [200], [450], 4, 4, 256, True, torch.float16, 100, 20.0
 
 
 def extend_cases():
@@ -56,6 +61,7 @@ def extend_cases():
     yield [0, 0], [130, 1], 1, (4, 2), 128, torch.bfloat16, False
     yield [64, 64, 64], [5, 1, 70], 16, (8, 1), 64, torch.float16, True
     yield [3, 200], [129, 2], 64, (4, 4), 128, torch.float16, False
+    yield [128, 128], [70, 3], 128, (8, 2), 256, torch.bfloat16, True
 
 
 def main() -> int:

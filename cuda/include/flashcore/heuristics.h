@@ -99,6 +99,10 @@ constexpr int kDecodeMergeFewBlocksPerSm = 4;
 // accumulators in the register file.
 constexpr int kDenseWarpgroupsD128 = 2;
 
+// Consumer warpgroups at head dim 256 (128-row work tiles over 64-key tiles, as FA3's 128 x 80:
+// O alone takes 128 accumulators a thread).
+constexpr int kDenseWarpgroupsD256 = 2;
+
 // Consumer warpgroups at head dim 64 (192-row work tiles, as in FA3).
 constexpr int kDenseWarpgroupsD64 = 3;
 

@@ -1,7 +1,7 @@
 // The dense kernel's mainloop, producer side: the mbarriers of the pipeline and the TMA loads
 // of Q and of the K and V tiles into their shared-memory rings.
 //
-// Producer (one thread): Q by TMA, then K and V tiles of 128 keys through two 2-stage rings
+// Producer (one thread): Q by TMA, then K and V tiles of kBlockN keys (128; 64 at head dim 256) through two 2-stage rings
 // guarded by mbarriers (full: bytes landed; empty: all consumers are done with the stage). The
 // ring's stage and phase follow a running tile count g shared by producer and consumers.
 // The consumers' side (the wgmma GEMMs, software-pipelined across tiles, and the turns the
@@ -68,6 +68,7 @@ __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* 
                                         uint64_t* empty_k, uint64_t* full_v, uint64_t* empty_v,
                                         const DenseFwdParams& p, const WorkTile& t, int& g) {
   using S = DenseSmem<D, kBlockM>;
+  constexpr int kBlockN = S::kBlockN;
   // tile n of K or V: boxes of box_rows keys, each from a page piece or from the packed rows
   // (rows past the packed tensor's end are zero-filled by TMA)
   auto load_tile = [&](unsigned char* dst, const CUtensorMap* packed, const CUtensorMap* pool, uint64_t* full,
@@ -81,7 +82,7 @@ __device__ __forceinline__ void load_kv(unsigned char* smem, const CUtensorMap* 
         tma_load_3d(dst + db * S::kBlockBytes + r * kRowBytes, in_page ? pool : packed, full, db * 64, t.hk, row);
     }
   };
-  const int n_first = kScoreMods ? window_first_tile<kBlockM>(p, t) : 0;
+  const int n_first = kScoreMods ? window_first_tile<kBlockM, kBlockN>(p, t) : 0;
   for (int n = 0; n < t.n_tiles; ++n, ++g) {
     const int s = g % kStages;
     const uint32_t parity = ((g / kStages) - 1) & 1;

@@ -7,9 +7,15 @@
 namespace flashcore {
 namespace dense {
 
-constexpr int kBlockN = 128;    // keys per K/V tile
 constexpr int kStages = 2;      // stages of the K and V rings
 constexpr int kRowBytes = 128;  // one 64-column block row in the 128-byte swizzle
+
+// Keys per K/V tile: 128, but 64 at head dim 256, where two 2-stage rings of 128-key tiles (256
+// KiB) would not fit shared memory and a 128-key score tile beside O's 128 accumulators would not
+// fit a consumer's registers (FA3 picks 80 there; a power of two keeps the 128-byte swizzle's
+// boxes whole and every page size's box a divisor of the tile).
+template <int D>
+constexpr int kBlockNFor = D == 256 ? 64 : 128;
 
 // W consumer warpgroups of 64 query rows each: the CTA's threads and its work tile's rows
 template <int W>
@@ -32,6 +38,7 @@ struct DenseShape {
 // mbarriers, two decoded work tiles, the O staging of the epilogue.
 template <int D, int kBlockM>
 struct DenseSmem {
+  static constexpr int kBlockN = kBlockNFor<D>;
   static constexpr int kTileBytes = kBlockN * D * 2;  // a K or V tile
   static constexpr int kBlockBytes = kBlockN * kRowBytes;  // one 64-column block of a K or V tile
   static constexpr int kQBytes = kBlockM * D * 2;
@@ -42,13 +49,15 @@ struct DenseSmem {
   static constexpr int kBars = kV + kStages * kTileBytes;
   static constexpr int kTileSlots = kBars + 8 * (4 * kStages + 2);  // two claimed work tiles
   static constexpr int kTileSlotBytes = 64;                           // one decoded WorkTile
-  // O staging for the epilogue: each consumer warp's 16 rows as D / 64 boxes of 16 x 128 bytes
-  // in the 128-byte swizzle, whose pattern repeats every 1024 bytes (the staging area starts on
-  // one). The area is sized at 16 rows of D * 2 + 16 bytes a warp, more than the boxes use.
-  static constexpr int kStageRow = D * 2 + 16;
-  static constexpr int kStageSwizzledWarp = 16 * D * 2;
+  // O staging for the epilogue: each consumer warp's 16 rows as boxes of 16 x 128 bytes (64
+  // columns) in the 128-byte swizzle, whose pattern repeats every 1024 bytes (the staging area
+  // starts on one). A warp stages up to two boxes at once: all of D at 64 and 128, half of it at
+  // a time at 256, where a whole row block would not fit beside the rings.
+  static constexpr int kStageBoxes = D / 64 < 2 ? D / 64 : 2;
+  static constexpr int kStageSwizzledWarp = kStageBoxes * 16 * 128;
   static constexpr int kStage = (kTileSlots + 2 * kTileSlotBytes + 1023) / 1024 * 1024;
-  static constexpr int kBytes = kStage + (kBlockM / 16) * 16 * kStageRow + 1024;  // + alignment slack
+  static constexpr int kBytes = kStage + (kBlockM / 16) * kStageSwizzledWarp + 1024;  // + alignment slack
+  static_assert(kBytes <= 227 * 1024, "the CTA's shared memory fits an SM");
 };
 
 // What the kernel reads besides its tensor maps (filled field by field in dense_fwd.cu's launch).

@@ -25,15 +25,16 @@ struct OnlineSoftmax {
   // kRescaleLog2 below it); l: the thread's share of the running sum of exponentials
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  // Score tile n of S (this thread's 64 scores of the accumulator layout): the soft-cap, the mask
+  // Score tile n of S (this thread's kBlockN / 2 scores of the accumulator layout): the soft-cap, the mask
   // (past the sequence end; causal; left of a sliding window), then the online update.
   // kScoreMods: the kernel serves sliding windows and soft-caps (launch arguments); without it
   // neither costs an instruction or a register. Leaves the exponentials in sc and returns
   // each row's rescale factor for O. first_row: the warpgroup's first query row in the
   // sequence; rows: this thread's two.
-  template <bool kScoreMods>
-  __device__ __forceinline__ void update(float (&sc)[kBlockN / 2], int n, float (&alpha)[2], const DenseFwdParams& p,
+  template <bool kScoreMods, int kScores>
+  __device__ __forceinline__ void update(float (&sc)[kScores], int n, float (&alpha)[2], const DenseFwdParams& p,
                                          const WorkTile& t, int first_row, const int (&rows)[2], int lane) {
+    constexpr int kBlockN = 2 * kScores;
     const bool windowed = kScoreMods && p.window_left >= 0;
     if constexpr (kScoreMods) {
       if (p.softcap_in != 0.f) {  // (a launch-wide branch) the soft-cap, still in raw-score units

@@ -48,15 +48,15 @@ struct WorkTile {
 // The first key tile a work tile visits: 0, or with a sliding window the tile holding its first
 // row's first key. Computed where it is needed rather than kept in WorkTile: a field more there
 // (the slot the producer hands the consumers) cost the plain kernel 12 bytes of spills.
-template <int kBlockM>
+template <int kBlockM, int kBlockN>
 __device__ __forceinline__ int window_first_tile(const DenseFwdParams& p, const WorkTile& t) {
   return p.window_left < 0 ? 0 : max(0, t.m_block * kBlockM + t.diag - p.window_left) / kBlockN;
 }
 
-// Work tile ``lin`` (blocks of kBlockM query rows) in the CTA order ``order``; false when the
-// block lies past its request's rows.
+// Work tile ``lin`` (blocks of kBlockM query rows, key tiles of kBlockN) in the CTA order
+// ``order``; false when the block lies past its request's rows.
 // kScoreMods: the kernel serves sliding windows (its work tiles then start at window_first_tile).
-template <int kBlockM, bool kScoreMods = false>
+template <int kBlockM, int kBlockN, bool kScoreMods = false>
 __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int order, int lin, WorkTile& t) {
   int m_idx, b;
   if (order == 1) {
@@ -100,7 +100,7 @@ __device__ __forceinline__ bool make_work_tile(const DenseFwdParams& p, int orde
     t.n_tiles = last_key < 0 ? 0 : min(t.n_tiles, last_key / kBlockN + 1);
   }
   if (kScoreMods && p.window_left >= 0)  // (causal only) the tiles left of the block's first row's window are skipped
-    t.n_tiles = max(0, t.n_tiles - window_first_tile<kBlockM>(p, t));
+    t.n_tiles = max(0, t.n_tiles - window_first_tile<kBlockM, kBlockN>(p, t));
   return true;
 }
 
@@ -114,14 +114,14 @@ template <int kBlockM>
 struct TileHasRows {
   DenseFwdParams p;
   __device__ __forceinline__ bool operator()(int lin) const {
-    WorkTile t;
-    return make_work_tile<kBlockM>(p, grid_order(p), lin, t);
+    WorkTile t;  // (whether it holds rows does not depend on the key tile)
+    return make_work_tile<kBlockM, 128>(p, grid_order(p), lin, t);
   }
 };
 
 // The producer's side of the persistent schedule: claims go first to blockIdx.x, then to the
 // counter (past the first gridDim.x); with no counter a CTA takes its one work tile.
-template <int kBlockM, bool kScoreMods>
+template <int kBlockM, int kBlockN, bool kScoreMods>
 struct TileScheduler {
   const DenseFwdParams& p;
   const int order;
@@ -139,7 +139,7 @@ struct TileScheduler {
   __device__ __forceinline__ bool next_tile(int& i, WorkTile& t) const {
     bool valid = false;
     for (; i < num_claims; i = claim())
-      if ((valid = make_work_tile<kBlockM, kScoreMods>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t)))
+      if ((valid = make_work_tile<kBlockM, kBlockN, kScoreMods>(p, order, p.tile_list != nullptr ? p.tile_list[i] : i, t)))
         break;
     return valid;
   }
