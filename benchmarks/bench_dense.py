@@ -1,8 +1,8 @@
 """Dense forward (prefill) benchmark: FlashCore's TMA + wgmma kernel vs torch SDPA with cuDNN and
 with FlashAttention-2, in the same run on the same GPU.
 
-Grid of ../shared/BENCHMARKS.md: B*S = 16K tokens, S in {512 .. 16K}, D 64 (H 32) and D 128 (H 16),
-causal and not, plus GQA (Hq 32, Hkv 8, D 128) and the seed point B16 H16 S2048 D64.
+Grid of ../shared/BENCHMARKS.md: B*S = 16K tokens, S in {512 .. 16K}, D 64 (H 32), D 128 (H 16) and
+D 256 (H 8), causal and not, plus GQA (Hq 32, Hkv 8, D 128) and the seed point B16 H16 S2048 D64.
 FLOPs = 4 * B * Hq * S * S * D, halved when causal.
 
     python benchmarks/bench_dense.py [--dtype bf16|fp16|both] [--json out.json] [--plot out.png]
@@ -33,6 +33,7 @@ def grid():
         shapes.append((16384 // s, s, 32, 32, 64))
         shapes.append((16384 // s, s, 16, 16, 128))
         shapes.append((16384 // s, s, 32, 8, 128))
+        shapes.append((16384 // s, s, 8, 8, 256))  # Gemma 2/3-shaped heads
     shapes.append((16, 2048, 16, 16, 64))  # the seed point
     return shapes
 
