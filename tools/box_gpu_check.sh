@@ -113,6 +113,6 @@ for step in $steps; do
       echo "unknown step $step (tests, sanitize, bench, headdim, ab, coverage, checks, serving)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
+  tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a call cut at its limit still returns the steps done
 done
-tar -czf "$FINAL/results.tgz" -C "$OUT" .
 echo "results: $FINAL/results.tgz ($(ls "$OUT" | wc -l) files)"
