@@ -53,15 +53,28 @@ TIMING = {
     "ragged": GPU_TIME + " No L2 flush. A batch `COUNTxNEW[:PREFIX]` is COUNT requests of NEW query tokens "
               "after PREFIX cached keys; causal (bottom-right). FLOPs count the visible (query, key) pairs. "
               "FA2 is torch's varlen FlashAttention-2 op on the same tensors.",
+    "verify": GPU_TIME + " A 256 MB L2 flush before every call. `ours` is one layer of a verify step as the backend "
+              "runs it (`verify_attention` over a `plan_verify` plan: the decode planner over B·N draft tokens, "
+              "the N×N draft op and the LSE merge); the per-step plan is timed apart (`plan ms`). FA3 and "
+              "FlashInfer run what SGLang's `fa3` and `flashinfer` backends run for a chain verify, over the "
+              "same paged pool; cuDNN and FA2 (SDPA) read K/V gathered beforehand.",
+    "window": GPU_TIME + " Prefill: no L2 flush; FLOPs count the visible (query, key) pairs. Decode: a 256 MB L2 "
+              "flush before every call; the per-step window table and plan are timed apart (`plan ms`). FA3's "
+              "local attention (`window_size=(W, 0)`) and FlashInfer's `window_left` run over the same tensors "
+              "and pool.",
     "serving": "End to end: output tokens per second of whole workloads (wall clock), inter-token latency "
                "(ITL) per request, from SGLang servers started one after the other on the same machine with "
                "dummy weights and token-id requests (`benchmarks/bench_serving.py`).",
 }
-TITLES = {"dense": "Dense forward (prefill)", "decode": "Paged decode, seed configurations",
-          "decode_pages": "Paged decode, page sizes", "extend": "Extend (prefill over a cached prefix)",
+TITLES = {"dense": "Dense forward (prefill)", "dense_d256": "Dense forward, head dim 256",
+          "decode": "Paged decode, seed configurations", "decode_pages": "Paged decode, page sizes",
+          "decode_fp8": "Paged decode, FP8 KV cache", "decode_d256": "Paged decode, head dim 256",
+          "extend": "Extend (prefill over a cached prefix)", "extend_fp8": "Extend over an FP8 KV cache",
+          "verify": "Speculative target verify", "window": "Sliding-window attention",
           "ragged": "Ragged prefill batches", "serving": "SGLang serving"}
-SCRIPTS = {"dense": "bench_dense.py", "decode": "bench_decode.py", "decode_pages": "bench_decode.py",
-           "extend": "bench_extend.py", "ragged": "bench_ragged.py", "serving": "bench_serving.py"}
+SCRIPTS = {"dense": "bench_dense.py", "decode": "bench_decode.py", "extend": "bench_extend.py",
+           "verify": "bench_verify.py", "window": "bench_window.py", "ragged": "bench_ragged.py",
+           "serving": "bench_serving.py"}
 GPU_NAMES = {"h100": "H100", "h200": "H200"}
 
 
@@ -151,8 +164,49 @@ def decode_page(data: Dict) -> Tuple[List[str], List[str]]:
     cols += [("ours TB/s", "ours_TBs"), ("bound ms", lambda r: fmt(r["bound_ms"], 3)),
              ("ours/bound", "ours_over_bound"), ("cuDNN ms", lambda r: fmt(r["cudnn_ms"], 3)),
              ("cuDNN TB/s", "cudnn_TBs"), ("vs cuDNN", lambda r: fmt(r["speedup_vs_cudnn"], 3)),
-             ("vs FA2", "speedup_vs_fa2"), ("plan ms", lambda r: fmt(r.get("plan_ms"), 3))]
+             ("vs FA2", "speedup_vs_fa2")]
+    summary += builtin_lines(rows, DECODE_BUILTINS)
+    cols += present_cols(rows, DECODE_BUILTINS)
+    if any("ours_fp8_ms" in r for r in rows):
+        summary.append(f"- over an FP8 pool ({rows[0].get('kv_dtype', 'fp8')}): our time {span([r['fp8_over_bf16'] for r in rows])} "
+                       f"of our bf16 time; against FlashInfer's FP8 decode on tensor cores "
+                       f"{span([r['fp8_speedup_vs_flashinfer_tc_fp8'] for r in rows if 'fp8_speedup_vs_flashinfer_tc_fp8' in r])}, "
+                       f"on CUDA cores {span([r['fp8_speedup_vs_flashinfer_fp8'] for r in rows if 'fp8_speedup_vs_flashinfer_fp8' in r])};")
+        cols += [("ours FP8 ms", lambda r: fmt(r.get("ours_fp8_ms"), 3)), ("FP8/bf16 time", "fp8_over_bf16")]
+        cols += present_cols(rows, DECODE_FP8_BUILTINS)
+    if any("det_ms" in r for r in rows):
+        summary.append(f"- the batch-invariant mode: {span([r['det_over_default'] for r in rows])} the default mode's time.")
+        cols += [("batch-invariant/default time", "det_over_default")]
+    cols += [("plan ms", lambda r: fmt(r.get("plan_ms"), 3))]
     return summary, table(rows, cols)
+
+
+# (label, speed-up column): SGLang's built-in backends' kernels where a run timed them
+DECODE_BUILTINS = (("FA3", "speedup_vs_fa3"), ("FlashInfer (tensor cores)", "speedup_vs_flashinfer_tc"),
+                   ("FlashInfer (CUDA cores)", "speedup_vs_flashinfer"))
+DECODE_FP8_BUILTINS = (("FP8: FlashInfer (tensor cores)", "fp8_speedup_vs_flashinfer_tc_fp8"),
+                       ("FP8: FlashInfer (CUDA cores)", "fp8_speedup_vs_flashinfer_fp8"))
+EXTEND_BUILTINS = (("FA3", "backend_over_fa3"), ("FlashInfer sm90", "backend_over_flashinfer_fa3"),
+                   ("FlashInfer FA2", "backend_over_flashinfer"))
+
+
+def present_cols(rows: Sequence[Dict], pairs) -> List[Tuple[str, object]]:
+    """``vs <label>`` columns for the ratios some row has."""
+    return [(f"vs {label}", lambda r, key=key: fmt(r.get(key))) for label, key in pairs if any(key in r for r in rows)]
+
+
+def builtin_lines(rows: Sequence[Dict], pairs) -> List[str]:
+    """Summary lines against SGLang's built-in kernels, split by sharing where rows have it."""
+    out = []
+    for label, key in pairs:
+        have = [r for r in rows if key in r]
+        if not have:
+            continue
+        plain = [r[key] for r in have if not r.get("shared") and not r.get("prefix")]
+        shared = [r[key] for r in have if r.get("shared") or r.get("prefix")]
+        parts = ([f"without sharing {span(plain)}"] if plain else []) + ([f"with a shared prefix {span(shared)}"] if shared else [])
+        out.append(f"- against {label} (speed-up, same run): " + ", ".join(parts) + ";")
+    return out
 
 
 def extend_baseline(rows: List[Dict]) -> Tuple[str, str]:
@@ -189,6 +243,45 @@ def extend_page(data: Dict) -> Tuple[List[str], List[str]]:
     else:
         cols += [(f"{name} TF", lambda r: fmt(r.get(tf), 0))]
     cols += [(f"({name}+gather)/backend", lambda r: fmt(r.get(ratio), 2))]
+    summary += builtin_lines(rows, EXTEND_BUILTINS)
+    cols += present_cols(rows, EXTEND_BUILTINS)
+    if any("backend_fp8_ms" in r for r in rows):
+        summary.append(f"- over an FP8 pool: the backend's speed {span([r['fp8_over_bf16'] for r in rows if 'fp8_over_bf16' in r])} "
+                       "of its bf16 speed (the prefix is gathered and widened, not read in place).")
+        cols += [("FP8 backend ms", lambda r: fmt(r.get("backend_fp8_ms"), 3)), ("FP8/bf16 speed", "fp8_over_bf16")]
+    return summary, table(rows, cols)
+
+
+def verify_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    points = [f"{r['shared']}-token shared context, page {r['page']}: {r['ours_over_best_builtin']:.2f}x "
+              f"({r['best_builtin']})" for r in rows]
+    summary = ["- ours against the best built-in kernel of each point (speed-up): " + "; ".join(points) + "."]
+    cols = [("page", "page"), ("B", "B"), ("N", "N"), ("ctx", ctx), ("shared", "shared"),
+            ("ours ms", lambda r: fmt(r["ours_ms"], 3)), ("plan ms", lambda r: fmt(r.get("plan_ms"), 3))]
+    for label, key in (("FA3", "fa3_ms"), ("FlashInfer FA2", "flashinfer_ms"), ("FlashInfer sm90", "flashinfer_fa3_ms"),
+                       ("cuDNN", "cudnn_ms"), ("FA2", "fa2_ms")):
+        if any(key in r for r in rows):
+            cols.append((f"{label} ms", lambda r, key=key: fmt(r.get(key), 3)))
+    cols += [("best built-in", "best_builtin"), ("ours vs best", "ours_over_best_builtin")]
+    return summary, table(rows, cols)
+
+
+def window_page(data: Dict) -> Tuple[List[str], List[str]]:
+    rows = data["rows"]
+    summary = []
+    for op in ("prefill", "decode"):
+        at = [r for r in rows if r["op"] == op]
+        if at:
+            summary.append(f"- {op}: ours against FA3 {span([r['ours_over_fa3'] for r in at if 'ours_over_fa3' in r])}, "
+                           f"against FlashInfer {span([r['ours_over_flashinfer'] for r in at if 'ours_over_flashinfer' in r])} (speed-up);")
+    cols = [("op", "op"), ("B", "B"), ("S or C", lambda r: str(r.get("S", r.get("C")))), ("W", "W"),
+            ("page", lambda r: fmt(r.get("page"))), ("ours ms", lambda r: fmt(r["ours_ms"], 3)),
+            ("plan ms", lambda r: fmt(r.get("plan_ms"), 3)),
+            ("no window ms", lambda r: fmt(r.get("ours_no_window_ms"), 3)),
+            ("FA3 ms", lambda r: fmt(r.get("fa3_ms"), 3)), ("vs FA3", lambda r: fmt(r.get("ours_over_fa3"))),
+            ("FlashInfer ms", lambda r: fmt(r.get("flashinfer_ms"), 3)),
+            ("vs FlashInfer", lambda r: fmt(r.get("ours_over_flashinfer")))]
     return summary, table(rows, cols)
 
 
@@ -221,7 +314,7 @@ def serving_page(data: Dict) -> Tuple[List[str], List[str]]:
 
 PAGES: Dict[str, Callable[[Dict], Tuple[List[str], List[str]]]] = {
     "dense": dense_page, "decode": decode_page, "decode_pages": decode_page, "extend": extend_page,
-    "ragged": ragged_page, "serving": serving_page}
+    "ragged": ragged_page, "serving": serving_page, "verify": verify_page, "window": window_page}
 
 
 def generic_page(data: Dict) -> Tuple[List[str], List[str]]:
@@ -232,7 +325,7 @@ def generic_page(data: Dict) -> Tuple[List[str], List[str]]:
 def folder_readme(folder: Path, data: Dict, meta: Dict) -> str:
     gpu, op = folder.parent.name, folder.name
     info = data["info"]
-    summary, rows = PAGES.get(op, generic_page)(data)
+    summary, rows = PAGES.get(op, PAGES.get(op.split("_")[0], generic_page))(data)
     versions = ", ".join(f"{name} {info[key]}" for name, key in
                          (("torch", "torch"), ("CUDA", "cuda"), ("Python", "python"), ("SGLang", "sglang"))
                          if key in info)
@@ -241,6 +334,7 @@ def folder_readme(folder: Path, data: Dict, meta: Dict) -> str:
              f"- Device: {info['device']}; {versions}.",
              f"- Measured at commit {meta['measured_at']}." if meta.get("measured_at") else "- Commit: not recorded.",
              f"- Command (`benchmarks/{SCRIPTS.get(op, '...')}`"
+             .replace("...", SCRIPTS.get(op.split("_")[0], "..."))
              + ("; the script lived in `scripts/` at the time" if "scripts/" in info["command"] else "") + "):", "",
              "```", *info.get("merged_runs", []), info["command"], "```", ""]
     lines += ["## What the timing includes", "", TIMING.get(op.split("_")[0], GPU_TIME)
@@ -287,6 +381,30 @@ def headline(op: str, data: Dict) -> Optional[Tuple[str, str, str]]:
         by = {r["workload"]: r["ours_over_triton"] for r in rows}
         return ("Llama-3-8B shape, SGLang " + data["info"].get("sglang", ""), "SGLang `triton` backend",
                 ", ".join(f"{name} {v:.2f}x" for name, v in by.items()))
+    if op == "dense_d256":
+        return (f"{len(rows)} shapes, D 256, S {min(r['S'] for r in rows) // 1024}K–{max(r['S'] for r in rows) // 1024}K, causal or not, bf16",
+                "cuDNN (SDPA)", f"{span([r['ours_over_cudnn'] for r in rows])}; FA2 {span([r['ours_over_fa2'] for r in rows])}")
+    if op == "decode_d256":
+        plain = [r for r in rows if not r["shared"]]
+        top = max(rows, key=lambda r: r["speedup_vs_cudnn"])
+        return ("D 256, Hq 8 / Hkv 4", "cuDNN on gathered K/V", f"no sharing {span([r['speedup_vs_cudnn'] for r in plain])}; "
+                f"{top['shared']:.0%} shared: {top['speedup_vs_cudnn']:.2f}x")
+    if op == "decode_fp8":
+        plain = [r["fp8_speedup_vs_flashinfer_tc_fp8"] for r in rows if not r["shared"]]
+        shared = [r["fp8_speedup_vs_flashinfer_tc_fp8"] for r in rows if r["shared"]]
+        return ("FP8-e4m3 KV, B16×32K / B8×128K, Hkv 8", "FlashInfer's FP8 decode (tensor cores)",
+                f"no sharing {span(plain)}; 70% shared {span(shared)}; FP8/bf16 time {span([r['fp8_over_bf16'] for r in rows])}")
+    if op == "extend_fp8":
+        return ("B8 × 4K, no prefix or a 90% shared prefix", "FA3 (`flash_attn_varlen_func` / paged)",
+                f"no prefix {span([r['backend_over_fa3'] for r in rows if not r['prefix']])}; prefix "
+                f"{span([r['backend_over_fa3'] for r in rows if r['prefix']])}; FP8 pool/bf16 speed {span([r['fp8_over_bf16'] for r in rows])}")
+    if op == "verify":
+        return (f"B{rows[0]['B']} × N{rows[0]['N']} chain, {ctx(rows[0])} context", "best of FA3 / FlashInfer",
+                span([r["ours_over_best_builtin"] for r in rows]))
+    if op == "window":
+        pre = [r["ours_over_fa3"] for r in rows if r["op"] == "prefill"]
+        dec = [r["ours_over_fa3"] for r in rows if r["op"] == "decode"]
+        return ("windows 511–4095, prefill and decode", "FA3 local attention", f"prefill {span(pre)}; decode {span(dec)}")
     return None
 
 

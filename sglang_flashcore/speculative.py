@@ -188,8 +188,9 @@ def draft_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
 def _draft_rows(req_pool_indices: Tensor, prefix_lens: Tensor, num_draft: int) -> Tuple[Tensor, Tensor]:
     """Each draft token as a decode pseudo-request: its request's pool row and context length."""
     b = req_pool_indices.shape[0]
-    rows = req_pool_indices.unsqueeze(1).expand(b, num_draft).reshape(-1)
-    lens = prefix_lens.unsqueeze(1).expand(b, num_draft).reshape(-1)
+    # (contiguous: for one request, reshape keeps the expanded view, whose stride is 0)
+    rows = req_pool_indices.unsqueeze(1).expand(b, num_draft).reshape(-1).contiguous()
+    lens = prefix_lens.unsqueeze(1).expand(b, num_draft).reshape(-1).contiguous()
     return rows, lens
 
 

@@ -9,7 +9,7 @@ import torch
 import sglang_flashcore as fc
 from cases import make_page_table, random_decode_case, random_extend_case
 from sglang_flashcore.decode import DecodePlanner
-from sglang_flashcore.reference import paged_decode_ref, paged_extend_ref
+from sglang_flashcore.reference import dequantize, paged_decode_ref, paged_extend_ref
 
 pytestmark = pytest.mark.gpu
 
@@ -132,7 +132,11 @@ def test_fp8_extend_matches_reference(i):
     cu = torch.zeros(len(ext) + 1, dtype=torch.int32, device="cuda")
     cu[1:] = torch.tensor(ext, device="cuda").cumsum(0)
     out, lse = fc.paged_extend(q, k_new, v_new, k_cache, v_cache, layout, cu, k_scale=k_scale, v_scale=v_scale)
-    ref_o, ref_l = paged_extend_ref(q, k_new, v_new, k_cache, v_cache, layout, cu, None, k_scale, v_scale)
+    # what paged_extend promises: the prefix rows widened to the model dtype times their scale (one
+    # rounding there: 12.5 or 0.037 times an FP8 value needs more bits than bf16 has), then float32
+    # attention over them
+    k_deq, v_deq = dequantize(k_cache, k_scale, dtype), dequantize(v_cache, v_scale, dtype)
+    ref_o, ref_l = paged_extend_ref(q, k_new, v_new, k_deq, v_deq, layout, cu)
     torch.testing.assert_close(out.float(), ref_o, **TOL[dtype])
     torch.testing.assert_close(lse, ref_l.float(), atol=2e-3, rtol=1e-4)
 

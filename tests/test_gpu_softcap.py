@@ -61,7 +61,9 @@ def test_decode_softcap_matches_reference(kv_dtype, cap, page, d):
         scales = dict(k_scale=0.5, v_scale=2.0)
     r2t, rows, lens = pt.req_to_token.cuda(), pt.req_pool_indices.cuda(), pt.seq_lens.cuda()
     out, lse = fc.paged_decode_table(q, k, v, r2t, rows, lens, page_size=page, softcap=cap, **scales)
-    ref, ref_lse = fc.paged_decode_table(q.cpu().float(), k.cpu(), v.cpu(), r2t.cpu(), rows.cpu(), lens.cpu(),
+    # the float32 reference: FP8 pools as they are (it dequantizes them), 16-bit ones in float32
+    kc, vc = (k.cpu(), v.cpu()) if kv_dtype is not None else (k.cpu().float(), v.cpu().float())
+    ref, ref_lse = fc.paged_decode_table(q.cpu().float(), kc, vc, r2t.cpu(), rows.cpu(), lens.cpu(),
                                          page_size=page, softcap=cap, **scales)
     torch.testing.assert_close(out.float().cpu(), ref, **TOL[torch.bfloat16])
     torch.testing.assert_close(lse.cpu(), ref_lse, atol=2e-3, rtol=1e-4)

@@ -246,3 +246,14 @@ def test_shipped_eagle3_drafts_match_their_targets(target):
                 "max_position_embeddings", "rope_theta", "torch_dtype"):
         assert draft[key] == tgt[key], key
     assert draft["draft_vocab_size"] == tgt["vocab_size"]  # no draft-to-target token map with dummy weights
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_draft_rows_are_contiguous_for_the_planner_binding(batch):
+    """The decode planner's binding takes contiguous 1-D rows and lengths; for one request, the
+    expanded view reshaped keeps stride 0 (a single-request verify batch failed so on the GPU)."""
+    from sglang_flashcore.speculative import _draft_rows
+
+    rows, lens = _draft_rows(torch.arange(batch, dtype=torch.int32) + 3, torch.full((batch,), 281), 10)
+    assert rows.is_contiguous() and lens.is_contiguous()
+    assert rows.tolist() == [3 + b for b in range(batch) for _ in range(10)] and lens.tolist() == [281] * 10 * batch
