@@ -38,11 +38,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = "flashcore_sparse"
-TOKEN_RANGE = (1000, 120000)  # ordinary vocabulary ids of a Llama-3 tokenizer
+LLAMA3_TOKEN_RANGE = (1000, 120000)  # ordinary vocabulary ids of a Llama-3 tokenizer
+_token_range = LLAMA3_TOKEN_RANGE  # the prompts' ids: use_model_vocab narrows it to the served model's
 
 
 # ---------------------------------------------------------------- workloads
@@ -61,7 +62,24 @@ class Workload:
 
 
 def random_ids(rng: random.Random, n: int) -> List[int]:
-    return [rng.randrange(*TOKEN_RANGE) for _ in range(n)]
+    return [rng.randrange(*_token_range) for _ in range(n)]
+
+
+def model_config(args) -> Dict:
+    """The served model's config.json (``--model-path`` or ``configs/<--config>``), {} if none."""
+    path = Path(args.model_path or ROOT / "configs" / args.config) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def use_model_vocab(args) -> Tuple[int, int]:
+    """Keeps the prompts' token ids inside the served model's vocabulary: the tiny configs have
+    4096 ids, and an id past the embedding table stops the server (a device-side assert). Returns
+    the id range the prompts are drawn from."""
+    global _token_range
+    vocab = model_config(args).get("vocab_size")
+    high = min(LLAMA3_TOKEN_RANGE[1], int(vocab)) if vocab else LLAMA3_TOKEN_RANGE[1]
+    _token_range = (min(LLAMA3_TOKEN_RANGE[0], high // 4), high)
+    return _token_range
 
 
 def shared_prompt_workload(seed: int, system_tokens: int, num_requests: int, user_tokens=(32, 256),
@@ -515,6 +533,7 @@ def main(argv=None) -> int:
     _stop_on_sigterm()
 
     backends = [b for b in args.backends.split(",") if b]
+    use_model_vocab(args)
     workloads = build_workloads(args)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

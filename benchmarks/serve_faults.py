@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import (Request, Server, Workload, _payload, add_server_args, check_prompts,  # noqa: E402
-                           compare_greedy, greedy_outputs, random_ids, run_workload)
+                           compare_greedy, greedy_outputs, random_ids, run_workload, use_model_vocab)
 
 SCENARIOS = ("retract", "abort", "chunked", "evict", "load")
 
@@ -194,6 +194,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    use_model_vocab(args)
     backends = args.backends.split(",")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,21 @@ def test_serving_workloads_share_exactly_the_system_prompt():
     assert [len(p) for p in prompts[4:]] == [1, 2, 7]
 
 
+def test_serving_prompts_stay_inside_the_served_models_vocabulary(monkeypatch):
+    """The tiny configs have 4096 token ids: Llama-3-range ids would stop their servers."""
+    import bench_serving
+    from bench_serving import LLAMA3_TOKEN_RANGE, build_workloads, check_prompts, parse_args, use_model_vocab
+
+    monkeypatch.setattr(bench_serving, "_token_range", LLAMA3_TOKEN_RANGE)
+    args = parse_args(["--config", "tiny_gemma3_swa", "--workloads", "shared,random", "--system-tokens", "300"])
+    assert use_model_vocab(args) == (1000, 4096)
+    ids = [i for w in build_workloads(args) for r in w.requests for i in r.input_ids] + \
+        [i for prompt in check_prompts(0) for i in prompt]
+    assert min(ids) >= 1000 and max(ids) < 4096
+    assert use_model_vocab(parse_args(["--config", "llama3_8b"])) == LLAMA3_TOKEN_RANGE  # vocab 128256
+    assert use_model_vocab(parse_args(["--model-path", "/nonexistent"])) == LLAMA3_TOKEN_RANGE  # no config: as before
+
+
 def test_serving_warmup_is_small_and_shares_no_prompt_with_the_measured_runs():
     from bench_serving import build_workloads, parse_args, warmup_workloads
 

@@ -20,7 +20,7 @@ from sglang.test.kits.attention_unittest.attention_methods import dense_attentio
 
 import sglang_flashcore as fc  # noqa: E402
 from sglang_flashcore import plugin  # noqa: E402
-from sglang_flashcore.sglang_backend import FlashCoreBackend, UnsupportedFeatureError  # noqa: E402
+from sglang_flashcore.sglang_backend import FlashCoreBackend, UnsupportedFeatureError, flashinfer_route  # noqa: E402
 
 plugin.register()
 NAME = plugin.BACKEND_NAME
@@ -454,14 +454,16 @@ def test_kit_cuda_graph_decode_runner_replays_sliding_window_decode(monkeypatch,
 
 def test_the_shipped_gemma3_config_reaches_the_backend_with_its_window():
     """configs/tiny_gemma3_swa as SGLang reads it: one pool (Gemma 3 is not a hybrid-SWA model),
-    layers with window 63 (HF's 64 keys counted with the query), which our backend accepts."""
+    head dim 256 (ours on a GPU too, no FlashInfer hand-over), layers with window 63 (HF's 64 keys
+    counted with the query), which our backend accepts."""
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.models.gemma3_causal import get_attention_sliding_window_size
 
     from sglang_flashcore.serve import config_dir
 
     mc = ModelConfig(str(config_dir("tiny_gemma3_swa")))
-    assert not mc.is_hybrid_swa and mc.head_dim == 128
+    assert not mc.is_hybrid_swa and mc.head_dim == 256
+    assert flashinfer_route(_fake_runner(model_config=mc, device="cuda")) is None
     window = get_attention_sliding_window_size(mc.hf_text_config)
     assert window == 63
     backend = FlashCoreBackend(_fake_runner(model_config=mc, sliding_window_size=window))
