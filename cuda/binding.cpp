@@ -17,6 +17,7 @@
 
 #include "flashcore/decode_plan.h"
 #include "flashcore/dense_fwd.h"
+#include "flashcore/draft_merge.h"
 #include "flashcore/heuristics.h"
 #include "flashcore/paged_decode.h"
 #ifdef FLASHCORE_PREBUILT
@@ -484,6 +485,65 @@ std::vector<at::Tensor> attention_fwd_paged(const at::Tensor& q, const at::Tenso
 
 }  // namespace
 
+// Speculative verify's draft part folded into the context part: (out, lse) of the whole verify.
+std::vector<at::Tensor> draft_merge(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& mask, const at::Tensor& out_ctx, const at::Tensor& lse_ctx,
+                                    double scale, double softcap) {
+  check_cuda(q, q, "q");
+  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&mask, "draft_mask"}, {&out_ctx, "out_ctx"}, {&lse_ctx, "lse_ctx"}})
+    check_cuda(*t, q, name);
+  const int dtype = dtype_code(q, "q");
+  FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/k/v: expected [tokens, heads, D]");
+  const int64_t rows = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
+  FC_CHECK(d == 64 || d == 128 || d == 256, "q: the draft kernel supports head dim 64, 128 or 256, got ", d);
+  FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+               out_ctx.scalar_type() == q.scalar_type(),
+           "k/v/out_ctx: expected q's dtype ", q.scalar_type());
+  FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.size(0) == rows && k.size(2) == d && hkv > 0 &&
+               hq % hkv == 0,
+           "k/v: expected [", rows, ", Hkv, ", d, "] with one layout and Hkv dividing ", hq, ", got ", k.sizes(),
+           " and ", v.sizes());
+  FC_CHECK(q.stride(2) == 1 && k.stride(2) == 1, "q/k/v: expected the head dim contiguous");
+  FC_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 3 && mask.is_contiguous() && mask.size(1) == mask.size(2) &&
+               mask.size(0) * mask.size(1) == rows,
+           "draft_mask: expected a contiguous bool [B, N, N] with B * N = ", rows, " tokens, got ", mask.sizes());
+  FC_CHECK(mask.size(1) <= flashcore::kDraftMergeMaxDraft, "draft_mask: at most ", flashcore::kDraftMergeMaxDraft,
+           " draft tokens per request, got ", mask.size(1));
+  FC_CHECK(out_ctx.is_contiguous() && out_ctx.sizes() == q.sizes(), "out_ctx: expected a contiguous ", q.sizes(),
+           " tensor, got ", out_ctx.sizes());
+  FC_CHECK(lse_ctx.scalar_type() == at::kFloat && lse_ctx.is_contiguous() && lse_ctx.dim() == 2 &&
+               lse_ctx.size(0) == rows && lse_ctx.size(1) == hq,
+           "lse_ctx: expected contiguous float32 [", rows, ", ", hq, "]");
+  FC_CHECK(std::isfinite(scale) && std::isfinite(softcap) && softcap >= 0, "scale/softcap: expected finite values "
+           "and a cap of 0 (none) or more");
+  FC_CHECK(rows <= INT32_MAX && hkv <= 65535, "q/k: too many tokens or KV heads for one launch");
+  const at::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty_like(out_ctx);
+  auto lse = at::empty({rows, hq}, q.options().dtype(at::kFloat));
+  flashcore::DraftMergeParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.mask = mask.data_ptr<bool>();
+  p.out_ctx = out_ctx.data_ptr();
+  p.lse_ctx = lse_ctx.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.q_stride_tok = q.stride(0);
+  p.q_stride_head = q.stride(1);
+  p.kv_stride_tok = k.stride(0);
+  p.kv_stride_head = k.stride(1);
+  p.batch = (int)mask.size(0);
+  p.num_draft = (int)mask.size(1);
+  p.num_q_heads = (int)hq;
+  p.num_kv_heads = (int)hkv;
+  p.head_dim = (int)d;
+  p.scale = (float)scale;
+  p.softcap = (float)softcap;
+  FC_CHECK_CUDA(flashcore::draft_merge_launch(p, dtype, at::cuda::getCurrentCUDAStream()), "draft kernel launch");
+  return {out, lse};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FlashCore CUDA kernels";
 #ifdef FLASHCORE_PREBUILT
@@ -497,6 +557,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("table_plan_ints", [](int64_t b, int64_t c) { return flashcore::table_plan_ints((int)b, (int)c); });
   m.def("table_plan_hash_size", [](int64_t c) { return flashcore::table_plan_hash_size((int)c); });
   m.def("table_plan_partials", &table_partials, "Partials a planner's workspace must hold (the tail split adds some)");
+  m.def("draft_merge", &draft_merge, "Speculative verify: the draft tokens' attention folded into the context part");
   m.def("attention_fwd", &attention_fwd, "Dense (varlen) attention forward, TMA + wgmma");
   m.def("attention_fwd_paged", &attention_fwd_paged, "Dense attention forward, keys: whole pool pages read in place, then packed rows");
 }

@@ -137,10 +137,21 @@ def run_decode_table(q: Tensor, k_cache: Tensor, v_cache: Tensor, req_to_token: 
                                           v_scale, fixed_merge, softcap)
 
 
+def draft_merge(q: Tensor, k: Tensor, v: Tensor, draft_mask: Tensor, out_ctx: Tensor, lse_ctx: Tensor,
+                softmax_scale: float, softcap: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Speculative verify's draft part in one launch: each draft token's attention over the draft
+    tokens its ``draft_mask`` row allows, folded into the context part's ``(out_ctx, lse_ctx)``
+    (the decode kernel's). Returns ``(out [B*N, Hq, D] in q's dtype, lse [B*N, Hq] float32)``,
+    what ``merge_states_ref(out_ctx, lse_ctx, *draft_attention(...))`` computes."""
+    check_kernel_input(q, "verify", DECODE_HEAD_DIMS)
+    return tuple(extension().draft_merge(q, k, v, draft_mask.contiguous(), out_ctx.contiguous(),
+                                         lse_ctx.contiguous(), float(softmax_scale), float(softcap)))
+
+
 def plan_views(ints: Tensor, hash_: Tensor, max_batch: int, max_chunks: int) -> Dict[str, Tensor]:
     """Named views of a planner workspace (for reports and tests)."""
     return dict(extension().table_plan_views(ints, hash_, max_batch, max_chunks))
 
 
 __all__ = ["extension", "check_kernel_input", "attention_cuda", "paged_prefill_cuda", "check_device",
-           "planner_sizes", "plan_decode_table", "run_decode_table", "plan_views"]
+           "planner_sizes", "plan_decode_table", "run_decode_table", "draft_merge", "plan_views"]

@@ -32,7 +32,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .checks import check_len, check_positive_int, check_tensor
+from . import kernels
+from .checks import check_len, check_positive_int, check_tensor, softmax_scale_for
 from .decode import DecodePlanner, paged_decode_table
 from .indexing import exclusive_cumsum
 from .reference import capped, dequantize, merge_states_ref
@@ -279,10 +280,12 @@ def verify_attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_cach
         planner, table, rows, lens, mask = w.planner, w.table, w.rows, w.lens, w.draft_mask
     if planner is not None:
         out_c, lse_c = planner.run(q, k_cache, v_cache, softmax_scale, page_size, k_scale, v_scale, softcap)
-    else:
-        out_c, lse_c = paged_decode_table(q, k_cache, v_cache, table, rows, lens, page_size=page_size,
-                                          softmax_scale=softmax_scale, check_bounds=False, k_scale=k_scale,
-                                          v_scale=v_scale, softcap=softcap)
+        # the planner runs our kernels: so does the draft part, folded into the context part
+        return kernels.draft_merge(q, k.to(q.dtype), v.to(q.dtype), mask, out_c, lse_c,
+                                   softmax_scale_for(softmax_scale, q.shape[-1]), softcap)
+    out_c, lse_c = paged_decode_table(q, k_cache, v_cache, table, rows, lens, page_size=page_size,
+                                      softmax_scale=softmax_scale, check_bounds=False, k_scale=k_scale,
+                                      v_scale=v_scale, softcap=softcap)
     out_d, lse_d = draft_attention(q, k, v, mask, softmax_scale, softcap)
     out, lse = merge_states_ref(out_c, lse_c, out_d, lse_d)
     return out.to(q.dtype), lse.float()

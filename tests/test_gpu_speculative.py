@@ -83,6 +83,61 @@ def test_verify_kernels_match_the_oracle(i):
     _check(out, lse, case, dtype)
 
 
+@pytest.mark.parametrize("i", range(40))
+def test_draft_kernel_matches_the_float32_draft_op_and_merge(i):
+    """kernels.draft_merge against draft_attention + merge_states_ref (what the CPU path runs):
+    chains and trees of 1-40 draft tokens, GQA, head dims 64/128/256, soft-caps, context LSEs of
+    -inf (no context) among finite ones."""
+    from sglang_flashcore import kernels
+    from sglang_flashcore.reference import merge_states_ref
+    from sglang_flashcore.speculative import chain_mask, draft_attention
+    from spec_cases import random_parents, tree_visibility
+
+    rng = random.Random(4000 + i)
+    batch, n = rng.choice([1, 2, 5]), rng.choice([1, 2, 4, 7, 16, 40])
+    hkv, group, d = rng.choice([1, 2, 8]), rng.choice([1, 4, 8]), rng.choice([64, 128, 256])
+    dtype, softcap = rng.choice(list(TOL)), rng.choice([0.0, 0.0, 5.0])
+    g = torch.Generator(device="cuda").manual_seed(i)
+    rows, hq = batch * n, hkv * group
+    q = torch.randn(rows, hq, d, device="cuda", generator=g).to(dtype)
+    k = torch.randn(rows, hkv, d, device="cuda", generator=g).to(dtype)
+    v = torch.randn(rows, hkv, d, device="cuda", generator=g).to(dtype)
+    if rng.random() < 0.5:
+        mask = chain_mask(batch, n, "cuda")
+    else:  # trees: each token sees its ancestors and itself
+        mask = torch.stack([tree_visibility(random_parents(rng, n)) for _ in range(batch)]).cuda()
+    out_c = torch.randn(rows, hq, d, device="cuda", generator=g).to(dtype)
+    lse_c = torch.randn(rows, hq, device="cuda", generator=g) * 3
+    lse_c[torch.rand(rows, hq, device="cuda", generator=g) < 0.2] = float("-inf")
+    out_c[torch.isneginf(lse_c)] = 0
+    out, lse = kernels.draft_merge(q, k, v, mask, out_c, lse_c, SCALE, softcap)
+    ref_o, ref_l = merge_states_ref(out_c, lse_c, *draft_attention(q, k, v, mask, SCALE, softcap))
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref_o.to(dtype).float(), **TOL[dtype])
+    torch.testing.assert_close(lse, ref_l.float(), atol=1e-4, rtol=1e-5)
+
+
+def test_draft_kernel_propagates_nan_and_names_bad_arguments():
+    from sglang_flashcore import kernels
+    from sglang_flashcore.speculative import chain_mask
+
+    q = torch.randn(8, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(8, 2, 128, device="cuda", dtype=torch.bfloat16)
+    mask = chain_mask(2, 4, "cuda")
+    lse_c = torch.zeros(8, 4, device="cuda")
+    lse_c[3, 1] = float("nan")
+    q[5, 2, 0] = float("nan")
+    out, lse = kernels.draft_merge(q, k, k, mask, torch.zeros_like(q), lse_c, SCALE)
+    bad = torch.zeros(8, 4, dtype=torch.bool)
+    bad[3, 1] = bad[5, 2] = True
+    assert torch.isnan(lse[bad.cuda()]).all() and torch.isnan(out[bad.cuda()]).all()
+    assert torch.isfinite(lse[~bad.cuda()]).all() and torch.isfinite(out[~bad.cuda()]).all()
+    with pytest.raises(ValueError, match="draft_mask: expected a contiguous bool"):
+        kernels.draft_merge(q, k, k, chain_mask(3, 4, "cuda"), torch.zeros_like(q), lse_c, SCALE)
+    with pytest.raises(ValueError, match="lse_ctx: expected contiguous float32"):
+        kernels.draft_merge(q, k, k, mask, torch.zeros_like(q), lse_c.double(), SCALE)
+
+
 @pytest.mark.parametrize("page", [1, 16, 64])
 def test_shared_context_chunks_are_one_work_item_for_every_draft_token(page):
     prefix, n, chunk, hq, hkv = [2048, 2048 + 100, 2048 + 700, 2048 + 5], 6, 256, 32, 8
