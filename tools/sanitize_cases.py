@@ -19,7 +19,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import sglang_flashcore as fc  # noqa: E402
 from cases import make_extend_case, make_page_table  # noqa: E402
 from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
-from sglang_flashcore.reference import attention_ref, paged_decode_ref, paged_extend_ref  # noqa: E402
+from sglang_flashcore import kernels  # noqa: E402
+from sglang_flashcore.reference import attention_ref, merge_states_ref, paged_decode_ref, paged_extend_ref  # noqa: E402
+from sglang_flashcore.speculative import chain_mask, draft_attention  # noqa: E402
 
 
 def decode_cases():
@@ -133,6 +135,20 @@ def main() -> int:
             ok = err < 2e-2
             bad += not ok
             print(f"extend case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    # the verify draft kernel: chains of 1, 4 and 9 draft tokens, with and without a soft-cap
+    for i, (batch, n, hq, hkv, d, softcap) in enumerate([(3, 4, 8, 2, 128, 0.0), (1, 9, 4, 4, 256, 5.0),
+                                                          (2, 1, 16, 8, 64, 0.0)]):
+        rows = batch * n
+        q = torch.randn(rows, hq, d, device="cuda").bfloat16()
+        k, v = (torch.randn(rows, hkv, d, device="cuda").bfloat16() for _ in range(2))
+        mask = chain_mask(batch, n, "cuda")
+        out_c, lse_c = torch.randn(rows, hq, d, device="cuda").bfloat16(), torch.randn(rows, hq, device="cuda")
+        out, _ = kernels.draft_merge(q, k, v, mask, out_c, lse_c, d ** -0.5, softcap)
+        ref, _ = merge_states_ref(out_c, lse_c, *draft_attention(q, k, v, mask, d ** -0.5, softcap))
+        err = (out.float() - ref).abs().max().item()
+        ok = err < 2e-2
+        bad += not ok
+        print(f"draft case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
     torch.cuda.synchronize()
     print("sanitize_cases:", "FAILED" if bad else "all cases match")
     return 1 if bad else 0
