@@ -293,11 +293,11 @@ def _payload(input_ids, max_new_tokens, stream, logprobs=False):
     return body
 
 
-async def _stream_one(session, url: str, req: Request) -> RequestResult:
+async def _stream_one(client, url: str, req: Request) -> RequestResult:
     start = time.perf_counter()
     last, seen, res = None, 0, RequestResult(ok=False)
     try:
-        async with session.post(url + "/generate", json=_payload(req.input_ids, req.max_new_tokens, True)) as resp:
+        async with client.post(url + "/generate", json=_payload(req.input_ids, req.max_new_tokens, True)) as resp:
             if resp.status != 200:
                 return RequestResult(ok=False, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
             async for raw in resp.content:
@@ -324,10 +324,10 @@ async def run_workload(url: str, workload: Workload) -> Dict[str, float]:
 
     sem = asyncio.Semaphore(workload.concurrency)
     timeout = aiohttp.ClientTimeout(total=3600)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as client:
         async def bounded(req):
             async with sem:
-                return await _stream_one(session, url, req)
+                return await _stream_one(client, url, req)
 
         start = time.perf_counter()
         results = await asyncio.gather(*(bounded(r) for r in workload.requests))
@@ -341,10 +341,10 @@ async def run_workload(url: str, workload: Workload) -> Dict[str, float]:
 async def greedy_outputs(url: str, prompts: List[List[int]], max_new_tokens: int) -> List[Dict]:
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as client:
         # the system prompt first, alone, so that the rest find it in the radix cache
         async def one(ids):
-            async with session.post(url + "/generate", json=_payload(ids, max_new_tokens, False, True)) as resp:
+            async with client.post(url + "/generate", json=_payload(ids, max_new_tokens, False, True)) as resp:
                 body = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}: {body}")

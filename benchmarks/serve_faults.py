@@ -75,10 +75,10 @@ async def _abort_some(url: str, prompts: List[List[int]], keep_every: int = 2, a
 
     counts = {"finished": 0, "aborted": 0, "failed": 0}
 
-    async def one(i, session, ids):
+    async def one(i, client, ids):
         abort = i % keep_every != 0
         try:
-            async with session.post(url + "/generate", json=_payload(ids, 200, True)) as resp:
+            async with client.post(url + "/generate", json=_payload(ids, 200, True)) as resp:
                 if resp.status != 200:
                     counts["failed"] += 1
                     return
@@ -95,8 +95,8 @@ async def _abort_some(url: str, prompts: List[List[int]], keep_every: int = 2, a
         except Exception:  # noqa: BLE001 - counted
             counts["failed"] += 1
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as session:
-        await asyncio.gather(*(one(i, session, p) for i, p in enumerate(prompts)))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as client:
+        await asyncio.gather(*(one(i, client, p) for i, p in enumerate(prompts)))
     return counts
 
 

@@ -62,6 +62,9 @@ template <typename E, typename... Parts>
     if (e_ != cudaSuccess) fail<std::runtime_error>(what, " failed: ", cudaGetErrorString(e_)); \
   } while (0)
 
+// The head dims the dense, decode and draft kernels are instantiated for.
+bool kernel_head_dim(int64_t d) { return d == 64 || d == 128 || d == 256; }
+
 int dtype_code(const at::Tensor& t, const char* name) {
   if (t.scalar_type() == at::kHalf) return 0;
   if (t.scalar_type() == at::kBFloat16) return 1;
@@ -114,7 +117,7 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
   FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(D == 64 || D == 128 || D == 256, "q: the decode kernel supports head dim 64, 128 or 256, got ", D);
+  FC_CHECK(kernel_head_dim(D), "q: the decode kernel supports head dim 64, 128 or 256, got ", D);
   FC_CHECK(k.size(-1) == D, "k_cache: head dim ", k.size(-1), " differs from q's ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k_cache has ", Hkv, ": not a multiple");
   FC_CHECK(page_size >= 1 && page_size <= flashcore::kDecodeMaxChunkTokens, "page_size: expected 1..",
@@ -363,7 +366,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
            ": expected dtype ", q.scalar_type());
   FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/", k_name, "/", v_name, ": expected [tokens, heads, D]");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(D == 64 || D == 128 || D == 256, "q: the dense kernel supports head dim 64, 128 or 256, got ", D);
+  FC_CHECK(kernel_head_dim(D), "q: the dense kernel supports head dim 64, 128 or 256, got ", D);
   FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), k_name, "/", v_name,
            ": shapes ", k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");
@@ -495,7 +498,7 @@ std::vector<at::Tensor> draft_merge(const at::Tensor& q, const at::Tensor& k, co
   const int dtype = dtype_code(q, "q");
   FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/k/v: expected [tokens, heads, D]");
   const int64_t rows = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
-  FC_CHECK(d == 64 || d == 128 || d == 256, "q: the draft kernel supports head dim 64, 128 or 256, got ", d);
+  FC_CHECK(kernel_head_dim(d), "q: the draft kernel supports head dim 64, 128 or 256, got ", d);
   FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
                out_ctx.scalar_type() == q.scalar_type(),
            "k/v/out_ctx: expected q's dtype ", q.scalar_type());

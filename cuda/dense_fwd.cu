@@ -176,7 +176,8 @@ __global__ void __launch_bounds__(DenseShape<W>::kThreads, 1)
     wgmma_commit();
   };
   // O += P V of ring tile g, issued asynchronously; V is [keys][D], read as an MN-major B operand
-  // (kKeys = kBlockN / 2: the first half only, P being zero past it)
+  // (kKeys = kBlockN / 2: the first half only, P being zero past it). Lambda parameter types name
+  // kBlockNFor<D>: the local kBlockN there crashes nvcc 13.0's front end (cudafe++).
   auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&pa)[kBlockNFor<D> / 16][4], int g, auto keys) {
     constexpr int kKeys = decltype(keys)::value;
     const int stage_bytes = (g % kStages) * S::kTileBytes;

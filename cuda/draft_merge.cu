@@ -2,7 +2,7 @@
 // request that its mask row allows, and that softmax is folded into the context part's normalised
 // (O, LSE), which the decode kernel left, as one more term. One launch instead of the dozen small
 // torch kernels of the float32 path (sglang_flashcore/speculative.py: draft_attention and the LSE
-// merge), which cost more than the context part itself when a verify step's context is shared.
+// merge), which stays the CPU path and the reference this kernel is tested against.
 //
 // One block per (draft token, KV head); each warp takes query heads of the GQA group in turn. A
 // lane holds D / 32 consecutive columns: a score is a warp-wide dot product (five xor shuffles),
@@ -22,10 +22,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float nan_max(float a, float b) {
-  return a != a || b != b ? __int_as_float(0x7fffffff) : fmaxf(a, b);
-}
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

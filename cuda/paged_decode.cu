@@ -647,7 +647,6 @@ __global__ void __launch_bounds__(kMergeLanes<D> * kMergeSplit) merge_partials_k
 
   // pass 1: the block's largest LSE; a NaN partial (NaN or +inf scores) makes it NaN, and so the
   // output and LSE (fmaxf alone would drop it and, were every partial NaN, return an empty row)
-  auto nan_max = [](float a, float b) { return a != a || b != b ? __int_as_float(0x7fffffff) : fmaxf(a, b); };
   float m = -INFINITY;
   for (int i = i0 + g * kLanes + x; i < i1; i += kLanes * kMergeSplit) m = nan_max(m, lse_at(i));
 #pragma unroll

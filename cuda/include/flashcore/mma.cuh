@@ -39,6 +39,11 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   return y;
 }
 
+// max that propagates NaN (fmaxf drops it): a NaN score or LSE must poison its row, not vanish
+__device__ __forceinline__ float nan_max(float a, float b) {
+  return a != a || b != b ? __int_as_float(0x7fffffff) : fmaxf(a, b);
+}
+
 // 1 / x and log2(x) in one MUFU each (relative error about 2^-23; no IEEE slow-path branch)
 __device__ __forceinline__ float rcp_approx(float x) {
   float y;
