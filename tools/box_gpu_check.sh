@@ -43,8 +43,10 @@ for step in $steps; do
       for f in "$OUT"/test_gpu_*.txt; do echo "$(basename "$f" .txt): $(tail -1 "$f")"; done
       grep -h "^FAILED" "$OUT"/test_gpu_*.txt | head -20 ;;
     sanitize)
+      # SANITIZE_RACECHECK_GROUPS: the case groups racecheck runs (all of them outlast a call)
       for tool in memcheck racecheck; do
-        timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_cases.py \
+        groups=""; [ $tool = racecheck ] && groups=${SANITIZE_RACECHECK_GROUPS:-}
+        timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_cases.py $groups \
           > "$OUT/sanitize_$tool.txt" 2>&1
         echo "sanitizer $tool rc=$?"; tail -2 "$OUT/sanitize_$tool.txt"
       done ;;

@@ -1,9 +1,9 @@
 """A small grid of kernel calls checked against the reference, sized for compute-sanitizer:
 
     compute-sanitizer --tool memcheck python tools/sanitize_cases.py
-    compute-sanitizer --tool racecheck python tools/sanitize_cases.py
+    compute-sanitizer --tool racecheck python tools/sanitize_cases.py [decode dense extend draft]
 
-Exits 1 if any output differs from the reference.
+Naming groups runs only those (racecheck over the whole grid outlasts a device call). Exits 1 if any output differs from the reference.
 """
 
 from __future__ import annotations
@@ -66,9 +66,16 @@ def extend_cases():
     yield [128, 128], [70, 3], 128, (8, 2), 256, torch.bfloat16, True
 
 
-def main() -> int:
+GROUPS = ("decode", "dense", "extend", "draft")
+
+
+def main(groups: list[str]) -> int:
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise SystemExit(f"unknown case groups {unknown}; choose from {GROUPS}")
+    groups = groups or list(GROUPS)
     bad = 0
-    for i, (pattern, page, (hq, hkv), d, dtype, lengths, chunk) in enumerate(decode_cases()):
+    for i, (pattern, page, (hq, hkv), d, dtype, lengths, chunk) in enumerate(decode_cases() if "decode" in groups else ()):
         pt = make_page_table(pattern, lengths, page, seed=i)
         q = torch.randn(len(lengths), hq, d, device="cuda").to(dtype)
         k = torch.randn(pt.num_slots, hkv, d, device="cuda").to(dtype)
@@ -97,7 +104,7 @@ def main() -> int:
             ok = err < 2e-2
             bad += not ok
             print(f"decode case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    for i, (lq, lk, hq, hkv, d, causal, dtype, window, softcap) in enumerate(dense_cases()):
+    for i, (lq, lk, hq, hkv, d, causal, dtype, window, softcap) in enumerate(dense_cases() if "dense" in groups else ()):
         cq = torch.tensor([0] + lq, device="cuda").cumsum(0).int()
         ck = torch.tensor([0] + lk, device="cuda").cumsum(0).int()
         q = torch.randn(sum(lq), hq, d, device="cuda").to(dtype)
@@ -111,7 +118,7 @@ def main() -> int:
         ok = err < 2e-2
         bad += not ok
         print(f"dense case {i}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    for i, (prefix, ext, page, (hq, hkv), d, dtype, shared) in enumerate(extend_cases()):
+    for i, (prefix, ext, page, (hq, hkv), d, dtype, shared) in enumerate(extend_cases() if "extend" in groups else ()):
         case = make_extend_case(prefix, ext, page, hq, hkv, d, dtype, device="cuda", seed=i, shared=shared)
         pt = case.table
         prefix_t = torch.tensor(prefix, device="cuda")
@@ -136,8 +143,8 @@ def main() -> int:
             bad += not ok
             print(f"extend case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
     # the verify draft kernel: chains of 1, 4 and 9 draft tokens, with and without a soft-cap
-    for i, (batch, n, hq, hkv, d, softcap) in enumerate([(3, 4, 8, 2, 128, 0.0), (1, 9, 4, 4, 256, 5.0),
-                                                          (2, 1, 16, 8, 64, 0.0)]):
+    draft_cases = [(3, 4, 8, 2, 128, 0.0), (1, 9, 4, 4, 256, 5.0), (2, 1, 16, 8, 64, 0.0)]
+    for i, (batch, n, hq, hkv, d, softcap) in enumerate(draft_cases if "draft" in groups else ()):
         rows = batch * n
         q = torch.randn(rows, hq, d, device="cuda").bfloat16()
         k, v = (torch.randn(rows, hkv, d, device="cuda").bfloat16() for _ in range(2))
@@ -155,4 +162,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
