@@ -63,7 +63,13 @@ template <typename E, typename... Parts>
   } while (0)
 
 // The head dims the dense, decode and draft kernels are instantiated for.
-bool kernel_head_dim(int64_t d) { return d == 64 || d == 128 || d == 256; }
+// The kernel head dim that serves q's head dim d (heuristics.h: 64, 128 or 256, the multiples of
+// 16 between them in the next one up), or a clear error naming the kernel.
+int64_t kernel_head_dim(int64_t d, const char* kernel) {
+  const int64_t kernel_d = flashcore::kernel_head_dim_for(d);
+  FC_CHECK(kernel_d != 0, "q: the ", kernel, " kernel supports head dims 64 to 256 in multiples of 16, got ", d);
+  return kernel_d;
+}
 
 int dtype_code(const at::Tensor& t, const char* name) {
   if (t.scalar_type() == at::kHalf) return 0;
@@ -117,7 +123,7 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   FC_CHECK(k.dim() == 3 || k.dim() == 4, "k_cache: expected [slots, Hkv, D] or [pages, Hkv, page_size, D]");
   FC_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides(), "k_cache and v_cache: expected the same shape and strides");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(kernel_head_dim(D), "q: the decode kernel supports head dim 64, 128 or 256, got ", D);
+  kernel_head_dim(D, "decode");
   FC_CHECK(k.size(-1) == D, "k_cache: head dim ", k.size(-1), " differs from q's ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, k_cache has ", Hkv, ": not a multiple");
   FC_CHECK(page_size >= 1 && page_size <= flashcore::kDecodeMaxChunkTokens, "page_size: expected 1..",
@@ -266,7 +272,9 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
   p.out_stride_h = out.stride(1);
-  cudaError_t err = flashcore::paged_decode_launch(p, dtype, kv_dtype, (int)q.size(2), at::cuda::getCurrentCUDAStream());
+  p.head_dim = (int)q.size(2);
+  cudaError_t err = flashcore::paged_decode_launch(p, dtype, kv_dtype, (int)kernel_head_dim(q.size(2), "decode"),
+                                                   at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "paged_decode launch");
   return {out, lse};
 }
@@ -315,10 +323,10 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   auto buf = table_buffers(ints, hash, q, max_batch, max_chunks);
   FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
                partial_o.is_contiguous() && partial_lse.is_contiguous() &&
-               partial_o.numel() >= table_partials(max_chunks) * q.size(1) * q.size(2) &&
+               partial_o.numel() >= table_partials(max_chunks) * q.size(1) * kernel_head_dim(q.size(2), "decode") &&
                partial_lse.numel() >= table_partials(max_chunks) * q.size(1),
            "partial_o/partial_lse: expected contiguous float32 workspaces for ", table_partials(max_chunks),
-           " partials of ", q.size(1), " heads");
+           " partials of ", q.size(1), " heads (of the kernel's head dim)");
   p.req_to_token = req_to_token.data_ptr<int>();
   p.r2t_stride = req_to_token.stride(0);
   p.work_reader_offsets = buf.work_reader_offsets;
@@ -366,7 +374,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
            ": expected dtype ", q.scalar_type());
   FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/", k_name, "/", v_name, ": expected [tokens, heads, D]");
   const int64_t Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
-  FC_CHECK(kernel_head_dim(D), "q: the dense kernel supports head dim 64, 128 or 256, got ", D);
+  const int64_t kernel_d = kernel_head_dim(D, "dense");
   FC_CHECK(k.size(2) == D && v.size(2) == D && v.size(1) == Hkv && v.size(0) == k.size(0), k_name, "/", v_name,
            ": shapes ", k.sizes(), " and ", v.sizes(), " do not match q's head dim ", D);
   FC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q has ", Hq, " heads, ", k_name, " has ", Hkv, ": not a multiple");
@@ -408,6 +416,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
   a.num_q_heads = (int)Hq;
   a.num_kv_heads = (int)Hkv;
   a.max_seqlen_q = (int)max_seqlen_q;
+  a.head_dim = (int)D;
   a.softmax_scale = (float)scale;
   a.causal = causal;
   a.window_left = (int)window_left;
@@ -435,7 +444,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& q, const at::Tensor& k, 
     a.tile_list = tile_list.data_ptr<int>();
     a.select_temp = select_temp.data_ptr();
   }
-  cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)D, at::cuda::getCurrentCUDAStream());
+  cudaError_t err = flashcore::dense_fwd_launch(a, dtype, (int)kernel_d, at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "dense attention launch");
   return {out, lse};
 }
@@ -498,7 +507,7 @@ std::vector<at::Tensor> draft_merge(const at::Tensor& q, const at::Tensor& k, co
   const int dtype = dtype_code(q, "q");
   FC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q/k/v: expected [tokens, heads, D]");
   const int64_t rows = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
-  FC_CHECK(kernel_head_dim(d), "q: the draft kernel supports head dim 64, 128 or 256, got ", d);
+  kernel_head_dim(d, "draft");
   FC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
                out_ctx.scalar_type() == q.scalar_type(),
            "k/v/out_ctx: expected q's dtype ", q.scalar_type());

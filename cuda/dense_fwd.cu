@@ -340,8 +340,9 @@ EncodeTiled encode_fn() {
   return fn;
 }
 
-// [rows, heads, D] <-> boxes of box_rows rows x 1 head x 64 columns, 128-byte swizzle, zero fill
-// past the end (loads; stores clip there)
+// [rows, heads, d] <-> boxes of box_rows rows x 1 head x 64 columns, 128-byte swizzle, zero fill
+// past the end (loads; stores clip there): of the rows, and of the columns past a head dim d
+// below the kernel's (a box wholly past it loads zeros and stores nothing)
 bool make_map(CUtensorMap* map, const void* base, CUtensorMapDataType dtype, int64_t rows, int heads, int d,
               int64_t stride_row, int64_t stride_head, int box_rows) {
   EncodeTiled encode = encode_fn();
@@ -360,23 +361,24 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   constexpr int kBlockM = DenseShape<W>::kBlockM;
   constexpr int kBlockN = kBlockNFor<D>;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
+  if (a.head_dim > D || kernel_head_dim_for(a.head_dim) != D) return cudaErrorInvalidValue;
   CUtensorMap tq, tk, tv, tk_pool, tv_pool, to;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
   const bool paged = a.key_pages != nullptr;
   const int box_rows = paged ? std::min(dense_page_box_rows(a.page_size), kBlockN) : kBlockN;
   if (box_rows == 0 || rows_k >= INT32_MAX || (paged && (a.pool_rows < 1 || a.pool_rows >= INT32_MAX)))
     return cudaErrorInvalidValue;
-  if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, D, a.q_stride_row, a.q_stride_head, kBlockM) ||
-      !make_map(&to, a.out, dtype, a.total_q, a.num_q_heads, D, a.out_stride_row, a.out_stride_head, 16) ||
-      !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, D, a.k_stride_row, a.k_stride_head, box_rows) ||
-      !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, D, a.v_stride_row, a.v_stride_head, box_rows))
+  if (!make_map(&tq, a.q, dtype, a.total_q, a.num_q_heads, a.head_dim, a.q_stride_row, a.q_stride_head, kBlockM) ||
+      !make_map(&to, a.out, dtype, a.total_q, a.num_q_heads, a.head_dim, a.out_stride_row, a.out_stride_head, 16) ||
+      !make_map(&tk, a.k, dtype, rows_k, a.num_kv_heads, a.head_dim, a.k_stride_row, a.k_stride_head, box_rows) ||
+      !make_map(&tv, a.v, dtype, rows_k, a.num_kv_heads, a.head_dim, a.v_stride_row, a.v_stride_head, box_rows))
     return cudaErrorInvalidValue;
   if (!paged) {
     tk_pool = tk;
     tv_pool = tv;
-  } else if (!make_map(&tk_pool, a.k_pool, dtype, a.pool_rows, a.num_kv_heads, D, a.k_pool_stride_row,
+  } else if (!make_map(&tk_pool, a.k_pool, dtype, a.pool_rows, a.num_kv_heads, a.head_dim, a.k_pool_stride_row,
                        a.k_pool_stride_head, box_rows) ||
-             !make_map(&tv_pool, a.v_pool, dtype, a.pool_rows, a.num_kv_heads, D, a.v_pool_stride_row,
+             !make_map(&tv_pool, a.v_pool, dtype, a.pool_rows, a.num_kv_heads, a.head_dim, a.v_pool_stride_row,
                        a.v_pool_stride_head, box_rows)) {
     return cudaErrorInvalidValue;
   }
@@ -391,6 +393,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   p.out_stride_row = a.out_stride_row;
   p.out_stride_head = a.out_stride_head;
   p.num_q_heads = a.num_q_heads;
+  p.head_dim = a.head_dim;
   p.group = a.num_q_heads / a.num_kv_heads;
   p.scale_log2 = a.softmax_scale * 1.4426950408889634f;
   p.causal = a.causal ? 1 : 0;

@@ -5,7 +5,8 @@
 // merge), which stays the CPU path and the reference this kernel is tested against.
 //
 // One block per (draft token, KV head); each warp takes query heads of the GQA group in turn. A
-// lane holds D / 32 consecutive columns: a score is a warp-wide dot product (five xor shuffles),
+// lane holds D / 32 consecutive columns (D the kernel's head dim; lanes past a smaller head dim
+// read and write nothing, heuristics.h's kernel_head_dim_for): a score is a warp-wide dot product (five xor shuffles),
 // the warp's scores of a row wait in shared memory, and the row is normalised in float32:
 //   m = max(lse_ctx, scores), w_ctx = e^(lse_ctx - m), w_j = e^(s_j - m), l = w_ctx + sum w_j,
 //   O = (w_ctx O_ctx + sum w_j V_j) / l, LSE = m + ln l.
@@ -15,6 +16,7 @@
 #include <math.h>
 
 #include "flashcore/draft_merge.h"
+#include "flashcore/heuristics.h"
 #include "flashcore/mma.cuh"
 
 namespace flashcore {
@@ -38,6 +40,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = p.num_q_heads / p.num_kv_heads;
   const int col0 = lane * kCols;
+  const bool live = col0 < p.head_dim;  // (kCols divides 16, and so the head dim)
   float* sc = scores_smem + warp * p.num_draft;
   const bool* sees = p.mask + ((int64_t)b * p.num_draft + i) * p.num_draft;
   const int64_t first = (int64_t)b * p.num_draft;  // the request's first draft token
@@ -49,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
     const T* q = reinterpret_cast<const T*>(p.q) + row * p.q_stride_tok + (int64_t)qh * p.q_stride_head + col0;
     float qv[kCols];
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) qv[c] = Pack2<T>::to_float(q[c]);
+    for (int c = 0; c < kCols; ++c) qv[c] = live ? Pack2<T>::to_float(q[c]) : 0.f;
     const float lse_ctx = p.lse_ctx[(int64_t)row * p.num_q_heads + qh];
     float m = lse_ctx;
     for (int j = 0; j < p.num_draft; ++j) {
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
         const T* kj = k_head + (int64_t)j * p.kv_stride_tok;
         float dot = 0.f;
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) dot += qv[c] * Pack2<T>::to_float(kj[c]);
+        for (int c = 0; c < kCols; ++c) dot += live ? qv[c] * Pack2<T>::to_float(kj[c]) : 0.f;
         s = warp_sum(dot) * p.scale;
         if (p.softcap > 0.f) s = p.softcap * tanhf(s / p.softcap);
         m = nan_max(m, s);
@@ -73,9 +76,9 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
       for (int c = 0; c < kCols; ++c) acc[c] = 0.f;
     } else {
       const float w_ctx = expf(lse_ctx - m);
-      const T* o_ctx = reinterpret_cast<const T*>(p.out_ctx) + ((int64_t)row * p.num_q_heads + qh) * D + col0;
+      const T* o_ctx = reinterpret_cast<const T*>(p.out_ctx) + ((int64_t)row * p.num_q_heads + qh) * p.head_dim + col0;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) acc[c] = w_ctx == 0.f ? 0.f : w_ctx * Pack2<T>::to_float(o_ctx[c]);
+      for (int c = 0; c < kCols; ++c) acc[c] = w_ctx == 0.f || !live ? 0.f : w_ctx * Pack2<T>::to_float(o_ctx[c]);
       l = w_ctx;
       for (int j = 0; j < p.num_draft; ++j) {
         if (!sees[j]) continue;
@@ -83,13 +86,14 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
         const T* vj = v_head + (int64_t)j * p.kv_stride_tok;
         l += w;
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) acc[c] += w * Pack2<T>::to_float(vj[c]);
+        for (int c = 0; c < kCols; ++c) acc[c] += live ? w * Pack2<T>::to_float(vj[c]) : 0.f;
       }
     }
     const float inv = l != 0.f ? 1.f / l : 0.f;  // (a NaN sum stays NaN)
-    T* out = reinterpret_cast<T*>(p.out) + ((int64_t)row * p.num_q_heads + qh) * D + col0;
+    T* out = reinterpret_cast<T*>(p.out) + ((int64_t)row * p.num_q_heads + qh) * p.head_dim + col0;
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) out[c] = Pack2<T>::from_float(acc[c] * inv);
+    for (int c = 0; c < kCols; ++c)
+      if (live) out[c] = Pack2<T>::from_float(acc[c] * inv);
     if (lane == 0) p.lse[(int64_t)row * p.num_q_heads + qh] = l != 0.f ? m + logf(l) : -INFINITY;
     __syncwarp();  // sc is rewritten for the warp's next head
   }
@@ -101,7 +105,7 @@ cudaError_t launch(const DraftMergeParams& p, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid(rows, p.num_kv_heads);
   const size_t smem = (size_t)kWarps * p.num_draft * sizeof(float);
-  switch (p.head_dim) {
+  switch (kernel_head_dim_for(p.head_dim)) {
     case 64: draft_merge_kernel<T, 64><<<grid, kThreads, smem, stream>>>(p); break;
     case 128: draft_merge_kernel<T, 128><<<grid, kThreads, smem, stream>>>(p); break;
     case 256: draft_merge_kernel<T, 256><<<grid, kThreads, smem, stream>>>(p); break;

@@ -95,7 +95,7 @@ __device__ __forceinline__ void load_query_rows(const PagedDecodeParams& p, cons
     int row = row_base + rr;
     const T* src = qg;
     int bytes = 0;
-    if (row < s.rows) {
+    if (row < s.rows && c * 8 < p.head_dim) {  // (columns past a smaller head dim: zeros)
       int b = p.work_readers[s.r0 + row / G];
       src = qg + b * p.q_stride_b + (int64_t)(h * G + row % G) * p.q_stride_h + c * 8;
       bytes = 16;
@@ -519,6 +519,11 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   const int last_slot = (int)min(p.num_slots - 1, (int64_t)INT_MAX);
   const char* k_col = reinterpret_cast<const char*>(kg) + my_c * 16;
   const char* v_col = reinterpret_cast<const char*>(vg) + my_c * 16;
+  // a head dim below the kernel's (heuristics.h): this thread's chunks past it load as zeros
+  bool chunk_in_row[kChunksPerThread];
+#pragma unroll
+  for (int j = 0; j < kChunksPerThread; ++j)
+    chunk_in_row[j] = (my_c + j * kThreadsPerRow) * 16 < p.head_dim * (int)sizeof(TKV);
   // a 16-byte chunk's byte offset in a K or V tile: swizzled 16-bit rows (read by ldmatrix), or
   // plain FP8 rows (read once by widen_tiles)
   auto chunk_at = [](int r, int chunk) { return kFp8 ? r * D + chunk * 16 : Tile::offset(r, chunk * 8) * 2; };
@@ -542,8 +547,8 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
 #pragma unroll
       for (int j = 0; j < kChunksPerThread; ++j) {
         const int at = chunk_at(r, my_c + j * kThreadsPerRow);
-        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, bytes);
-        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, bytes);
+        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, chunk_in_row[j] ? bytes : 0);
+        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, chunk_in_row[j] ? bytes : 0);
       }
     }
   };
@@ -703,6 +708,7 @@ __global__ void __launch_bounds__(kMergeLanes<D> * kMergeSplit) merge_partials_k
   T* out = reinterpret_cast<T*>(p.out) + b * p.out_stride_b + (int64_t)head * p.out_stride_h + d0;
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
+    if (d0 + v * 4 * kLanes >= p.head_dim) break;  // (a head dim below the kernel's)
     T* dst = out + v * 4 * kLanes;
     dst[0] = Pack2<T>::from_float(acc[v].x * inv);
     dst[1] = Pack2<T>::from_float(acc[v].y * inv);
@@ -715,7 +721,7 @@ __global__ void __launch_bounds__(kMergeLanes<D> * kMergeSplit) merge_partials_k
 template <typename T, typename TKV, int D>
 cudaError_t launch(const PagedDecodeParams& params, cudaStream_t stream) {
   if (params.batch == 0) return cudaSuccess;
-  if (params.tasks == nullptr) return cudaErrorInvalidValue;
+  if (params.tasks == nullptr || kernel_head_dim_for(params.head_dim) != D) return cudaErrorInvalidValue;
   PagedDecodeParams p = params;
   p.scale_log2 *= widened_unscale<T, TKV>();  // the MMAs see K and V times 2^-112 (fp8.cuh)
   p.v_scale *= widened_unscale<T, TKV>();

@@ -32,7 +32,8 @@ from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_kv_sca
                      softmax_scale_for)
 from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
                          DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, DETERMINISTIC_CHUNK_TOKENS,
-                         MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS, SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, num_sms,
+                         MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS, SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, kernel_head_dim,
+                         num_sms,
                          split_guided, split_items, split_part_count, target_chunks)
 from .ops import paged_decode_table_op, paged_decode_table_reference
 from .reference import attend_one, gather_kv, merge_states_ref
@@ -188,13 +189,15 @@ class DecodePlanner:
         kernels.check_device(self.device)
         self.max_batch = max(int(max_batch), 1)
         self.num_q_heads, self.head_dim = num_q_heads, head_dim
-        per_partial = num_q_heads * (head_dim + 1) * 4
+        # the partials keep the kernel's head dim (a smaller one runs padded: heuristics.kernel_head_dim)
+        partial_dim = kernel_head_dim(head_dim) or head_dim
+        per_partial = num_q_heads * (partial_dim + 1) * 4
         self.max_chunks = max(self.max_batch, workspace_bytes // per_partial)
         ints, hash_slots, partials = kernels.planner_sizes(self.max_batch, self.max_chunks)
         self.ints = torch.zeros(ints, dtype=torch.int32, device=self.device)
         self.hash = torch.zeros(hash_slots, dtype=torch.int64, device=self.device)
         # the chunks' partials and the tail split's
-        self.partial_o = torch.empty(partials * num_q_heads * head_dim, dtype=torch.float32, device=self.device)
+        self.partial_o = torch.empty(partials * num_q_heads * partial_dim, dtype=torch.float32, device=self.device)
         self.partial_lse = torch.empty(partials * num_q_heads, dtype=torch.float32, device=self.device)
         self.grid_work = DECODE_CTAS_PER_SM * num_sms(self.device)  # the fixed grid loops over the tasks
         self.deterministic = bool(deterministic)

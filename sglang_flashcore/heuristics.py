@@ -50,8 +50,31 @@ MIRRORED: Dict[str, str] = {
 
 # ------------------------------------------------------------------------ Python-side policy
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # what the CUDA kernels compute in
-DENSE_HEAD_DIMS = (64, 128, 256)  # head dims of the dense / extend kernel
-DECODE_HEAD_DIMS = (64, 128, 256)  # head dims of the decode kernel
+BUILT_HEAD_DIMS = (64, 128, 256)  # the head dims the CUDA kernels are compiled for
+
+
+def kernel_head_dim(head_dim: int) -> int:
+    """The compiled head dim that serves ``head_dim`` (heuristics.h's ``kernel_head_dim_for``): 64,
+    128 or 256 itself, a multiple of 16 between them the next one up (its columns past the head
+    dim load as zeros and are never stored: Phi-3's 96 runs in the 128 kernels); 0 for none. The
+    padded columns cost their share of a prefill's tensor-core work, not of decode's bytes."""
+    d = int(head_dim)
+    if d < 64 or d > 256 or d % 16:
+        return 0
+    return next(built for built in BUILT_HEAD_DIMS if d <= built)
+
+
+DENSE_HEAD_DIMS = tuple(d for d in range(1, 257) if kernel_head_dim(d))  # the dense / extend kernel's
+DECODE_HEAD_DIMS = DENSE_HEAD_DIMS  # the decode kernel's (and the verify draft kernel's)
+
+
+def head_dims_text(dims: Sequence[int]) -> str:
+    """Head dims in words: "64 to 256 in multiples of 16" for the kernels' set, else a list."""
+    dims = sorted(dims)
+    if len(dims) > 2 and dims == list(range(dims[0], dims[-1] + 1, dims[1] - dims[0])):
+        return f"{dims[0]} to {dims[-1]} in multiples of {dims[1] - dims[0]}"
+    text = [str(d) for d in dims]
+    return text[0] if len(text) == 1 else f"{', '.join(text[:-1])} and {text[-1]}"
 
 # The automatic split-KV chunk: the largest power of two in [MIN_CHUNK_TOKENS, MAX_AUTO_CHUNK_TOKENS]
 # that still gives about two waves of (chunk, KV head) tasks. 2048-token chunks timed 2-3% faster

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from . import _jit, config, ops
-from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS, KERNEL_DTYPES, can_page
+from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS, KERNEL_DTYPES, can_page, head_dims_text
 
 Tensor = torch.Tensor
 _HINT = "set FLASHCORE_IMPL=reference to run the float32 reference on the GPU"
@@ -30,7 +30,7 @@ def check_kernel_input(q: Tensor, what: str, head_dims: Sequence[int]) -> None:
     if q.dtype not in KERNEL_DTYPES:
         raise TypeError(f"q: the CUDA {what} kernel takes float16 or bfloat16, got {q.dtype}; {_HINT}")
     if q.shape[-1] not in head_dims:
-        raise ValueError(f"q: the CUDA {what} kernel supports head dim {' or '.join(map(str, head_dims))}, "
+        raise ValueError(f"q: the CUDA {what} kernel supports head dims {head_dims_text(head_dims)}, "
                          f"got {q.shape[-1]}; {_HINT}")
 
 

@@ -26,7 +26,7 @@ from . import config
 from .decode import DecodePlanner, paged_decode_table, planner_group
 from .extend import ExtendPlan, extend_attention, plan_extend
 from .checks import FP8_KV_DTYPES
-from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS
+from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS, head_dims_text
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
 from .sinks import apply_sinks
 from .window import extend_key_start, window_table, window_width
@@ -126,9 +126,8 @@ def kernel_head_dims() -> list:
 
 
 def kernel_head_dims_text() -> str:
-    """``kernel_head_dims()`` in words: "64, 128 and 256"."""
-    dims = [str(d) for d in kernel_head_dims()]
-    return dims[0] if len(dims) == 1 else f"{', '.join(dims[:-1])} and {dims[-1]}"
+    """``kernel_head_dims()`` in words: "64 to 256 in multiples of 16"."""
+    return head_dims_text(kernel_head_dims())
 
 
 def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
@@ -141,7 +140,8 @@ def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
 
 def flashinfer_route(model_runner) -> Optional[str]:
     """Why this model's attention goes to SGLang's ``flashinfer`` backend instead of ours, or None
-    when ours serves it: on a GPU, a head dim our kernels do not have (Phi-3: 96). FlashInfer is
+    when ours serves it: on a GPU, a head dim our kernels do not have (below 64, or not a multiple
+    of 16). FlashInfer is
     installed with SGLang and serves them, windows and soft-caps included (plugin.create_backend
     hands the model over)."""
     if getattr(model_runner, "use_mla_backend", False):

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 PATTERNS = ("none", "prefix", "tree", "identical", "empty_rows")
-HEAD_DIMS = (64, 128, 256)  # what the dense, extend and decode kernels take
+HEAD_DIMS = (64, 128, 256, 80, 96, 192)  # compiled (64, 128, 256) and served padded to the next one (heuristics.kernel_head_dim)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from sglang_flashcore.decode import DecodePlanner, plan_table_reference
 from sglang_flashcore.heuristics import DECODE_CTAS_PER_SM, SPLIT_MAX_PARTS
 from sglang_flashcore.plugin import BACKEND_NAME
 from sglang_flashcore.speculative import VerifyBuffers, draft_mask_from_sglang, plan_verify, verify_attention
+from cases import HEAD_DIMS
 from spec_cases import draft_positions, make_verify_case, random_verify_params, verify_oracle
 
 pytestmark = pytest.mark.gpu
@@ -73,7 +74,8 @@ def test_windowed_verify_kernels_match_the_oracle(i):
 @pytest.mark.parametrize("i", range(120))
 def test_verify_kernels_match_the_oracle(i):
     rng = random.Random(9000 + i)
-    p = random_verify_params(rng, page_sizes=(1, 16, 64, 128), max_context=rng.choice([300, 3000]))
+    p = random_verify_params(rng, page_sizes=(1, 16, 64, 128), head_dims=HEAD_DIMS,
+                             max_context=rng.choice([300, 3000]))
     dtype = rng.choice([torch.float16, torch.bfloat16])
     case = _case(p, dtype, seed=i)
     planner = DecodePlanner(case.q.shape[0], p["hq"], p["d"], "cuda")
@@ -95,7 +97,7 @@ def test_draft_kernel_matches_the_float32_draft_op_and_merge(i):
 
     rng = random.Random(4000 + i)
     batch, n = rng.choice([1, 2, 5]), rng.choice([1, 2, 4, 7, 16, 40])
-    hkv, group, d = rng.choice([1, 2, 8]), rng.choice([1, 4, 8]), rng.choice([64, 128, 256])
+    hkv, group, d = rng.choice([1, 2, 8]), rng.choice([1, 4, 8]), rng.choice(HEAD_DIMS)
     dtype, softcap = rng.choice(list(TOL)), rng.choice([0.0, 0.0, 5.0])
     g = torch.Generator(device="cuda").manual_seed(i)
     rows, hq = batch * n, hkv * group

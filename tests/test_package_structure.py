@@ -27,6 +27,29 @@ def test_mirrored_constants_agree_with_the_header():
         assert getattr(heuristics, py_name) == constants[cpp_name], f"{py_name} != {cpp_name}"
 
 
+def test_kernel_head_dim_agrees_with_the_header(tmp_path):
+    """heuristics.h's kernel_head_dim_for, compiled by the host compiler, against the Python mirror
+    for every head dim up to 300 (which compiled kernel serves it, padded or not)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    src = tmp_path / "dims.cpp"
+    src.write_text('#include <cstdio>\n#include "flashcore/heuristics.h"\n'
+                   "int main() { for (int d = 0; d <= 300; ++d) std::printf(\"%d\\n\", "
+                   "flashcore::kernel_head_dim_for(d)); }\n")
+    subprocess.run([cxx, "-std=c++17", "-I", str(HEADER.parent.parent), str(src), "-o", str(tmp_path / "dims")],
+                   check=True)
+    out = subprocess.run([str(tmp_path / "dims")], check=True, capture_output=True, text=True).stdout.split()
+    assert [int(x) for x in out] == [heuristics.kernel_head_dim(d) for d in range(301)]
+    assert heuristics.kernel_head_dim(96) == 128 and heuristics.kernel_head_dim(192) == 256
+    assert heuristics.DENSE_HEAD_DIMS == tuple(range(64, 257, 16))
+
+
 def test_policy_constants_are_defined_once_on_the_cuda_side():
     names = list(header_constants())
     for path in sorted((ROOT / "cuda").rglob("*")):

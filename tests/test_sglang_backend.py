@@ -189,8 +189,8 @@ def _cfg(**fields):
 
 @pytest.mark.parametrize("cfg,device,feature", [
     (_cfg(head_dim=192, v_head_dim=128), "cpu", r"different Q/K and V head dims \(192 vs 128\)"),
-    (_cfg(head_dim=96), "cuda", r"head dim 96 on the CUDA kernels \(they take 64, 128 and 256\)"),
-    (_cfg(head_dim=80), "cuda:0", "head dim 80"),
+    (_cfg(head_dim=48), "cuda", r"head dim 48 on the CUDA kernels \(they take 64 to 256 in multiples of 16\)"),
+    (_cfg(head_dim=72), "cuda:0", "head dim 72"),
 ])
 def test_layer_features_the_config_names_fail_when_the_server_is_built(cfg, device, feature):
     with pytest.raises(UnsupportedFeatureError, match=feature):
@@ -198,9 +198,9 @@ def test_layer_features_the_config_names_fail_when_the_server_is_built(cfg, devi
 
 
 def test_head_dims_outside_the_kernels_build_on_cpu_and_with_the_reference(monkeypatch):
-    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=96)))  # the CPU reference serves any head dim
+    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=48)))  # the CPU reference serves any head dim
     monkeypatch.setenv("FLASHCORE_IMPL", "reference")
-    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=96), device="cuda"))
+    FlashCoreBackend(_fake_runner(model_config=_cfg(head_dim=48), device="cuda"))
 
 
 @pytest.mark.parametrize("attr,value,feature", [
@@ -509,20 +509,21 @@ def test_head_dims_without_our_kernels_go_to_sglangs_flashinfer_backend(monkeypa
             built.append(runner)
 
     monkeypatch.setitem(ATTENTION_BACKENDS, "flashinfer", FakeFlashInfer)
-    phi3 = _fake_runner(model_config=_cfg(head_dim=96), device="cuda")
+    odd = _fake_runner(model_config=_cfg(head_dim=72), device="cuda")
     with caplog.at_level("WARNING"):
-        backend = plugin.create_backend(phi3)
-    assert isinstance(backend, FakeFlashInfer) and built == [phi3]
-    assert "head dim 96 is not in its CUDA kernels (64, 128 and 256)" in caplog.text
-    for head_dim in (64, 128, 256):  # Gemma 2/3 and Qwen3-Next's full-attention layers: ours
+        backend = plugin.create_backend(odd)
+    assert isinstance(backend, FakeFlashInfer) and built == [odd]
+    assert "head dim 72 is not in its CUDA kernels (64 to 256 in multiples of 16)" in caplog.text
+    # Gemma 2/3 and Qwen3-Next's full-attention layers (256), Phi-3 (96), Phi-2 (80): ours
+    for head_dim in (64, 80, 96, 128, 192, 256):
         assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=head_dim), device="cuda")),
                           FlashCoreBackend)
-    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=96), device="cpu")),
+    assert isinstance(plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=72), device="cpu")),
                       FlashCoreBackend)
 
     def broken(runner):
         raise ImportError("no flashinfer")
 
     monkeypatch.setitem(ATTENTION_BACKENDS, "flashinfer", broken)
-    with pytest.raises(UnsupportedFeatureError, match="head dim 96 .* flashinfer backend could not be built"):
-        plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=96), device="cuda"))
+    with pytest.raises(UnsupportedFeatureError, match="head dim 72 .* flashinfer backend could not be built"):
+        plugin.create_backend(_fake_runner(model_config=_cfg(head_dim=72), device="cuda"))

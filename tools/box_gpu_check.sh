@@ -2,14 +2,15 @@
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
 # benchmarks, and an A/B of the seed points against a git revision, with logs and results under
 # $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|ab|coverage|checks|serving ...]   (default: tests sanitize bench ab)
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|padded|ab|coverage|checks|serving ...]   (default: tests sanitize bench ab)
 # The last three run through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
 # .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify and
 # sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
 # against triton's for a Gemma-3-shaped model (windows), an embedding model, an FP8 KV cache and
 # EAGLE3. serving: the serving workloads against fa3 and flashinfer. headdim: head dim 256 (Gemma
 # 2/3-shaped heads) in bench_dense.py against cuDNN and FA2, and in bench_decode.py against cuDNN
-# (with the serving baselines where carried).
+# (with the serving baselines where carried). padded: head dim 96 (Phi-3), which runs in the 128
+# kernels, in bench_dense.py and bench_decode.py.
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
@@ -69,6 +70,17 @@ for step in $steps; do
       python3 benchmarks/bench_decode.py --config 16,8,32768,256,64,0.7 --config 64,8,4096,256,64,0 --hkv 4 \
         --repeats 20 --rounds 3 --json "$OUT/decode_d256.json" --plot "$OUT/decode_d256.png" > "$OUT/decode_d256.txt" 2>&1
       echo "decode d256 rc=$?"; grep -E "^  B|unavailable|mismatch" "$OUT/decode_d256.txt" | cut -c1-300 ;;
+    padded)
+      # Phi-3-shaped heads (32 x 96, MHA), served by the 128 kernels padded: dense against cuDNN and FA2,
+      # decode against cuDNN and (under tools/box_serving.sh with the baselines) FlashInfer, the
+      # backend such models were routed to before
+      serve=""; [ -f .carry/boxsite.tar.xz ] && serve="bash tools/box_serving.sh"
+      $serve python3 benchmarks/bench_dense.py --shape 4,4096,32,32,96 --shape 16,1024,32,32,96 --dtype bf16 \
+        --json "$OUT/dense_d96.json" --plot "$OUT/dense_d96.png" > "$OUT/dense_d96.txt" 2>&1
+      echo "dense d96 rc=$?"; tail -6 "$OUT/dense_d96.txt" | cut -c1-220
+      $serve python3 benchmarks/bench_decode.py --config 16,32,16384,96,64,0.7 --config 64,32,4096,96,64,0 --hkv 32 \
+        --repeats 20 --rounds 3 --json "$OUT/decode_d96.json" --plot "$OUT/decode_d96.png" > "$OUT/decode_d96.txt" 2>&1
+      echo "decode d96 rc=$?"; grep -E "^  B|unavailable|mismatch" "$OUT/decode_d96.txt" | cut -c1-300 ;;
     coverage)
       serve="bash tools/box_serving.sh python3"
       $serve benchmarks/bench_decode.py --config 16,32,32768,128,128,0.7 --config 8,32,131072,128,128,0.7 --hkv 8 \
@@ -112,7 +124,7 @@ for step in $steps; do
       python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
       echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
     *)
-      echo "unknown step $step (tests, sanitize, bench, headdim, ab, coverage, checks, serving)" ;;
+      echo "unknown step $step (tests, sanitize, bench, headdim, padded, ab, coverage, checks, serving)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
   tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a call cut at its limit still returns the steps done

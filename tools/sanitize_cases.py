@@ -38,6 +38,9 @@ def decode_cases():
     yield "prefix", 16, (64, 1), 64, torch.float16, [100, 50, 33], 16
     # the automatic chunk, moved to fill a wave of 8-KV-head tasks (not a multiple of a tile)
     yield "none", 16, (32, 8), 128, torch.bfloat16, [3000, 2500, 0, 4000], None
+    # head dims served padded by the next compiled one (columns past them zero-filled, never stored)
+    yield "prefix", 16, (8, 2), 96, torch.bfloat16, [300, 70, 1], 64
+    yield "tree", 64, (4, 1), 192, torch.float16, [500, 129, 64], None
     # head dim 256: one CTA per SM, eight columns per merge lane
     yield "prefix", 64, (16, 2), 256, torch.bfloat16, [700, 1, 300], 128
 
@@ -56,6 +59,9 @@ def dense_cases():
     # head dim 256: 64-key tiles, O leaving half a row block at a time; with a window and a soft-cap
     yield [300, 77], [300, 200], 8, 2, 256, True, torch.bfloat16, -1, 0.0
     yield [200], [450], 4, 4, 256, True, torch.float16, 100, 20.0
+    # head dims 80 and 192 in the 128 and 256 kernels (rows past a request's end stored by the warps)
+    yield [150, 33], [150, 300], 8, 2, 80, True, torch.bfloat16, 60, 0.0
+    yield [77], [200], 4, 2, 192, False, torch.bfloat16, -1, 0.0
 
 
 def extend_cases():
@@ -64,6 +70,7 @@ def extend_cases():
     yield [64, 64, 64], [5, 1, 70], 16, (8, 1), 64, torch.float16, True
     yield [3, 200], [129, 2], 64, (4, 4), 128, torch.float16, False
     yield [128, 128], [70, 3], 128, (8, 2), 256, torch.bfloat16, True
+    yield [64, 64], [40, 90], 64, (4, 2), 96, torch.float16, True
 
 
 GROUPS = ("decode", "dense", "extend", "draft")
@@ -142,8 +149,8 @@ def main(groups: list[str]) -> int:
             ok = err < 2e-2
             bad += not ok
             print(f"extend case {i} ({name}): max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    # the verify draft kernel: chains of 1, 4 and 9 draft tokens, with and without a soft-cap
-    draft_cases = [(3, 4, 8, 2, 128, 0.0), (1, 9, 4, 4, 256, 5.0), (2, 1, 16, 8, 64, 0.0)]
+    # the verify draft kernel: chains of 1 to 9 draft tokens, with and without a soft-cap, head dim 96 padded
+    draft_cases = [(3, 4, 8, 2, 128, 0.0), (1, 9, 4, 4, 256, 5.0), (2, 1, 16, 8, 64, 0.0), (2, 5, 8, 2, 96, 0.0)]
     for i, (batch, n, hq, hkv, d, softcap) in enumerate(draft_cases if "draft" in groups else ()):
         rows = batch * n
         q = torch.randn(rows, hq, d, device="cuda").bfloat16()

@@ -22,6 +22,9 @@ struct DenseFwdArgs {
   int64_t v_stride_row, v_stride_head;
   int64_t out_stride_row, out_stride_head;
   int batch, num_q_heads, num_kv_heads, max_seqlen_q;
+  // The tensors' head dim: the kernel's (dense_fwd_launch's head_dim), or less (heuristics.h's
+  // kernel_head_dim_for): the tensor maps then zero-fill the columns past it and store none.
+  int head_dim;
   float softmax_scale;
   // aligned bottom-right: query i of Sq sees keys j <= i + Sk - Sq. Causal launches claim the
   // query blocks with the most key tiles first, so the light ones fill the tail of the grid, in

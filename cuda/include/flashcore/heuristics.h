@@ -126,6 +126,14 @@ constexpr int kDenseTileListEmptyDen = 4;
 
 // ---------------------------------------------------------------------------------- derived
 
+// The kernels are built for head dims 64, 128 and 256. A multiple of 16 between them (Phi-3's 96,
+// 80, 192) runs in the next one up: its columns past the head dim load as zeros (TMA's and
+// cp.async's zero fill), add nothing to a score, and are never stored. 0: no kernel serves it.
+// (Multiples of 16, not 8: an FP8 row of the head dim must still be whole 16-byte copies.)
+constexpr int kernel_head_dim_for(long long d) {
+  return d < 64 || d > 256 || d % 16 != 0 ? 0 : d <= 64 ? 64 : d <= 128 ? 128 : 256;
+}
+
 // A plan's tasks, sum over work items of ceil(readers x group / kDecodeRowsPerCta), are at
 // most chunks x kDecodeTasksPerChunk (readers sum to the chunks; group <= kDecodeMaxGroup).
 constexpr int kDecodeTasksPerChunk = kDecodeMaxGroup / kDecodeRowsPerCta + 1;

@@ -21,6 +21,10 @@ struct PagedDecodeParams {
   int64_t q_stride_b, q_stride_h;
   int64_t kv_stride_page, kv_stride_head, kv_stride_tok;
   int num_q_heads, num_kv_heads, group;
+  // q's head dim: the kernel's (paged_decode_launch's head_dim), or less (heuristics.h's
+  // kernel_head_dim_for): the columns past it load as zeros, and O's are not stored. The
+  // partials keep the kernel's head dim.
+  int head_dim;
   float scale_log2;  // softmax scale * K's dequantization scale (FP8 pools) * log2(e)
   float v_scale;     // V's dequantization scale (FP8 pools; 1 for 16-bit pools)
   // Logit soft-cap (SGLang's layer.logit_cap): a score's log2-domain value becomes
@@ -64,7 +68,7 @@ struct PagedDecodeParams {
   bool linear_rows;
 
   int merge_groups;  // the merge kernel's lane groups a block: 16 (few requests) or 4 (many)
-  float* partial_o;    // [P, Hq, D]
+  float* partial_o;    // [P, Hq, kernel head dim]
   float* partial_lse;  // [P, Hq], natural log
   void* out;           // [B, Hq, D]
   float* lse;          // [B, Hq]

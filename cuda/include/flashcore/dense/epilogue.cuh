@@ -3,7 +3,9 @@
 // O is staged in shared memory and leaves by TMA tensor store while the warp starts its next
 // tile; rows at a request's end, which a box would overrun (a box clips only at the tensor's
 // end, and the rows past a request are the next one's), leave by the warp's own 16-byte stores.
-// The LSE (natural log) is written per row.
+// The LSE (natural log) is written per row. Columns past the tensors' head dim (a smaller one
+// served by this kernel) are staged but never written: the tensor map clips them, and so do the
+// warp's stores.
 #pragma once
 
 #include <cuda.h>
@@ -70,7 +72,8 @@ __device__ __forceinline__ void store_o_lse(const float (&o)[D / 2], const float
       for (int it = 0; it < 16 / kRowsPerStore; ++it) {
         const int rr = row + it * kRowsPerStore;
         const uint4 v = ld_shared_v4(stage + (piece / 8) * kBox + rr * 128 + (((piece % 8) ^ (rr % 8)) * 16));
-        if (warp_row0 + rr < t.sq) *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v;
+        if (warp_row0 + rr < t.sq && box0 * 64 + piece * 8 < p.head_dim)
+          *reinterpret_cast<uint4*>(dst + (int64_t)it * kRowsPerStore * p.out_stride_row) = v;
       }
       __syncwarp();
     }

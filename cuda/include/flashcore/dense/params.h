@@ -68,6 +68,7 @@ struct DenseFwdParams {
   const int* cu_k;
   int64_t out_stride_row, out_stride_head;
   int num_q_heads, group;
+  int head_dim;  // the tensors' (DenseFwdArgs::head_dim): O's columns past it are not stored
   float scale_log2;
   // causal (aligned bottom-right); the query blocks are then claimed heaviest first
   int causal;
