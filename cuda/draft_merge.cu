@@ -5,8 +5,8 @@
 // merge), which stays the CPU path and the reference this kernel is tested against.
 //
 // One block per (draft token, KV head); each warp takes query heads of the GQA group in turn. A
-// lane holds D / 32 consecutive columns (D the kernel's head dim; lanes past a smaller head dim
-// read and write nothing, heuristics.h's kernel_head_dim_for): a score is a warp-wide dot product (five xor shuffles),
+// lane holds D / 32 consecutive columns (D the kernel's head dim; lanes past a smaller head dim,
+// heuristics.h's kernel_head_dim_for, hold a zero query and write nothing): a score is a warp-wide dot product (five xor shuffles),
 // the warp's scores of a row wait in shared memory, and the row is normalised in float32:
 //   m = max(lse_ctx, scores), w_ctx = e^(lse_ctx - m), w_j = e^(s_j - m), l = w_ctx + sum w_j,
 //   O = (w_ctx O_ctx + sum w_j V_j) / l, LSE = m + ln l.
@@ -39,8 +39,11 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
   const int b = row / p.num_draft, i = row % p.num_draft;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = p.num_q_heads / p.num_kv_heads;
-  const int col0 = lane * kCols;
-  const bool live = col0 < p.head_dim;  // (kCols divides 16, and so the head dim)
+  // Lanes past the head dim (kCols divides 16, and so the head dim) read column 0 instead, so the
+  // loops below need no guard: their query is zero, which adds nothing to a score, and their
+  // columns of O are never written.
+  const bool live = lane * kCols < p.head_dim;
+  const int col0 = live ? lane * kCols : 0;
   float* sc = scores_smem + warp * p.num_draft;
   const bool* sees = p.mask + ((int64_t)b * p.num_draft + i) * p.num_draft;
   const int64_t first = (int64_t)b * p.num_draft;  // the request's first draft token
@@ -61,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
         const T* kj = k_head + (int64_t)j * p.kv_stride_tok;
         float dot = 0.f;
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) dot += live ? qv[c] * Pack2<T>::to_float(kj[c]) : 0.f;
+        for (int c = 0; c < kCols; ++c) dot += qv[c] * Pack2<T>::to_float(kj[c]);
         s = warp_sum(dot) * p.scale;
         if (p.softcap > 0.f) s = p.softcap * tanhf(s / p.softcap);
         m = nan_max(m, s);
@@ -78,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
       const float w_ctx = expf(lse_ctx - m);
       const T* o_ctx = reinterpret_cast<const T*>(p.out_ctx) + ((int64_t)row * p.num_q_heads + qh) * p.head_dim + col0;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) acc[c] = w_ctx == 0.f || !live ? 0.f : w_ctx * Pack2<T>::to_float(o_ctx[c]);
+      for (int c = 0; c < kCols; ++c) acc[c] = w_ctx == 0.f ? 0.f : w_ctx * Pack2<T>::to_float(o_ctx[c]);
       l = w_ctx;
       for (int j = 0; j < p.num_draft; ++j) {
         if (!sees[j]) continue;
@@ -86,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) draft_merge_kernel(const DraftMergeP
         const T* vj = v_head + (int64_t)j * p.kv_stride_tok;
         l += w;
 #pragma unroll
-        for (int c = 0; c < kCols; ++c) acc[c] += live ? w * Pack2<T>::to_float(vj[c]) : 0.f;
+        for (int c = 0; c < kCols; ++c) acc[c] += w * Pack2<T>::to_float(vj[c]);
       }
     }
     const float inv = l != 0.f ? 1.f / l : 0.f;  // (a NaN sum stays NaN)

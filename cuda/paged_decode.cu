@@ -519,11 +519,14 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   const int last_slot = (int)min(p.num_slots - 1, (int64_t)INT_MAX);
   const char* k_col = reinterpret_cast<const char*>(kg) + my_c * 16;
   const char* v_col = reinterpret_cast<const char*>(vg) + my_c * 16;
-  // a head dim below the kernel's (heuristics.h): this thread's chunks past it load as zeros
-  bool chunk_in_row[kChunksPerThread];
-#pragma unroll
-  for (int j = 0; j < kChunksPerThread; ++j)
-    chunk_in_row[j] = (my_c + j * kThreadsPerRow) * 16 < p.head_dim * (int)sizeof(TKV);
+  // A head dim below the kernel's (heuristics.h): this thread's chunks past it load as zeros. Every
+  // head dim a kernel serves covers the first half of its columns, so only chunks of the second
+  // half test it (none at head dim 64), against the launch parameter where the copy is issued.
+  constexpr int kHalfChunks = kChunks / 2;
+  auto chunk_in_row = [&](int j) {
+    return D == 64 || (j + 1) * kThreadsPerRow <= kHalfChunks ||
+           (my_c + j * kThreadsPerRow) * 16 < p.head_dim * (int)sizeof(TKV);
+  };
   // a 16-byte chunk's byte offset in a K or V tile: swizzled 16-bit rows (read by ldmatrix), or
   // plain FP8 rows (read once by widen_tiles)
   auto chunk_at = [](int r, int chunk) { return kFp8 ? r * D + chunk * 16 : Tile::offset(r, chunk * 8) * 2; };
@@ -547,8 +550,9 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
 #pragma unroll
       for (int j = 0; j < kChunksPerThread; ++j) {
         const int at = chunk_at(r, my_c + j * kThreadsPerRow);
-        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, chunk_in_row[j] ? bytes : 0);
-        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, chunk_in_row[j] ? bytes : 0);
+        const int chunk_bytes = chunk_in_row(j) ? bytes : 0;
+        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, chunk_bytes);
+        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, chunk_bytes);
       }
     }
   };

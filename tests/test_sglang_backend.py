@@ -470,6 +470,20 @@ def test_the_shipped_gemma3_config_reaches_the_backend_with_its_window():
     assert backend.window_left == 63
 
 
+def test_the_shipped_phi3_config_stays_on_our_kernels():
+    """configs/tiny_phi3 as SGLang reads it: head dim 96, which our kernels serve in their 128
+    build, so the plugin keeps it on a GPU (no FlashInfer hand-over) and the backend builds."""
+    from sglang.srt.configs.model_config import ModelConfig
+
+    from sglang_flashcore.heuristics import kernel_head_dim
+    from sglang_flashcore.serve import config_dir
+
+    mc = ModelConfig(str(config_dir("tiny_phi3")))
+    assert mc.head_dim == 96 and kernel_head_dim(mc.head_dim) == 128
+    assert flashinfer_route(_fake_runner(model_config=mc, device="cuda")) is None
+    FlashCoreBackend(_fake_runner(model_config=mc, device="cuda"))
+
+
 # ------------------------------------------------------------ logit soft-cap
 @pytest.mark.parametrize("case", [OWN_CASES[0][0], OWN_CASES[4][0], OWN_CASES[9][0], SWA_CASES[3][0]],
                          ids=lambda c: c.name)

@@ -6,8 +6,8 @@
 # The last three run through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
 # .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify and
 # sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
-# against triton's for a Gemma-3-shaped model (windows), an embedding model, an FP8 KV cache and
-# EAGLE3. serving: the serving workloads against fa3 and flashinfer. headdim: head dim 256 (Gemma
+# against triton's for a Gemma-3-shaped model (windows, head dim 256), a Phi-3-shaped one (head dim
+# 96), an embedding model, an FP8 KV cache and EAGLE3. serving: the serving workloads against fa3 and flashinfer. headdim: head dim 256 (Gemma
 # 2/3-shaped heads) in bench_dense.py against cuDNN and FA2, and in bench_decode.py against cuDNN
 # (with the serving baselines where carried). padded: head dim 96 (Phi-3), which runs in the 128
 # kernels, in bench_dense.py and bench_decode.py.
@@ -99,6 +99,8 @@ for step in $steps; do
       check="benchmarks/bench_serving.py --backends flashcore_sparse,triton --check --workloads= --log-dir $OUT/checks"
       $serve $check --config tiny_gemma3_swa --json "$OUT/check_gemma3.json" > "$OUT/check_gemma3.txt" 2>&1
       echo "gemma3 (windows) rc=$?"; grep -E "identical|FAILED" "$OUT/check_gemma3.txt" | tail -3
+      $serve $check --config tiny_phi3 --json "$OUT/check_phi3.json" > "$OUT/check_phi3.txt" 2>&1
+      echo "phi3 (head dim 96) rc=$?"; grep -E "identical|FAILED" "$OUT/check_phi3.txt" | tail -3
       $serve benchmarks/check_embeddings.py --log-dir "$OUT/checks" --json "$OUT/check_embeddings.json" \
         > "$OUT/check_embeddings.txt" 2>&1
       echo "embeddings rc=$?"; tail -2 "$OUT/check_embeddings.txt"
