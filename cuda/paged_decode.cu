@@ -523,6 +523,7 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
   // head dim a kernel serves covers the first half of its columns, so only chunks of the second
   // half test it (none at head dim 64), against the launch parameter where the copy is issued.
   constexpr int kHalfChunks = kChunks / 2;
+  static_assert(kernel_head_dim_for(D / 2) != D, "every head dim the kernel serves covers its first half");
   auto chunk_in_row = [&](int j) {
     return D == 64 || (j + 1) * kThreadsPerRow <= kHalfChunks ||
            (my_c + j * kThreadsPerRow) * 16 < p.head_dim * (int)sizeof(TKV);
