@@ -2,15 +2,16 @@
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
 # benchmarks, and an A/B of the seed points against a git revision, with logs and results under
 # $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|padded|ab|coverage|checks|serving ...]   (default: tests sanitize bench ab)
-# The last three run through tools/box_serving.sh (carry .carry/boxsite.tar.xz and
-# .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify and
-# sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|padded|ab|coverage|checks|serving|tp ...]   (default: tests sanitize bench ab)
+# coverage, checks, serving and tp run through tools/box_serving.sh (carry .carry/boxsite.tar.xz
+# and .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify
+# and sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
 # against triton's for a Gemma-3-shaped model (windows, head dim 256), a Phi-3-shaped one (head dim
-# 96), an embedding model, an FP8 KV cache and EAGLE3. serving: the serving workloads against fa3 and flashinfer. headdim: head dim 256 (Gemma
-# 2/3-shaped heads) in bench_dense.py against cuDNN and FA2, and in bench_decode.py against cuDNN
-# (with the serving baselines where carried). padded: head dim 96 (Phi-3), which runs in the 128
-# kernels, in bench_dense.py and bench_decode.py.
+# 96), an embedding model, an FP8 KV cache and EAGLE3. serving: the serving workloads against fa3
+# and flashinfer. tp: the same at tensor parallelism over all the box's GPUs (a multi-GPU kind).
+# headdim: head dim 256 (Gemma 2/3-shaped heads) in bench_dense.py against cuDNN and FA2, and in
+# bench_decode.py against cuDNN (with the serving baselines where carried). padded: head dim 96
+# (Phi-3), which runs in the 128 kernels, in bench_dense.py and bench_decode.py.
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
@@ -122,11 +123,23 @@ for step in $steps; do
         --warmup-requests 8 --log-dir "$OUT" --json "$OUT/serving_baselines.json" \
         --plot "$OUT/serving_baselines.png" > "$OUT/serving.txt" 2>&1
       echo "serving rc=$?"; tail -20 "$OUT/serving.txt" | cut -c1-220 ;;
+    tp)
+      # tensor parallelism over every GPU of the box (a multi-GPU kind): the Llama-3-70B shape with
+      # dummy weights (141 GB: two H200s or four H100s). A 70B server takes minutes to start, so
+      # one call serves TP_BACKENDS (default: ours and triton, greedy ids compared); a second call
+      # with TP_BACKENDS=flashcore_sparse,fa3,flashinfer gives the built-ins users run
+      gpus=$(nvidia-smi -L | wc -l); backends=${TP_BACKENDS:-flashcore_sparse,triton}
+      check=""; [[ $backends == *triton* ]] && check="--check --check-new-tokens 16"
+      bash tools/box_serving.sh python3 benchmarks/bench_serving.py --config llama3_70b --backends "$backends" \
+        --server-arg=--tp --server-arg="$gpus" $check --workloads shared,random --shared-requests 64 \
+        --random-requests 64 --warmup-requests 8 --log-dir "$OUT" --json "$OUT/serving_tp$gpus.json" \
+        --plot "$OUT/serving_tp$gpus.png" > "$OUT/serving_tp.txt" 2>&1
+      echo "tp $gpus ($backends) rc=$?"; tail -20 "$OUT/serving_tp.txt" | cut -c1-220 ;;
     ab)
       python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
       echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
     *)
-      echo "unknown step $step (tests, sanitize, bench, headdim, padded, ab, coverage, checks, serving)" ;;
+      echo "unknown step $step (tests, sanitize, bench, headdim, padded, ab, coverage, checks, serving, tp)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
   tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a call cut at its limit still returns the steps done
