@@ -141,9 +141,8 @@ def head_dim_without_kernels(cfg, device: torch.device) -> Optional[int]:
 def flashinfer_route(model_runner) -> Optional[str]:
     """Why this model's attention goes to SGLang's ``flashinfer`` backend instead of ours, or None
     when ours serves it: on a GPU, a head dim our kernels do not have (below 64, or not a multiple
-    of 16). FlashInfer is
-    installed with SGLang and serves them, windows and soft-caps included (plugin.create_backend
-    hands the model over)."""
+    of 16). FlashInfer is installed with SGLang and serves them, windows and soft-caps included
+    (plugin.create_backend hands the model over)."""
     if getattr(model_runner, "use_mla_backend", False):
         return None
     head_dim = head_dim_without_kernels(getattr(model_runner, "model_config", None),

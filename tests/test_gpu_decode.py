@@ -94,8 +94,8 @@ def test_cuda_kernel_errors_name_the_argument():
     k = torch.randn(pt.num_slots, 4, 128, device="cuda")
     with pytest.raises(TypeError, match="q: the CUDA decode kernel takes float16 or bfloat16"):
         fc.paged_decode(q, k, k, layout)
-    q, k = q[..., :96].half().contiguous(), k[..., :96].half().contiguous()
-    with pytest.raises(ValueError, match="head dim 64 or 128"):
+    q, k = q[..., :72].half().contiguous(), k[..., :72].half().contiguous()  # (not a multiple of 16)
+    with pytest.raises(ValueError, match="head dims 64 to 256 in multiples of 16, got 72"):
         fc.paged_decode(q, k, k, layout)
     q64, k64 = torch.randn(1, 4, 64, device="cuda").half(), k[..., :64].contiguous()
     with pytest.raises(ValueError, match="chunk_tokens: expected a positive int"):

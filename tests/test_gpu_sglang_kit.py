@@ -28,8 +28,8 @@ NAME = plugin.BACKEND_NAME
 CASES = kit.make_dense_cases(NAME)
 DECODE_CASES = [c for c in CASES if c.forward_mode.is_decode()]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# the kernels take head dims 64 and 128 (the kit's default, 16, is below what they tile)
-HEAD_DIMS = (64, 128, 256)
+# the kernels' compiled head dims and one they serve padded (the kit's default, 16, is below them)
+HEAD_DIMS = (64, 96, 128, 256)
 
 
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)

@@ -88,7 +88,7 @@ def test_verify_kernels_match_the_oracle(i):
 @pytest.mark.parametrize("i", range(40))
 def test_draft_kernel_matches_the_float32_draft_op_and_merge(i):
     """kernels.draft_merge against draft_attention + merge_states_ref (what the CPU path runs):
-    chains and trees of 1-40 draft tokens, GQA, head dims 64/128/256, soft-caps, context LSEs of
+    chains and trees of 1-40 draft tokens, GQA, compiled and padded head dims, soft-caps, context LSEs of
     -inf (no context) among finite ones."""
     from sglang_flashcore import kernels
     from sglang_flashcore.reference import merge_states_ref
@@ -250,7 +250,7 @@ def _kit_case(kit, name, mode, prefix, n, heads, page):
                                   extend_lens=(n,) * len(prefix))
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("topk,kind", SPEC, ids=str)
 @pytest.mark.parametrize("name,prefix,heads,page", VERIFY, ids=[c[0] for c in VERIFY])
