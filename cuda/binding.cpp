@@ -62,7 +62,6 @@ template <typename E, typename... Parts>
     if (e_ != cudaSuccess) fail<std::runtime_error>(what, " failed: ", cudaGetErrorString(e_)); \
   } while (0)
 
-// The head dims the dense, decode and draft kernels are instantiated for.
 // The kernel head dim that serves q's head dim d (heuristics.h: 64, 128 or 256, the multiples of
 // 16 between them in the next one up), or a clear error naming the kernel.
 int64_t kernel_head_dim(int64_t d, const char* kernel) {

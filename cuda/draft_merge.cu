@@ -6,8 +6,9 @@
 //
 // One block per (draft token, KV head); each warp takes query heads of the GQA group in turn. A
 // lane holds D / 32 consecutive columns (D the kernel's head dim; lanes past a smaller head dim,
-// heuristics.h's kernel_head_dim_for, hold a zero query and write nothing): a score is a warp-wide dot product (five xor shuffles),
-// the warp's scores of a row wait in shared memory, and the row is normalised in float32:
+// heuristics.h's kernel_head_dim_for, hold a zero query and write nothing): a score is a
+// warp-wide dot product (five xor shuffles), the warp's scores of a row wait in shared memory,
+// and the row is normalised in float32:
 //   m = max(lse_ctx, scores), w_ctx = e^(lse_ctx - m), w_j = e^(s_j - m), l = w_ctx + sum w_j,
 //   O = (w_ctx O_ctx + sum w_j V_j) / l, LSE = m + ln l.
 // NaN semantics as elsewhere: a NaN or +inf score or context LSE makes the row NaN (the max

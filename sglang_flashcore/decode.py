@@ -32,9 +32,8 @@ from .checks import (ATTENTION_DTYPES, check_head_dim, check_heads, check_kv_sca
                      softmax_scale_for)
 from .heuristics import (DECODE_CTAS_PER_SM, DECODE_HEAD_DIMS, DECODE_MAX_GROUP, DECODE_ROWS_PER_TASK,
                          DECODE_TILE_TOKENS, DEFAULT_WORKSPACE_BYTES, DETERMINISTIC_CHUNK_TOKENS,
-                         MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS, SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS, kernel_head_dim,
-                         num_sms,
-                         split_guided, split_items, split_part_count, target_chunks)
+                         MAX_AUTO_CHUNK_TOKENS, MIN_CHUNK_TOKENS, SPLIT_MAX_PARTS, WAVE_MAX_CHUNK_TOKENS,
+                         kernel_head_dim, num_sms, split_guided, split_items, split_part_count, target_chunks)
 from .ops import paged_decode_table_op, paged_decode_table_reference
 from .reference import attend_one, gather_kv, merge_states_ref
 from .window import window_table
