@@ -139,6 +139,7 @@ flashcore::PagedDecodeParams pool_params(const at::Tensor& q, const at::Tensor& 
   p.v = v.data_ptr();
   p.q_stride_b = q.stride(0);
   p.q_stride_h = q.stride(1);
+  p.head_dim = (int)D;
   if (k.dim() == 3) {  // SGLang's pool: slot = page * page_size + offset
     p.kv_stride_tok = k.stride(0);
     p.kv_stride_page = k.stride(0) * page_size;
@@ -271,8 +272,7 @@ std::vector<at::Tensor> launch_decode(flashcore::PagedDecodeParams& p, const at:
   p.lse = lse.data_ptr<float>();
   p.out_stride_b = out.stride(0);
   p.out_stride_h = out.stride(1);
-  p.head_dim = (int)q.size(2);
-  cudaError_t err = flashcore::paged_decode_launch(p, dtype, kv_dtype, (int)kernel_head_dim(q.size(2), "decode"),
+  cudaError_t err = flashcore::paged_decode_launch(p, dtype, kv_dtype, flashcore::kernel_head_dim_for(p.head_dim),
                                                    at::cuda::getCurrentCUDAStream());
   FC_CHECK_CUDA(err, "paged_decode launch");
   return {out, lse};
@@ -322,7 +322,7 @@ std::vector<at::Tensor> paged_decode_table(const at::Tensor& q, const at::Tensor
   auto buf = table_buffers(ints, hash, q, max_batch, max_chunks);
   FC_CHECK(partial_o.scalar_type() == at::kFloat && partial_lse.scalar_type() == at::kFloat &&
                partial_o.is_contiguous() && partial_lse.is_contiguous() &&
-               partial_o.numel() >= table_partials(max_chunks) * q.size(1) * kernel_head_dim(q.size(2), "decode") &&
+               partial_o.numel() >= table_partials(max_chunks) * q.size(1) * flashcore::kernel_head_dim_for(p.head_dim) &&
                partial_lse.numel() >= table_partials(max_chunks) * q.size(1),
            "partial_o/partial_lse: expected contiguous float32 workspaces for ", table_partials(max_chunks),
            " partials of ", q.size(1), " heads (of the kernel's head dim)");

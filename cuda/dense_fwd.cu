@@ -361,7 +361,7 @@ cudaError_t launch(const DenseFwdArgs& a, CUtensorMapDataType dtype, cudaStream_
   constexpr int kBlockM = DenseShape<W>::kBlockM;
   constexpr int kBlockN = kBlockNFor<D>;
   if (a.batch == 0 || a.max_seqlen_q == 0) return cudaSuccess;
-  if (a.head_dim > D || kernel_head_dim_for(a.head_dim) != D) return cudaErrorInvalidValue;
+  if (kernel_head_dim_for(a.head_dim) != D) return cudaErrorInvalidValue;
   CUtensorMap tq, tk, tv, tk_pool, tv_pool, to;
   const int64_t rows_k = a.total_k > 0 ? a.total_k : 1;  // an empty K still needs a valid map
   const bool paged = a.key_pages != nullptr;
