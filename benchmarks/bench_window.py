@@ -5,8 +5,9 @@ before it is timed (a baseline that is not installed or fails is named under ``s
 Prefill: causal varlen attention of B requests of S tokens with a window W: ``fc.attention(...,
 window_left=W)`` (its key tiles left of each work tile's window are skipped), ours without the
 window (what the window saves) and with a window of S (the windowed kernel over the causal work:
-what that kernel variant costs apart from its masked edge tiles), FA3's ``flash_attn_varlen_func(window_size=(W, 0))`` and
-FlashInfer's ragged FA2 prefill planned with ``window_left=W``.
+what that kernel variant costs apart from its masked edge tiles), FA3's
+``flash_attn_varlen_func(window_size=(W, 0))`` and FlashInfer's ragged FA2 prefill planned with
+``window_left=W``.
 
 Decode: B requests of C cached tokens, one query each, the window's W + 1 keys read: the backend's
 path (``window.window_table`` into a planner's table, ``DecodePlanner.run``; the per-step table and
@@ -166,7 +167,8 @@ def main():
         rows.append(run_prefill(b, s, w, args.repeats, args.rounds))
         r = rows[-1]
         print(f"  prefill B{b} S{s} W{w}: ours {r['ours_ms']:.3f} ms ({r['ours_TF']:.0f} TF), "
-              f"no window {r['ours_no_window_ms']:.3f} ms (windowed kernel {r['ours_full_window_ms']:.3f} ms), FA3 {r.get('fa3_ms', float('nan')):.3f} ms, "
+              f"no window {r['ours_no_window_ms']:.3f} ms (windowed kernel {r['ours_full_window_ms']:.3f} ms), "
+              f"FA3 {r.get('fa3_ms', float('nan')):.3f} ms, "
               f"FlashInfer {r.get('flashinfer_ms', float('nan')):.3f} ms", flush=True)
     for b, c, w, page in parse(args.decode, DECODE):
         rows.append(run_decode(b, c, w, page, args.repeats, args.rounds))
@@ -175,8 +177,8 @@ def main():
               f"plan {r['plan_ms']:.3f} ms), FA3 {r.get('fa3_ms', float('nan')):.3f} ms, "
               f"FlashInfer {r.get('flashinfer_ms', float('nan')):.3f} ms", flush=True)
     cols = ["op", "B", "S", "C", "W", "page", "ours_ms", "ours_TF", "ours_TBs", "plan_ms", "ours_no_window_ms",
-            "ours_over_ours_no_window", "ours_full_window_ms", "fa3_ms", "ours_over_fa3", "flashinfer_ms", "ours_over_flashinfer",
-            "maxdiff_fa3", "maxdiff_flashinfer", "maxdiff_api"]
+            "ours_over_ours_no_window", "ours_full_window_ms", "fa3_ms", "ours_over_fa3", "flashinfer_ms",
+            "ours_over_flashinfer", "maxdiff_fa3", "maxdiff_flashinfer", "maxdiff_api"]
     labels = [f"{r['op']} B{r['B']} {'S' + str(r['S']) if 'S' in r else 'C' + str(r['C'])} W{r['W']}"
               + (f" p{r['page']}" if "page" in r else "") for r in rows]
     series = {"ours": [r["ours_ms"] for r in rows]}

@@ -7,8 +7,9 @@ GQA, ``--window W`` for a causal sliding window (as bench_window.py calls it, pa
         python tools/ncu_dense.py [--shape 1,16384,16,128] [--causal no] [--cudnn]
 
 ``--cudnn`` also calls torch SDPA with cuDNN on the same tensors (match its kernel with
-``--kernel-name regex:"dense_fwd|sdpa"``), for a side-by-side reading; ``--fa3`` FA3's ``flash_attn_varlen_func`` (sgl_kernel, carried by
-tools/box_serving.sh) on the same tensors (``regex:"dense_fwd|flash_fwd"``).
+``--kernel-name regex:"dense_fwd|sdpa"``), for a side-by-side reading; ``--fa3`` FA3's
+``flash_attn_varlen_func`` (sgl_kernel, carried by tools/box_serving.sh) on the same tensors
+(``regex:"dense_fwd|flash_fwd"``).
 """
 
 import argparse

@@ -3,7 +3,8 @@
     compute-sanitizer --tool memcheck python tools/sanitize_cases.py
     compute-sanitizer --tool racecheck python tools/sanitize_cases.py [decode dense extend draft]
 
-Naming groups runs only those (racecheck over the whole grid outlasts a device call). Exits 1 if any output differs from the reference.
+Naming groups runs only those (racecheck over the whole grid outlasts a device call). Exits 1 if
+any output differs from the reference.
 """
 
 from __future__ import annotations
