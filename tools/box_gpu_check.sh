@@ -9,9 +9,8 @@
 # against triton's for a Gemma-3-shaped model (windows, head dim 256), a Phi-3-shaped one (head dim
 # 96), an embedding model, an FP8 KV cache and EAGLE3. serving: the serving workloads against fa3
 # and flashinfer. tp: the same at tensor parallelism over all the box's GPUs (a multi-GPU kind).
-# headdim: head dim 256 (Gemma 2/3-shaped heads) in bench_dense.py against cuDNN and FA2, and in
-# bench_decode.py against cuDNN (with the serving baselines where carried). padded: head dim 96
-# (Phi-3), which runs in the 128 kernels, in bench_dense.py and bench_decode.py.
+# headdim: head dim 256 (Gemma 2/3-shaped heads), padded: head dim 96 (Phi-3, which runs in the 128
+# kernels), each in bench_dense.py and bench_decode.py (head_dim_benches).
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
@@ -28,6 +27,20 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 start=$(date +%s)
 python3 -c "from sglang_flashcore import _jit; _jit.load()" 2>&1 | tail -3
 echo "build: $(( $(date +%s) - start )) s"
+# A head dim's benchmarks: bench_dense.py (against cuDNN and FA2) over DENSE_SHAPES and
+# bench_decode.py (against cuDNN, and the serving baselines where carried) over DECODE_CONFIGS with
+# HKV KV heads, into $OUT/dense_NAME.* and $OUT/decode_NAME.*.
+#   head_dim_benches NAME DENSE_SHAPES DECODE_CONFIGS HKV
+head_dim_benches() {
+  local name=$1 serve=""
+  [ -f .carry/boxsite.tar.xz ] && serve="bash tools/box_serving.sh"
+  $serve python3 benchmarks/bench_dense.py $2 --dtype bf16 --json "$OUT/dense_$name.json" \
+    --plot "$OUT/dense_$name.png" > "$OUT/dense_$name.txt" 2>&1
+  echo "dense $name rc=$?"; tail -10 "$OUT/dense_$name.txt" | cut -c1-220
+  $serve python3 benchmarks/bench_decode.py $3 --hkv "$4" --repeats 20 --rounds 3 --json "$OUT/decode_$name.json" \
+    --plot "$OUT/decode_$name.png" > "$OUT/decode_$name.txt" 2>&1
+  echo "decode $name rc=$?"; grep -E "^  B|unavailable|mismatch" "$OUT/decode_$name.txt" | cut -c1-300
+}
 for step in $steps; do
   case $step in
     tests)
@@ -65,23 +78,12 @@ for step in $steps; do
       echo "extend rc=$?"; tail -26 "$OUT/extend.txt" | cut -c1-200 ;;
     headdim)
       shapes=""; for sl in 1024 4096 16384; do shapes="$shapes --shape $((16384 / sl)),$sl,8,8,256"; done
-      python3 benchmarks/bench_dense.py $shapes --shape 4,4096,16,8,256 --dtype bf16 --json "$OUT/dense_d256.json" \
-        --plot "$OUT/dense_d256.png" > "$OUT/dense_d256.txt" 2>&1
-      echo "dense d256 rc=$?"; tail -10 "$OUT/dense_d256.txt" | cut -c1-220
-      python3 benchmarks/bench_decode.py --config 16,8,32768,256,64,0.7 --config 64,8,4096,256,64,0 --hkv 4 \
-        --repeats 20 --rounds 3 --json "$OUT/decode_d256.json" --plot "$OUT/decode_d256.png" > "$OUT/decode_d256.txt" 2>&1
-      echo "decode d256 rc=$?"; grep -E "^  B|unavailable|mismatch" "$OUT/decode_d256.txt" | cut -c1-300 ;;
+      head_dim_benches d256 "$shapes --shape 4,4096,16,8,256" "--config 16,8,32768,256,64,0.7 --config 64,8,4096,256,64,0" 4 ;;
     padded)
-      # Phi-3-shaped heads (32 x 96, MHA), served by the 128 kernels padded: dense against cuDNN and FA2,
-      # decode against cuDNN and (under tools/box_serving.sh with the baselines) FlashInfer, the
-      # backend such models were routed to before
-      serve=""; [ -f .carry/boxsite.tar.xz ] && serve="bash tools/box_serving.sh"
-      $serve python3 benchmarks/bench_dense.py --shape 4,4096,32,32,96 --shape 16,1024,32,32,96 --dtype bf16 \
-        --json "$OUT/dense_d96.json" --plot "$OUT/dense_d96.png" > "$OUT/dense_d96.txt" 2>&1
-      echo "dense d96 rc=$?"; tail -6 "$OUT/dense_d96.txt" | cut -c1-220
-      $serve python3 benchmarks/bench_decode.py --config 16,32,16384,96,64,0.7 --config 64,32,4096,96,64,0 --hkv 32 \
-        --repeats 20 --rounds 3 --json "$OUT/decode_d96.json" --plot "$OUT/decode_d96.png" > "$OUT/decode_d96.txt" 2>&1
-      echo "decode d96 rc=$?"; grep -E "^  B|unavailable|mismatch" "$OUT/decode_d96.txt" | cut -c1-300 ;;
+      # Phi-3-shaped heads (32 x 96, MHA), served by the 128 kernels padded; with the baselines
+      # carried, decode also against FlashInfer, the backend such models were routed to before
+      head_dim_benches d96 "--shape 4,4096,32,32,96 --shape 16,1024,32,32,96" \
+        "--config 16,32,16384,96,64,0.7 --config 64,32,4096,96,64,0" 32 ;;
     coverage)
       serve="bash tools/box_serving.sh python3"
       $serve benchmarks/bench_decode.py --config 16,32,32768,128,128,0.7 --config 8,32,131072,128,128,0.7 --hkv 8 \
