@@ -45,7 +45,7 @@ import sglang_flashcore as fc  # noqa: E402
 from bench_decode import fp8_pools, shared_page_table, skip_reason  # noqa: E402
 from bench_util import base_parser, report, require_agreement, require_cuda, time_interleaved, wall_ms  # noqa: E402
 from sglang_flashcore import kernels  # noqa: E402
-from sglang_flashcore.extend import extend_attention, plan_extend  # noqa: E402
+from sglang_flashcore.extend import extend_attention, plan_extend, widened_page_plan  # noqa: E402
 
 
 def _sdpa(backend, q, k, v, **kwargs):
@@ -192,11 +192,13 @@ def run(batch, length, frac, page, hq, hkv, d, dtype, repeats, rounds=4, kv_dtyp
         if name != "gather":
             row[f"maxdiff_{name}"] = require_agreement(f"{name} at {row}", fn().reshape(want.shape), want)
     if kv_dtype is not None:
-        # the backend over an FP8 pool (K / 0.5, V / 2, as SGLang stores them): a gathered plan whose
-        # keys are widened to bf16 on the gather, the new tokens' unquantized K/V placed among them
+        # the backend over an FP8 pool (K / 0.5, V / 2, as SGLang stores them) and the plan it makes:
+        # paged plans read a bf16 copy of the distinct pages, widened per layer (inside backend_fp8_ms,
+        # the plan's distinct-page count inside fp8_plan_ms); the new tokens' unquantized K/V as they are
         k8, v8, k_deq, v_deq = fp8_pools(k_cache, v_cache, kv_dtype, 0.5, 2.0)
         kn8, vn8 = k_deq[new_slots], v_deq[new_slots]
-        fp8_plan = make_plan(paged=False)
+        row["fp8_plan_ms"] = wall_ms(lambda: widened_page_plan(make_plan()), repeats=repeats)
+        fp8_plan = widened_page_plan(make_plan())
         fns["backend_fp8"] = lambda: extend_attention(q, kn8, vn8, k8, v8, fp8_plan, scale, new_kv_in_cache=False,
                                                       k_scale=0.5, v_scale=2.0)[0]
         *_, dense_fp8 = dense_on(k_deq, v_deq, r2t)

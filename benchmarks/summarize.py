@@ -246,8 +246,10 @@ def extend_page(data: Dict) -> Tuple[List[str], List[str]]:
     summary += builtin_lines(rows, EXTEND_BUILTINS)
     cols += present_cols(rows, EXTEND_BUILTINS)
     if any("backend_fp8_ms" in r for r in rows):
+        how = ("its distinct prefix pages widened to bf16 once per layer, then read in place"
+               if any("fp8_plan_ms" in r for r in rows) else "the prefix is gathered and widened, not read in place")
         summary.append(f"- over an FP8 pool: the backend's speed {span([r['fp8_over_bf16'] for r in rows if 'fp8_over_bf16' in r])} "
-                       "of its bf16 speed (the prefix is gathered and widened, not read in place).")
+                       f"of its bf16 speed ({how}).")
         cols += [("FP8 backend ms", lambda r: fmt(r.get("backend_fp8_ms"), 3)), ("FP8/bf16 speed", "fp8_over_bf16")]
     return summary, table(rows, cols)
 

@@ -16,6 +16,11 @@ host sync when the host already knows the lengths (SGLang's ``*_cpu`` lists):
 * the rest (page size 1, or a prefix's last partial page): packed pool slots, gathered once
   per layer (``key_slots``), placed after the pages.
 
+An FP8 pool's pages cannot be read in place (the dense kernel reads 16-bit keys).
+``widened_page_plan`` renumbers a paged plan's pages to index a compact copy of its distinct
+pages, which each layer widens to the model dtype before the kernel reads it in place: a prefix
+page shared by many requests is widened once, and its readers still share it through L2.
+
 Without any prefix the keys are exactly the new tokens: no pages, no gather. A paged plan relies
 on SGLang's page-aligned table (a prefix position j at slot ``page * page_size + j % page_size``);
 the new tokens' slots may be in any order.
@@ -23,7 +28,7 @@ the new tokens' slots may be in any order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -32,11 +37,11 @@ from . import config, ops
 from .checks import FP8_KV_DTYPES, check_index, check_len, check_softcap, check_tensor, check_window
 from .heuristics import can_page
 from .indexing import exclusive_cumsum
-from .reference import dequantize, gather_kv
+from .reference import dequantize, gather_kv, page_list_slots
 
 Tensor = torch.Tensor
 
-__all__ = ["ExtendPlan", "plan_extend", "extend_attention", "can_page"]
+__all__ = ["ExtendPlan", "plan_extend", "widened_page_plan", "extend_attention", "can_page"]
 
 
 @dataclass
@@ -57,6 +62,8 @@ class ExtendPlan:
         page_size: tokens per page of the pool.
         key_pages, key_page_offsets: int32 page ids of each request's whole prefix pages.
         grid_order: int32 [1] device flag for the dense kernel: 1 when requests share prefix pages.
+        widen_pages: int64 the pool pages that a widened copy holds, in the order ``key_pages``
+            index them (``widened_page_plan``); None: ``key_pages`` are pool pages.
     """
 
     cu_seqlens_q: Tensor
@@ -69,6 +76,7 @@ class ExtendPlan:
     key_pages: Optional[Tensor] = None
     key_page_offsets: Optional[Tensor] = None
     grid_order: Optional[Tensor] = None
+    widen_pages: Optional[Tensor] = None
 
     @property
     def has_prefix(self) -> bool:
@@ -224,6 +232,24 @@ def _page_lists(req_to_token: Tensor, rows: Tensor, start: Tensor, counts: Tenso
     return pages, offsets.to(torch.int32), order
 
 
+def widened_page_plan(plan: ExtendPlan) -> ExtendPlan:
+    """The plan for a pool whose pages are widened before the kernel reads them (FP8 pools):
+    ``key_pages`` renumbered to index a compact copy of the plan's distinct pages, which
+    ``widen_pages`` lists. Pages shared by several requests keep one number, so the grid-order
+    flag still holds. Plans that read no pages in place are returned as they are. One device sync
+    per batch (the number of distinct pages sizes the copy)."""
+    if not plan.paged or plan.widen_pages is not None:
+        return plan
+    pages, compact = torch.unique(plan.key_pages.to(torch.int64), return_inverse=True)
+    return replace(plan, key_pages=compact.to(torch.int32), widen_pages=pages)
+
+
+def _widened(cache: Tensor, pages: Tensor, page_size: int, scale: float, dtype: torch.dtype) -> Tensor:
+    """The listed pages of SGLang's pool [slots, Hkv, D] as a compact pool of ``dtype`` rows,
+    times the pool's scale (the dense kernel reads its pages in place)."""
+    return dequantize(cache[page_list_slots(pages, page_size)], scale, dtype)
+
+
 def _pool_rows(cache: Tensor, slots: Tensor) -> Tensor:
     """Rows of a pool by slot: SGLang's [slots, Hkv, D], or head-major pages [pages, Hkv, page, D]."""
     return cache[slots] if cache.dim() == 3 else gather_kv(cache, slots, cache.shape[2])
@@ -256,9 +282,10 @@ def extend_attention(
         new_kv_in_cache: the new K/V were stored in the pool before this call (SGLang's
             ``save_kv_cache``); then all keys come from one gather.
         out_cache_loc: the new tokens' slots, needed when k_new is None and no request has a prefix.
-        k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale. Its rows are gathered and
-            widened to q's dtype once per layer (the dense kernel reads 16-bit keys), so FP8
-            pools take plans with ``paged=False``; passed-in new K/V are used as they are.
+        k_scale, v_scale: an FP8 pool holds K / k_scale and V / v_scale. The dense kernel reads
+            16-bit keys, so the rows it reads are widened to q's dtype (times the scale) once per
+            layer: a paged plan's distinct pages (plan it through ``widened_page_plan``), and the
+            packed keys on their gather. Passed-in new K/V are used as they are.
         causal: each new token sees the prefix and the new tokens up to itself (decoders); False:
             every key of its request (encoder-only layers of embedding models).
         window_left: a causal sliding window (``attention``'s), -1 for none; plan such layers with
@@ -270,8 +297,9 @@ def extend_attention(
     softcap = check_softcap("softcap", softcap)
     if plan.paged and k_cache.dim() != 3:
         raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
-    if plan.paged and k_cache.dtype in FP8_KV_DTYPES:
-        raise ValueError(f"k_cache: a {k_cache.dtype} pool is not read in place; plan it with paged=False")
+    if plan.paged and k_cache.dtype in FP8_KV_DTYPES and plan.widen_pages is None:
+        raise ValueError(f"plan: a {k_cache.dtype} pool's pages are widened before they are read; pass the plan "
+                         f"through widened_page_plan (or plan with paged=False)")
     if k_new is None and not new_kv_in_cache:
         raise ValueError("k_new: needed when the new tokens' K/V are not in the pool (new_kv_in_cache=False)")
     if plan.key_slots is None:  # the packed keys are the new tokens
@@ -289,6 +317,9 @@ def extend_attention(
             values[plan.new_key_index] = v_new.to(values.dtype)
     keys, values = keys.to(q.dtype), values.to(q.dtype)
     if plan.paged:
+        if plan.widen_pages is not None:  # the kernel reads the widened copy's pages in place
+            k_cache = _widened(k_cache, plan.widen_pages, plan.page_size, k_scale, q.dtype)
+            v_cache = _widened(v_cache, plan.widen_pages, plan.page_size, v_scale, q.dtype)
         return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
                                     plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
                                     causal, softmax_scale, plan.grid_order, window_left, softcap)
@@ -328,11 +359,13 @@ def _paged_extend_cuda(q, k_new, v_new, k_cache, v_cache, row_offsets, cols, pag
     width = max((p + e for p, e in zip(pre_host, ext_host)), default=0)
     if width > table.shape[1]:  # room for the new tokens' positions (their slots come from out_cache_loc)
         table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
-    paged = (k_cache.dim() == 3 and k_cache.dtype not in FP8_KV_DTYPES and can_page(page_size)
-             and sum(pre_host) > 0 and pages_in_place(table, prefix, page_size))
+    paged = (k_cache.dim() == 3 and can_page(page_size) and sum(pre_host) > 0
+             and pages_in_place(table, prefix, page_size))
     total_q = q.shape[0]
     placeholder_slots = torch.zeros(total_q, dtype=torch.int64, device=q.device)  # replaced by k_new/v_new
     plan = plan_extend(table, rows, prefix, ext, placeholder_slots,
                        prefix_lens_cpu=pre_host, extend_lens_cpu=ext_host, page_size=page_size, paged=paged)
+    if k_cache.dtype in FP8_KV_DTYPES:
+        plan = widened_page_plan(plan)
     return extend_attention(q, k_new, v_new, k_cache, v_cache, plan, softmax_scale, new_kv_in_cache=False,
                             k_scale=k_scale, v_scale=v_scale)

@@ -24,7 +24,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from . import config
 from .decode import DecodePlanner, paged_decode_table, planner_group
-from .extend import ExtendPlan, extend_attention, plan_extend
+from .extend import ExtendPlan, extend_attention, plan_extend, widened_page_plan
 from .checks import FP8_KV_DTYPES
 from .heuristics import DECODE_HEAD_DIMS, DENSE_HEAD_DIMS, head_dims_text
 from .sglang_verify import VerifyMetadataBuilder, is_draft_extend, is_target_verify
@@ -310,11 +310,16 @@ class FlashCoreBackend(AttentionBackend):
             forward_batch.extend_seq_lens, forward_batch.out_cache_loc, prefix_lens_cpu=prefix_cpu,
             extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None), page_size=self.page_size,
             # the SWA sub-pool's pages are not the table's: its slots are gathered through the mapping
-            paged=False if (self.fp8_kv or slot_map is not None) else None,
+            paged=False if slot_map is not None else None,
             key_start=extend_key_start(forward_batch.extend_prefix_lens, self.window_left), key_start_cpu=start_cpu)
         if slot_map is not None and window_plan.key_slots is not None:
             window_plan.key_slots = slot_map[window_plan.key_slots]
-        return window_plan
+        return self._for_pool(window_plan)
+
+    def _for_pool(self, plan: ExtendPlan) -> ExtendPlan:
+        """An FP8 pool's pages are widened before the kernel reads them: the plan over a compact
+        copy of its distinct pages (extend.widened_page_plan)."""
+        return widened_page_plan(plan) if self.fp8_kv else plan
 
     def _verify_builder(self) -> VerifyMetadataBuilder:
         """Plans speculative batches (target verify; draft extend in CUDA graphs): speculative.py."""
@@ -351,8 +356,8 @@ class FlashCoreBackend(AttentionBackend):
             prefix_lens_cpu=getattr(forward_batch, "extend_prefix_lens_cpu", None),
             extend_lens_cpu=getattr(forward_batch, "extend_seq_lens_cpu", None),
             page_size=self.page_size,
-            paged=False if self.fp8_kv else None,  # FP8 pages are widened by a gather, not read in place
         )
+        plan = self._for_pool(plan)
         window = self._plan_window_extend(forward_batch, plan) if self.window_left >= 0 else None
         return ForwardMetadata(extend=plan, window_extend=window)
 

@@ -10,6 +10,7 @@ import torch
 
 import sglang_flashcore as fc
 from cases import make_page_table
+from sglang_flashcore.extend import extend_attention, plan_extend, widened_page_plan
 from sglang_flashcore.reference import paged_decode_ref
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -52,6 +53,44 @@ def test_extend_over_fp8_pool_equals_extend_over_its_values(fp8):
     q, kn, vn = (torch.randn(13, h, 64, generator=g) for h in (4, 2, 2))
     out, lse = fc.paged_extend(q, kn, vn, k8, v8, layout, cu, k_scale=0.5, v_scale=2.0)
     ref_o, ref_l = fc.paged_extend(q, kn, vn, k, v, layout, cu)
+    torch.testing.assert_close(out, ref_o, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_l, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fp8", FP8, ids=str)
+@pytest.mark.parametrize("pattern", ["prefix", "tree", "identical", "none"])
+def test_widened_page_plan_widens_each_distinct_page_once(fp8, pattern):
+    """A paged plan over an FP8 pool reads a compact widened copy of its distinct pages: the same
+    answer as a gathered plan over the pool's values, each shared page copied once."""
+    page, ext = 16, [6, 1, 9, 3]
+    pt = make_page_table(pattern, [70, 53, 96, 40], page, seed=4, shared=48)
+    lengths = pt.seq_lens.tolist()
+    ext = [min(e, n) for e, n in zip(ext, lengths)]
+    prefix = [n - e for n, e in zip(lengths, ext)]
+    rows = pt.req_pool_indices
+    new_slots = torch.cat([pt.req_to_token[r, p:p + e] for r, p, e in zip(rows.tolist(), prefix, ext)])
+    k8, k = _quantized_pool(pt.num_slots, 2, 64, fp8, 0.5, seed=6)
+    v8, v = _quantized_pool(pt.num_slots, 2, 64, fp8, 2.0, seed=7)
+
+    def plan(paged):
+        return plan_extend(pt.req_to_token, rows, torch.tensor(prefix), torch.tensor(ext), new_slots,
+                           page_size=page, paged=paged)
+
+    paged = plan(None)
+    assert paged.paged
+    wide = widened_page_plan(paged)
+    pool_pages = paged.key_pages.to(torch.int64)
+    assert torch.equal(wide.widen_pages, torch.unique(pool_pages))
+    assert torch.equal(wide.widen_pages[wide.key_pages.to(torch.int64)], pool_pages)
+    if pattern != "none":
+        assert wide.widen_pages.numel() < pool_pages.numel(), "a shared page is widened once"
+    assert widened_page_plan(wide) is wide and widened_page_plan(plan(False)).widen_pages is None
+    q = torch.randn(sum(ext), 4, 64, generator=torch.Generator().manual_seed(8))
+    with pytest.raises(ValueError, match="plan: .*widened_page_plan"):
+        extend_attention(q, None, None, k8, v8, paged, 0.125, out_cache_loc=new_slots, k_scale=0.5, v_scale=2.0)
+    out, lse = extend_attention(q, None, None, k8, v8, wide, 0.125, out_cache_loc=new_slots, k_scale=0.5,
+                                v_scale=2.0)
+    ref_o, ref_l = extend_attention(q, None, None, k, v, plan(False), 0.125, out_cache_loc=new_slots)
     torch.testing.assert_close(out, ref_o, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, ref_l, atol=1e-5, rtol=1e-5)
 
