@@ -71,3 +71,26 @@ def test_a_layout_that_is_not_page_aligned_falls_back_to_packing(kernels_on_cpu)
     case = make_extend_case([16, 24], [2, 3], 8, 4, 2, 16, torch.float64, seed=3)
     _run(case, reverse_first_page=True)
     assert kernels_on_cpu[-1] == ("packed",)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_an_fp8_pool_reads_a_widened_copy_of_its_distinct_pages(kernels_on_cpu, fp8):
+    """Shared prefix pages are listed once in the copy (its page numbers stay below the distinct
+    count, the requests that share a page share its number), and the answer is the reference's
+    over the pool's values times its scales."""
+    case = make_extend_case([40, 40, 40], [3, 1, 6], 8, 4, 2, 16, torch.float32, seed=4, shared=True)
+    pt, scales = case.table, (0.5, 2.0)
+    k8, v8 = ((pool / s).to(fp8) for pool, s in zip((case.k_cache, case.v_cache), scales))
+    k_values, v_values = (pool.float() * s for pool, s in zip((k8, v8), scales))
+    layout = fc.from_sglang(pt.req_to_token, pt.req_pool_indices, torch.tensor(case.prefix), pt.page_size)
+    cu_q = case.cu_seqlens_q()
+    out, lse = extend._paged_extend_cuda(case.q, case.k_new, case.v_new, k8, v8, layout.row_offsets, layout.cols,
+                                         layout.page_offsets, layout.counts, layout.seq_lens, cu_q, max(case.extend),
+                                         pt.page_size, 0.3, *scales)
+    kind, pages, offsets = kernels_on_cpu[-1]
+    assert kind == "paged" and offsets == [0, 5, 10, 15]
+    assert sorted(pages[:5]) == [0, 1, 2, 3, 4] and pages == pages[:5] * 3, "the same five widened pages each"
+    ref, ref_lse = paged_extend_ref(case.q, case.k_new, case.v_new, k_values, v_values, layout, cu_q,
+                                    softmax_scale=0.3)
+    torch.testing.assert_close(out, ref.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse.float(), atol=1e-5, rtol=1e-5)
