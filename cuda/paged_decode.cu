@@ -7,13 +7,17 @@
 // against every query row that reads it: rows = readers x GQA group (16 per warp tile). The
 // four warps split the tokens of each tile (four ways for one row tile, two ways for two) and
 // merge at the end. Tasks of at most 8 rows (no sharing with a GQA group of up to 8) multiply
-// token-major instead (attend_tile_narrow): S^T = K Q^T, O^T = V^T P^T. Each (work item,
+// token-major instead (attend_tile_narrow): S^T = K Q^T, O^T = V^T P^T; over an FP8 pool they
+// widen K and V in registers (attend_tile_narrow_fp8), wider tasks a whole tile in shared memory
+// (widen_tiles), which their warps then share. Each (work item,
 // reader) pair writes a normalised partial output and its LSE; a second kernel merges each
 // request's partials in the plan's fixed order, so results are bit-identical run to run.
 // A fixed grid loops over the planner's tasks, whose count stays in device memory, so the
 // launch can be captured in a CUDA graph.
 #include <float.h>
 #include <limits.h>
+
+#include <type_traits>
 
 #include "flashcore/fp8.cuh"
 #include "flashcore/mma.cuh"
@@ -231,6 +235,36 @@ __device__ __forceinline__ void load_query_frags(const T* q_tile, uint32_t (&qf)
   }
 }
 
+// The online softmax of a narrow step's scores sc (S^T's accumulator layout, log2 domain; mx: the
+// lane's running maxima already taken over its own scores): the step's maxima, the sums, O^T
+// rescaled, and P^T as the B operand of O^T += V^T P^T (pb0, pb1: tokens 0-7 and 8-15).
+template <typename T, int D>
+__device__ __forceinline__ void narrow_softmax(const float (&sc)[4], float (&mx)[2], NarrowState<D>& st,
+                                               uint32_t& pb0, uint32_t& pb1) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 4));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 8));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 16));
+  }
+  float alpha[2];
+  st.rebase(mx, alpha);
+  const float e0 = exp2_ftz(sc[0] - st.m[0]), e1 = exp2_ftz(sc[1] - st.m[1]);
+  const float e2 = exp2_ftz(sc[2] - st.m[0]), e3 = exp2_ftz(sc[3] - st.m[1]);
+  st.l[0] += e0 + e2;
+  st.l[1] += e1 + e3;
+  // each 8-token half of P^T is the transpose of what the lane holds
+  pb0 = movmatrix_trans(Pack2<T>::from_floats(e0, e1));
+  pb1 = movmatrix_trans(Pack2<T>::from_floats(e2, e3));
+  if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) {
+      st.o[i][0] *= alpha[0]; st.o[i][1] *= alpha[1];
+      st.o[i][2] *= alpha[0]; st.o[i][3] *= alpha[1];
+    }
+  }
+}
+
 // One 64-token K/V tile against a narrow task's queries: warp w takes the tile's 16-token step w.
 template <typename T, int D, bool kSoftcap>
 __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, const uint32_t (&qf)[D / 16][2],
@@ -257,33 +291,146 @@ __device__ __forceinline__ void attend_tile_narrow(const PagedDecodeParams& p, c
     sc[e] = tok < ntok ? score_log2<kSoftcap>(p, sa[e] + sb[e]) : -INFINITY;
     mx[e % 2] = fmaxf(mx[e % 2], sc[e]);
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 4));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 8));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 16));
-  }
-  float alpha[2];
-  st.rebase(mx, alpha);
-  const float e0 = exp2_ftz(sc[0] - st.m[0]), e1 = exp2_ftz(sc[1] - st.m[1]);
-  const float e2 = exp2_ftz(sc[2] - st.m[0]), e3 = exp2_ftz(sc[3] - st.m[1]);
-  st.l[0] += e0 + e2;
-  st.l[1] += e1 + e3;
-  // P^T as the B operand (tokens x queries): each 8-token half is the transpose of what the lane holds
-  const uint32_t pb0 = movmatrix_trans(Pack2<T>::from_floats(e0, e1));
-  const uint32_t pb1 = movmatrix_trans(Pack2<T>::from_floats(e2, e3));
-  if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-    for (int i = 0; i < D / 16; ++i) {
-      st.o[i][0] *= alpha[0]; st.o[i][1] *= alpha[1];
-      st.o[i][2] *= alpha[0]; st.o[i][3] *= alpha[1];
-    }
-  }
+  uint32_t pb0, pb1;
+  narrow_softmax<T, D>(sc, mx, st, pb0, pb1);
 #pragma unroll
   for (int dn = 0; dn < D / 16; ++dn) {
     uint32_t a[4];  // V^T: 16 head-dim rows x 16 tokens
     ldmatrix_x4_trans(a, vs + Tile::offset(step * 16 + (lane % 8) + 8 * (lane / 16), dn * 16 + 8 * ((lane / 8) % 2)));
     mma_16816<T>(st.o[dn], a, pb0, pb1);
+  }
+}
+
+// ---- FP8 pools. The tiles as loaded: each row's 16-byte chunks swizzled by the row, so that the
+// narrow path's word loads below (K rows of opposite parity, V rows four apart) fall in different
+// banks; widen_tiles reads the same offsets.
+template <int D>
+__device__ __forceinline__ int fp8_k_chunk_offset(int r, int c) {
+  return r * D + 16 * (D >= 128 ? c ^ (4 * (r & 1)) : c);
+}
+template <int D>
+__device__ __forceinline__ int fp8_v_chunk_offset(int r, int c) {
+  return r * D + 16 * (D >= 128 ? c ^ (2 * ((r >> 2) & 3)) : c ^ ((r >> 2) & 3));
+}
+
+// The narrow path over an FP8 pool widens K and V in registers: a warp's 16-token step reads its
+// bytes from the tiles as loaded, whole words at a time, straight into the mma fragments, so an
+// FP8 tile needs no widened copy, no pass over shared memory and no barrier. Two permutations make
+// each fragment one word of a row (tests/test_fp8_narrow_fragments.py models them lane by lane):
+// * head dims: lane t's dims 2t, 2t+1, 2t+8, 2t+9 of 16-dim block kk are the four bytes at
+//   16 (4 (kk / 4) + t) + 4 (kk % 4) of a K row, and Q is read in the same order, so S is
+//   unchanged; O^T's rows 16 dn + g and + 8 are head dims narrow_v_dim(dn, g, 0 or 1);
+// * tokens: S^T's and P^T's logical token l is row narrow_token(l) of the step, so that lane t's
+//   four tokens of P^T (2t, 2t+1, 2t+8, 2t+9) are V rows 4t .. 4t+3, whose words four byte
+//   permutes turn into one word (four tokens) per head dim.
+__device__ __forceinline__ int narrow_token(int l) { return 4 * ((l & 7) >> 1) + (l & 1) + ((l >> 3) << 1); }
+template <int D>
+__device__ __forceinline__ int narrow_v_dim(int dn, int g, int h) {  // lane group g's D / 8 head dims
+  return D == 64 ? 8 * g + 2 * dn + h : 16 * (8 * (dn / 8) + g) + 2 * (dn % 8) + h;
+}
+
+// The B fragments of Q^T in the permuted head-dim order, read from the query tile as 16-byte words.
+template <typename T, int D>
+__device__ __forceinline__ void load_query_frags_fp8(const T* q_tile, uint32_t (&qf)[D / 16][2]) {
+  using Tile = SwizzledTile<D>;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const uint4 w = *reinterpret_cast<const uint4*>(q_tile + Tile::offset(g, 16 * (4 * kb + t) + 8 * half));
+      const int kk = 4 * kb + 2 * half;
+      qf[kk][0] = w.x;
+      qf[kk][1] = w.y;
+      qf[kk + 1][0] = w.z;
+      qf[kk + 1][1] = w.w;
+    }
+  }
+}
+
+// Four words of four bytes transposed: byte i of out[j] is byte j of w[i].
+__device__ __forceinline__ void transpose_bytes4(const uint32_t (&w)[4], uint32_t (&out)[4]) {
+  const uint32_t lo01 = __byte_perm(w[0], w[1], 0x5140), hi01 = __byte_perm(w[0], w[1], 0x7362);
+  const uint32_t lo23 = __byte_perm(w[2], w[3], 0x5140), hi23 = __byte_perm(w[2], w[3], 0x7362);
+  out[0] = __byte_perm(lo01, lo23, 0x5410);
+  out[1] = __byte_perm(lo01, lo23, 0x7632);
+  out[2] = __byte_perm(hi01, hi23, 0x5410);
+  out[3] = __byte_perm(hi01, hi23, 0x7632);
+}
+
+// attend_tile_narrow over FP8 K/V tiles as loaded (ks, vs: fp8_k/v_chunk_offset), widened in registers.
+template <typename T, typename TKV, int D, bool kSoftcap>
+__device__ __forceinline__ void attend_tile_narrow_fp8(const PagedDecodeParams& p, const uint32_t (&qf)[D / 16][2],
+                                                       const unsigned char* ks, const unsigned char* vs, int tile,
+                                                       int ntok, NarrowState<D>& st) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int step = threadIdx.x / 32;
+  const int tok0 = tile * kTileN + step * 16;
+  if (tok0 >= ntok) return;
+  const int r0 = step * 16;  // the step's first row in the tiles
+  const int k_row[2] = {r0 + narrow_token(g), r0 + narrow_token(g + 8)};
+  // S^T, two accumulators so that the D / 16 dependent MMAs form two chains
+  float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb) {
+    const uint4 x0 = *reinterpret_cast<const uint4*>(ks + fp8_k_chunk_offset<D>(k_row[0], 4 * kb + t));
+    const uint4 x1 = *reinterpret_cast<const uint4*>(ks + fp8_k_chunk_offset<D>(k_row[1], 4 * kb + t));
+    const uint32_t w0[4] = {x0.x, x0.y, x0.z, x0.w}, w1[4] = {x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      uint32_t a[4];
+      widen_fp8x4<T, TKV>(w0[w], a[0], a[2]);
+      widen_fp8x4<T, TKV>(w1[w], a[1], a[3]);
+      const int kk = 4 * kb + w;
+      mma_16816<T>(kk % 2 ? sb : sa, a, qf[kk][0], qf[kk][1]);
+    }
+  }
+  // element e: logical token g + 8 (e / 2), at row k_row[e / 2]; query 2 (lane % 4) + e % 2
+  float sc[4], mx[2] = {st.m[0], st.m[1]};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int tok = tok0 + k_row[e / 2] - r0;
+    sc[e] = tok < ntok ? score_log2<kSoftcap>(p, sa[e] + sb[e]) : -INFINITY;
+    mx[e % 2] = fmaxf(mx[e % 2], sc[e]);
+  }
+  uint32_t pb0, pb1;
+  narrow_softmax<T, D>(sc, mx, st, pb0, pb1);
+  // V^T: lane (g, t) reads its head dims' bytes of V rows 4t .. 4t+3 (D / 8 a row, 16 at a time)
+  constexpr int kLoadBytes = D / 8 < 16 ? D / 8 : 16;
+  constexpr int kWords = kLoadBytes / 4;
+#pragma unroll
+  for (int kb = 0; kb < (D >= 128 ? D / 128 : 1); ++kb) {
+    uint32_t rows[4][kWords];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = r0 + 4 * t + i;
+      const unsigned char* src = D == 64 ? vs + fp8_v_chunk_offset<D>(r, g / 2) + 8 * (g % 2)
+                                         : vs + fp8_v_chunk_offset<D>(r, 8 * kb + g);
+      if constexpr (kWords == 4) {
+        const uint4 x = *reinterpret_cast<const uint4*>(src);
+        rows[i][0] = x.x;
+        rows[i][1] = x.y;
+        rows[i][2] = x.z;
+        rows[i][3] = x.w;
+      } else {
+        const uint2 x = *reinterpret_cast<const uint2*>(src);
+        rows[i][0] = x.x;
+        rows[i][1] = x.y;
+      }
+    }
+#pragma unroll
+    for (int qw = 0; qw < kWords; ++qw) {
+      const uint32_t by_token[4] = {rows[0][qw], rows[1][qw], rows[2][qw], rows[3][qw]};
+      uint32_t by_dim[4];  // the lane's head dims 4 qw .. 4 qw + 3, four tokens each
+      transpose_bytes4(by_token, by_dim);
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {  // O^T rows 16 dn + g (h 0) and + 8 (h 1)
+        uint32_t a[4];
+        widen_fp8x4<T, TKV>(by_dim[2 * pair], a[0], a[2]);
+        widen_fp8x4<T, TKV>(by_dim[2 * pair + 1], a[1], a[3]);
+        mma_16816<T>(st.o[8 * kb + 2 * qw + pair], a, pb0, pb1);
+      }
+    }
   }
 }
 
@@ -296,8 +443,9 @@ __device__ __forceinline__ int partial_index(const PagedDecodeParams& p, int r0,
 
 // The end of a narrow task: every warp leaves its (O^T, m, l) in ``scratch`` (the free K/V
 // ring), then the CTA merges the four token splits in warp order and writes each row's
-// normalised partial and natural-log LSE with whole-row stores.
-template <int D>
+// normalised partial and natural-log LSE with whole-row stores. kPermutedDims: O^T's rows are
+// the FP8 path's head dims (narrow_v_dim).
+template <int D, bool kPermutedDims>
 __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const RowSplit& s, int h, int part_of_item,
                                               NarrowState<D>& st, float* scratch) {
   constexpr int kStride = D + 4;  // a query's O row, m, l, padding to 16 bytes
@@ -312,12 +460,13 @@ __device__ __forceinline__ void finish_narrow(const PagedDecodeParams& p, const 
   float* mine = scratch + warp * kDecodeNarrowRows * kStride;
   const int q0 = 2 * (lane % 4);
 #pragma unroll
-  for (int i = 0; i < D / 16; ++i) {
-    const int d = 16 * i + lane / 4;
+  for (int i = 0; i < D / 16; ++i) {  // O^T rows 16 i + lane / 4 and + 8: head dims d and d8
+    const int d = kPermutedDims ? narrow_v_dim<D>(i, lane / 4, 0) : 16 * i + lane / 4;
+    const int d8 = kPermutedDims ? d + 1 : d + 8;
     mine[q0 * kStride + d] = st.o[i][0];
     mine[(q0 + 1) * kStride + d] = st.o[i][1];
-    mine[q0 * kStride + d + 8] = st.o[i][2];
-    mine[(q0 + 1) * kStride + d + 8] = st.o[i][3];
+    mine[q0 * kStride + d8] = st.o[i][2];
+    mine[(q0 + 1) * kStride + d8] = st.o[i][3];
   }
   if (lane < 4) {
     mine[q0 * kStride + D] = st.m[0];
@@ -430,8 +579,9 @@ __device__ __forceinline__ void finish_rows(const PagedDecodeParams& p, const Ro
   }
 }
 
-// An FP8 K/V tile pair of the ring (row-major, D bytes a row) widened into the swizzled 16-bit
-// tiles the MMA loops read: each thread widens 16-byte chunks (16 values) into two 16-byte chunks.
+// An FP8 K/V tile pair of the ring (D bytes a row, fp8_k/v_chunk_offset) widened into the swizzled
+// 16-bit tiles the wide path's MMA loops read: each thread widens 16-byte chunks (16 values) into
+// two 16-byte chunks.
 template <typename T, typename TKV, int D>
 __device__ __forceinline__ void widen_tiles(const unsigned char* ring_stage, T* widened) {
   using Tile = SwizzledTile<D>;
@@ -439,7 +589,8 @@ __device__ __forceinline__ void widen_tiles(const unsigned char* ring_stage, T* 
   constexpr int kChunksPerTile = kTileN * kChunksPerRow;
   for (int i = threadIdx.x; i < 2 * kChunksPerTile; i += kThreads) {
     const int kv = i / kChunksPerTile, r = (i % kChunksPerTile) / kChunksPerRow, c = i % kChunksPerRow;
-    const uint4 raw = *reinterpret_cast<const uint4*>(ring_stage + kv * kTileN * D + r * D + c * 16);
+    const int at = kv == 0 ? fp8_k_chunk_offset<D>(r, c) : kTileN * D + fp8_v_chunk_offset<D>(r, c);
+    const uint4 raw = *reinterpret_cast<const uint4*>(ring_stage + at);
     uint4 a, b;
     widen_fp8x4<T, TKV>(raw.x, a.x, a.y);
     widen_fp8x4<T, TKV>(raw.y, a.z, a.w);
@@ -453,7 +604,8 @@ __device__ __forceinline__ void widen_tiles(const unsigned char* ring_stage, T* 
 
 // One task of a work item (kDecodeRowsPerCta rows, or one part of a one-reader item that the
 // tail split cut; see PagedDecodeParams::chunk_partial) for KV head h. TKV: the pool's element
-// type, T or an FP8 type (loaded as is, widened in shared memory tile by tile).
+// type, T or an FP8 type (loaded as is; widened in registers by narrow tasks, in shared memory
+// tile by tile by wide ones, whose tiles several warps read).
 template <typename T, typename TKV, int D, bool kSoftcap>
 __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, const int w, const int h,
                                                  const int task_rows, unsigned char* smem_raw) {
@@ -529,8 +681,9 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
            (my_c + j * kThreadsPerRow) * 16 < p.head_dim * (int)sizeof(TKV);
   };
   // a 16-byte chunk's byte offset in a K or V tile: swizzled 16-bit rows (read by ldmatrix), or
-  // plain FP8 rows (read once by widen_tiles)
-  auto chunk_at = [](int r, int chunk) { return kFp8 ? r * D + chunk * 16 : Tile::offset(r, chunk * 8) * 2; };
+  // FP8 rows (fp8_k/v_chunk_offset)
+  auto k_chunk_at = [](int r, int chunk) { return kFp8 ? fp8_k_chunk_offset<D>(r, chunk) : Tile::offset(r, chunk * 8) * 2; };
+  auto v_chunk_at = [](int r, int chunk) { return kFp8 ? fp8_v_chunk_offset<D>(r, chunk) : Tile::offset(r, chunk * 8) * 2; };
   auto load_tile = [&](int tile) {
     unsigned char* ks = smem_raw + (tile % kStages) * 2 * Smem::kTileBytes;
     unsigned char* vs = ks + Smem::kTileBytes;
@@ -550,15 +703,16 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       const char* v_row = v_col + off;
 #pragma unroll
       for (int j = 0; j < kChunksPerThread; ++j) {
-        const int at = chunk_at(r, my_c + j * kThreadsPerRow);
+        const int c = my_c + j * kThreadsPerRow;
         const int chunk_bytes = chunk_in_row(j) ? bytes : 0;
-        cp_async_16(ks + at, k_row + j * kThreadsPerRow * 16, chunk_bytes);
-        cp_async_16(vs + at, v_row + j * kThreadsPerRow * 16, chunk_bytes);
+        cp_async_16(ks + k_chunk_at(r, c), k_row + j * kThreadsPerRow * 16, chunk_bytes);
+        cp_async_16(vs + v_chunk_at(r, c), v_row + j * kThreadsPerRow * 16, chunk_bytes);
       }
     }
   };
-  // The K/V stream: tile n + 1's copies fly while tile n is multiplied by attend(n, ks, vs).
-  auto stream_tiles = [&](auto&& attend) {
+  // The K/V stream: tile n + 1's copies fly while tile n is multiplied by attend(n, ks, vs), the
+  // tiles as loaded, or (widen_in_smem: an FP8 pool's wide tasks) the widened 16-bit tiles.
+  auto stream_tiles = [&](auto widen_in_smem, auto&& attend) {
     fetch_slots(0);
     load_tile(0);
     cp_async_commit();
@@ -572,32 +726,41 @@ __device__ __forceinline__ void decode_work_item(const PagedDecodeParams& p, con
       cp_async_wait<1>();
       __syncthreads();
       const unsigned char* stage = smem_raw + (tile % kStages) * 2 * Smem::kTileBytes;
-      if constexpr (kFp8) {
+      if constexpr (decltype(widen_in_smem)::value) {
         widen_tiles<T, TKV, D>(stage, widened);
         __syncthreads();
-        attend(tile, widened, widened + kTileN * D);
+        attend(tile, reinterpret_cast<const unsigned char*>(widened),
+               reinterpret_cast<const unsigned char*>(widened + kTileN * D));
       } else {
-        attend(tile, reinterpret_cast<const T*>(stage), reinterpret_cast<const T*>(stage + Smem::kTileBytes));
+        attend(tile, stage, stage + Smem::kTileBytes);
       }
       __syncthreads();  // the stage (and the widened tiles) are rewritten next iteration
     }
   };
   // (after the stream the K/V ring, and the widened tiles, are free: the finishing merge's scratch)
   float* scratch = reinterpret_cast<float*>(smem_raw);
+  auto as_t = [](const unsigned char* tile) { return reinterpret_cast<const T*>(tile); };
   if (s.rows <= kDecodeNarrowRows) {  // one task holds the item's rows: row_base is 0
     NarrowState<D> st;
     st.reset();
     uint32_t qf[D / 16][2];
-    stream_tiles([&](int tile, const T* ks, const T* vs) {
-      if (tile == 0) load_query_frags<T, D>(q_smem, qf);  // landed with tile 0
-      attend_tile_narrow<T, D, kSoftcap>(p, qf, ks, vs, tile, ntok, st);
+    stream_tiles(std::false_type{}, [&](int tile, const unsigned char* ks, const unsigned char* vs) {
+      if constexpr (kFp8) {
+        if (tile == 0) load_query_frags_fp8<T, D>(q_smem, qf);  // landed with tile 0
+        attend_tile_narrow_fp8<T, TKV, D, kSoftcap>(p, qf, ks, vs, tile, ntok, st);
+      } else {
+        if (tile == 0) load_query_frags<T, D>(q_smem, qf);
+        attend_tile_narrow<T, D, kSoftcap>(p, qf, as_t(ks), as_t(vs), tile, ntok, st);
+      }
     });
-    finish_narrow<D>(p, s, h, part_of_item, st, scratch);
+    finish_narrow<D, kFp8>(p, s, h, part_of_item, st, scratch);
   } else {
     RowState<D> st;
     st.reset();
     const T* q_tile = q_smem + s.my_rt * kRowTile * D;
-    stream_tiles([&](int tile, const T* ks, const T* vs) { attend_tile<T, D, kSoftcap>(p, s, q_tile, ks, vs, tile, ntok, st); });
+    stream_tiles(std::integral_constant<bool, kFp8>{}, [&](int tile, const unsigned char* ks, const unsigned char* vs) {
+      attend_tile<T, D, kSoftcap>(p, s, q_tile, as_t(ks), as_t(vs), tile, ntok, st);
+    });
     finish_rows<D>(p, s, h, row_base, part_of_item, st, scratch);
   }
 }

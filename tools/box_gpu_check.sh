@@ -2,7 +2,8 @@
 # On the GPU box: JIT build, the GPU test suite, compute-sanitizer over a small grid, the kernel
 # benchmarks, and an A/B of the seed points against a git revision, with logs and results under
 # $OUT (one device call; each step alone fits the 10-minute limit, all four may not).
-#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|padded|ab|coverage|checks|serving|tp ...]   (default: tests sanitize bench ab)
+#   bash tools/box_gpu_check.sh [tests|sanitize|bench|headdim|padded|ab|ab_fp8|coverage|checks|serving|tp ...]
+#   (default: tests sanitize bench ab)
 # coverage, checks, serving and tp run through tools/box_serving.sh (carry .carry/boxsite.tar.xz
 # and .carry/baselines.tar.xz). coverage: the benchmarks of FP8 KV (decode, extend), target verify
 # and sliding windows against SGLang's fa3/flashinfer kernels. checks: greedy ids (or embeddings)
@@ -14,6 +15,7 @@
 # ab: bench_dense.py and bench_decode.py at their seed points, this tree against $AB_BASE (default
 # 94de7b1), the runs alternating; it needs the revision packed first where git is
 # (python tools/ab_revision.py pack --base 94de7b1, then carry .carry), unless git works here.
+# ab_fp8: FP8 KV decode and extend, this tree against $AB_BASE (packed the same way).
 set -uo pipefail
 FINAL=${OUT:-/tmp/out}
 # everything goes to one folder, packed into $OUT/results.tgz at the end (the device tool returns
@@ -140,8 +142,21 @@ for step in $steps; do
     ab)
       python3 tools/ab_revision.py seeds --base "$AB_BASE" --runs "$AB_RUNS" --out "$OUT" > "$OUT/ab.txt" 2>&1
       echo "ab vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab.txt" ;;
+    ab_fp8)
+      # FP8 KV against $AB_BASE: decode at the decode_fp8 points (our FP8 time), extend at the
+      # extend_fp8 points (the backend's FP8 time)
+      python3 tools/ab_revision.py run --base "$AB_BASE" --runs "$AB_RUNS" --script bench_decode.py \
+        --key B,Hq,Hkv,ctx,D,page,shared --metric ours_fp8_ms --lower-is-better --baseline fp8_over_bf16 \
+        --json "$OUT/ab_fp8_decode.json" -- --config 16,32,32768,128,128,0.7 --config 8,32,131072,128,128,0.7 \
+        --hkv 8 --kv-dtype fp8_e4m3 --repeats 10 --rounds 3 > "$OUT/ab_fp8_decode.txt" 2>&1
+      echo "ab_fp8 decode vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab_fp8_decode.txt"
+      python3 tools/ab_revision.py run --base "$AB_BASE" --runs "$AB_RUNS" --script bench_extend.py \
+        --key page,B,L,prefix,new,Hq,Hkv,D --metric backend_fp8_ms --lower-is-better --baseline fp8_over_bf16 \
+        --json "$OUT/ab_fp8_extend.json" -- --kv-dtype fp8_e4m3 --lengths 4096 --batches 8 --fractions 0,0.9 \
+        > "$OUT/ab_fp8_extend.txt" 2>&1
+      echo "ab_fp8 extend vs $AB_BASE rc=$?"; grep -E "^base:|this / base|failed" "$OUT/ab_fp8_extend.txt" ;;
     *)
-      echo "unknown step $step (tests, sanitize, bench, headdim, padded, ab, coverage, checks, serving, tp)" ;;
+      echo "unknown step $step (tests, sanitize, bench, headdim, padded, ab, ab_fp8, coverage, checks, serving, tp)" ;;
   esac
   echo "[$step done at $(( $(date +%s) - start )) s]"
   tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a call cut at its limit still returns the steps done

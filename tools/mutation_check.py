@@ -48,9 +48,8 @@ MUTATIONS: List[Mutation] = [
              "for (int t = first; t < num_tasks; t += stride) {", "for (int t = first; t + 1 < num_tasks; t += stride) {",
              ["tests/test_gpu_decode.py"]),
     Mutation("decode skips the second 64-token tile of a work item", "cuda/paged_decode.cu",
-             "      attend(tile, reinterpret_cast<const T*>(stage), reinterpret_cast<const T*>(stage + Smem::kTileBytes));",
-             "      if (tile != 1) attend(tile, reinterpret_cast<const T*>(stage), "
-             "reinterpret_cast<const T*>(stage + Smem::kTileBytes));",
+             "        attend(tile, stage, stage + Smem::kTileBytes);",
+             "        if (tile != 1) attend(tile, stage, stage + Smem::kTileBytes);",
              ["tests/test_gpu_decode.py"]),
     Mutation("merge leaves out a request's first partial", "cuda/paged_decode.cu",
              "    for (int i = i0 + g; i < i1; i += kMergeSplit) {",
@@ -58,6 +57,13 @@ MUTATIONS: List[Mutation] = [
              ["tests/test_gpu_decode.py"]),
     Mutation("FP8 V widened without its scale", "cuda/paged_decode.cu",
              "  p.v_scale *= widened_unscale<T, TKV>();", "",
+             ["tests/test_gpu_fp8.py"]),
+    Mutation("FP8 narrow path: one head dim's V tokens in another's word", "cuda/paged_decode.cu",
+             "  out[1] = __byte_perm(lo01, lo23, 0x7632);", "  out[1] = __byte_perm(lo01, lo23, 0x5410);",
+             ["tests/test_gpu_fp8.py"]),
+    Mutation("FP8 narrow path: K rows in token order, not the permuted one", "cuda/paged_decode.cu",
+             "const int k_row[2] = {r0 + narrow_token(g), r0 + narrow_token(g + 8)};",
+             "const int k_row[2] = {r0 + g, r0 + g + 8};",
              ["tests/test_gpu_fp8.py"]),
 ]
 
