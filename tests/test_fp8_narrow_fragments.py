@@ -220,6 +220,8 @@ def test_the_permutations_are_bijections(d):
     assert sorted(k_dims) == list(range(d))
     v_dims = [narrow_v_dim(d, dn, g, h) for dn in range(d // 16) for g in range(8) for h in range(2)]
     assert sorted(v_dims) == list(range(d))
+    # finish_narrow stores O^T row 16 dn + g + 8 at the head dim after row 16 dn + g's
+    assert all(narrow_v_dim(d, dn, g, 1) == narrow_v_dim(d, dn, g, 0) + 1 for dn in range(d // 16) for g in range(8))
     for offset in (fp8_k_chunk_offset, fp8_v_chunk_offset):
         chunks = sorted(offset(d, r, c) for r in range(TILE_N) for c in range(d // 16))
         assert chunks == list(range(0, TILE_N * d, 16))
@@ -240,5 +242,19 @@ def test_the_model_mirrors_the_kernel_source():
         "fp8_v_chunk_offset<D>(r, g / 2) + 8 * (g % 2)",
         "fp8_v_chunk_offset<D>(r, 8 * kb + g)",
         "mma_16816<T>(st.o[8 * kb + 2 * qw + pair], a, pb0, pb1);",
+        # the fragments' slots: K rows g / g + 8 and V head dims h 0 / 1 into (a0, a2) / (a1, a3)
+        "const int k_row[2] = {r0 + narrow_token(g), r0 + narrow_token(g + 8)};",
+        "fp8_k_chunk_offset<D>(k_row[0], 4 * kb + t)",
+        "fp8_k_chunk_offset<D>(k_row[1], 4 * kb + t)",
+        "widen_fp8x4<T, TKV>(w0[w], a[0], a[2]);",
+        "widen_fp8x4<T, TKV>(w1[w], a[1], a[3]);",
+        "widen_fp8x4<T, TKV>(by_dim[2 * pair], a[0], a[2]);",
+        "widen_fp8x4<T, TKV>(by_dim[2 * pair + 1], a[1], a[3]);",
+        "qf[kk][0] = w.x;", "qf[kk][1] = w.y;", "qf[kk + 1][0] = w.z;", "qf[kk + 1][1] = w.w;",
+        "const int r = r0 + 4 * t + i;",
+        # the mask tests a score's physical token; finish_narrow stores O^T's rows at their head dims
+        "const int tok = tok0 + k_row[e / 2] - r0;",
+        "const int d = kPermutedDims ? narrow_v_dim<D>(i, lane / 4, 0) : 16 * i + lane / 4;",
+        "const int d8 = kPermutedDims ? d + 1 : d + 8;",
     ):
         assert expression in source, expression
