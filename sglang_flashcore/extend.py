@@ -62,8 +62,9 @@ class ExtendPlan:
         page_size: tokens per page of the pool.
         key_pages, key_page_offsets: int32 page ids of each request's whole prefix pages.
         grid_order: int32 [1] device flag for the dense kernel: 1 when requests share prefix pages.
-        widen_pages: int64 the pool pages that a widened copy holds, in the order ``key_pages``
-            index them (``widened_page_plan``); None: ``key_pages`` are pool pages.
+        widen_slots: int64 the pool slots of the pages a widened copy holds, page after page in
+            the order ``key_pages`` index them (``widened_page_plan``; each layer gathers them);
+            None: ``key_pages`` are pool pages.
     """
 
     cu_seqlens_q: Tensor
@@ -76,7 +77,7 @@ class ExtendPlan:
     key_pages: Optional[Tensor] = None
     key_page_offsets: Optional[Tensor] = None
     grid_order: Optional[Tensor] = None
-    widen_pages: Optional[Tensor] = None
+    widen_slots: Optional[Tensor] = None
 
     @property
     def has_prefix(self) -> bool:
@@ -85,6 +86,13 @@ class ExtendPlan:
     @property
     def paged(self) -> bool:
         return self.key_pages is not None
+
+    @property
+    def widen_pages(self) -> Optional[Tensor]:
+        """The pool pages a widened copy holds, in its order (None: no copy)."""
+        if self.widen_slots is None:
+            return None
+        return torch.div(self.widen_slots[::self.page_size], self.page_size, rounding_mode="floor")
 
 
 def _host_ints(name: str, values: Optional[Sequence[int]], device_values: Tensor) -> list:
@@ -234,20 +242,14 @@ def _page_lists(req_to_token: Tensor, rows: Tensor, start: Tensor, counts: Tenso
 
 def widened_page_plan(plan: ExtendPlan) -> ExtendPlan:
     """The plan for a pool whose pages are widened before the kernel reads them (FP8 pools):
-    ``key_pages`` renumbered to index a compact copy of the plan's distinct pages, which
-    ``widen_pages`` lists. Pages shared by several requests keep one number, so the grid-order
-    flag still holds. Plans that read no pages in place are returned as they are. One device sync
-    per batch (the number of distinct pages sizes the copy)."""
-    if not plan.paged or plan.widen_pages is not None:
+    ``key_pages`` renumbered to index a compact copy of the plan's distinct pages, whose slots
+    ``widen_slots`` lists (once per batch, for every layer). Pages shared by several requests keep
+    one number, so the grid-order flag still holds. Plans that read no pages in place are
+    returned as they are. One device sync per batch (the number of distinct pages sizes the copy)."""
+    if not plan.paged or plan.widen_slots is not None:
         return plan
     pages, compact = torch.unique(plan.key_pages.to(torch.int64), return_inverse=True)
-    return replace(plan, key_pages=compact.to(torch.int32), widen_pages=pages)
-
-
-def _widened(cache: Tensor, pages: Tensor, page_size: int, scale: float, dtype: torch.dtype) -> Tensor:
-    """The listed pages of SGLang's pool [slots, Hkv, D] as a compact pool of ``dtype`` rows,
-    times the pool's scale (the dense kernel reads its pages in place)."""
-    return dequantize(cache[page_list_slots(pages, page_size)], scale, dtype)
+    return replace(plan, key_pages=compact.to(torch.int32), widen_slots=page_list_slots(pages, plan.page_size))
 
 
 def _pool_rows(cache: Tensor, slots: Tensor) -> Tensor:
@@ -297,7 +299,7 @@ def extend_attention(
     softcap = check_softcap("softcap", softcap)
     if plan.paged and k_cache.dim() != 3:
         raise ValueError("k_cache: a plan that reads pages in place needs SGLang's pool [slots, Hkv, D]")
-    if plan.paged and k_cache.dtype in FP8_KV_DTYPES and plan.widen_pages is None:
+    if plan.paged and k_cache.dtype in FP8_KV_DTYPES and plan.widen_slots is None:
         raise ValueError(f"plan: a {k_cache.dtype} pool's pages are widened before they are read; pass the plan "
                          f"through widened_page_plan (or plan with paged=False)")
     if k_new is None and not new_kv_in_cache:
@@ -317,9 +319,9 @@ def extend_attention(
             values[plan.new_key_index] = v_new.to(values.dtype)
     keys, values = keys.to(q.dtype), values.to(q.dtype)
     if plan.paged:
-        if plan.widen_pages is not None:  # the kernel reads the widened copy's pages in place
-            k_cache = _widened(k_cache, plan.widen_pages, plan.page_size, k_scale, q.dtype)
-            v_cache = _widened(v_cache, plan.widen_pages, plan.page_size, v_scale, q.dtype)
+        if plan.widen_slots is not None:  # the kernel reads the widened copy's pages in place
+            k_cache = dequantize(k_cache[plan.widen_slots], k_scale, q.dtype)
+            v_cache = dequantize(v_cache[plan.widen_slots], v_scale, q.dtype)
         return ops.paged_prefill_op(q, keys, values, plan.cu_seqlens_q, plan.cu_seqlens_k, k_cache, v_cache,
                                     plan.key_pages, plan.key_page_offsets, plan.page_size, plan.max_seqlen_q,
                                     causal, softmax_scale, plan.grid_order, window_left, softcap)
